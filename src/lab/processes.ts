@@ -1,0 +1,195 @@
+// Child processes that tests and the demo start (etcd, Envoy): their output, readiness, shutdown,
+// and a registry so that none outlives the Node process that started it.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { waitFor } from './ports';
+
+const running = new Set<ChildProcess>();
+const tempDirs = new Set<string>();
+let cleanupInstalled = false;
+
+/**
+ * Kills every child still running and removes the temp dirs; on exit nothing asynchronous can
+ * run, so SIGKILL right away.
+ */
+function cleanupAll(): void {
+  for (const child of running) child.kill('SIGKILL');
+  running.clear();
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+  tempDirs.clear();
+}
+
+function installCleanup(): void {
+  if (cleanupInstalled) return;
+  cleanupInstalled = true;
+  process.on('exit', cleanupAll);
+  // A terminating signal skips 'exit'. Only take over signals nobody else handles, and re-raise so
+  // the default behaviour (terminate with that signal) still happens.
+  for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
+    if (process.listenerCount(signal) > 0) continue;
+    process.once(signal, () => {
+      cleanupAll();
+      process.kill(process.pid, signal);
+    });
+  }
+}
+
+/** A fresh directory under the OS temp dir, removed at exit unless removeTempDir() came first. */
+export function makeTempDir(prefix: string): string {
+  installCleanup();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
+}
+
+export function removeTempDir(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+  tempDirs.delete(dir);
+}
+
+/** Finds an executable by name on PATH, then in the given fallback locations. */
+export function findExecutable(name: string, fallbacks: string[] = []): string {
+  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
+  const candidates = [...dirs.map((d) => path.join(d, name)), ...fallbacks];
+  for (const candidate of candidates) {
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      return candidate;
+    } catch {
+      // not here; try the next one
+    }
+  }
+  throw new Error(`${name} not found on PATH or in ${fallbacks.join(', ') || 'any fallback'} (run \`make deps\`)`);
+}
+
+/** The last lines of a process's output, kept for error messages. */
+class OutputTail {
+  private readonly lines: string[] = [];
+  private partial = '';
+
+  constructor(private readonly max: number) {}
+
+  push(chunk: Buffer): void {
+    const parts = (this.partial + chunk.toString('utf8')).split('\n');
+    this.partial = parts.pop() ?? '';
+    this.lines.push(...parts);
+    if (this.lines.length > this.max) this.lines.splice(0, this.lines.length - this.max);
+  }
+
+  text(): string {
+    return [...this.lines, this.partial].filter(Boolean).join('\n');
+  }
+}
+
+export interface LabChildOptions {
+  /** Name in messages ("etcd", "envoy"). */
+  name: string;
+  command: string;
+  args: string[];
+  /** Append output here; otherwise only the last lines are kept in memory. */
+  logFile?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+const TAIL_LINES = 200;
+
+/** One spawned process: registered for cleanup, its output tailed, its exit observable. */
+export class LabChild {
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private readonly tail = new OutputTail(TAIL_LINES);
+  private exitedYet = false;
+
+  private constructor(
+    readonly name: string,
+    private readonly child: ChildProcess,
+    private readonly logFile: string | undefined,
+  ) {
+    child.stdout?.on('data', (chunk: Buffer) => this.tail.push(chunk));
+    child.stderr?.on('data', (chunk: Buffer) => this.tail.push(chunk));
+    this.exited = new Promise((resolve) => {
+      const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (this.exitedYet) return;
+        this.exitedYet = true;
+        running.delete(child);
+        resolve({ code, signal });
+      };
+      child.once('exit', finish);
+      // A failed spawn (ENOENT, EACCES) reports 'error' and never 'exit'.
+      child.on('error', (err) => {
+        this.tail.push(Buffer.from(`${err.message}\n`));
+        if (child.pid === undefined) finish(null, null);
+      });
+    });
+  }
+
+  static spawn(opts: LabChildOptions): LabChild {
+    installCleanup();
+    const log = opts.logFile ? fs.openSync(opts.logFile, 'a') : undefined;
+    const child = spawn(opts.command, opts.args, {
+      env: opts.env ?? process.env,
+      stdio: ['ignore', log ?? 'pipe', log ?? 'pipe'],
+    });
+    // The child holds its own copy of the descriptor.
+    if (log !== undefined) fs.closeSync(log);
+    if (child.pid !== undefined) running.add(child);
+    return new LabChild(opts.name, child, opts.logFile);
+  }
+
+  get pid(): number {
+    if (this.child.pid === undefined) throw new Error(`${this.name} has no pid (spawn failed)`);
+    return this.child.pid;
+  }
+
+  get running(): boolean {
+    return !this.exitedYet;
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (!this.exitedYet) this.child.kill(signal);
+  }
+
+  /** The last lines the process printed (read back from the log file when there is one). */
+  output(): string {
+    if (!this.logFile) return this.tail.text();
+    try {
+      return fs.readFileSync(this.logFile, 'utf8').split('\n').slice(-TAIL_LINES).join('\n');
+    } catch {
+      return this.tail.text();
+    }
+  }
+
+  /**
+   * Waits until `ready` holds. If the process exits first or the timeout passes, kills it and
+   * fails with its last output, which is where the reason is.
+   */
+  async waitReady(ready: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+    try {
+      await waitFor(async () => this.exitedYet || (await ready()), { timeoutMs, what, intervalMs: 100 });
+      if (this.exitedYet) {
+        const { code, signal } = await this.exited;
+        throw new Error(`${this.name} exited (code ${code}, signal ${signal}) before ${what}`);
+      }
+    } catch (err) {
+      await this.kill();
+      throw new Error(`${(err as Error).message}\n--- last output of ${this.name} ---\n${this.output()}`);
+    }
+  }
+
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
+  async stop(graceMs = 3000): Promise<void> {
+    if (this.exitedYet) return;
+    this.child.kill('SIGCONT'); // a frozen process cannot act on SIGTERM
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  /** SIGKILL; resolves once the process is gone. */
+  async kill(): Promise<void> {
+    this.signal('SIGKILL');
+    await this.exited;
+  }
+}

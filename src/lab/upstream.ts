@@ -1,0 +1,73 @@
+// Stand-in apps behind Envoy, for tests and the demo: an HTTP server that echoes what reached it
+// (so a test sees the headers Envoy and the middlebox added) and a TCP echo server.
+import http from 'node:http';
+import net from 'node:net';
+import { freePort } from './ports';
+
+export interface Upstream {
+  port: number;
+  close(): Promise<void>;
+}
+
+export interface HttpUpstreamOptions {
+  host?: string;
+  /** Default: a free port. */
+  port?: number;
+  /** Reported as `upstream` in every answer, to tell several upstreams apart. */
+  name?: string;
+}
+
+/** What the HTTP upstream answers, as JSON, to every request. */
+export interface UpstreamEcho {
+  upstream: string;
+  method: string;
+  path: string;
+  headers: http.IncomingHttpHeaders;
+}
+
+export async function startHttpUpstream(opts: HttpUpstreamOptions = {}): Promise<Upstream> {
+  const host = opts.host ?? '127.0.0.1';
+  const name = opts.name ?? 'app';
+  const server = http.createServer((req, res) => {
+    // Drain the body so keep-alive connections stay usable.
+    req.resume();
+    req.on('end', () => {
+      const echo: UpstreamEcho = { upstream: name, method: req.method ?? '', path: req.url ?? '', headers: req.headers };
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(echo));
+    });
+  });
+  return listen(server, host, opts.port ?? (await freePort(host)));
+}
+
+export async function startTcpEcho(opts: { host?: string; port?: number } = {}): Promise<Upstream> {
+  const host = opts.host ?? '127.0.0.1';
+  const server = net.createServer((socket) => {
+    socket.on('error', () => socket.destroy());
+    socket.pipe(socket);
+  });
+  return listen(server, host, opts.port ?? (await freePort(host)));
+}
+
+function listen(server: net.Server, host: string, port: number): Promise<Upstream> {
+  const sockets = new Set<net.Socket>();
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve({
+        port,
+        // Open (keep-alive) connections would hold close() forever; end them.
+        close: () =>
+          new Promise<void>((done) => {
+            for (const socket of sockets) socket.destroy();
+            server.close(() => done());
+          }),
+      });
+    });
+  });
+}

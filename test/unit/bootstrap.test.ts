@@ -1,0 +1,128 @@
+// Golden files pin the whole rendered bootstrap: any change to what sidecars run shows up as a
+// diff in review. UPDATE_GOLDEN=1 rewrites them after an intended change.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+import { BOOTSTRAP_DEFAULTS, renderBootstrap, renderBootstrapYaml, type BootstrapOptions } from '../../src/envoy/bootstrap';
+
+/** The repository root, found from here whether this runs from test/ or from dist/test/. */
+function repoRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
+    dir = parent;
+  }
+  return dir;
+}
+
+const GOLDEN_DIR = path.join(repoRoot(), 'test', 'golden');
+
+const GOLDEN_CASES: { file: string; options: BootstrapOptions }[] = [
+  {
+    file: 'bootstrap-basic.yaml',
+    options: { nodeId: 'sidecar-shop-0', cluster: 'shop', middlebox: ['127.0.0.1:9001'] },
+  },
+  {
+    file: 'bootstrap-full.yaml',
+    options: {
+      nodeId: 'sidecar-shop-1',
+      cluster: 'shop',
+      adminAddress: '127.0.0.1',
+      adminPort: 15100,
+      inboundHttp: { address: '0.0.0.0', port: 15106, appAddress: '127.0.0.1', appPort: 8081 },
+      inboundTcp: { address: '0.0.0.0', port: 15107, appAddress: '127.0.0.1', appPort: 9091 },
+      middlebox: ['unix:/var/run/middlebox/middlebox.sock', '10.0.0.11:9001', '10.0.0.12:9001'],
+      timeoutMs: 100,
+      failureModeAllow: false,
+      statusOnError: 503,
+    },
+  },
+];
+
+/** A rendered document, inspected loosely: the golden files pin its exact shape. */
+type Doc = Record<string, any>;
+
+function clusterNamed(doc: Doc, name: string): Doc {
+  const cluster = (doc.static_resources.clusters as Doc[]).find((c) => c.name === name);
+  assert.ok(cluster, `cluster ${name}`);
+  return cluster;
+}
+
+describe('envoy bootstrap', () => {
+  describe('golden files', () => {
+    for (const { file, options } of GOLDEN_CASES) {
+      it(`renders ${file}`, () => {
+        const golden = path.join(GOLDEN_DIR, file);
+        const rendered = renderBootstrapYaml(options);
+        if (process.env.UPDATE_GOLDEN === '1') {
+          fs.mkdirSync(GOLDEN_DIR, { recursive: true });
+          fs.writeFileSync(golden, rendered);
+          return;
+        }
+        assert.ok(fs.existsSync(golden), `${golden} is missing; run with UPDATE_GOLDEN=1 to create it`);
+        assert.equal(rendered, fs.readFileSync(golden, 'utf8'), `${file} differs; UPDATE_GOLDEN=1 if intended`);
+      });
+    }
+  });
+
+  it('round-trips through YAML unchanged', () => {
+    const options = GOLDEN_CASES[1]!.options;
+    assert.deepEqual(parse(renderBootstrapYaml(options)), renderBootstrap(options));
+  });
+
+  it('fails closed with 403 and a 250 ms deadline by default', () => {
+    const doc = renderBootstrap() as Doc;
+    const hcm = doc.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+    const authz = hcm.http_filters[0].typed_config;
+    assert.equal(authz.failure_mode_allow, false);
+    assert.deepEqual(authz.status_on_error, { code: 403 });
+    assert.equal(authz.grpc_service.timeout, '0.25s');
+    assert.equal(authz.with_request_body, undefined);
+    assert.deepEqual(
+      hcm.http_filters.map((f: Doc) => f.name),
+      ['envoy.filters.http.ext_authz', 'envoy.filters.http.router'],
+    );
+    assert.equal(doc.admin.address.socket_address.port_value, BOOTSTRAP_DEFAULTS.adminPort);
+  });
+
+  it('uses STRICT_DNS as soon as a replica is a host name', () => {
+    const doc = renderBootstrap({ middlebox: ['middlebox.mesh.svc:9001', '10.0.0.1:9001'] }) as Doc;
+    assert.equal(clusterNamed(doc, 'middlebox').type, 'STRICT_DNS');
+  });
+
+  it('keeps IPv6 replicas STATIC', () => {
+    const doc = renderBootstrap({ middlebox: ['[::1]:9001'] }) as Doc;
+    const middlebox = clusterNamed(doc, 'middlebox');
+    assert.equal(middlebox.type, 'STATIC');
+    assert.deepEqual(middlebox.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address, {
+      socket_address: { address: '::1', port_value: 9001 },
+    });
+  });
+
+  it('renders no HTTP listener and no app cluster when inboundHttp is false', () => {
+    const doc = renderBootstrap({
+      inboundHttp: false,
+      inboundTcp: { address: '0.0.0.0', port: 15007, appAddress: '127.0.0.1', appPort: 9000 },
+    }) as Doc;
+    assert.deepEqual(
+      doc.static_resources.listeners.map((l: Doc) => l.name),
+      ['inbound_tcp'],
+    );
+    assert.deepEqual(
+      doc.static_resources.clusters.map((c: Doc) => c.name),
+      ['middlebox', 'app_tcp'],
+    );
+  });
+
+  it('rejects endpoints and settings it cannot render', () => {
+    assert.throws(() => renderBootstrap({ middlebox: [] }), /at least one endpoint/);
+    assert.throws(() => renderBootstrap({ middlebox: ['no-port'] }), /host:port/);
+    assert.throws(() => renderBootstrap({ middlebox: ['h:99999'] }), /host:port/);
+    assert.throws(() => renderBootstrap({ middlebox: ['unix:relative.sock'] }), /absolute path/);
+    assert.throws(() => renderBootstrap({ middlebox: ['unix:/a.sock', 'mb.svc:9001'] }), /cannot mix/);
+    assert.throws(() => renderBootstrap({ timeoutMs: 0 }), /timeoutMs/);
+    assert.throws(() => renderBootstrap({ statusOnError: 42 }), /statusOnError/);
+  });
+});
