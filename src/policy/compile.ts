@@ -1,0 +1,68 @@
+// Compiles validated policy documents into the matchers the engines evaluate per request.
+import {
+  allOf,
+  destinationMatcher,
+  headerMatcher,
+  hostMatcher,
+  methodMatcher,
+  pathMatcher,
+  portMatcher,
+  principalMatcher,
+  sourceMatcher,
+  trafficMatcher,
+} from '../middlebox/firewall/match';
+import type {
+  CompiledFirewallRule,
+  CompiledPolicy,
+  FirewallRuleSpec,
+  PolicyDocument,
+  PolicySnapshot,
+  RequestMatcher,
+} from './types';
+
+/** `doc` must have come out of validation; an invalid address or regex here throws. */
+export function compilePolicy(doc: PolicyDocument): CompiledPolicy {
+  const { spec } = doc;
+  const policy: CompiledPolicy = {
+    name: doc.metadata.name,
+    document: doc,
+    shadow: spec.shadow === true,
+    selector: trafficMatcher(spec.selector),
+  };
+  if (spec.firewall !== undefined) {
+    policy.firewall = {
+      defaultAction: spec.firewall.default,
+      rules: spec.firewall.rules.map(compileFirewallRule),
+    };
+  }
+  return policy;
+}
+
+/**
+ * Policies in evaluation order: by name, byte order. Names are DNS labels (ASCII), for which
+ * JavaScript's code-unit comparison is byte order.
+ */
+export function compileSnapshot(docs: readonly PolicyDocument[], generation: number): PolicySnapshot {
+  const policies = docs
+    .map(compilePolicy)
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return { generation, policies };
+}
+
+function compileFirewallRule(rule: FirewallRuleSpec): CompiledFirewallRule {
+  return { name: rule.name, action: rule.action, shadow: rule.shadow === true, matches: firewallRuleMatcher(rule) };
+}
+
+/** AND of the rule's fields, cheapest first so most mismatches exit early. */
+function firewallRuleMatcher(rule: FirewallRuleSpec): RequestMatcher {
+  const matchers: RequestMatcher[] = [];
+  if (rule.ports !== undefined) matchers.push(portMatcher(rule.ports));
+  if (rule.methods !== undefined) matchers.push(methodMatcher(rule.methods));
+  if (rule.from !== undefined) matchers.push(sourceMatcher(rule.from));
+  if (rule.to !== undefined) matchers.push(destinationMatcher(rule.to));
+  if (rule.principals !== undefined) matchers.push(principalMatcher(rule.principals));
+  if (rule.hosts !== undefined) matchers.push(hostMatcher(rule.hosts));
+  if (rule.paths !== undefined) matchers.push(pathMatcher(rule.paths));
+  if (rule.headers !== undefined) matchers.push(headerMatcher(rule.headers));
+  return allOf(matchers);
+}

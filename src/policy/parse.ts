@@ -1,0 +1,80 @@
+// Policy files: YAML or JSON (JSON goes through the same YAML 1.2 parser), several documents per
+// file. Every problem comes back located; nothing throws for bad input.
+import { readFileSync } from 'node:fs';
+import { isScalar, LineCounter, parseAllDocuments } from 'yaml';
+import type { PolicyDocument, PolicyError } from './types';
+import { policyNameNode, validatePolicyDocument } from './validate';
+
+export interface ParsedPolicies {
+  /** Valid documents only, normalised, in file order. */
+  documents: PolicyDocument[];
+  errors: PolicyError[];
+}
+
+/** `file` names the source in errors. Empty documents (nothing, or only comments) are skipped. */
+export function parsePolicies(text: string, file: string): ParsedPolicies {
+  const lines = new LineCounter();
+  const documents: PolicyDocument[] = [];
+  const errors: PolicyError[] = [];
+  const seenNames = new Set<string>();
+  for (const document of parseAllDocuments(text, { lineCounter: lines, prettyErrors: false })) {
+    // Warnings too (e.g. an unknown !tag): a policy that means something other than it says is worse than none.
+    const problems = [...document.errors, ...document.warnings];
+    for (const problem of problems) {
+      const { line, col } = lines.linePos(problem.pos[0]);
+      errors.push({ file, line, column: col, message: `invalid YAML: ${problem.message}` });
+    }
+    const root = document.contents;
+    if (problems.length > 0 || root === null || (isScalar(root) && root.value === null)) continue;
+
+    const policy = validatePolicyDocument({ file, lines, document, errors }, root);
+    const nameNode = policyNameNode(root);
+    if (isScalar(nameNode) && typeof nameNode.value === 'string') {
+      const name = nameNode.value;
+      if (seenNames.has(name)) {
+        const { line, col } = lines.linePos(nameNode.range?.[0] ?? 0);
+        const message = `policy "${name}" is defined twice in this file`;
+        errors.push({ file, line, column: col, path: 'metadata.name', message });
+        continue;
+      }
+      seenNames.add(name);
+    }
+    if (policy !== undefined) documents.push(policy);
+  }
+  // Validation reports by field; readers of the output expect file order.
+  errors.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
+  return { documents, errors };
+}
+
+/** Reads and parses a policy file; an unreadable file is reported as an error, not thrown. */
+export function parsePolicyFile(path: string): ParsedPolicies {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    return { documents: [], errors: [{ file: path, message: `cannot read the file: ${readProblem(e)}` }] };
+  }
+  return parsePolicies(text, path);
+}
+
+/** "file:line:column: path: message", the form editors and CI annotate from. */
+export function formatPolicyError(error: PolicyError): string {
+  let where = error.file;
+  if (error.line !== undefined) where += `:${error.line}`;
+  if (error.line !== undefined && error.column !== undefined) where += `:${error.column}`;
+  const what = error.path === undefined ? error.message : `${error.path}: ${error.message}`;
+  return `${where}: ${what}`;
+}
+
+function readProblem(e: unknown): string {
+  switch ((e as NodeJS.ErrnoException).code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EISDIR':
+      return 'it is a directory';
+    case 'EACCES':
+      return 'permission denied';
+    default:
+      return (e as Error).message;
+  }
+}
