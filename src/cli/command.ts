@@ -1,0 +1,75 @@
+// A small command framework over node:util parseArgs: every command has --help, unknown flags are
+// a usage error (exit 2), and failures print one clear line (exit 1), never a stack trace.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { MiddleboxError } from '../errors';
+
+export type Options = NonNullable<ParseArgsConfig['options']>;
+
+export interface Command {
+  name: string;
+  summary: string;
+  usage: string;
+  /** Lines printed under the usage by --help. */
+  help: string[];
+  options: Options;
+  allowPositionals?: boolean;
+  run(args: { values: Record<string, string | boolean | string[] | boolean[] | undefined>; positionals: string[] }): Promise<number>;
+}
+
+export class UsageError extends Error {}
+
+export function helpText(cmd: Command): string {
+  return [`Usage: ${cmd.usage}`, '', cmd.summary, '', ...cmd.help, '  -h, --help   show this help'].join('\n');
+}
+
+export async function runCommand(cmd: Command, argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: { ...cmd.options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: cmd.allowPositionals ?? false,
+      strict: true,
+    });
+  } catch (e) {
+    process.stderr.write(`middlebox ${cmd.name}: ${(e as Error).message}\n${helpText(cmd)}\n`);
+    return 2;
+  }
+  if (parsed.values.help) {
+    process.stdout.write(`${helpText(cmd)}\n`);
+    return 0;
+  }
+  try {
+    return await cmd.run(parsed as never);
+  } catch (e) {
+    return reportFailure(cmd.name, e);
+  }
+}
+
+export function reportFailure(where: string, e: unknown): number {
+  if (e instanceof UsageError) {
+    process.stderr.write(`middlebox ${where}: ${e.message}\n`);
+    return 2;
+  }
+  if (e instanceof MiddleboxError) {
+    process.stderr.write(`middlebox ${where}: ${e.message}\n`);
+    for (const d of e.details) process.stderr.write(`${d}\n`);
+    return 1;
+  }
+  process.stderr.write(`middlebox ${where}: ${(e as Error)?.message ?? String(e)}\n`);
+  if (process.env.MIDDLEBOX_DEBUG) process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
+  return 1;
+}
+
+export function stringOpt(values: Record<string, unknown>, name: string): string | undefined {
+  const v = values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function intOpt(values: Record<string, unknown>, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const v = stringOpt(values, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  return n;
+}

@@ -1,0 +1,81 @@
+// `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
+import { BOOTSTRAP_DEFAULTS, renderBootstrapYaml, type BootstrapOptions } from '../envoy/bootstrap';
+import { splitList } from '../settings';
+import { intOpt, runCommand, stringOpt, UsageError, type Command } from './command';
+
+const d = BOOTSTRAP_DEFAULTS;
+
+const bootstrap: Command = {
+  name: 'envoy bootstrap',
+  summary: 'Print a complete Envoy bootstrap (YAML) for a sidecar that asks the middlebox before traffic reaches the app.',
+  usage: 'middlebox envoy bootstrap [--middlebox ADDRS] [--inbound-port N] [--app-port N] [--tcp-port N --tcp-app-port N] ...',
+  help: [
+    `  --middlebox ADDRS        comma-separated replicas: host:port, [v6]:port or unix:/path (default ${d.middlebox.join(',')})`,
+    `  --node-id ID             Envoy node id (default ${d.nodeId})`,
+    `  --admin-port N           admin listener on ${d.adminAddress} (default ${d.adminPort})`,
+    `  --inbound-address ADDR   address of the inbound listeners (default ${d.inboundHttp.address})`,
+    `  --inbound-port N         inbound HTTP listener port (default ${d.inboundHttp.port})`,
+    `  --app-port N             the app's HTTP port on ${d.inboundHttp.appAddress} (default ${d.inboundHttp.appPort})`,
+    '  --no-http                render no HTTP listener',
+    '  --tcp-port N             add a TCP listener with the network ext_authz filter on this port',
+    '  --tcp-app-port N         the app\'s TCP port the TCP listener forwards to (required with --tcp-port)',
+    `  --timeout-ms N           deadline of one middlebox call (default ${d.timeoutMs})`,
+    '  --failure-mode-allow     let traffic through when the middlebox cannot be asked (default: fail closed)',
+    `  --status-on-error N      HTTP status when the middlebox cannot be asked (default ${d.statusOnError})`,
+  ],
+  options: {
+    middlebox: { type: 'string' },
+    'node-id': { type: 'string' },
+    'admin-port': { type: 'string' },
+    'inbound-address': { type: 'string' },
+    'inbound-port': { type: 'string' },
+    'app-port': { type: 'string' },
+    'no-http': { type: 'boolean' },
+    'tcp-port': { type: 'string' },
+    'tcp-app-port': { type: 'string' },
+    'timeout-ms': { type: 'string' },
+    'failure-mode-allow': { type: 'boolean' },
+    'status-on-error': { type: 'string' },
+  },
+  async run({ values }) {
+    process.stdout.write(renderBootstrapYaml(bootstrapOptionsFromFlags(values)));
+    return 0;
+  },
+};
+
+export function bootstrapOptionsFromFlags(values: Record<string, unknown>): BootstrapOptions {
+  const address = stringOpt(values, 'inbound-address') ?? d.inboundHttp.address;
+  const tcpPort = intOpt(values, 'tcp-port', 1, 65535);
+  const tcpAppPort = intOpt(values, 'tcp-app-port', 1, 65535);
+  if ((tcpPort === undefined) !== (tcpAppPort === undefined)) throw new UsageError('--tcp-port and --tcp-app-port go together');
+  const middlebox = stringOpt(values, 'middlebox');
+  return {
+    nodeId: stringOpt(values, 'node-id'),
+    adminPort: intOpt(values, 'admin-port', 1, 65535),
+    inboundHttp: values['no-http']
+      ? false
+      : definedOnly({ address, port: intOpt(values, 'inbound-port', 1, 65535), appPort: intOpt(values, 'app-port', 1, 65535) }),
+    inboundTcp: tcpPort && tcpAppPort ? { address, port: tcpPort, appAddress: d.inboundHttp.appAddress, appPort: tcpAppPort } : undefined,
+    middlebox: middlebox ? splitList(middlebox) : undefined,
+    timeoutMs: intOpt(values, 'timeout-ms', 1, 60_000),
+    failureModeAllow: values['failure-mode-allow'] === true ? true : undefined,
+    statusOnError: intOpt(values, 'status-on-error', 200, 599),
+  };
+}
+
+/** Flags not given must not override the renderer's defaults. */
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+export async function envoyCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === 'bootstrap') return runCommand(bootstrap, rest);
+  const out = `Usage: middlebox envoy bootstrap [flags]\n\n  bootstrap   ${bootstrap.summary}\n`;
+  if (sub === '-h' || sub === '--help') {
+    process.stdout.write(out);
+    return 0;
+  }
+  process.stderr.write(sub ? `middlebox envoy: unknown subcommand ${JSON.stringify(sub)}\n${out}` : out);
+  return 2;
+}

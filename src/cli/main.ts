@@ -1,0 +1,67 @@
+// The `middlebox` command.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { reportFailure, runCommand } from './command';
+import { demoCommand } from './demo';
+import { envoyCommand } from './envoy';
+import { policyCommand } from './policy';
+import { serveCommand } from './serve';
+
+const USAGE = `Usage: middlebox <command> [flags]
+
+Commands:
+  serve              run the gRPC server that Envoy asks (ext_authz) — policies from etcd
+  policy             validate | apply | get | delete policies
+  envoy bootstrap    print a sidecar Envoy bootstrap that uses the middlebox
+  demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
+  version            print the version
+
+Run 'middlebox <command> --help' for a command's flags.
+`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'serve':
+      return runCommand(serveCommand, rest);
+    case 'policy':
+      return policyCommand(rest);
+    case 'envoy':
+      return envoyCommand(rest);
+    case 'demo':
+      return runCommand(demoCommand, rest);
+    case 'version':
+    case '--version':
+      process.stdout.write(`middlebox ${version()}\n`);
+      return 0;
+    case undefined:
+      process.stderr.write(USAGE);
+      return 2;
+    case 'help':
+    case '-h':
+    case '--help':
+      process.stdout.write(USAGE);
+      return 0;
+    default:
+      process.stderr.write(`middlebox: unknown command ${JSON.stringify(cmd)}\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+/** Runs the command line and exits with its code. */
+export function run(): void {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      // serve resolves only after a clean shutdown; other commands may leave client sockets behind.
+      setImmediate(() => process.exit(code));
+    },
+    (e) => process.exit(reportFailure('', e)),
+  );
+}
+
+if (require.main === module) run();

@@ -1,0 +1,184 @@
+// `middlebox policy validate|apply|get|delete`.
+import { readFileSync } from 'node:fs';
+import YAML from 'yaml';
+import { MiddleboxError } from '../errors';
+import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
+import type { PolicyDocument } from '../policy/types';
+import { normalisePrefix, settingsFromEnv, splitList } from '../settings';
+import { connectEtcd } from '../state/etcd/client';
+import { deletePolicy, getPolicies, putPolicies } from '../state/etcd/policies';
+import { runCommand, stringOpt, UsageError, type Command, type Options } from './command';
+
+const etcdOptions: Options = { etcd: { type: 'string' }, prefix: { type: 'string' } };
+const etcdHelp = [
+  '  --etcd URLS      comma-separated etcd client URLs (env MIDDLEBOX_ETCD, default http://127.0.0.1:2379)',
+  '  --prefix PREFIX  etcd key prefix (env MIDDLEBOX_PREFIX, default /middlebox)',
+];
+
+function etcdFrom(values: Record<string, unknown>) {
+  const env = settingsFromEnv();
+  const endpoints = stringOpt(values, 'etcd') ? splitList(stringOpt(values, 'etcd')!) : env.etcd;
+  const prefix = stringOpt(values, 'prefix') ? normalisePrefix(stringOpt(values, 'prefix')!) : env.prefix;
+  return { client: connectEtcd({ endpoints }), prefix };
+}
+
+function filesFrom(values: Record<string, unknown>): string[] {
+  const f = values.filename;
+  const files = Array.isArray(f) ? (f as string[]) : typeof f === 'string' ? [f] : [];
+  if (files.length === 0) throw new UsageError('-f FILE is required (use - for standard input)');
+  return files;
+}
+
+/** Reads and validates every file; all errors of all files are reported together. */
+function loadFiles(files: string[], consequence: string): PolicyDocument[] {
+  const docs: PolicyDocument[] = [];
+  const problems: string[] = [];
+  const seen = new Map<string, string>();
+  for (const file of files) {
+    const result = file === '-' ? parsePolicies(readStdin(), '<stdin>') : parsePolicyFile(file);
+    problems.push(...result.errors.map(formatPolicyError));
+    for (const d of result.documents) {
+      const where = seen.get(d.metadata.name);
+      if (where && where !== file) problems.push(`${file}: policy ${JSON.stringify(d.metadata.name)} is also defined in ${where}`);
+      seen.set(d.metadata.name, file);
+      docs.push(d);
+    }
+  }
+  if (problems.length) throw new MiddleboxError('policy_invalid', `${problems.length} problem${problems.length > 1 ? 's' : ''} found${consequence}`, problems);
+  return docs;
+}
+
+function readStdin(): string {
+  return readFileSync(0, 'utf8');
+}
+
+const validate: Command = {
+  name: 'policy validate',
+  summary: 'Check policy files offline. Prints file:line: what is wrong, and exits 1, when a file is bad.',
+  usage: 'middlebox policy validate -f FILE [-f FILE ...]',
+  help: ['  -f, --filename FILE   policy file (YAML or JSON, several documents allowed; - for stdin)'],
+  options: { filename: { type: 'string', short: 'f', multiple: true } },
+  async run({ values }) {
+    const docs = loadFiles(filesFrom(values), '');
+    for (const d of docs) process.stdout.write(`policy/${d.metadata.name} valid\n`);
+    return 0;
+  },
+};
+
+const apply: Command = {
+  name: 'policy apply',
+  summary: 'Validate policy files and store them in etcd, all or none; every replica applies them at once.',
+  usage: 'middlebox policy apply -f FILE [-f FILE ...] [--etcd URLS] [--prefix PREFIX]',
+  help: ['  -f, --filename FILE   policy file (YAML or JSON, several documents allowed; - for stdin)', ...etcdHelp],
+  options: { filename: { type: 'string', short: 'f', multiple: true }, ...etcdOptions },
+  async run({ values }) {
+    const docs = loadFiles(filesFrom(values), '; nothing was applied');
+    const { client, prefix } = etcdFrom(values);
+    try {
+      const before = await getPolicies(client, prefix);
+      await putPolicies(client, prefix, docs);
+      for (const d of docs) {
+        const old = before.get(d.metadata.name);
+        const state = old === undefined ? 'created' : old === JSON.stringify(d) ? 'unchanged' : 'configured';
+        process.stdout.write(`policy/${d.metadata.name} ${state}\n`);
+      }
+      return 0;
+    } finally {
+      client.close();
+    }
+  },
+};
+
+const get: Command = {
+  name: 'policy get',
+  summary: 'Show the policies stored in etcd: a table of all, or one policy as YAML.',
+  usage: 'middlebox policy get [NAME] [-o table|yaml|json] [--etcd URLS] [--prefix PREFIX]',
+  help: ['  -o, --output FORMAT   table (default without NAME), yaml (default with NAME) or json', ...etcdHelp],
+  options: { output: { type: 'string', short: 'o' }, ...etcdOptions },
+  allowPositionals: true,
+  async run({ values, positionals }) {
+    if (positionals.length > 1) throw new UsageError('at most one policy NAME');
+    const name = positionals[0];
+    const format = stringOpt(values, 'output') ?? (name ? 'yaml' : 'table');
+    if (!['table', 'yaml', 'json'].includes(format)) throw new UsageError(`-o must be table, yaml or json, got ${JSON.stringify(format)}`);
+    const { client, prefix } = etcdFrom(values);
+    try {
+      const stored = await getPolicies(client, prefix);
+      const names = name ? [name] : [...stored.keys()].sort();
+      if (name && !stored.has(name)) throw new MiddleboxError('policy_not_found', `policy ${JSON.stringify(name)} not found`);
+      if (names.length === 0) {
+        process.stderr.write('No policies found.\n');
+        return 0;
+      }
+      const docs = names.map((n) => parseStoredForDisplay(stored.get(n)!));
+      if (format === 'json') process.stdout.write(`${JSON.stringify(name ? docs[0] : docs, null, 2)}\n`);
+      else if (format === 'yaml') process.stdout.write(docs.map((d) => YAML.stringify(d)).join('---\n'));
+      else process.stdout.write(table(names, docs));
+      return 0;
+    } finally {
+      client.close();
+    }
+  },
+};
+
+/** Shows what is stored even when it is corrupt (that is when an operator needs to see it). */
+function parseStoredForDisplay(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { invalid: text };
+  }
+}
+
+function table(names: string[], values: unknown[]): string {
+  const rows = [['NAME', 'SHADOW', 'FIREWALL', 'RATE-LIMITS', 'NAT']];
+  names.forEach((n, i) => {
+    const spec = (values[i] as Partial<PolicyDocument>)?.spec;
+    if (!spec) return rows.push([n, '-', 'invalid', '-', '-']);
+    const fw = spec.firewall ? `${spec.firewall.rules.length} rules, default ${spec.firewall.default}` : '-';
+    rows.push([n, String(Boolean(spec.shadow)), fw, String(spec.rateLimits?.length ?? 0), String(spec.nat?.length ?? 0)]);
+  });
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('   ').trimEnd()).join('\n') + '\n';
+}
+
+const del: Command = {
+  name: 'policy delete',
+  summary: 'Delete a policy from etcd; every replica stops enforcing it at once.',
+  usage: 'middlebox policy delete NAME [--etcd URLS] [--prefix PREFIX]',
+  help: etcdHelp,
+  options: etcdOptions,
+  allowPositionals: true,
+  async run({ values, positionals }) {
+    if (positionals.length !== 1) throw new UsageError('exactly one policy NAME is required');
+    const { client, prefix } = etcdFrom(values);
+    try {
+      if (!(await deletePolicy(client, prefix, positionals[0]!))) {
+        throw new MiddleboxError('policy_not_found', `policy ${JSON.stringify(positionals[0])} not found`);
+      }
+      process.stdout.write(`policy/${positionals[0]} deleted\n`);
+      return 0;
+    } finally {
+      client.close();
+    }
+  },
+};
+
+export const policySubcommands = [validate, apply, get, del];
+
+export async function policyCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const cmd = policySubcommands.find((c) => c.name === `policy ${sub}`);
+  if (!cmd) {
+    const list = policySubcommands.map((c) => `  ${c.name.padEnd(16)} ${c.summary}`).join('\n');
+    const out = `Usage: middlebox policy <validate|apply|get|delete> [flags]\n\n${list}\n`;
+    if (sub === undefined || sub === '-h' || sub === '--help') {
+      process.stdout.write(out);
+      return sub === undefined ? 2 : 0;
+    }
+    process.stderr.write(`middlebox policy: unknown subcommand ${JSON.stringify(sub)}\n${out}`);
+    return 2;
+  }
+  return runCommand(cmd, rest);
+}
+

@@ -1,0 +1,43 @@
+// grpc.health.v1.Health with per-component status. Service names:
+//   ""                                    the whole server (what Kubernetes probes ask)
+//   "envoy.service.auth.v3.Authorization" what Envoy's active health check asks
+//   "middlebox.policy"                    NOT_SERVING while a stored policy is refused (the last
+//                                         good one stays in force) or before the first load
+//   "middlebox.etcd"                      NOT_SERVING while the policy watch is disconnected
+import type * as grpc from '@grpc/grpc-js';
+import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
+import type { PolicySource } from '../state/port';
+import { AUTHORIZATION_SERVICE } from './protos';
+
+export const POLICY_COMPONENT = 'middlebox.policy';
+export const ETCD_COMPONENT = 'middlebox.etcd';
+const SERVING_SERVICES = ['', AUTHORIZATION_SERVICE];
+
+export class ServerHealth {
+  private readonly impl = new HealthImplementation();
+  private draining = false;
+
+  constructor(private readonly policies: PolicySource) {
+    this.refresh();
+    policies.onChange(() => this.refresh());
+  }
+
+  addToServer(server: grpc.Server): void {
+    this.impl.addToServer(server);
+  }
+
+  /** SIGTERM: every service NOT_SERVING so that Envoy and Kubernetes stop sending new work. */
+  drain(): void {
+    this.draining = true;
+    this.refresh();
+  }
+
+  refresh(): void {
+    const status = this.policies.status();
+    // Serving needs a policy in force; a refused update does not stop serving (the last good one holds).
+    const serving: ServingStatus = !this.draining && status.loaded ? 'SERVING' : 'NOT_SERVING';
+    for (const s of SERVING_SERVICES) this.impl.setStatus(s, serving);
+    this.impl.setStatus(POLICY_COMPONENT, status.loaded && status.rejected.length === 0 ? 'SERVING' : 'NOT_SERVING');
+    this.impl.setStatus(ETCD_COMPONENT, status.connected ? 'SERVING' : 'NOT_SERVING');
+  }
+}

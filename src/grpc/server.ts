@@ -1,0 +1,79 @@
+// The gRPC server: binds, registers the services, and shuts down gracefully.
+import { existsSync, unlinkSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { MiddleboxError } from '../errors';
+import type { Logger } from '../observability/logger';
+import type { PolicySource } from '../state/port';
+import { AuthorizationService } from './authz/service';
+import { ServerHealth } from './health';
+
+export interface ServerOptions {
+  listen: string;
+  policies: PolicySource;
+  logger: Logger;
+}
+
+export interface RunningServer {
+  /** The bound address: host:port with the real port, or unix:/path. */
+  address: string;
+  health: ServerHealth;
+  /** NOT_SERVING, wait `delayMs` for health checkers to notice, then finish in-flight calls (cut after `drainMs`). */
+  shutdown(opts: { delayMs: number; drainMs: number }): Promise<void>;
+}
+
+/** Validates and normalises a listen address: host:port, [v6]:port, or unix:/absolute/path. */
+export function parseListen(listen: string): { target: string; unixPath?: string } {
+  if (listen.startsWith('unix:')) {
+    const p = listen.slice('unix:'.length);
+    if (!p.startsWith('/')) throw new MiddleboxError('bad_listen_address', `listen address ${listen}: a unix socket path must be absolute (unix:/path)`);
+    return { target: `unix:${p}`, unixPath: p };
+  }
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(\d+)$/.exec(listen);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) {
+    throw new MiddleboxError('bad_listen_address', `listen address ${JSON.stringify(listen)} is not host:port, [ipv6]:port or unix:/path`);
+  }
+  return { target: listen };
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const { target, unixPath } = parseListen(opts.listen);
+  // A socket file left by a killed process would make bind fail.
+  if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
+
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': 4 * 1024 * 1024,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
+  const health = new ServerHealth(opts.policies);
+  health.addToServer(server);
+  new AuthorizationService({ policies: opts.policies, logger: opts.logger }).addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  ).catch((e: Error) => {
+    throw new MiddleboxError('bad_listen_address', `cannot listen on ${opts.listen}: ${e.message}`);
+  });
+  const address = unixPath ? target : target.replace(/:\d+$/, `:${port}`);
+
+  return {
+    address,
+    health,
+    async shutdown({ delayMs, drainMs }) {
+      health.drain();
+      if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+      await new Promise<void>((resolve) => {
+        const cut = setTimeout(() => {
+          opts.logger.warn({ drainMs }, 'in-flight calls did not finish in time; cutting them off');
+          server.forceShutdown();
+          resolve();
+        }, drainMs);
+        server.tryShutdown(() => {
+          clearTimeout(cut);
+          resolve();
+        });
+      });
+      if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
+    },
+  };
+}

@@ -1,0 +1,42 @@
+// Every setting the server reads from its environment, with its default in one place.
+// Command-line flags override these.
+
+export interface ServeSettings {
+  /** host:port, [v6]:port, or unix:/path. */
+  listen: string;
+  /** Comma-separated etcd client URLs. */
+  etcd: string[];
+  /** Key prefix under which policies, counters and the NAT table live. */
+  prefix: string;
+  /** How long SIGTERM waits for in-flight calls before it cuts them off. */
+  drainMs: number;
+  logLevel: string;
+}
+
+export const DEFAULTS: ServeSettings = {
+  listen: '127.0.0.1:9001',
+  etcd: ['http://127.0.0.1:2379'],
+  prefix: '/middlebox',
+  drainMs: 10_000,
+  logLevel: 'info',
+};
+
+export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): ServeSettings {
+  return {
+    listen: env.MIDDLEBOX_LISTEN || DEFAULTS.listen,
+    etcd: env.MIDDLEBOX_ETCD ? splitList(env.MIDDLEBOX_ETCD) : DEFAULTS.etcd,
+    prefix: normalisePrefix(env.MIDDLEBOX_PREFIX || DEFAULTS.prefix),
+    drainMs: env.MIDDLEBOX_DRAIN_MS ? Number(env.MIDDLEBOX_DRAIN_MS) : DEFAULTS.drainMs,
+    logLevel: env.MIDDLEBOX_LOG_LEVEL || DEFAULTS.logLevel,
+  };
+}
+
+export function splitList(text: string): string[] {
+  return text.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+/** "/middlebox", "middlebox/" and "/middlebox/" all mean the same prefix: "/middlebox". */
+export function normalisePrefix(prefix: string): string {
+  const trimmed = prefix.replace(/\/+$/, '');
+  return trimmed.startsWith('/') ? trimmed : `/${trimmed}`;
+}
