@@ -1,0 +1,21 @@
+// `middlebox demo` is one of the two commands the README promises: it must keep working.
+import assert from 'node:assert/strict';
+import { middlebox } from '../harness/cli';
+
+describe('middlebox demo', function () {
+  this.timeout(90_000);
+
+  it('brings everything up, shows each middlebox verdict, and ends by itself', async () => {
+    const r = await middlebox(['demo'], { timeoutMs: 80_000 });
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /GET\s+\/products\/42\s+from 127\.0\.0\.1\s+→ 200 allowed/);
+    assert.match(r.stdout, /\/admin\/users .*→ 403 denied by shop\/no-admin/);
+    assert.match(r.stdout, /from 127\.0\.0\.66\s+→ 403 denied by shop\/blocked-client/);
+    assert.match(r.stdout, /DELETE \/orders\/7 .*→ 403 denied by shop\/orders-read-only/);
+    assert.match(r.stdout, /shadow rule firewall\/shop\/beta-trial would have denied it/);
+    assert.match(r.stdout, /connection from 127\.0\.0\.1\s+→ echoed/);
+    assert.match(r.stdout, /connection from 127\.0\.0\.66\s+→ refused/);
+    assert.match(r.stdout, /in force on every replica after \d+ ms\n.*\/admin\/users .*→ 200 allowed/);
+    assert.match(r.stdout, /Stopping everything/);
+  });
+});
