@@ -19,7 +19,7 @@ interface Probe {
 
 export const demoCommand: Command = {
   name: 'demo',
-  summary: 'Start etcd, two middlebox replicas, Envoy and an app on loopback, apply a policy, send traffic, print every verdict, stop.',
+  summary: 'Start etcd, two middlebox replicas, Envoy and an app on loopback, apply a policy (firewall and rate limit), send traffic, print every verdict, stop.',
   usage: 'middlebox demo [--logs DIR]',
   help: ['  --logs DIR   keep every process\'s log and the Envoy bootstrap in DIR (default: a temp dir, removed)'],
   options: { logs: { type: 'string' } },
@@ -33,7 +33,7 @@ export const demoCommand: Command = {
       out(`  etcd ${lab.etcd.endpoint}; replicas ${lab.replicas.map((r) => r.address).join(', ')}`);
       out(`  Envoy: HTTP :${lab.httpPort}, TCP :${lab.tcpPort}; both replicas healthy in Envoy's middlebox cluster`);
       out();
-      out(`Applying ${path.relative(process.cwd(), DEMO_POLICY)} (policy "shop", ${policy.spec.firewall?.rules.length} firewall rules)`);
+      out(`Applying ${path.relative(process.cwd(), DEMO_POLICY)} (policy "shop": ${policy.spec.firewall?.rules.length} firewall rules, ${policy.spec.rateLimits?.length} rate limit)`);
       await lab.applyPolicies([policy]);
       await waitForRule(lab, '/admin/x', 403);
       out();
@@ -48,6 +48,17 @@ export const demoCommand: Command = {
       ];
       out('HTTP through Envoy (ext_authz → middlebox → app):');
       for (const p of probes) out(await describe(lab, p));
+      out();
+      out('Rate limit through Envoy (search-per-client: 5 a minute per client, strict, shared by both replicas):');
+      for (let i = 1; i <= 7; i++) {
+        const r = await httpRequest({ port: lab.httpPort, path: '/search' });
+        const left = r.headers['ratelimit-remaining'];
+        const why =
+          r.status === 200
+            ? `allowed, ratelimit-remaining ${left}`
+            : `denied by ${JSON.parse(r.body).policy}/${JSON.parse(r.body).rule}, retry-after ${r.headers['retry-after']} s`;
+        out(`  search #${i} → ${r.status} ${why}`);
+      }
       out();
       out('TCP through Envoy (network ext_authz → middlebox → echo server):');
       for (const from of ['127.0.0.1', '127.0.0.66']) {

@@ -55,5 +55,5 @@ export interface HeaderValueOption {
 export interface CheckResponse {
   status: { code: number; message?: string };
   denied_response?: { status: { code: number }; headers: HeaderValueOption[]; body: string };
-  ok_response?: { headers: HeaderValueOption[]; headers_to_remove?: string[] };
+  ok_response?: { headers: HeaderValueOption[]; headers_to_remove?: string[]; response_headers_to_add?: HeaderValueOption[] };
 }

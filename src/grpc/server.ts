@@ -2,6 +2,7 @@
 import { existsSync, unlinkSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { MiddleboxError } from '../errors';
+import type { DecisionPorts } from '../middlebox/pipeline';
 import type { Logger } from '../observability/logger';
 import type { PolicySource } from '../state/port';
 import { AuthorizationService } from './authz/service';
@@ -10,6 +11,7 @@ import { ServerHealth } from './health';
 export interface ServerOptions {
   listen: string;
   policies: PolicySource;
+  ports: DecisionPorts;
   logger: Logger;
 }
 
@@ -47,7 +49,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   const health = new ServerHealth(opts.policies);
   health.addToServer(server);
-  new AuthorizationService({ policies: opts.policies, logger: opts.logger }).addToServer(server);
+  new AuthorizationService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),

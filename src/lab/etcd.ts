@@ -91,6 +91,20 @@ export class EtcdProcess {
     this.child.signal('SIGCONT');
   }
 
+  /**
+   * The store's current revision. Every write transaction raises it by one (lease grants and
+   * keep-alives do not), so the difference over a run counts etcd writes from outside.
+   */
+  async revision(): Promise<number> {
+    const res = await fetch(`${this.endpoint}/v3/kv/range`, {
+      method: 'POST',
+      body: JSON.stringify({ key: Buffer.from('\0').toString('base64') }),
+      signal: AbortSignal.timeout(2000),
+    });
+    const body = (await res.json()) as { header?: { revision?: string } };
+    return Number(body.header?.revision ?? 0);
+  }
+
   /** Starts etcd again on the same ports and data dir (stopping it first if it still runs). */
   async restart(): Promise<void> {
     await this.child.stop(3000);

@@ -17,6 +17,8 @@ export interface MiddleboxStartOptions {
   logLevel?: string;
   shutdownDelayMs?: number;
   drainMs?: number;
+  /** Membership lease TTL in seconds (how soon a dead replica stops counting). */
+  memberTtlS?: number;
   /** Wait for this health status of service "" before returning (default SERVING; false: do not wait). */
   waitFor?: HealthStatus | false;
 }
@@ -60,6 +62,7 @@ export class MiddleboxProcess {
     if (opts.prefix) args.push('--prefix', opts.prefix);
     args.push('--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0));
     if (opts.drainMs !== undefined) args.push('--drain-ms', String(opts.drainMs));
+    if (opts.memberTtlS !== undefined) args.push('--member-ttl', String(opts.memberTtlS));
     const child = LabChild.spawn({ name: `middlebox ${listen}`, command: process.execPath, args, logFile: opts.logFile });
     const mb = new MiddleboxProcess(listen, child);
     const want = opts.waitFor ?? 'SERVING';

@@ -24,6 +24,8 @@ export interface SidecarLabOptions {
   bootstrap?: Partial<BootstrapOptions>;
   /** Replica listen addresses (default: free loopback ports). */
   listen?: string[];
+  /** Membership lease TTL of every replica, in seconds. */
+  memberTtlS?: number;
 }
 
 export class SidecarLab {
@@ -54,6 +56,7 @@ export class SidecarLab {
           etcd: etcd.endpoint,
           prefix,
           listen: opts.listen?.[i],
+          memberTtlS: opts.memberTtlS,
           logFile: path.join(logDir, `middlebox-${i + 1}.log`),
         });
         replicas.push(mb);
@@ -71,6 +74,9 @@ export class SidecarLab {
         inboundHttp: { address: '127.0.0.1', port: httpPort, appAddress: '127.0.0.1', appPort: app.port },
         inboundTcp: tcpApp && tcpPort ? { address: '127.0.0.1', port: tcpPort, appAddress: '127.0.0.1', appPort: tcpApp.port } : undefined,
         middlebox: replicas.map((r) => r.address),
+        // Tests and the demo share a small, busy machine: a slow answer must not read as a denial
+        // (Envoy's status_on_error). Latency is measured by the benchmarks, not here.
+        timeoutMs: 1000,
         ...opts.bootstrap,
       });
       fs.writeFileSync(path.join(logDir, 'envoy.yaml'), config);

@@ -55,6 +55,8 @@ export interface Verdict {
   reason: string;
   /** Headers to add to the upstream request (allow) or to the denial response (deny). */
   headers?: HeaderValue[];
+  /** Headers to add to the response the client gets when the request is allowed (ratelimit-*). */
+  responseHeaders?: HeaderValue[];
   /** Denials that a shadow policy or rule would have made: logged, never enforced. */
   shadowDenials?: ShadowDenial[];
 }

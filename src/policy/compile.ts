@@ -13,12 +13,19 @@ import {
 } from '../middlebox/firewall/match';
 import type {
   CompiledFirewallRule,
+  CompiledNatRule,
   CompiledPolicy,
+  CompiledRateLimit,
   FirewallRuleSpec,
+  KeyPart,
+  NatAffinity,
+  NatSpec,
   PolicyDocument,
   PolicySnapshot,
+  RateLimitSpec,
   RequestMatcher,
 } from './types';
+import { parseDuration } from './duration';
 
 /** `doc` must have come out of validation; an invalid address or regex here throws. */
 export function compilePolicy(doc: PolicyDocument): CompiledPolicy {
@@ -28,6 +35,8 @@ export function compilePolicy(doc: PolicyDocument): CompiledPolicy {
     document: doc,
     shadow: spec.shadow === true,
     selector: trafficMatcher(spec.selector),
+    rateLimits: (spec.rateLimits ?? []).map((rule) => compileRateLimit(doc.metadata.name, spec.shadow === true, rule)),
+    nat: (spec.nat ?? []).map((rule) => compileNatRule(doc.metadata.name, rule)),
   };
   if (spec.firewall !== undefined) {
     policy.firewall = {
@@ -65,4 +74,60 @@ function firewallRuleMatcher(rule: FirewallRuleSpec): RequestMatcher {
   if (rule.paths !== undefined) matchers.push(pathMatcher(rule.paths));
   if (rule.headers !== undefined) matchers.push(headerMatcher(rule.headers));
   return allOf(matchers);
+}
+
+function compileRateLimit(policy: string, policyShadow: boolean, rule: RateLimitSpec): CompiledRateLimit {
+  return {
+    id: `${policy}/${rule.name}`,
+    policy,
+    name: rule.name,
+    matches: trafficMatcher(rule.match),
+    keyParts: rule.by.map(keyPart),
+    algorithm: rule.algorithm,
+    limit: rule.limit,
+    perMs: parseDuration(rule.per)!,
+    burst: rule.burst,
+    consistency: rule.consistency,
+    shadow: policyShadow || rule.shadow === true,
+    headers: rule.headers === true,
+  };
+}
+
+/** `by` entries as validated: sourceIp | principal | host | path | header:<name>. */
+function keyPart(by: string): KeyPart {
+  switch (by) {
+    case 'sourceIp':
+      return (req) => req.source.ip?.text ?? '';
+    case 'principal':
+      return (req) => req.source.principal ?? '';
+    case 'host':
+      return (req) => req.host ?? '';
+    case 'path':
+      return (req) => req.path ?? '';
+    default: {
+      const name = by.slice('header:'.length).toLowerCase();
+      return (req) => req.headers.get(name) ?? '';
+    }
+  }
+}
+
+function compileNatRule(policy: string, rule: NatSpec): CompiledNatRule {
+  return {
+    id: `${policy}/${rule.name}`,
+    policy,
+    name: rule.name,
+    matches: trafficMatcher(rule.match),
+    backends: rule.to,
+    affinity: natAffinity(rule.affinity),
+    rewriteHost: rule.rewriteHost === true,
+    sourceAs: rule.sourceAs,
+    idleMs: parseDuration(rule.idleTimeout)!,
+  };
+}
+
+/** `affinity` as validated: none | sourceIp | header:<name>. */
+function natAffinity(text: string): NatAffinity {
+  if (text === 'none') return { kind: 'none' };
+  if (text === 'sourceIp') return { kind: 'sourceIp' };
+  return { kind: 'header', name: text.slice('header:'.length).toLowerCase() };
 }

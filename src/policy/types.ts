@@ -79,6 +79,8 @@ export interface NatSpec {
   affinity: string;
   rewriteHost?: boolean;
   sourceAs?: string;
+  /** How long a flow's mapping outlives its last request (duration text; default 5m). */
+  idleTimeout: string;
 }
 
 export interface PolicySpec {
@@ -123,12 +125,50 @@ export interface CompiledFirewall {
   rules: readonly CompiledFirewallRule[];
 }
 
+/** Reads one part of a rate-limit key from a request ("" when the request lacks it). */
+export type KeyPart = (req: RequestAttributes) => string;
+
+export interface CompiledRateLimit {
+  /** policy/rule: names the limit in logs, metrics, etcd keys and denial bodies. */
+  id: string;
+  policy: string;
+  name: string;
+  matches: RequestMatcher;
+  keyParts: readonly KeyPart[];
+  algorithm: RateLimitAlgorithm;
+  limit: number;
+  perMs: number;
+  burst?: number;
+  consistency: Consistency;
+  shadow: boolean;
+  /** Add ratelimit-* headers to allowed responses too. */
+  headers: boolean;
+}
+
+export type NatAffinity = { kind: 'none' } | { kind: 'sourceIp' } | { kind: 'header'; name: string };
+
+export interface CompiledNatRule {
+  /** policy/rule */
+  id: string;
+  policy: string;
+  name: string;
+  matches: RequestMatcher;
+  /** Canonical ip:port ([v6]:port), in the order written. */
+  backends: readonly string[];
+  affinity: NatAffinity;
+  rewriteHost: boolean;
+  sourceAs?: string;
+  idleMs: number;
+}
+
 export interface CompiledPolicy {
   name: string;
   document: PolicyDocument;
   shadow: boolean;
   selector: RequestMatcher;
   firewall?: CompiledFirewall;
+  rateLimits: readonly CompiledRateLimit[];
+  nat: readonly CompiledNatRule[];
 }
 
 /** Every policy in force, in evaluation order (by name, byte order). */

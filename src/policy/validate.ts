@@ -55,7 +55,7 @@ const TRAFFIC_FIELDS = ['hosts', 'paths', 'methods', 'ports'];
 const NAT_MATCH_FIELDS = ['hosts', 'ports', 'paths'];
 const RULE_FIELDS = ['name', 'action', 'shadow', 'from', 'to', 'ports', 'methods', 'hosts', 'paths', 'headers', 'principals'];
 const RATE_LIMIT_FIELDS = ['name', 'match', 'limit', 'per', 'by', 'algorithm', 'burst', 'consistency', 'shadow', 'headers'];
-const NAT_FIELDS = ['name', 'match', 'to', 'affinity', 'rewriteHost', 'sourceAs'];
+const NAT_FIELDS = ['name', 'match', 'to', 'affinity', 'rewriteHost', 'sourceAs', 'idleTimeout'];
 
 /**
  * Returns the normalised document (defaults filled in, methods upper-cased, hosts and header names
@@ -258,6 +258,7 @@ function readNat(v: Walk, node: Node, path: string): NatSpec | undefined {
     affinity: v.optional(fields, 'affinity', `${path}.affinity`, readAffinity) ?? 'none',
     rewriteHost: v.optional(fields, 'rewriteHost', `${path}.rewriteHost`, readBoolean),
     sourceAs: v.optional(fields, 'sourceAs', `${path}.sourceAs`, readAddress),
+    idleTimeout: v.optional(fields, 'idleTimeout', `${path}.idleTimeout`, readPer) ?? '5m',
   });
 }
 

@@ -1,6 +1,7 @@
-// The port the decision engines and adapters read shared state through. Implementations: etcd
-// (watch-driven), and in tests a fixed snapshot.
-import type { PolicyError, PolicySnapshot } from '../policy/types';
+// The ports the decision engines and adapters reach shared state through. Implementations: etcd
+// (watch-driven policies; counters and quotas), memory (`local` limits, the fallback), and in
+// tests a fixed snapshot.
+import type { CompiledRateLimit, PolicyError, PolicySnapshot } from '../policy/types';
 
 export interface RejectedPolicy {
   key: string;
@@ -38,4 +39,30 @@ export class StaticPolicySource implements PolicySource {
   }
   onChange(): void {}
   async close(): Promise<void> {}
+}
+
+// --- rate limits ---------------------------------------------------------------------------------
+
+export interface RateLimitRequest {
+  rule: CompiledRateLimit;
+  /** The request's key parts, joined; unique within the rule. */
+  key: string;
+  /** Wall-clock milliseconds; windows are aligned to the epoch so that every replica agrees. */
+  now: number;
+}
+
+export interface RateLimitGrant {
+  allowed: boolean;
+  /** The limit as configured (what ratelimit-limit advertises). */
+  limit: number;
+  remaining: number;
+  resetMs: number;
+  retryAfterMs: number;
+}
+
+export interface RateLimitPort {
+  /** Takes one token if one is available. Synchronous when no shared state needs to be asked. */
+  consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant>;
+  /** Gives back the token of an allowed consume, because another limit denied the request. */
+  refund(req: RateLimitRequest): void;
 }

@@ -13,6 +13,8 @@ describe('middlebox demo', function () {
     assert.match(r.stdout, /from 127\.0\.0\.66\s+→ 403 denied by shop\/blocked-client/);
     assert.match(r.stdout, /DELETE \/orders\/7 .*→ 403 denied by shop\/orders-read-only/);
     assert.match(r.stdout, /shadow rule firewall\/shop\/beta-trial would have denied it/);
+    for (let i = 1; i <= 5; i++) assert.match(r.stdout, new RegExp(`search #${i} → 200 allowed, ratelimit-remaining ${5 - i}`));
+    assert.match(r.stdout, /search #6 → 429 denied by shop\/search-per-client, retry-after \d+ s/);
     assert.match(r.stdout, /connection from 127\.0\.0\.1\s+→ echoed/);
     assert.match(r.stdout, /connection from 127\.0\.0\.66\s+→ refused/);
     assert.match(r.stdout, /in force on every replica after \d+ ms\n.*\/admin\/users .*→ 200 allowed/);

@@ -1,19 +1,8 @@
 import assert from 'node:assert/strict';
 import { decideFirewall } from '../../src/middlebox/firewall/engine';
 import { compileSnapshot } from '../../src/policy/compile';
-import { formatPolicyError, parsePolicies } from '../../src/policy/parse';
-import type { PolicySnapshot } from '../../src/policy/types';
+import { snapshot } from '../harness/policy';
 import { request } from '../harness/request';
-
-/** One policy document per `name: spec` entry (spec in flow YAML), compiled into a snapshot. */
-function snapshot(policies: Record<string, string>): PolicySnapshot {
-  const text = Object.entries(policies)
-    .map(([name, spec]) => `apiVersion: middlebox.io/v1alpha1\nkind: Policy\nmetadata: { name: ${name} }\nspec: ${spec}\n`)
-    .join('---\n');
-  const { documents, errors } = parsePolicies(text, 'test.yaml');
-  assert.deepEqual(errors.map(formatPolicyError), []);
-  return compileSnapshot(documents, 7);
-}
 
 const OFFICE_ONLY = `{ firewall: { default: deny, rules: [
   { name: office, action: allow, from: ["203.0.113.0/24"] },
@@ -21,7 +10,7 @@ const OFFICE_ONLY = `{ firewall: { default: deny, rules: [
 
 describe('compileSnapshot', () => {
   it('orders policies by name and keeps the generation', () => {
-    const snap = snapshot({ zeta: '{}', alpha: '{}', 'alpha-2': '{}', beta: '{}' });
+    const snap = snapshot({ zeta: '{}', alpha: '{}', 'alpha-2': '{}', beta: '{}' }, 7);
     assert.equal(snap.generation, 7);
     assert.deepEqual(snap.policies.map((p) => p.name), ['alpha', 'alpha-2', 'beta', 'zeta']);
   });

@@ -71,7 +71,7 @@ const EXPECTED_SHOP: PolicyDocument = {
         algorithm: 'token-bucket', burst: 5, consistency: 'strict',
       },
     ],
-    nat: [{ name: 'vip', match: { hosts: ['vip.local'] }, to: ['127.0.0.1:18081', '127.0.0.1:18082'], affinity: 'sourceIp' }],
+    nat: [{ name: 'vip', match: { hosts: ['vip.local'] }, to: ['127.0.0.1:18081', '127.0.0.1:18082'], affinity: 'sourceIp', idleTimeout: '5m' }],
   },
 };
 
@@ -169,7 +169,7 @@ describe('parsePolicies', () => {
         }],
       },
       rateLimits: [{ name: 'l', limit: 5, per: '1h30m', by: ['header:x-tenant'], algorithm: 'sliding-window', consistency: 'leased' }],
-      nat: [{ name: 'n', to: ['[2001:db8::1]:443', '10.0.0.1:80'], affinity: 'header:x-user', sourceAs: '2001:db8::9' }],
+      nat: [{ name: 'n', to: ['[2001:db8::1]:443', '10.0.0.1:80'], affinity: 'header:x-user', sourceAs: '2001:db8::9', idleTimeout: '5m' }],
     });
   });
 

@@ -51,8 +51,11 @@ export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'h
       const d = verdict.shadowDenials[0]!;
       headers.push(overwrite('x-middlebox-shadow-deny', `${d.middlebox}/${d.policy}/${d.rule}`));
     }
+    const ok: NonNullable<CheckResponse['ok_response']> = { headers };
     const remove = clientOwnHeaders.filter((name) => !headers.some((h) => h.header.key === name));
-    return { status: { code: RpcCode.OK }, ok_response: remove.length ? { headers, headers_to_remove: remove } : { headers } };
+    if (remove.length) ok.headers_to_remove = remove;
+    if (verdict.responseHeaders?.length) ok.response_headers_to_add = verdict.responseHeaders.map((h) => overwrite(h.key, h.value));
+    return { status: { code: RpcCode.OK }, ok_response: ok };
   }
   const headers: HeaderValueOption[] = [
     overwrite('content-type', 'application/json'),

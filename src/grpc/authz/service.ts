@@ -1,8 +1,8 @@
 // envoy.service.auth.v3.Authorization/Check: translate → decide → respond → one decision log line.
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { decide } from '../../middlebox/pipeline';
-import type { Verdict } from '../../middlebox/types';
+import { decide, type DecisionPorts } from '../../middlebox/pipeline';
+import type { RequestAttributes, Verdict } from '../../middlebox/types';
 import type { Logger } from '../../observability/logger';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
@@ -12,9 +12,19 @@ import { DEFAULT_TRANSLATION_LIMITS, translateCheckRequest, type TranslationLimi
 
 export interface AuthorizationDeps {
   policies: PolicySource;
+  ports: DecisionPorts;
   logger: Logger;
   limits?: TranslationLimits;
 }
+
+export interface CheckOutcome {
+  response: CheckResponse;
+  verdict: Verdict;
+  decisionId: string;
+}
+
+/** When shared state cannot answer, the request is refused (503) rather than decided blindly. */
+const STATE_UNAVAILABLE: Verdict = { allow: false, status: 503, reason: 'state_unavailable' };
 
 export class AuthorizationService {
   private readonly limits: TranslationLimits;
@@ -27,8 +37,8 @@ export class AuthorizationService {
     server.addService(authorizationService(), { Check: this.check });
   }
 
-  /** Exposed for tests: the whole decision for one CheckRequest. */
-  readonly decideCheck = (msg: CheckRequest): { response: CheckResponse; verdict: Verdict; decisionId: string } => {
+  /** The whole decision for one CheckRequest; synchronous unless a limit asks shared state. */
+  readonly decideCheck = (msg: CheckRequest): CheckOutcome | Promise<CheckOutcome> => {
     const translation = translateCheckRequest(msg, this.limits);
     if (!translation.ok) {
       const decisionId = randomUUID();
@@ -38,7 +48,25 @@ export class AuthorizationService {
     }
     const req = translation.request;
     const decisionId = req.requestId || randomUUID();
-    const verdict = decide(this.deps.policies.snapshot(), req);
+    const verdict = decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now());
+    if (verdict instanceof Promise) {
+      return verdict.then(
+        (v) => this.respond(req, decisionId, v),
+        (e: Error) => {
+          this.deps.logger.error({ decision: decisionId, err: e.message }, 'shared state did not answer');
+          return this.respond(req, decisionId, STATE_UNAVAILABLE);
+        },
+      );
+    }
+    return this.respond(req, decisionId, verdict);
+  };
+
+  private respond(req: RequestAttributes, decisionId: string, verdict: Verdict): CheckOutcome {
+    this.log(req, decisionId, verdict);
+    return { response: checkResponse(verdict, decisionId, req.protocol, clientOwnHeaders(req.headers)), verdict, decisionId };
+  }
+
+  private log(req: RequestAttributes, decisionId: string, verdict: Verdict): void {
     const log = this.deps.logger;
     if (!verdict.allow || verdict.shadowDenials) {
       log.info(
@@ -51,6 +79,7 @@ export class AuthorizationService {
           path: req.path,
           allow: verdict.allow,
           status: verdict.status,
+          middlebox: verdict.middlebox,
           reason: verdict.reason,
           policy: verdict.policy,
           rule: verdict.rule,
@@ -61,19 +90,23 @@ export class AuthorizationService {
     } else if (log.isLevelEnabled('debug')) {
       log.debug({ decision: decisionId, source: req.source.ip?.text, path: req.path, reason: verdict.reason }, 'allowed');
     }
-    return { response: checkResponse(verdict, decisionId, req.protocol, clientOwnHeaders(req.headers)), verdict, decisionId };
-  };
+  }
 
   private readonly check = (
     call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>,
     callback: grpc.sendUnaryData<CheckResponse>,
   ): void => {
-    try {
-      callback(null, this.decideCheck(call.request).response);
-    } catch (e) {
+    const fail = (e: unknown) => {
       // A bug must cost one request a clear error, never the process.
       this.deps.logger.error({ err: e }, 'check failed');
       callback({ code: grpc.status.INTERNAL, details: 'internal error deciding the request' });
+    };
+    try {
+      const outcome = this.decideCheck(call.request);
+      if (outcome instanceof Promise) outcome.then((o) => callback(null, o.response), fail);
+      else callback(null, outcome.response);
+    } catch (e) {
+      fail(e);
     }
   };
 }

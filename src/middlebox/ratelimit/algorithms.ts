@@ -1,0 +1,159 @@
+// The three rate-limit algorithms as pure state transitions. The same functions run against a
+// bucket kept in memory (consistency `local`, and the fallback) and against a bucket stored in etcd
+// and updated by compare-and-swap (`strict`, `leased`), so every mode counts the same way.
+//
+// take(state, n, now) asks for n tokens and grants m ≤ n of them, all or some; denied requests take
+// nothing, so they never consume quota.
+import type { RateLimitAlgorithm } from '../../policy/types';
+
+export interface LimitParams {
+  algorithm: RateLimitAlgorithm;
+  /** Requests admitted per window (windows) or refill per `perMs` (token bucket). May be fractional (local shares). */
+  limit: number;
+  perMs: number;
+  /** Token bucket capacity; defaults to limit. */
+  burst?: number;
+}
+
+/** Stored per bucket. Compact field names: it is written to etcd on every strict decision. */
+export type BucketState =
+  /** fixed-window: window index and tokens granted in it */
+  | { w: number; c: number }
+  /** sliding-window: window index, granted in it, granted in the window before */
+  | { w: number; c: number; p: number }
+  /** token-bucket: tokens left at time t (ms) */
+  | { k: number; t: number };
+
+export interface Take {
+  state: BucketState;
+  granted: number;
+  /** Tokens still available after this take (for ratelimit-remaining). */
+  remaining: number;
+  /** Milliseconds until the quota resets (window end; token bucket: until full). */
+  resetMs: number;
+  /** Milliseconds until one more token could be granted (for retry-after). 0 when one is available. */
+  retryAfterMs: number;
+}
+
+export function take(params: LimitParams, state: BucketState | undefined, n: number, now: number): Take {
+  switch (params.algorithm) {
+    case 'fixed-window':
+      return takeFixed(params, state as { w: number; c: number } | undefined, n, now);
+    case 'sliding-window':
+      return takeSliding(params, state as { w: number; c: number; p: number } | undefined, n, now);
+    case 'token-bucket':
+      return takeBucket(params, state as { k: number; t: number } | undefined, n, now);
+  }
+}
+
+/** What a bucket would grant now without taking anything. */
+export function peek(params: LimitParams, state: BucketState | undefined, now: number): Take {
+  return take(params, state, 0, now);
+}
+
+/** Index of the window `now` falls in; windows are aligned to the epoch so every replica agrees. */
+export function windowIndex(perMs: number, now: number): number {
+  return Math.floor(now / perMs);
+}
+
+/**
+ * The window a take counts in: never earlier than the stored one, so that a replica whose clock
+ * lags cannot move a shared bucket back to a window that already ended (and restart its count).
+ */
+function currentWindow(perMs: number, now: number, stored: number | undefined): number {
+  const w = windowIndex(perMs, now);
+  return stored !== undefined && stored > w ? stored : w;
+}
+
+function takeFixed(p: LimitParams, s: { w: number; c: number } | undefined, n: number, now: number): Take {
+  const w = currentWindow(p.perMs, now, s?.w);
+  const count = s && s.w === w ? s.c : 0;
+  const available = Math.max(0, Math.floor(p.limit - count + EPSILON));
+  const granted = Math.min(n, available);
+  const resetMs = (w + 1) * p.perMs - now;
+  return {
+    state: { w, c: count + granted },
+    granted,
+    remaining: available - granted,
+    resetMs,
+    retryAfterMs: available - granted > 0 ? 0 : resetMs,
+  };
+}
+
+/**
+ * Sliding window, approximated from two fixed windows: the previous window's count weighted by how
+ * much of it still overlaps the sliding interval, plus the current count. Exact when traffic in the
+ * previous window was even; never more than the limit within any one fixed window.
+ */
+function takeSliding(p: LimitParams, s: { w: number; c: number; p: number } | undefined, n: number, now: number): Take {
+  const w = currentWindow(p.perMs, now, s?.w);
+  let curr = 0;
+  let prev = 0;
+  if (s && s.w === w) {
+    curr = s.c;
+    prev = s.p;
+  } else if (s && s.w === w - 1) {
+    prev = s.c;
+  }
+  const elapsed = Math.max(0, (now - w * p.perMs) / p.perMs);
+  const weightedPrev = prev * (1 - elapsed);
+  const available = Math.max(0, Math.floor(p.limit - weightedPrev - curr + EPSILON));
+  const granted = Math.min(n, available);
+  const remaining = available - granted;
+  const resetMs = (w + 1) * p.perMs - now;
+  return {
+    state: { w, c: curr + granted, p: prev },
+    granted,
+    remaining,
+    resetMs,
+    retryAfterMs: remaining > 0 ? 0 : slidingRetryAfter(p, prev, curr + granted, now, w),
+  };
+}
+
+/**
+ * When one more token becomes available: later in this window, once the previous window's weight
+ * has decayed enough; or in the next one, where this window's count is the previous window and
+ * decays in turn. A token is available at fraction x of a window when
+ * limit − prev·(1 − x) − curr ≥ 1, that is x ≥ 1 − (limit − curr − 1) / prev.
+ */
+function slidingRetryAfter(p: LimitParams, prev: number, curr: number, now: number, w: number): number {
+  if (prev > 0) {
+    const x = 1 - (p.limit - curr - 1) / prev;
+    if (x < 1) return Math.max(1, Math.ceil((w + x) * p.perMs - now));
+  }
+  const next = curr <= p.limit - 1 ? 0 : 1 - (p.limit - 1) / curr;
+  return Math.max(1, Math.ceil((w + 1 + Math.min(next, 1)) * p.perMs - now));
+}
+
+function takeBucket(p: LimitParams, s: { k: number; t: number } | undefined, n: number, now: number): Take {
+  const capacity = p.burst ?? p.limit;
+  const ratePerMs = p.limit / p.perMs;
+  const elapsed = s ? Math.max(0, now - s.t) : 0;
+  // A replica whose clock lags must not move the refill clock back (the time would refill twice).
+  const t = s ? Math.max(s.t, now) : now;
+  const tokens = s ? Math.min(capacity, s.k + elapsed * ratePerMs) : capacity;
+  const available = Math.floor(tokens + EPSILON);
+  const granted = Math.min(n, available);
+  const left = tokens - granted;
+  return {
+    state: { k: left, t },
+    granted,
+    remaining: Math.floor(left + EPSILON),
+    resetMs: Math.ceil((capacity - left) / ratePerMs),
+    retryAfterMs: left + EPSILON >= 1 ? 0 : Math.ceil((1 - left) / ratePerMs),
+  };
+}
+
+// Fractions from time arithmetic (0.1 + 0.2) must not cost a token.
+const EPSILON = 1e-9;
+
+/** Gives back n tokens taken by `take` (a request another limit then denied). */
+export function giveBack(params: LimitParams, state: BucketState, n: number, now: number): BucketState {
+  if ('k' in state) {
+    const capacity = params.burst ?? params.limit;
+    return { k: Math.min(capacity, state.k + n), t: state.t };
+  }
+  // A token taken in a window that has since ended is gone with it.
+  if (state.w !== windowIndex(params.perMs, now)) return state;
+  return { ...state, c: Math.max(0, state.c - n) };
+}

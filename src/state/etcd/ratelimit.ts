@@ -1,0 +1,308 @@
+// Rate-limit buckets shared by every replica in etcd, one key per bucket, updated by
+// compare-and-swap on the key's mod revision. Two consistency modes use them:
+//
+// strict  Every admitted request is backed by a committed CAS. Concurrent requests for the same
+//         bucket on one replica are coalesced into one transaction that asks for as many tokens as
+//         there are requests waiting; the global count is exact.
+// leased  A replica takes a block of tokens in one CAS and spends it locally, so most requests cost
+//         no etcd round trip. The block follows the replica's observed rate (about one second of
+//         its traffic), never more than can be spent before the window ends, and shrinks as the
+//         window's budget runs out (at most half of what is left divided by the live replicas).
+//         Every token was granted by etcd, so the replicas together never admit more than the
+//         limit; they admit less by at most the tokens still unspent in pools when a window ends.
+//
+// A bucket whose last known shared state has no token left is denied without asking etcd (the
+// state can only have been consumed further since, until time refills it). Keys are bound to leases
+// a little longer than the state matters, so idle buckets disappear from etcd by themselves.
+import { createHash } from 'node:crypto';
+import type { Etcd3 } from 'etcd3';
+import { giveBack, peek, take, windowIndex, type BucketState, type LimitParams, type Take } from '../../middlebox/ratelimit/algorithms';
+import type { Logger } from '../../observability/logger';
+import type { CompiledRateLimit } from '../../policy/types';
+import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
+import { BoundedMap } from '../ratelimit/bounded-map';
+import { bucketId, DEFAULT_MAX_BUCKETS } from '../ratelimit/local';
+
+export interface EtcdRateLimitOptions {
+  client: Etcd3;
+  prefix: string;
+  logger: Logger;
+  /** Live replicas sharing the limits (membership); at least 1. */
+  replicas: () => number;
+  maxBuckets?: number;
+}
+
+/** Counters of etcd work, for tests, benchmarks and metrics. */
+export interface EtcdRateLimitStats {
+  /** Committed CAS writes. */
+  writes: number;
+  /** CAS attempts that lost to another writer and were retried. */
+  conflicts: number;
+  /** Decisions answered from the last known state with no etcd call. */
+  cachedDenials: number;
+}
+
+interface Waiter {
+  now: number;
+  resolve: (g: RateLimitGrant) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Bucket {
+  key: string;
+  rule: CompiledRateLimit;
+  params: LimitParams;
+  /** Last shared state seen, and the mod revision it had ("0": no key). */
+  state?: BucketState;
+  mod: string;
+  waiting: Waiter[];
+  busy: boolean;
+  // leased
+  pool: number;
+  poolEpoch: number;
+  arrivals: number;
+  rateSince: number;
+  /** Observed arrivals per millisecond on this replica (smoothed). */
+  rate: number;
+}
+
+const MAX_CAS_ATTEMPTS = 25;
+/** A leased block aims at this much of the replica's traffic. */
+const BLOCK_TARGET_MS = 1000;
+/** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
+const BUCKET_POOL_MS = 250;
+const KEY_TTL_SLACK_MS = 2000;
+const MIN_LEASE_TTL_S = 5;
+
+export class EtcdRateLimitStore implements RateLimitPort {
+  readonly stats: EtcdRateLimitStats = { writes: 0, conflicts: 0, cachedDenials: 0 };
+  private readonly buckets: BoundedMap<Bucket>;
+  private readonly leases = new Map<number, { id: Promise<string>; expiresAt: number }>();
+
+  constructor(private readonly opts: EtcdRateLimitOptions) {
+    this.buckets = new BoundedMap(opts.maxBuckets ?? DEFAULT_MAX_BUCKETS);
+  }
+
+  get size(): number {
+    return this.buckets.size;
+  }
+
+  consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant> {
+    const b = this.bucket(req);
+    if (req.rule.consistency === 'leased') {
+      this.rollPool(b, req.now);
+      b.arrivals += 1;
+      if (b.pool >= 1 && b.waiting.length === 0) {
+        b.pool -= 1;
+        return this.pooledGrant(b, req.now);
+      }
+    }
+    return new Promise((resolve, reject) => {
+      b.waiting.push({ now: req.now, resolve, reject });
+      if (!b.busy) void this.drain(b);
+    });
+  }
+
+  refund(req: RateLimitRequest): void {
+    const b = this.bucket(req);
+    if (req.rule.consistency === 'leased') {
+      this.rollPool(b, req.now);
+      b.pool += 1;
+      return;
+    }
+    void this.giveBackShared(b, req.now).catch((e) =>
+      this.opts.logger.warn({ limit: b.rule.id, err: (e as Error).message }, 'could not give back a rate-limit token'),
+    );
+  }
+
+  private bucket(req: RateLimitRequest): Bucket {
+    const id = bucketId(req);
+    let b = this.buckets.get(id);
+    if (!b) {
+      const r = req.rule;
+      b = {
+        key: etcdKey(this.opts.prefix, r, req.key),
+        rule: r,
+        params: { algorithm: r.algorithm, limit: r.limit, perMs: r.perMs, burst: r.burst },
+        mod: '0',
+        waiting: [],
+        busy: false,
+        pool: 0,
+        poolEpoch: -1,
+        arrivals: 0,
+        rateSince: req.now,
+        rate: 0,
+      };
+    }
+    this.buckets.set(id, b);
+    return b;
+  }
+
+  /** Serves waiting requests, one shared take per round, until none is left. */
+  private async drain(b: Bucket): Promise<void> {
+    b.busy = true;
+    try {
+      while (b.waiting.length > 0) {
+        const batch = b.waiting.splice(0);
+        const now = batch[batch.length - 1]!.now;
+        try {
+          if (b.rule.consistency === 'leased') await this.serveLeased(b, batch, now);
+          else this.serveStrict(b, batch, await this.takeShared(b, batch.length, now));
+        } catch (e) {
+          for (const w of batch) w.reject(e);
+        }
+      }
+    } finally {
+      b.busy = false;
+    }
+  }
+
+  private serveStrict(b: Bucket, batch: Waiter[], t: Take): void {
+    batch.forEach((w, i) =>
+      w.resolve({
+        allowed: i < t.granted,
+        limit: b.rule.limit,
+        remaining: i < t.granted ? t.remaining + (t.granted - 1 - i) : 0,
+        resetMs: t.resetMs,
+        retryAfterMs: i < t.granted ? 0 : Math.max(t.retryAfterMs, 1),
+      }),
+    );
+  }
+
+  private async serveLeased(b: Bucket, batch: Waiter[], now: number): Promise<void> {
+    this.rollPool(b, now);
+    if (b.pool < batch.length) {
+      const t = await this.takeShared(b, this.blockSize(b, batch.length - b.pool, now), now);
+      this.rollPool(b, now);
+      b.pool += t.granted;
+    }
+    for (const w of batch) {
+      if (b.pool >= 1) {
+        b.pool -= 1;
+        w.resolve(this.pooledGrant(b, now));
+      } else {
+        const p = peek(b.params, b.state, now);
+        w.resolve({ allowed: false, limit: b.rule.limit, remaining: 0, resetMs: p.resetMs, retryAfterMs: Math.max(p.retryAfterMs, 1) });
+      }
+    }
+  }
+
+  private pooledGrant(b: Bucket, now: number): RateLimitGrant {
+    const p = peek(b.params, b.state, now);
+    return { allowed: true, limit: b.rule.limit, remaining: p.remaining + Math.floor(b.pool), resetMs: p.resetMs, retryAfterMs: 0 };
+  }
+
+  /** Pool tokens belong to a window (or, for a token bucket, a short epoch) and end with it. */
+  private rollPool(b: Bucket, now: number): void {
+    const epoch = b.params.algorithm === 'token-bucket' ? Math.floor(now / BUCKET_POOL_MS) : windowIndex(b.params.perMs, now);
+    if (epoch !== b.poolEpoch) {
+      b.pool = 0;
+      b.poolEpoch = epoch;
+    }
+  }
+
+  /** How many tokens a leased replica asks for: see the header comment. */
+  private blockSize(b: Bucket, needed: number, now: number): number {
+    const elapsed = now - b.rateSince;
+    if (elapsed >= 50) {
+      const observed = b.arrivals / elapsed;
+      b.rate = b.rate === 0 ? observed : 0.5 * b.rate + 0.5 * observed;
+      b.arrivals = 0;
+      b.rateSince = now;
+    }
+    const epochLeftMs =
+      b.params.algorithm === 'token-bucket'
+        ? BUCKET_POOL_MS - (now % BUCKET_POOL_MS)
+        : (windowIndex(b.params.perMs, now) + 1) * b.params.perMs - now;
+    const wanted = Math.ceil(b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs));
+    const available = peek(b.params, b.state, now).remaining;
+    const fairShare = Math.floor(available / (2 * Math.max(1, this.opts.replicas())));
+    return Math.max(needed, Math.min(wanted, fairShare));
+  }
+
+  /** One CAS loop: take n tokens from the shared bucket (or fewer, or none). */
+  private async takeShared(b: Bucket, n: number, now: number): Promise<Take> {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      const t = take(b.params, b.state, n, now);
+      if (t.granted === 0) {
+        if (b.mod !== '0' || b.state !== undefined) {
+          this.stats.cachedDenials += 1;
+          return t;
+        }
+      }
+      if (await this.compareAndSwap(b, t.state, now)) return t;
+      this.stats.conflicts += 1;
+    }
+    throw new Error(`rate limit ${b.rule.id}: ${MAX_CAS_ATTEMPTS} compare-and-swap attempts lost to other writers`);
+  }
+
+  private async giveBackShared(b: Bucket, now: number): Promise<void> {
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      if (!b.state) return;
+      if (await this.compareAndSwap(b, giveBack(b.params, b.state, 1, now), now)) return;
+    }
+  }
+
+  /** Writes `next` if the key is still at the revision we last saw; otherwise learns the current one. */
+  private async compareAndSwap(b: Bucket, next: BucketState, now: number): Promise<boolean> {
+    const { client } = this.opts;
+    const lease = await this.leaseFor(keyTtlMs(b.params), now);
+    const res = await client
+      .if(b.key, 'Mod', '==', b.mod)
+      .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
+      .else(client.get(b.key))
+      .commit();
+    if (res.succeeded) {
+      this.stats.writes += 1;
+      b.state = next;
+      b.mod = String(res.header.revision);
+      return true;
+    }
+    const kv = res.responses[0]?.response_range?.kvs?.[0];
+    b.state = kv ? parseState(kv.value.toString()) : undefined;
+    b.mod = kv ? String(kv.mod_revision) : '0';
+    return false;
+  }
+
+  /** A lease that outlives `ttlMs` from now; one lease serves every key of that lifetime class. */
+  private leaseFor(ttlMs: number, now: number): Promise<string> {
+    const ttlS = Math.max(MIN_LEASE_TTL_S, Math.ceil(ttlMs / 1000));
+    const current = this.leases.get(ttlS);
+    if (current && current.expiresAt - now >= ttlMs) return current.id;
+    // Twice the needed lifetime, so that the lease is reused for a while before a new one is granted.
+    const grantTtl = ttlS * 2;
+    const id = this.opts.client.lease(grantTtl, { autoKeepAlive: false }).grant();
+    this.leases.set(ttlS, { id, expiresAt: now + grantTtl * 1000 });
+    id.catch(() => this.leases.delete(ttlS));
+    return id;
+  }
+}
+
+/** How long a bucket's state matters after its last write. */
+function keyTtlMs(p: LimitParams): number {
+  switch (p.algorithm) {
+    case 'fixed-window':
+      return p.perMs + KEY_TTL_SLACK_MS;
+    case 'sliding-window':
+      return 2 * p.perMs + KEY_TTL_SLACK_MS;
+    case 'token-bucket':
+      return Math.ceil(((p.burst ?? p.limit) / p.limit) * p.perMs) + KEY_TTL_SLACK_MS;
+  }
+}
+
+/** `<prefix>/ratelimit/<policy>/<rule>/<hash of the key>`: bounded length whatever the key. */
+export function etcdKey(prefix: string, rule: CompiledRateLimit, key: string): string {
+  const digest = createHash('sha256').update(key).digest('base64url').slice(0, 22);
+  return `${prefix}/ratelimit/${rule.policy}/${rule.name}/${digest}`;
+}
+
+/** A value that is not a bucket state (written by hand, say) counts as an empty bucket. */
+function parseState(text: string): BucketState | undefined {
+  try {
+    const v = JSON.parse(text) as BucketState;
+    if (typeof v === 'object' && v !== null && (('w' in v && 'c' in v) || ('k' in v && 't' in v))) return v;
+  } catch {
+    // fall through
+  }
+  return undefined;
+}

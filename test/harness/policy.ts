@@ -1,0 +1,15 @@
+// Policy snapshots for engine tests, from flow-YAML specs.
+import assert from 'node:assert/strict';
+import { compileSnapshot } from '../../src/policy/compile';
+import { formatPolicyError, parsePolicies } from '../../src/policy/parse';
+import type { PolicySnapshot } from '../../src/policy/types';
+
+/** One policy document per `name: spec` entry (spec in flow YAML), compiled into a snapshot. */
+export function snapshot(policies: Record<string, string>, generation = 1): PolicySnapshot {
+  const text = Object.entries(policies)
+    .map(([name, spec]) => `apiVersion: middlebox.io/v1alpha1\nkind: Policy\nmetadata: { name: ${name} }\nspec: ${spec}\n`)
+    .join('---\n');
+  const { documents, errors } = parsePolicies(text, 'test.yaml');
+  assert.deepEqual(errors.map(formatPolicyError), []);
+  return compileSnapshot(documents, generation);
+}
