@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench bench-ratelimit clean
 
 all: build
 
@@ -38,6 +38,15 @@ test-integration: deps build
 
 demo: deps build
 	@node dist/src/cli/main.js demo
+
+# Rate-limit accuracy and etcd cost per consistency mode vs Envoy's local_ratelimit; writes
+# bench/results/. BENCH_ARGS=--quick for the short variant.
+bench-ratelimit: deps build
+	@node dist/bench/ratelimit-accuracy.js $(BENCH_ARGS)
+
+
+# Every benchmark; each writes its table under bench/results/.
+bench: bench-ratelimit
 
 clean:
 	rm -rf dist

@@ -33,6 +33,35 @@ export interface BootstrapOptions {
   statusOnError?: number;
   /** Cap on downstream connections across all listeners (Envoy's overload manager). */
   maxDownstreamConnections?: number;
+  /**
+   * Ask the middlebox (HTTP and network ext_authz) before traffic reaches the app; default true.
+   * `false` renders no ext_authz filter and no middlebox cluster (e.g. a plain Envoy with only
+   * `localRateLimit`, as benchmarks compare against).
+   */
+  extAuthz?: boolean;
+  /**
+   * Envoy's own per-instance token bucket (`envoy.filters.http.local_ratelimit`) on the inbound
+   * HTTP listener; requests it refuses get 429 without asking the middlebox. Not rendered by default.
+   */
+  localRateLimit?: LocalRateLimitOptions;
+  /**
+   * Which filter asks the middlebox on the inbound HTTP listener: ext_authz (default; firewall and
+   * rate limits on a unary call) or ext_proc (the same, plus NAT, in one stream per request).
+   */
+  inboundFilter?: 'ext_authz' | 'ext_proc';
+  /**
+   * Outbound listener for the app's own requests: ext_proc (NAT picks the destination) then an
+   * ORIGINAL_DST cluster that connects where the middlebox said. Rendered only when given.
+   */
+  outbound?: { address: string; port: number };
+}
+
+/** Envoy's local_ratelimit token bucket: starts with maxTokens, gains tokensPerFill every fillIntervalMs. */
+export interface LocalRateLimitOptions {
+  maxTokens: number;
+  tokensPerFill: number;
+  /** At least 50 (Envoy's minimum fill interval). */
+  fillIntervalMs: number;
 }
 
 export const BOOTSTRAP_DEFAULTS = {
@@ -61,12 +90,31 @@ export const CLUSTERS = {
   middlebox: 'middlebox',
   app: 'app',
   appTcp: 'app_tcp',
+  outbound: 'outbound_original_dst',
 } as const;
+
+const MAX_REQUESTS_PER_MIDDLEBOX_CONNECTION = 900;
+
+/** The header the middlebox writes and the ORIGINAL_DST cluster reads (src/middlebox/nat/engine.ts). */
+const DESTINATION_HEADER = 'x-envoy-original-dst-host';
+
+/** Connection attributes ext_proc sends with a request's first message (src/grpc/extproc/request.ts). */
+const EXT_PROC_ATTRIBUTES = [
+  'source.address',
+  'source.port',
+  'destination.address',
+  'destination.port',
+  'connection.uri_san_peer_certificate',
+  'request.id',
+];
 
 const TYPES = {
   httpConnectionManager:
     'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
   httpExtAuthz: 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
+  httpExtProc: 'type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor',
+  originalDstListener: 'type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst',
+  httpLocalRateLimit: 'type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
   networkExtAuthz: 'type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz',
   router: 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
   tcpProxy: 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
@@ -91,6 +139,10 @@ interface ResolvedOptions {
   failureModeAllow: boolean;
   statusOnError: number;
   maxDownstreamConnections: number;
+  extAuthz: boolean;
+  localRateLimit: LocalRateLimitOptions | undefined;
+  inboundFilter: 'ext_authz' | 'ext_proc';
+  outbound: { address: string; port: number } | undefined;
 }
 
 type Endpoint =
@@ -123,8 +175,11 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
   if (!Number.isInteger(statusOnError) || statusOnError < 200 || statusOnError > 599) {
     throw new Error(`statusOnError must be an HTTP status code, got ${statusOnError}`);
   }
-  const middlebox = (opts.middlebox ?? d.middlebox).map(parseEndpoint);
-  if (middlebox.length === 0) throw new Error('middlebox needs at least one endpoint');
+  const extAuthz = opts.extAuthz ?? true;
+  // The outbound listener's NAT asks the middlebox too, whatever the inbound side does.
+  const asksMiddlebox = extAuthz || opts.outbound !== undefined;
+  const middlebox = (opts.middlebox ?? (asksMiddlebox ? d.middlebox : [])).map(parseEndpoint);
+  if (asksMiddlebox && middlebox.length === 0) throw new Error('middlebox needs at least one endpoint');
   return {
     nodeId: opts.nodeId ?? d.nodeId,
     cluster: opts.cluster ?? d.cluster,
@@ -140,6 +195,20 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
       'maxDownstreamConnections',
       opts.maxDownstreamConnections ?? d.maxDownstreamConnections,
     ),
+    extAuthz,
+    localRateLimit: opts.localRateLimit && resolveLocalRateLimit(opts.localRateLimit),
+    inboundFilter: opts.inboundFilter ?? 'ext_authz',
+    outbound: opts.outbound,
+  };
+}
+
+function resolveLocalRateLimit(l: LocalRateLimitOptions): LocalRateLimitOptions {
+  const fillIntervalMs = positiveInteger('localRateLimit.fillIntervalMs', l.fillIntervalMs);
+  if (fillIntervalMs < 50) throw new Error(`localRateLimit.fillIntervalMs must be at least 50, got ${fillIntervalMs}`);
+  return {
+    maxTokens: positiveInteger('localRateLimit.maxTokens', l.maxTokens),
+    tokensPerFill: positiveInteger('localRateLimit.tokensPerFill', l.tokensPerFill),
+    fillIntervalMs,
   };
 }
 
@@ -167,6 +236,7 @@ function listeners(o: ResolvedOptions): Config[] {
   return [
     o.inboundHttp && inboundHttpListener(o, o.inboundHttp),
     o.inboundTcp && inboundTcpListener(o, o.inboundTcp),
+    o.outbound && outboundListener(o, o.outbound),
   ].filter((l): l is Config => Boolean(l));
 }
 
@@ -204,8 +274,14 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
                   },
                 ],
               },
-              // Order matters: the middlebox decides before the router forwards anything.
-              http_filters: [httpExtAuthzFilter(o), routerFilter()],
+              // Order matters: the middlebox decides before the router forwards anything. Envoy's
+              // local rate limit, when configured, comes first so that a flood it sheds never
+              // costs a middlebox decision.
+              http_filters: [
+                o.localRateLimit && httpLocalRateLimitFilter(o.localRateLimit),
+                o.extAuthz && (o.inboundFilter === 'ext_proc' ? httpExtProcFilter(o) : httpExtAuthzFilter(o)),
+                routerFilter(),
+              ].filter((f): f is Config => Boolean(f)),
             },
           },
         ],
@@ -221,13 +297,49 @@ function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config 
     filter_chains: [
       {
         filters: [
-          networkExtAuthzFilter(o),
+          o.extAuthz && networkExtAuthzFilter(o),
           {
             name: 'envoy.filters.network.tcp_proxy',
             typed_config: {
               '@type': TYPES.tcpProxy,
               stat_prefix: 'inbound_tcp',
               cluster: CLUSTERS.appTcp,
+            },
+          },
+        ].filter((f): f is Config => Boolean(f)),
+      },
+    ],
+  };
+}
+
+/**
+ * The app's own requests, captured by the init container's iptables rules (or sent here directly).
+ * The middlebox picks the destination; without a NAT rule the request goes where it was headed
+ * (the connection's original destination).
+ */
+function outboundListener(o: ResolvedOptions, target: { address: string; port: number }): Config {
+  return {
+    name: 'outbound_http',
+    address: socketAddress(target.address, target.port),
+    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } }],
+    filter_chains: [
+      {
+        filters: [
+          {
+            name: 'envoy.filters.network.http_connection_manager',
+            typed_config: {
+              '@type': TYPES.httpConnectionManager,
+              stat_prefix: 'outbound_http',
+              generate_request_id: true,
+              normalize_path: true,
+              merge_slashes: true,
+              route_config: {
+                name: 'outbound_http',
+                virtual_hosts: [
+                  { name: 'outbound', domains: ['*'], routes: [{ match: { prefix: '/' }, route: { cluster: CLUSTERS.outbound } }] },
+                ],
+              },
+              http_filters: [httpExtProcFilter(o), routerFilter()],
             },
           },
         ],
@@ -237,6 +349,32 @@ function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config 
 }
 
 // ---- filters ------------------------------------------------------------------------------------
+
+function httpExtProcFilter(o: ResolvedOptions): Config {
+  return {
+    name: 'envoy.filters.http.ext_proc',
+    typed_config: {
+      '@type': TYPES.httpExtProc,
+      grpc_service: middleboxGrpcService(o),
+      failure_mode_allow: o.failureModeAllow,
+      message_timeout: duration(o.timeoutMs),
+      // Headers both ways (decide and translate); bodies stream past untouched.
+      processing_mode: {
+        request_header_mode: 'SEND',
+        response_header_mode: 'SEND',
+        request_body_mode: 'NONE',
+        response_body_mode: 'NONE',
+        request_trailer_mode: 'SKIP',
+        response_trailer_mode: 'SKIP',
+      },
+      // Lets the middlebox skip the response round trip when nothing needs translating back.
+      allow_mode_override: true,
+      request_attributes: EXT_PROC_ATTRIBUTES,
+      // NAT writes the destination header and may rewrite :authority; Envoy refuses both unless allowed.
+      mutation_rules: { allow_all_routing: true, allow_envoy: true },
+    },
+  };
+}
 
 function httpExtAuthzFilter(o: ResolvedOptions): Config {
   return {
@@ -268,6 +406,26 @@ function networkExtAuthzFilter(o: ResolvedOptions): Config {
   };
 }
 
+function httpLocalRateLimitFilter(l: LocalRateLimitOptions): Config {
+  // Enabled and enforced for every request; without a runtime_key nothing outside the bootstrap
+  // can turn it down.
+  const always = () => ({ default_value: { numerator: 100, denominator: 'HUNDRED' } });
+  return {
+    name: 'envoy.filters.http.local_ratelimit',
+    typed_config: {
+      '@type': TYPES.httpLocalRateLimit,
+      stat_prefix: 'inbound_http_local_rate_limit',
+      token_bucket: {
+        max_tokens: l.maxTokens,
+        tokens_per_fill: l.tokensPerFill,
+        fill_interval: duration(l.fillIntervalMs),
+      },
+      filter_enabled: always(),
+      filter_enforced: always(),
+    },
+  };
+}
+
 function routerFilter(): Config {
   return { name: 'envoy.filters.http.router', typed_config: { '@type': TYPES.router } };
 }
@@ -280,10 +438,22 @@ function middleboxGrpcService(o: ResolvedOptions): Config {
 
 function clusters(o: ResolvedOptions): Config[] {
   return [
-    middleboxCluster(o.middlebox),
+    (o.extAuthz || o.outbound) && middleboxCluster(o.middlebox),
+    o.outbound && outboundCluster(),
     o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort),
     o.inboundTcp && staticCluster(CLUSTERS.appTcp, o.inboundTcp.appAddress, o.inboundTcp.appPort),
   ].filter((c): c is Config => Boolean(c));
+}
+
+/** Connects to whatever x-envoy-original-dst-host names, else the connection's original destination. */
+function outboundCluster(): Config {
+  return {
+    name: CLUSTERS.outbound,
+    type: 'ORIGINAL_DST',
+    lb_policy: 'CLUSTER_PROVIDED',
+    connect_timeout: '1s',
+    original_dst_lb_config: { use_http_header: true, http_header_name: DESTINATION_HEADER },
+  };
 }
 
 function middleboxCluster(endpoints: Endpoint[]): Config {
@@ -295,10 +465,15 @@ function middleboxCluster(endpoints: Endpoint[]): Config {
       cluster_name: CLUSTERS.middlebox,
       endpoints: [{ lb_endpoints: endpoints.map((e) => ({ endpoint: { address: endpointAddress(e) } })) }],
     },
-    // gRPC needs HTTP/2 to the upstream.
+    // gRPC needs HTTP/2 to the upstream. Envoy's ext_proc filter resets its gRPC stream at the end
+    // of every request (a known Envoy behaviour), and HTTP/2 servers guard against rapid resets:
+    // Node's allows a burst of 1000, then 33 a second, before it sends GOAWAY and refuses the
+    // streams in flight. Retiring a connection after 900 requests keeps every connection inside
+    // the burst; a new HTTP/2 connection every 900 requests costs next to nothing.
     typed_extension_protocol_options: {
       'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
         '@type': TYPES.httpProtocolOptions,
+        common_http_protocol_options: { max_requests_per_connection: MAX_REQUESTS_PER_MIDDLEBOX_CONNECTION },
         explicit_http_config: { http2_protocol_options: {} },
       },
     },

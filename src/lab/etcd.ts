@@ -101,8 +101,11 @@ export class EtcdProcess {
       body: JSON.stringify({ key: Buffer.from('\0').toString('base64') }),
       signal: AbortSignal.timeout(2000),
     });
+    if (!res.ok) throw new Error(`etcd /v3/kv/range: ${res.status}`);
     const body = (await res.json()) as { header?: { revision?: string } };
-    return Number(body.header?.revision ?? 0);
+    const revision = Number(body.header?.revision);
+    if (!Number.isFinite(revision)) throw new Error(`etcd /v3/kv/range: no revision in ${JSON.stringify(body)}`);
+    return revision;
   }
 
   /** Starts etcd again on the same ports and data dir (stopping it first if it still runs). */

@@ -6,8 +6,8 @@
 //         there are requests waiting; the global count is exact.
 // leased  A replica takes a block of tokens in one CAS and spends it locally, so most requests cost
 //         no etcd round trip. The block follows the replica's observed rate (about one second of
-//         its traffic), never more than can be spent before the window ends, and shrinks as the
-//         window's budget runs out (at most half of what is left divided by the live replicas).
+//         its traffic), never more than it can spend before the window ends, and shrinks as the
+//         window's budget runs out (at most what is left divided by the live replicas).
 //         Every token was granted by etcd, so the replicas together never admit more than the
 //         limit; they admit less by at most the tokens still unspent in pools when a window ends.
 //
@@ -22,6 +22,7 @@ import type { CompiledRateLimit } from '../../policy/types';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
 import { BoundedMap } from '../ratelimit/bounded-map';
 import { bucketId, DEFAULT_MAX_BUCKETS } from '../ratelimit/local';
+import { SharedLeases } from './leases';
 
 export interface EtcdRateLimitOptions {
   client: Etcd3;
@@ -66,21 +67,25 @@ interface Bucket {
   rate: number;
 }
 
-const MAX_CAS_ATTEMPTS = 25;
+/**
+ * A lost compare-and-swap means another replica's write went through, so the system as a whole
+ * always progresses; a retry starts at once from the state the failed transaction returned.
+ */
+const MAX_CAS_ATTEMPTS = 100;
 /** A leased block aims at this much of the replica's traffic. */
 const BLOCK_TARGET_MS = 1000;
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
 const BUCKET_POOL_MS = 250;
 const KEY_TTL_SLACK_MS = 2000;
-const MIN_LEASE_TTL_S = 5;
 
 export class EtcdRateLimitStore implements RateLimitPort {
   readonly stats: EtcdRateLimitStats = { writes: 0, conflicts: 0, cachedDenials: 0 };
   private readonly buckets: BoundedMap<Bucket>;
-  private readonly leases = new Map<number, { id: Promise<string>; expiresAt: number }>();
+  private readonly leases: SharedLeases;
 
   constructor(private readonly opts: EtcdRateLimitOptions) {
     this.buckets = new BoundedMap(opts.maxBuckets ?? DEFAULT_MAX_BUCKETS);
+    this.leases = new SharedLeases(opts.client);
   }
 
   get size(): number {
@@ -216,7 +221,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
         : (windowIndex(b.params.perMs, now) + 1) * b.params.perMs - now;
     const wanted = Math.ceil(b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs));
     const available = peek(b.params, b.state, now).remaining;
-    const fairShare = Math.floor(available / (2 * Math.max(1, this.opts.replicas())));
+    const fairShare = Math.floor(available / Math.max(1, this.opts.replicas()));
     return Math.max(needed, Math.min(wanted, fairShare));
   }
 
@@ -246,7 +251,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
   /** Writes `next` if the key is still at the revision we last saw; otherwise learns the current one. */
   private async compareAndSwap(b: Bucket, next: BucketState, now: number): Promise<boolean> {
     const { client } = this.opts;
-    const lease = await this.leaseFor(keyTtlMs(b.params), now);
+    const lease = await this.leases.leaseFor(keyTtlMs(b.params), now);
     const res = await client
       .if(b.key, 'Mod', '==', b.mod)
       .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
@@ -264,18 +269,6 @@ export class EtcdRateLimitStore implements RateLimitPort {
     return false;
   }
 
-  /** A lease that outlives `ttlMs` from now; one lease serves every key of that lifetime class. */
-  private leaseFor(ttlMs: number, now: number): Promise<string> {
-    const ttlS = Math.max(MIN_LEASE_TTL_S, Math.ceil(ttlMs / 1000));
-    const current = this.leases.get(ttlS);
-    if (current && current.expiresAt - now >= ttlMs) return current.id;
-    // Twice the needed lifetime, so that the lease is reused for a while before a new one is granted.
-    const grantTtl = ttlS * 2;
-    const id = this.opts.client.lease(grantTtl, { autoKeepAlive: false }).grant();
-    this.leases.set(ttlS, { id, expiresAt: now + grantTtl * 1000 });
-    id.catch(() => this.leases.delete(ttlS));
-    return id;
-  }
 }
 
 /** How long a bucket's state matters after its last write. */

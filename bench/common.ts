@@ -1,0 +1,55 @@
+// What every benchmark shares: progress lines, where results go, and the run's metadata.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const startedAt = Date.now();
+
+/** A progress line with the seconds since the bench started. */
+export function log(line: string): void {
+  const s = ((Date.now() - startedAt) / 1000).toFixed(1).padStart(6);
+  process.stdout.write(`[${s}s] ${line}\n`);
+}
+
+/** The repository's bench/results, whether run from dist/bench or elsewhere. */
+export function resultsDir(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
+    dir = parent;
+  }
+  return path.join(dir, 'bench', 'results');
+}
+
+export function versionOf(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: 10_000 }, (err, stdout) => {
+      if (err) return resolve('?');
+      // Envoy prints "version: <sha>/1.40.0/Clean/RELEASE/..." (after a path that may hold other numbers).
+      const m = /version: \S*?\/(\d+\.\d+\.\d+)\//.exec(stdout) ?? /(\d+\.\d+\.\d+)/.exec(stdout);
+      resolve(m ? m[1]! : stdout.trim().split('\n')[0] ?? '?');
+    });
+  });
+}
+
+/** Command, date, machine and versions: the header of every result file. */
+export async function runMetadata(command: string): Promise<Record<string, string>> {
+  const [envoy, etcd] = await Promise.all([versionOf('envoy', ['--version']), versionOf('etcd', ['--version'])]);
+  return {
+    command,
+    date: new Date().toISOString(),
+    machine: `${os.cpus().length} CPU(s) ${os.cpus()[0]?.model ?? ''}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
+    versions: `node ${process.version}, envoy ${envoy}, etcd ${etcd}`,
+  };
+}
+
+/** Writes <name>.json and <name>.md under bench/results. */
+export function writeResults(name: string, json: object, markdown: string): void {
+  const dir = resultsDir();
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(json, null, 2)}\n`);
+  fs.writeFileSync(path.join(dir, `${name}.md`), markdown);
+  log(`wrote ${path.relative(process.cwd(), path.join(dir, name))}.{json,md}`);
+}
