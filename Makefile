@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench bench-ratelimit clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench bench-ratelimit bench-nat clean
 
 all: build
 
@@ -45,8 +45,12 @@ bench-ratelimit: deps build
 	@node dist/bench/ratelimit-accuracy.js $(BENCH_ARGS)
 
 
+# NAT path cost: ext_proc NAT throughput beside Envoy routing directly; bench/results/nat-cost.{json,md}.
+bench-nat: deps build
+	@node dist/bench/nat-cost.js $(BENCH_ARGS)
+
 # Every benchmark; each writes its table under bench/results/.
-bench: bench-ratelimit
+bench: bench-ratelimit bench-nat
 
 clean:
 	rm -rf dist

@@ -73,3 +73,19 @@ export function intOpt(values: Record<string, unknown>, name: string, min = 0, m
   if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
   return n;
 }
+
+/** A command with subcommands (`middlebox policy apply`): dispatch, or print the group's usage. */
+export async function runGroup(group: string, subcommands: readonly Command[], argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const cmd = subcommands.find((c) => c.name === `${group} ${sub}`);
+  if (cmd) return runCommand(cmd, rest);
+  const names = subcommands.map((c) => c.name.slice(group.length + 1)).join('|');
+  const width = Math.max(...subcommands.map((c) => c.name.length));
+  const out = `Usage: middlebox ${group} <${names}> [flags]\n\n${subcommands.map((c) => `  ${c.name.padEnd(width)}   ${c.summary}`).join('\n')}\n`;
+  if (sub === '-h' || sub === '--help') {
+    process.stdout.write(out);
+    return 0;
+  }
+  process.stderr.write(sub === undefined ? out : `middlebox ${group}: unknown subcommand ${JSON.stringify(sub)}\n${out}`);
+  return 2;
+}

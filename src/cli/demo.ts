@@ -2,7 +2,11 @@
 import path from 'node:path';
 import { httpRequest, tcpProbe } from '../lab/client';
 import { SidecarLab } from '../lab/sidecar';
-import { formatPolicyError, parsePolicyFile } from '../policy/parse';
+import { waitFor } from '../lab/ports';
+import { startHttpUpstream, type Upstream } from '../lab/upstream';
+import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
+import { connectEtcd } from '../state/etcd/client';
+import { listFlows } from '../state/etcd/nat';
 import type { PolicyDocument } from '../policy/types';
 import { MiddleboxError } from '../errors';
 import { stringOpt, type Command } from './command';
@@ -19,7 +23,7 @@ interface Probe {
 
 export const demoCommand: Command = {
   name: 'demo',
-  summary: 'Start etcd, two middlebox replicas, Envoy and an app on loopback, apply a policy (firewall and rate limit), send traffic, print every verdict, stop.',
+  summary: 'Start etcd, two middlebox replicas, Envoy, an app and two backends on loopback; show the firewall, a rate limit and NAT at work; stop.',
   usage: 'middlebox demo [--logs DIR]',
   help: ['  --logs DIR   keep every process\'s log and the Envoy bootstrap in DIR (default: a temp dir, removed)'],
   options: { logs: { type: 'string' } },
@@ -28,7 +32,8 @@ export const demoCommand: Command = {
     const out = (s = '') => process.stdout.write(`${s}\n`);
     out('Starting etcd, 2 middlebox replicas, an app and Envoy on 127.0.0.1 ...');
     const logDir = stringOpt(values, 'logs');
-    const lab = await SidecarLab.start({ replicas: 2, tcp: true, logDir: logDir ? path.resolve(logDir) : undefined });
+    const lab = await SidecarLab.start({ replicas: 2, tcp: true, outbound: true, logDir: logDir ? path.resolve(logDir) : undefined });
+    const backends = [await startHttpUpstream({ name: 'orders-a' }), await startHttpUpstream({ name: 'orders-b' })];
     try {
       out(`  etcd ${lab.etcd.endpoint}; replicas ${lab.replicas.map((r) => r.address).join(', ')}`);
       out(`  Envoy: HTTP :${lab.httpPort}, TCP :${lab.tcpPort}; both replicas healthy in Envoy's middlebox cluster`);
@@ -66,6 +71,8 @@ export const demoCommand: Command = {
         out(`  connection from ${from.padEnd(11)} → ${r.echoed ? 'echoed: let through' : `refused (${r.detail}) by shop/blocked-client`}`);
       }
       out();
+      await showNat(lab, backends, out);
+      out();
       out('Changing the policy live: removing rule no-admin (both replicas follow the etcd watch) ...');
       const started = Date.now();
       await lab.applyPolicies([{ ...policy, spec: { ...policy.spec, firewall: { ...policy.spec.firewall!, rules: policy.spec.firewall!.rules.filter((r) => r.name !== 'no-admin') } } }]);
@@ -78,9 +85,47 @@ export const demoCommand: Command = {
     } finally {
       out('Stopping everything ...');
       await lab.stop();
+      for (const b of backends) await b.close();
     }
   },
 };
+
+/** NAT needs the backends' ports, known only now: the policy is made here and shown. */
+async function showNat(lab: SidecarLab, backends: Upstream[], out: (s?: string) => void): Promise<void> {
+  const pool = backends.map((b) => `127.0.0.1:${b.port}`);
+  const text = `apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: egress }
+spec:
+  nat:
+    - { name: orders, match: { hosts: ["orders.internal"] }, to: ${JSON.stringify(pool)}, affinity: sourceIp }
+`;
+  const { documents } = parsePolicies(text, 'demo');
+  await lab.applyPolicies(documents);
+  out('NAT through Envoy\'s outbound listener (ext_proc → middlebox picks the backend → ORIGINAL_DST):');
+  out(text.trimEnd().split('\n').map((l) => `    ${l}`).join('\n'));
+  await waitFor(async () => (await httpRequest({ port: lab.outboundPort!, headers: { host: 'orders.internal' } })).status === 200, {
+    timeoutMs: 5000,
+    what: 'the NAT policy to be in force',
+  });
+  for (const from of ['127.0.0.11', '127.0.0.12', '127.0.0.13']) {
+    const landed: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await httpRequest({ port: lab.outboundPort!, path: '/orders', headers: { host: 'orders.internal' }, localAddress: from });
+      landed.push((JSON.parse(r.body) as { upstream: string }).upstream);
+    }
+    out(`  GET http://orders.internal/orders from ${from} ×3 → ${landed.join(', ')}   (sticky: the flow is in the NAT table in etcd)`);
+  }
+  const r = await httpRequest({ port: lab.outboundPort!, path: '/old?redirect', headers: { host: 'orders.internal' } });
+  out(`  a backend redirects to itself → the client sees location: ${r.headers.location}   (translated back; x-middlebox-nat: ${r.headers['x-middlebox-nat']})`);
+  const client = connectEtcd({ endpoints: [lab.etcd.endpoint] });
+  try {
+    const { flows } = await listFlows(client, lab.prefix);
+    out(`  middlebox nat list: ${flows.map((f) => `${f.flow} → ${f.backend}`).join(', ')}`);
+  } finally {
+    client.close();
+  }
+}
 
 function loadPolicy(): PolicyDocument {
   const { documents, errors } = parsePolicyFile(DEMO_POLICY);

@@ -1,7 +1,7 @@
 // `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
 import { BOOTSTRAP_DEFAULTS, renderBootstrapYaml, type BootstrapOptions } from '../envoy/bootstrap';
 import { splitList } from '../settings';
-import { intOpt, runCommand, stringOpt, UsageError, type Command } from './command';
+import { intOpt, runGroup, stringOpt, UsageError, type Command } from './command';
 
 const d = BOOTSTRAP_DEFAULTS;
 
@@ -17,6 +17,8 @@ const bootstrap: Command = {
     `  --inbound-port N         inbound HTTP listener port (default ${d.inboundHttp.port})`,
     `  --app-port N             the app's HTTP port on ${d.inboundHttp.appAddress} (default ${d.inboundHttp.appPort})`,
     '  --no-http                render no HTTP listener',
+    '  --inbound-filter NAME    ext_authz (default) or ext_proc: which filter asks the middlebox inbound',
+    '  --outbound-port N        add an outbound HTTP listener (ext_proc NAT, then ORIGINAL_DST) on this port',
     '  --tcp-port N             add a TCP listener with the network ext_authz filter on this port',
     '  --tcp-app-port N         the app\'s TCP port the TCP listener forwards to (required with --tcp-port)',
     `  --timeout-ms N           deadline of one middlebox call (default ${d.timeoutMs})`,
@@ -31,6 +33,8 @@ const bootstrap: Command = {
     'inbound-port': { type: 'string' },
     'app-port': { type: 'string' },
     'no-http': { type: 'boolean' },
+    'inbound-filter': { type: 'string' },
+    'outbound-port': { type: 'string' },
     'tcp-port': { type: 'string' },
     'tcp-app-port': { type: 'string' },
     'timeout-ms': { type: 'string' },
@@ -49,7 +53,14 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
   const tcpAppPort = intOpt(values, 'tcp-app-port', 1, 65535);
   if ((tcpPort === undefined) !== (tcpAppPort === undefined)) throw new UsageError('--tcp-port and --tcp-app-port go together');
   const middlebox = stringOpt(values, 'middlebox');
+  const inboundFilter = stringOpt(values, 'inbound-filter');
+  if (inboundFilter !== undefined && inboundFilter !== 'ext_authz' && inboundFilter !== 'ext_proc') {
+    throw new UsageError(`--inbound-filter must be ext_authz or ext_proc, got ${JSON.stringify(inboundFilter)}`);
+  }
+  const outboundPort = intOpt(values, 'outbound-port', 1, 65535);
   return {
+    inboundFilter,
+    outbound: outboundPort === undefined ? undefined : { address, port: outboundPort },
     nodeId: stringOpt(values, 'node-id'),
     adminPort: intOpt(values, 'admin-port', 1, 65535),
     inboundHttp: values['no-http']
@@ -68,14 +79,6 @@ function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-export async function envoyCommand(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
-  if (sub === 'bootstrap') return runCommand(bootstrap, rest);
-  const out = `Usage: middlebox envoy bootstrap [flags]\n\n  bootstrap   ${bootstrap.summary}\n`;
-  if (sub === '-h' || sub === '--help') {
-    process.stdout.write(out);
-    return 0;
-  }
-  process.stderr.write(sub ? `middlebox envoy: unknown subcommand ${JSON.stringify(sub)}\n${out}` : out);
-  return 2;
+export function envoyCommand(argv: string[]): Promise<number> {
+  return runGroup('envoy', [bootstrap], argv);
 }

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { reportFailure, runCommand } from './command';
 import { demoCommand } from './demo';
 import { envoyCommand } from './envoy';
+import { natCommand } from './nat';
 import { policyCommand } from './policy';
 import { serveCommand } from './serve';
 
@@ -12,6 +13,7 @@ const USAGE = `Usage: middlebox <command> [flags]
 Commands:
   serve              run the gRPC server that Envoy asks (ext_authz) — policies from etcd
   policy             validate | apply | get | delete policies
+  nat                list | drain | undrain: the shared NAT table
   envoy bootstrap    print a sidecar Envoy bootstrap that uses the middlebox
   demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
   version            print the version
@@ -33,6 +35,8 @@ export async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'envoy':
       return envoyCommand(rest);
+    case 'nat':
+      return natCommand(rest);
     case 'demo':
       return runCommand(demoCommand, rest);
     case 'version':

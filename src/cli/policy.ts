@@ -4,23 +4,9 @@ import YAML from 'yaml';
 import { MiddleboxError } from '../errors';
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
 import type { PolicyDocument } from '../policy/types';
-import { normalisePrefix, settingsFromEnv, splitList } from '../settings';
-import { connectEtcd } from '../state/etcd/client';
 import { deletePolicy, getPolicies, putPolicies } from '../state/etcd/policies';
-import { runCommand, stringOpt, UsageError, type Command, type Options } from './command';
-
-const etcdOptions: Options = { etcd: { type: 'string' }, prefix: { type: 'string' } };
-const etcdHelp = [
-  '  --etcd URLS      comma-separated etcd client URLs (env MIDDLEBOX_ETCD, default http://127.0.0.1:2379)',
-  '  --prefix PREFIX  etcd key prefix (env MIDDLEBOX_PREFIX, default /middlebox)',
-];
-
-function etcdFrom(values: Record<string, unknown>) {
-  const env = settingsFromEnv();
-  const endpoints = stringOpt(values, 'etcd') ? splitList(stringOpt(values, 'etcd')!) : env.etcd;
-  const prefix = stringOpt(values, 'prefix') ? normalisePrefix(stringOpt(values, 'prefix')!) : env.prefix;
-  return { client: connectEtcd({ endpoints }), prefix };
-}
+import { runGroup, stringOpt, UsageError, type Command } from './command';
+import { etcdFrom, etcdHelp, etcdOptions } from './etcd-flags';
 
 function filesFrom(values: Record<string, unknown>): string[] {
   const f = values.filename;
@@ -166,19 +152,6 @@ const del: Command = {
 
 export const policySubcommands = [validate, apply, get, del];
 
-export async function policyCommand(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
-  const cmd = policySubcommands.find((c) => c.name === `policy ${sub}`);
-  if (!cmd) {
-    const list = policySubcommands.map((c) => `  ${c.name.padEnd(16)} ${c.summary}`).join('\n');
-    const out = `Usage: middlebox policy <validate|apply|get|delete> [flags]\n\n${list}\n`;
-    if (sub === undefined || sub === '-h' || sub === '--help') {
-      process.stdout.write(out);
-      return sub === undefined ? 2 : 0;
-    }
-    process.stderr.write(`middlebox policy: unknown subcommand ${JSON.stringify(sub)}\n${out}`);
-    return 2;
-  }
-  return runCommand(cmd, rest);
+export function policyCommand(argv: string[]): Promise<number> {
+  return runGroup('policy', policySubcommands, argv);
 }
-

@@ -4,6 +4,7 @@ import { createLogger } from '../observability/logger';
 import { DEFAULTS, normalisePrefix, settingsFromEnv, splitList } from '../settings';
 import { connectEtcd } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
+import { EtcdNatTable } from '../state/etcd/nat';
 import { EtcdPolicyStore } from '../state/etcd/policies';
 import { EtcdRateLimitStore } from '../state/etcd/ratelimit';
 import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/local';
@@ -12,7 +13,7 @@ import { intOpt, stringOpt, type Command } from './command';
 
 export const serveCommand: Command = {
   name: 'serve',
-  summary: 'Run the middlebox gRPC server (Envoy ext_authz Check and grpc.health.v1): firewall and rate limits, state shared in etcd.',
+  summary: 'Run the middlebox gRPC server (Envoy ext_authz Check, ext_proc Process, grpc.health.v1): firewall, rate limits and NAT, state shared in etcd.',
   usage: 'middlebox serve [--listen ADDR] [--etcd URLS] [--prefix PREFIX]',
   help: [
     `  --listen ADDR            host:port, [ipv6]:port or unix:/path (env MIDDLEBOX_LISTEN, default ${DEFAULTS.listen})`,
@@ -60,7 +61,8 @@ export const serveCommand: Command = {
       new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }),
       new EtcdRateLimitStore({ client, prefix, logger, replicas, maxBuckets: maxKeys }),
     );
-    const server = await startServer({ listen, policies, ports: { rateLimits }, logger });
+    const nat = EtcdNatTable.open({ client, prefix, logger });
+    const server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger });
     logger.info({ listen: server.address, etcd, prefix, replica: membership.id }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
@@ -71,7 +73,7 @@ export const serveCommand: Command = {
         logger.info({ signal, delayMs, drainMs }, 'shutting down: NOT_SERVING, draining in-flight calls');
         void server
           .shutdown({ delayMs, drainMs })
-          .then(() => Promise.all([policies.close(), membership.leave()]))
+          .then(() => Promise.all([policies.close(), membership.leave(), nat.close()]))
           .then(() => client.close())
           .then(() => {
             logger.info('stopped');

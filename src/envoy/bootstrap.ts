@@ -3,6 +3,9 @@
 // always give the same document, so the CLI, the injection webhook and the tests share it and the
 // golden files catch every change.
 import { stringify } from 'yaml';
+// What the middlebox reads, so the rendered Envoy always sends it.
+import { REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
+import { DESTINATION_HEADER } from '../middlebox/nat/engine';
 
 /** Where a listener accepts traffic and where it forwards what the middlebox allows. */
 export interface ListenerTarget {
@@ -94,19 +97,6 @@ export const CLUSTERS = {
 } as const;
 
 const MAX_REQUESTS_PER_MIDDLEBOX_CONNECTION = 900;
-
-/** The header the middlebox writes and the ORIGINAL_DST cluster reads (src/middlebox/nat/engine.ts). */
-const DESTINATION_HEADER = 'x-envoy-original-dst-host';
-
-/** Connection attributes ext_proc sends with a request's first message (src/grpc/extproc/request.ts). */
-const EXT_PROC_ATTRIBUTES = [
-  'source.address',
-  'source.port',
-  'destination.address',
-  'destination.port',
-  'connection.uri_san_peer_certificate',
-  'request.id',
-];
 
 const TYPES = {
   httpConnectionManager:
@@ -369,7 +359,7 @@ function httpExtProcFilter(o: ResolvedOptions): Config {
       },
       // Lets the middlebox skip the response round trip when nothing needs translating back.
       allow_mode_override: true,
-      request_attributes: EXT_PROC_ATTRIBUTES,
+      request_attributes: REQUEST_ATTRIBUTES,
       // NAT writes the destination header and may rewrite :authority; Envoy refuses both unless allowed.
       mutation_rules: { allow_all_routing: true, allow_envoy: true },
     },

@@ -57,3 +57,65 @@ export interface CheckResponse {
   denied_response?: { status: { code: number }; headers: HeaderValueOption[]; body: string };
   ok_response?: { headers: HeaderValueOption[]; headers_to_remove?: string[]; response_headers_to_add?: HeaderValueOption[] };
 }
+
+// --- ext_proc ---------------------------------------------------------------------------------------
+
+/** google.protobuf.Value as decoded (protobufjs names well-known types' fields in camelCase). */
+export interface StructValue {
+  stringValue?: string;
+  numberValue?: number;
+  string_value?: string;
+  number_value?: number;
+  kind?: string;
+}
+
+export interface ProtoStruct {
+  fields?: Record<string, StructValue>;
+}
+
+export interface HttpHeadersMessage {
+  headers?: { headers?: HeaderValue[] };
+  end_of_stream?: boolean;
+}
+
+export interface ProcessingRequest {
+  request_headers?: HttpHeadersMessage;
+  response_headers?: HttpHeadersMessage;
+  request_body?: { body?: Buffer; end_of_stream?: boolean };
+  response_body?: { body?: Buffer; end_of_stream?: boolean };
+  request_trailers?: { trailers?: { headers?: HeaderValue[] } };
+  response_trailers?: { trailers?: { headers?: HeaderValue[] } };
+  /** Which of the above is set (proto-loader oneofs). */
+  request?: string;
+  attributes?: Record<string, ProtoStruct>;
+  observability_mode?: boolean;
+}
+
+export interface ExtProcHeaderOption {
+  header: { key: string; raw_value: Buffer };
+  append_action?: number;
+}
+
+export interface HeaderMutation {
+  set_headers?: ExtProcHeaderOption[];
+  remove_headers?: string[];
+}
+
+export interface CommonResponse {
+  header_mutation?: HeaderMutation;
+  clear_route_cache?: boolean;
+}
+
+/** ProcessingMode.HeaderSendMode */
+export const HeaderSendMode = { DEFAULT: 0, SEND: 1, SKIP: 2 } as const;
+
+export interface ProcessingResponse {
+  request_headers?: { response?: CommonResponse };
+  response_headers?: { response?: CommonResponse };
+  request_body?: { response?: CommonResponse };
+  response_body?: { response?: CommonResponse };
+  request_trailers?: { header_mutation?: HeaderMutation };
+  response_trailers?: { header_mutation?: HeaderMutation };
+  immediate_response?: { status: { code: number }; headers?: HeaderMutation; body?: Buffer; details?: string };
+  mode_override?: { response_header_mode?: number };
+}

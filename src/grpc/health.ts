@@ -1,17 +1,18 @@
 // grpc.health.v1.Health with per-component status. Service names:
 //   ""                                    the whole server (what Kubernetes probes ask)
-//   "envoy.service.auth.v3.Authorization" what Envoy's active health check asks
+//   "envoy.service.auth.v3.Authorization" what Envoy's active health check asks (ext_authz)
+//   "envoy.service.ext_proc.v3.ExternalProcessor"  the same for ext_proc
 //   "middlebox.policy"                    NOT_SERVING while a stored policy is refused (the last
 //                                         good one stays in force) or before the first load
 //   "middlebox.etcd"                      NOT_SERVING while the policy watch is disconnected
 import type * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { PolicySource } from '../state/port';
-import { AUTHORIZATION_SERVICE } from './protos';
+import { AUTHORIZATION_SERVICE, EXTERNAL_PROCESSOR_SERVICE } from './protos';
 
 export const POLICY_COMPONENT = 'middlebox.policy';
 export const ETCD_COMPONENT = 'middlebox.etcd';
-const SERVING_SERVICES = ['', AUTHORIZATION_SERVICE];
+const SERVING_SERVICES = ['', AUTHORIZATION_SERVICE, EXTERNAL_PROCESSOR_SERVICE];
 
 export class ServerHealth {
   private readonly impl = new HealthImplementation();

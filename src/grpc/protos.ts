@@ -18,13 +18,17 @@ const LOADER_OPTIONS: protoLoader.Options = {
 };
 
 export const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
+export const EXTERNAL_PROCESSOR_SERVICE = 'envoy.service.ext_proc.v3.ExternalProcessor';
 
 let cache: grpc.GrpcObject | undefined;
 
-/** The gRPC object for Envoy's external authorization API. Loaded once. */
+/** The gRPC object for Envoy's external authorization and external processing APIs. Loaded once. */
 export function envoyApi(): grpc.GrpcObject {
   if (!cache) {
-    const def = protoLoader.loadSync(['envoy/service/auth/v3/external_auth.proto'], LOADER_OPTIONS);
+    const def = protoLoader.loadSync(
+      ['envoy/service/auth/v3/external_auth.proto', 'envoy/service/ext_proc/v3/external_processor.proto'],
+      LOADER_OPTIONS,
+    );
     cache = grpc.loadPackageDefinition(def);
   }
   return cache;
@@ -39,6 +43,16 @@ export function authorizationService(): grpc.ServiceDefinition {
 export function authorizationClient(): grpc.ServiceClientConstructor {
   const api = envoyApi() as any;
   return api.envoy.service.auth.v3.Authorization as grpc.ServiceClientConstructor;
+}
+
+export function externalProcessorService(): grpc.ServiceDefinition {
+  const api = envoyApi() as any;
+  return api.envoy.service.ext_proc.v3.ExternalProcessor.service as grpc.ServiceDefinition;
+}
+
+export function externalProcessorClient(): grpc.ServiceClientConstructor {
+  const api = envoyApi() as any;
+  return api.envoy.service.ext_proc.v3.ExternalProcessor as grpc.ServiceClientConstructor;
 }
 
 /** google.rpc.Code values used in responses. */

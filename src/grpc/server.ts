@@ -6,6 +6,7 @@ import type { DecisionPorts } from '../middlebox/pipeline';
 import type { Logger } from '../observability/logger';
 import type { PolicySource } from '../state/port';
 import { AuthorizationService } from './authz/service';
+import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
 
 export interface ServerOptions {
@@ -50,6 +51,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const health = new ServerHealth(opts.policies);
   health.addToServer(server);
   new AuthorizationService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);
+  new ExternalProcessorService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),

@@ -26,6 +26,8 @@ export interface SidecarLabOptions {
   listen?: string[];
   /** Membership lease TTL of every replica, in seconds. */
   memberTtlS?: number;
+  /** Also start the outbound listener (ext_proc NAT, then ORIGINAL_DST). */
+  outbound?: boolean;
 }
 
 export class SidecarLab {
@@ -37,9 +39,11 @@ export class SidecarLab {
     readonly tcpApp: Upstream | undefined,
     readonly httpPort: number,
     readonly tcpPort: number | undefined,
+    readonly outboundPort: number | undefined,
     readonly logDir: string,
     readonly prefix: string,
     private readonly ownsLogDir: boolean,
+    private readonly opts: SidecarLabOptions,
   ) {}
 
   static async start(opts: SidecarLabOptions = {}): Promise<SidecarLab> {
@@ -68,11 +72,13 @@ export class SidecarLab {
       if (tcpApp) started.push(tcpApp);
       const httpPort = await freePort();
       const tcpPort = tcpApp ? await freePort() : undefined;
+      const outboundPort = opts.outbound ? await freePort() : undefined;
       const adminPort = await freePort();
       const config = renderBootstrapYaml({
         adminPort,
         inboundHttp: { address: '127.0.0.1', port: httpPort, appAddress: '127.0.0.1', appPort: app.port },
         inboundTcp: tcpApp && tcpPort ? { address: '127.0.0.1', port: tcpPort, appAddress: '127.0.0.1', appPort: tcpApp.port } : undefined,
+        outbound: outboundPort ? { address: '127.0.0.1', port: outboundPort } : undefined,
         middlebox: replicas.map((r) => r.address),
         // Tests and the demo share a small, busy machine: a slow answer must not read as a denial
         // (Envoy's status_on_error). Latency is measured by the benchmarks, not here.
@@ -82,7 +88,7 @@ export class SidecarLab {
       fs.writeFileSync(path.join(logDir, 'envoy.yaml'), config);
       const envoy = await EnvoyProcess.start({ config, adminPort, logFile: path.join(logDir, 'envoy.log') });
       started.push(envoy);
-      const lab = new SidecarLab(etcd, replicas, envoy, app, tcpApp, httpPort, tcpPort, logDir, prefix, opts.logDir === undefined);
+      const lab = new SidecarLab(etcd, replicas, envoy, app, tcpApp, httpPort, tcpPort, outboundPort, logDir, prefix, opts.logDir === undefined, opts);
       await lab.waitMiddleboxHealthy(replicas.length);
       return lab;
     } catch (e) {
@@ -97,6 +103,21 @@ export class SidecarLab {
       timeoutMs,
       what: `Envoy to see ${n} healthy middlebox replicas`,
     });
+  }
+
+  /** Stops replica i (SIGTERM) and starts a new process on the same address. */
+  async restartReplica(i: number): Promise<MiddleboxProcess> {
+    const old = this.replicas[i]!;
+    await old.stop();
+    const mb = await MiddleboxProcess.start({
+      etcd: this.etcd.endpoint,
+      prefix: this.prefix,
+      listen: old.address,
+      logFile: path.join(this.logDir, `middlebox-${i + 1}.log`),
+      memberTtlS: this.opts.memberTtlS,
+    });
+    this.replicas[i] = mb;
+    return mb;
   }
 
   async applyPolicies(docs: PolicyDocument[]): Promise<void> {

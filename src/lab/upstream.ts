@@ -33,7 +33,9 @@ export async function startHttpUpstream(opts: HttpUpstreamOptions = {}): Promise
     req.resume();
     req.on('end', () => {
       const echo: UpstreamEcho = { upstream: name, method: req.method ?? '', path: req.url ?? '', headers: req.headers };
-      res.writeHead(200, { 'content-type': 'application/json' });
+      // ?redirect: answer as a backend that names itself in a redirect, which NAT must translate.
+      const redirect = req.url?.includes('redirect') ? { location: `http://${host}:${(server.address() as net.AddressInfo).port}/next` } : {};
+      res.writeHead(redirect.location ? 302 : 200, { 'content-type': 'application/json', ...redirect });
       res.end(JSON.stringify(echo));
     });
   });

@@ -1,16 +1,24 @@
 // One decision pipeline for every protocol adapter: request attributes → firewall → rate limit →
-// verdict. A request the firewall denies never reaches the rate limiter, so it consumes no quota.
-// The pipeline stays synchronous unless a limit has to ask shared state.
+// NAT → verdict. A request the firewall denies never reaches the rate limiter (it consumes no
+// quota), and only an allowed request is translated. The pipeline stays synchronous unless a limit
+// or a new NAT flow has to ask shared state.
 import type { PolicySnapshot } from '../policy/types';
-import type { RateLimitPort } from '../state/port';
+import type { NatTablePort, RateLimitPort } from '../state/port';
 import { decideFirewall } from './firewall/engine';
+import { decideNat } from './nat/engine';
 import { decideRateLimit } from './ratelimit/engine';
-import type { RequestAttributes, Verdict } from './types';
+import type { NatDecision, RequestAttributes, Verdict } from './types';
 
 const NOT_LOADED: Verdict = { allow: false, status: 503, reason: 'policy_not_loaded' };
 
 export interface DecisionPorts {
   rateLimits: RateLimitPort;
+  nat: NatTablePort;
+}
+
+export interface DecideOptions {
+  /** NAT needs both directions of a request, so only ext_proc asks for it. */
+  nat?: boolean;
 }
 
 /** Fail closed until the replica knows its policy: no snapshot is not the same as no policy. */
@@ -19,13 +27,24 @@ export function decide(
   req: RequestAttributes,
   ports: DecisionPorts,
   now: number,
+  opts: DecideOptions = {},
 ): Verdict | Promise<Verdict> {
   if (!snapshot) return NOT_LOADED;
   const firewall = decideFirewall(snapshot, req);
   if (!firewall.allow) return firewall;
   const limited = decideRateLimit(snapshot, req, ports.rateLimits, now);
-  if (limited === undefined) return firewall;
-  return limited instanceof Promise ? limited.then((v) => merge(firewall, v)) : merge(firewall, limited);
+  const afterLimits = (v: Verdict): Verdict | Promise<Verdict> => (v.allow && opts.nat ? translate(v) : v);
+  const translate = (v: Verdict): Verdict | Promise<Verdict> => {
+    const nat = decideNat(snapshot, req, ports.nat, now);
+    if (nat === undefined) return v;
+    return nat instanceof Promise ? nat.then((n) => withNat(v, n)) : withNat(v, nat);
+  };
+  if (limited === undefined) return afterLimits(firewall);
+  return limited instanceof Promise ? limited.then((v) => afterLimits(merge(firewall, v))) : afterLimits(merge(firewall, limited));
+}
+
+function withNat(v: Verdict, nat: NatDecision): Verdict {
+  return { ...v, nat };
 }
 
 function merge(firewall: Verdict, limited: Verdict): Verdict {

@@ -59,6 +59,19 @@ export interface Verdict {
   responseHeaders?: HeaderValue[];
   /** Denials that a shadow policy or rule would have made: logged, never enforced. */
   shadowDenials?: ShadowDenial[];
+  /** Where NAT sends an allowed request. */
+  nat?: NatDecision;
+}
+
+export interface NatDecision {
+  policy: string;
+  rule: string;
+  /** ip:port ([v6]:port) of the chosen backend. */
+  backend: string;
+  /** The affinity key, when the rule has one and the request carried it. */
+  flow?: string;
+  rewriteHost: boolean;
+  sourceAs?: string;
 }
 
 export interface ShadowDenial {

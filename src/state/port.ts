@@ -1,7 +1,7 @@
 // The ports the decision engines and adapters reach shared state through. Implementations: etcd
 // (watch-driven policies; counters and quotas), memory (`local` limits, the fallback), and in
 // tests a fixed snapshot.
-import type { CompiledRateLimit, PolicyError, PolicySnapshot } from '../policy/types';
+import type { CompiledNatRule, CompiledRateLimit, PolicyError, PolicySnapshot } from '../policy/types';
 
 export interface RejectedPolicy {
   key: string;
@@ -65,4 +65,22 @@ export interface RateLimitPort {
   consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant>;
   /** Gives back the token of an allowed consume, because another limit denied the request. */
   refund(req: RateLimitRequest): void;
+}
+
+// --- NAT ------------------------------------------------------------------------------------------
+
+export interface NatTablePort {
+  /** The backend this flow is mapped to, as far as this replica knows; no I/O. */
+  lookup(rule: CompiledNatRule, flow: string): string | undefined;
+  /**
+   * Maps the flow to `backend` unless the shared table already holds a mapping other than
+   * `replacing`; resolves to the mapping in force, so replicas that race agree.
+   */
+  assign(rule: CompiledNatRule, flow: string, backend: string, replacing: string | undefined, now: number): string | Promise<string>;
+  /** The flow carried a request now: keep its mapping alive (it expires after the rule's idle timeout). */
+  touch(rule: CompiledNatRule, flow: string, now: number): void;
+  /** Taken out for new flows by `middlebox nat drain`. */
+  isDrained(backend: string): boolean;
+  /** Next position of a rule's round robin (affinity none). */
+  nextIndex(ruleId: string): number;
 }

@@ -18,6 +18,9 @@ describe('middlebox demo', function () {
     assert.match(r.stdout, /connection from 127\.0\.0\.1\s+→ echoed/);
     assert.match(r.stdout, /connection from 127\.0\.0\.66\s+→ refused/);
     assert.match(r.stdout, /in force on every replica after \d+ ms\n.*\/admin\/users .*→ 200 allowed/);
+    assert.match(r.stdout, /from 127\.0\.0\.11 ×3 → (orders-[ab]), \1, \1 /, 'NAT keeps a flow on one backend');
+    assert.match(r.stdout, /the client sees location: http:\/\/orders\.internal\/next/);
+    assert.match(r.stdout, /middlebox nat list: .*127\.0\.0\.11 → 127\.0\.0\.1:\d+/);
     assert.match(r.stdout, /Stopping everything/);
   });
 });

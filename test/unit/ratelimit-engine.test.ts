@@ -5,6 +5,7 @@ import type { Verdict } from '../../src/middlebox/types';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../../src/state/port';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
 import { snapshot } from '../harness/policy';
+import { MemoryNatTable } from '../../src/state/nat/memory';
 import { request } from '../harness/request';
 
 const RESET_MS = 30_000;
@@ -336,7 +337,7 @@ describe('decide (pipeline) with rate limits', () => {
 
   it('fails closed without a snapshot and never asks the port', () => {
     const port = new FakePort();
-    assert.deepEqual(decide(undefined, request(), { rateLimits: port }, NOW), { allow: false, status: 503, reason: 'policy_not_loaded' });
+    assert.deepEqual(decide(undefined, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW), { allow: false, status: 503, reason: 'policy_not_loaded' });
     assert.equal(port.consumed.length, 0);
   });
 
@@ -344,21 +345,21 @@ describe('decide (pipeline) with rate limits', () => {
     const snap = snapshot({ shop: FIREWALL_AND_LIMIT });
     for (const port of [new FakePort(), new AsyncFakePort()]) {
       for (let i = 0; i < 5; i++) {
-        const v = decide(snap, request({ path: '/admin/x' }), { rateLimits: port }, NOW);
+        const v = decide(snap, request({ path: '/admin/x' }), { rateLimits: port, nat: new MemoryNatTable() }, NOW);
         assert.ok(!(v instanceof Promise), 'a firewall denial answers synchronously');
         assert.deepEqual([v.allow, v.status, v.middlebox, v.rule], [false, 403, 'firewall', 'no-admin']);
       }
       assert.equal(port.consumed.length, 0);
-      assert.equal((await decide(snap, request(), { rateLimits: port }, NOW)).allow, true, 'the quota is untouched');
-      assert.equal((await decide(snap, request(), { rateLimits: port }, NOW)).allow, true);
-      assert.equal((await decide(snap, request(), { rateLimits: port }, NOW)).allow, false);
+      assert.equal((await decide(snap, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW)).allow, true, 'the quota is untouched');
+      assert.equal((await decide(snap, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW)).allow, true);
+      assert.equal((await decide(snap, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW)).allow, false);
     }
   });
 
   it('returns the firewall verdict unchanged when no limit applies', () => {
     const snap = snapshot({ shop: '{ firewall: { rules: [{ name: office, action: allow, from: ["203.0.113.0/24"] }] } }' });
     const port = new FakePort();
-    assert.deepEqual(decide(snap, request({ from: '203.0.113.5' }), { rateLimits: port }, NOW), {
+    assert.deepEqual(decide(snap, request({ from: '203.0.113.5' }), { rateLimits: port, nat: new MemoryNatTable() }, NOW), {
       allow: true, reason: 'allowed', policy: 'shop', rule: 'office',
     });
     assert.equal(port.consumed.length, 0);
@@ -366,9 +367,9 @@ describe('decide (pipeline) with rate limits', () => {
 
   it('merges the firewall allow with the rate-limit headers (sync and async)', async () => {
     const snap = snapshot({ shop: FIREWALL_AND_LIMIT });
-    const sync = decide(snap, request({ from: '203.0.113.5' }), { rateLimits: new FakePort() }, NOW);
+    const sync = decide(snap, request({ from: '203.0.113.5' }), { rateLimits: new FakePort(), nat: new MemoryNatTable() }, NOW);
     assert.ok(!(sync instanceof Promise));
-    const pending = decide(snap, request({ from: '203.0.113.5' }), { rateLimits: new AsyncFakePort() }, NOW);
+    const pending = decide(snap, request({ from: '203.0.113.5' }), { rateLimits: new AsyncFakePort(), nat: new MemoryNatTable() }, NOW);
     assert.ok(pending instanceof Promise);
     for (const v of [sync, await pending]) {
       assert.equal(v.allow, true);
@@ -390,13 +391,13 @@ describe('decide (pipeline) with rate limits', () => {
     const port = new AsyncFakePort();
     const FW_SHADOW = { middlebox: 'firewall', policy: 'trial', rule: 'default', status: 403 };
     const RL_SHADOW = { middlebox: 'ratelimit', policy: 'trial', rule: 't', status: 429 };
-    const first = await decide(snap, request(), { rateLimits: port }, NOW);
+    const first = await decide(snap, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW);
     assert.equal(first.allow, true);
     assert.deepEqual(first.shadowDenials, [FW_SHADOW]);
-    const second = await decide(snap, request(), { rateLimits: port }, NOW);
+    const second = await decide(snap, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW);
     assert.equal(second.allow, true);
     assert.deepEqual(second.shadowDenials, [FW_SHADOW, RL_SHADOW]);
-    const third = await decide(snap, request(), { rateLimits: port }, NOW);
+    const third = await decide(snap, request(), { rateLimits: port, nat: new MemoryNatTable() }, NOW);
     assert.deepEqual([third.allow, third.status, third.middlebox, third.policy, third.rule], [false, 429, 'ratelimit', 'shop', 'per-ip']);
     assert.deepEqual(third.shadowDenials, [FW_SHADOW, RL_SHADOW]);
   });

@@ -2,6 +2,7 @@
 import { parseIp } from '../../middlebox/ip';
 import type { Endpoint, RequestAttributes } from '../../middlebox/types';
 import type { Address, CheckRequest, HttpRequestAttributes, Peer } from '../envoy-types';
+import { HeaderCollector } from '../headers';
 
 export interface TranslationLimits {
   /** Total bytes of header names and values examined per request. */
@@ -81,26 +82,12 @@ function describe(addr: Address | undefined): string {
 }
 
 function headerMap(http: HttpRequestAttributes, maxBytes: number): Map<string, string> | undefined {
-  const map = new Map<string, string>();
-  let bytes = 0;
+  const headers = new HeaderCollector(maxBytes);
   if (http.headers) {
-    for (const name in http.headers) {
-      const value = http.headers[name] ?? '';
-      bytes += name.length + value.length;
-      if (bytes > maxBytes) return undefined;
-      map.set(name.toLowerCase(), value);
-    }
+    for (const name in http.headers) if (!headers.add(name, http.headers[name] ?? '')) return undefined;
   }
   // Envoy sends header_map instead of headers when encode_raw_headers is set.
-  for (const h of http.header_map?.headers ?? []) {
-    const name = (h.key ?? '').toLowerCase();
-    const value = h.value || (h.raw_value ? h.raw_value.toString('utf8') : '');
-    bytes += name.length + value.length;
-    if (bytes > maxBytes) return undefined;
-    const prev = map.get(name);
-    map.set(name, prev === undefined ? value : `${prev},${value}`);
-  }
-  return map;
+  return headers.addAll(http.header_map?.headers) ? headers.map : undefined;
 }
 
 export function hostWithoutPort(authority: string): string {

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { RequestAttributes, Verdict } from '../../middlebox/types';
+import { logDecision } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
@@ -62,35 +63,10 @@ export class AuthorizationService {
   };
 
   private respond(req: RequestAttributes, decisionId: string, verdict: Verdict): CheckOutcome {
-    this.log(req, decisionId, verdict);
+    logDecision(this.deps.logger, req, decisionId, verdict);
     return { response: checkResponse(verdict, decisionId, req.protocol, clientOwnHeaders(req.headers)), verdict, decisionId };
   }
 
-  private log(req: RequestAttributes, decisionId: string, verdict: Verdict): void {
-    const log = this.deps.logger;
-    if (!verdict.allow || verdict.shadowDenials) {
-      log.info(
-        {
-          decision: decisionId,
-          protocol: req.protocol,
-          source: req.source.ip?.text,
-          method: req.method,
-          host: req.host,
-          path: req.path,
-          allow: verdict.allow,
-          status: verdict.status,
-          middlebox: verdict.middlebox,
-          reason: verdict.reason,
-          policy: verdict.policy,
-          rule: verdict.rule,
-          shadow: verdict.shadowDenials,
-        },
-        verdict.allow ? 'allowed (shadow deny)' : 'denied',
-      );
-    } else if (log.isLevelEnabled('debug')) {
-      log.debug({ decision: decisionId, source: req.source.ip?.text, path: req.path, reason: verdict.reason }, 'allowed');
-    }
-  }
 
   private readonly check = (
     call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>,

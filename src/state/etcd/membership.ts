@@ -3,8 +3,9 @@
 // counting when its lease expires (ttl seconds); one that shuts down cleanly revokes it at once.
 // While etcd is unreachable the last count is kept.
 import os from 'node:os';
-import type { Etcd3, Lease, Watcher } from 'etcd3';
+import type { Etcd3, Lease } from 'etcd3';
 import type { Logger } from '../../observability/logger';
+import { PrefixFollower } from './follow';
 
 export interface MembershipOptions {
   client: Etcd3;
@@ -24,13 +25,14 @@ export function defaultReplicaId(): string {
 export class EtcdMembership {
   private readonly members = new Set<string>();
   private lease: Lease | undefined;
-  private watcher: Watcher | undefined;
+  private readonly follower: PrefixFollower;
   private closed = false;
   readonly id: string;
 
   private constructor(private readonly opts: MembershipOptions) {
     this.id = opts.id ?? defaultReplicaId();
     this.members.add(this.id);
+    this.follower = new PrefixFollower(opts.client, `${opts.prefix}/replicas/`, opts.logger, 'replica membership');
   }
 
   /** Joins in the background (retrying while etcd is away); counts itself from the start. */
@@ -47,7 +49,7 @@ export class EtcdMembership {
 
   async leave(): Promise<void> {
     this.closed = true;
-    await this.watcher?.cancel().catch(() => undefined);
+    await this.follower.close();
     await this.lease?.revoke().catch(() => undefined);
   }
 
@@ -56,45 +58,43 @@ export class EtcdMembership {
   }
 
   private async joinUntilDone(): Promise<void> {
+    const idOf = (key: Buffer) => key.toString().slice(this.keyPrefix.length);
+    await Promise.all([
+      this.registerUntilDone(),
+      this.follower.start({
+        loaded: (kvs) => {
+          this.members.clear();
+          for (const kv of kvs) this.members.add(idOf(kv.key));
+          this.members.add(this.id);
+          this.opts.logger.info({ id: this.id, replicas: this.count() }, 'joined replica membership');
+        },
+        put: (kv) => this.members.add(idOf(kv.key)),
+        // This replica counts itself even while its own key is gone (etcd unreachable, lease lost).
+        delete: (kv) => {
+          if (idOf(kv.key) !== this.id) this.members.delete(idOf(kv.key));
+        },
+      }),
+    ]);
+  }
+
+  private async registerUntilDone(): Promise<void> {
+    const { client, logger } = this.opts;
     let backoff = 200;
     while (!this.closed) {
       try {
-        await this.register();
-        await this.follow();
+        const lease = client.lease(this.opts.ttlS ?? DEFAULT_MEMBER_TTL_S);
+        lease.on('lost', (err) => {
+          logger.warn({ err: err.message }, 'replica membership lease lost; registering again');
+          if (!this.closed) void this.registerUntilDone();
+        });
+        await lease.put(`${this.keyPrefix}${this.id}`).value(JSON.stringify({ id: this.id, since: new Date().toISOString() }));
+        this.lease = lease;
         return;
       } catch (e) {
-        this.opts.logger.warn({ err: (e as Error).message, retryInMs: backoff }, 'cannot join replica membership in etcd; retrying');
+        logger.warn({ err: (e as Error).message, retryInMs: backoff }, 'cannot register in replica membership; retrying');
         await new Promise((r) => setTimeout(r, backoff).unref());
         backoff = Math.min(backoff * 2, 5000);
       }
     }
-  }
-
-  private async register(): Promise<void> {
-    const { client, logger } = this.opts;
-    const lease = client.lease(this.opts.ttlS ?? DEFAULT_MEMBER_TTL_S);
-    lease.on('lost', (err) => {
-      logger.warn({ err: err.message }, 'replica membership lease lost; joining again');
-      if (!this.closed) void this.joinUntilDone();
-    });
-    await lease.put(`${this.keyPrefix}${this.id}`).value(JSON.stringify({ id: this.id, since: new Date().toISOString() }));
-    this.lease = lease;
-  }
-
-  private async follow(): Promise<void> {
-    const { client, logger } = this.opts;
-    if (this.watcher) return;
-    const res = await client.getAll().prefix(this.keyPrefix).exec();
-    this.members.clear();
-    for (const kv of res.kvs) this.members.add(kv.key.toString().slice(this.keyPrefix.length));
-    this.members.add(this.id);
-    this.watcher = await client.watch().prefix(this.keyPrefix).startRevision(String(BigInt(res.header.revision) + 1n)).create();
-    this.watcher
-      .on('put', (kv) => this.members.add(kv.key.toString().slice(this.keyPrefix.length)))
-      .on('delete', (kv) => {
-        const id = kv.key.toString().slice(this.keyPrefix.length);
-        if (id !== this.id) this.members.delete(id);
-      });
-    logger.info({ id: this.id, replicas: this.count() }, 'joined replica membership');
   }
 }

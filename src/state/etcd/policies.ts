@@ -2,13 +2,14 @@
 // loads them all, then follows a watch from the revision it loaded, so a change reaches every
 // replica as soon as etcd delivers it. A stored policy that does not parse or validate is refused
 // and the last good version of it stays in force.
-import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
+import type { Etcd3, IKeyValue } from 'etcd3';
 import type { Logger } from '../../observability/logger';
 import { compileSnapshot } from '../../policy/compile';
 import { parsePolicies } from '../../policy/parse';
 import type { PolicyDocument, PolicyError, PolicySnapshot } from '../../policy/types';
 import type { PolicySource, PolicyStatus, RejectedPolicy } from '../port';
 import { withDeadline } from './client';
+import { PrefixFollower } from './follow';
 
 export function policiesPrefix(prefix: string): string {
   return `${prefix}/policies/`;
@@ -32,11 +33,12 @@ export class EtcdPolicyStore implements PolicySource {
   private current: PolicySnapshot | undefined;
   private generation = 0;
   private connected = false;
-  private watcher: Watcher | undefined;
-  private closed = false;
+  private readonly follower: PrefixFollower;
   private readonly listeners: Array<() => void> = [];
 
-  private constructor(private readonly opts: EtcdPolicyStoreOptions) {}
+  private constructor(private readonly opts: EtcdPolicyStoreOptions) {
+    this.follower = new PrefixFollower(opts.client, policiesPrefix(opts.prefix), opts.logger, 'policies');
+  }
 
   /** Starts loading in the background; decisions fail closed until the first load completes. */
   static open(opts: EtcdPolicyStoreOptions): EtcdPolicyStore {
@@ -73,60 +75,37 @@ export class EtcdPolicyStore implements PolicySource {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    await this.watcher?.cancel().catch(() => undefined);
+    await this.follower.close();
   }
 
   private async loadUntilDone(): Promise<void> {
-    const { client, prefix, logger } = this.opts;
-    let backoff = 200;
-    while (!this.closed) {
-      try {
-        const res = await withDeadline('policy load', this.opts.loadTimeoutMs ?? 3000, () =>
-          client.getAll().prefix(policiesPrefix(prefix)).exec(),
-        );
-        for (const kv of res.kvs) this.accept(kv);
-        this.publish();
-        await this.watchFrom(BigInt(res.header.revision) + 1n);
-        logger.info({ policies: this.documents.size, revision: res.header.revision }, 'policies loaded from etcd');
-        return;
-      } catch (e) {
-        logger.warn({ err: (e as Error).message, retryInMs: backoff }, 'cannot load policies from etcd; retrying');
-        await new Promise((r) => setTimeout(r, backoff).unref());
-        backoff = Math.min(backoff * 2, 5000);
-      }
-    }
-  }
-
-  private async watchFrom(revision: bigint): Promise<void> {
-    const { client, prefix, logger } = this.opts;
-    const watcher = await client.watch().prefix(policiesPrefix(prefix)).startRevision(revision.toString()).create();
-    this.watcher = watcher;
-    this.connected = true;
-    this.notify();
-    watcher
-      .on('put', (kv) => {
-        this.accept(kv);
-        this.publish();
-      })
-      .on('delete', (kv) => {
-        const key = kv.key.toString();
-        this.documents.delete(nameOf(key, prefix));
-        this.rejected.delete(key);
-        logger.info({ policy: nameOf(key, prefix) }, 'policy deleted');
-        this.publish();
-      })
-      .on('disconnected', () => {
-        this.connected = false;
-        logger.warn('policy watch disconnected from etcd; keeping the policies in force');
-        this.notify();
-      })
-      .on('connected', () => {
-        if (!this.connected) logger.info('policy watch reconnected to etcd');
-        this.connected = true;
-        this.notify();
-      })
-      .on('error', (err) => logger.error({ err: err.message }, 'policy watch error'));
+    const { prefix, logger } = this.opts;
+    await this.follower.start(
+      {
+        loaded: (kvs, revision) => {
+          for (const kv of kvs) this.accept(kv);
+          this.publish();
+          logger.info({ policies: this.documents.size, revision }, 'policies loaded from etcd');
+        },
+        put: (kv) => {
+          this.accept(kv);
+          this.publish();
+        },
+        delete: (kv) => {
+          const key = kv.key.toString();
+          this.documents.delete(nameOf(key, prefix));
+          this.rejected.delete(key);
+          logger.info({ policy: nameOf(key, prefix) }, 'policy deleted');
+          this.publish();
+        },
+        connection: (connected) => {
+          if (connected && !this.connected && this.current) logger.info('policy watch connected to etcd');
+          this.connected = connected;
+          this.notify();
+        },
+      },
+      this.opts.loadTimeoutMs,
+    );
   }
 
   /** Takes one stored policy in, or refuses it and keeps the last good version. */
