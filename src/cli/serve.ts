@@ -5,11 +5,14 @@ import { DEFAULTS, normalisePrefix, settingsFromEnv, splitList } from '../settin
 import { connectEtcd } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
 import { EtcdNatTable } from '../state/etcd/nat';
-import { EtcdPolicyStore } from '../state/etcd/policies';
+import { EtcdPolicyStore, ON_NO_STATE, type OnNoState } from '../state/etcd/policies';
+import { ensureStateDir } from '../state/disk';
 import { EtcdRateLimitStore } from '../state/etcd/ratelimit';
 import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/local';
-import { RateLimitStores } from '../state/ratelimit/store';
-import { intOpt, stringOpt, type Command } from './command';
+import { DEFAULT_BREAKER, EtcdBreaker } from '../state/resilient/breaker';
+import { ResilientNatTable } from '../state/resilient/nat';
+import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
+import { intOpt, stringOpt, UsageError, type Command } from './command';
 
 export const serveCommand: Command = {
   name: 'serve',
@@ -24,12 +27,21 @@ export const serveCommand: Command = {
     '                           Envoy health checks notice first (env MIDDLEBOX_SHUTDOWN_DELAY_MS, default 2000)',
     '  --replica-id ID          this replica\'s name in etcd membership (env MIDDLEBOX_REPLICA_ID, default hostname-pid)',
     `  --member-ttl SECONDS     membership lease; a dead replica stops counting towards local limit shares after it (default ${DEFAULT_MEMBER_TTL_S})`,
+    `  --etcd-timeout-ms N      one etcd operation's deadline before the local fallback decides; the etcd`,
+    `                           breaker opens after repeated failures (env MIDDLEBOX_ETCD_TIMEOUT_MS, default ${DEFAULT_BREAKER.timeoutMs})`,
     `  --max-rate-limit-keys N  rate-limit buckets this replica tracks; least recently used dropped first`,
     `                           (env MIDDLEBOX_MAX_RATE_LIMIT_KEYS, default ${DEFAULT_MAX_BUCKETS})`,
     `  --log-level LEVEL        trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
+    '  --state-dir DIR          keep the last good policies and NAT table here (policies.json, nat.json) and',
+    '                           start from them while etcd is unreachable; etcd replaces them once it answers;',
+    '                           created if missing (env MIDDLEBOX_STATE_DIR, default none: nothing kept)',
+    '  --on-no-state CHOICE     with neither etcd nor a state file: fail-closed answers 503 and health',
+    '                           NOT_SERVING; fail-open allows everything, SERVING, with a warning every',
+    '                           minute (env MIDDLEBOX_ON_NO_STATE, default fail-closed)',
     '',
-    'Decisions fail closed (503) until the policies are loaded from etcd. SIGTERM or SIGINT: health',
-    'goes NOT_SERVING, in-flight calls finish, the process exits 0.',
+    'Decisions fail closed (503) until the policies are loaded from etcd or the state dir (unless',
+    '--on-no-state fail-open). SIGTERM or SIGINT: health goes NOT_SERVING, in-flight calls finish, the',
+    'process exits 0.',
   ],
   options: {
     listen: { type: 'string' },
@@ -40,7 +52,10 @@ export const serveCommand: Command = {
     'log-level': { type: 'string' },
     'replica-id': { type: 'string' },
     'member-ttl': { type: 'string' },
+    'etcd-timeout-ms': { type: 'string' },
     'max-rate-limit-keys': { type: 'string' },
+    'state-dir': { type: 'string' },
+    'on-no-state': { type: 'string' },
   },
   async run({ values }) {
     const env = settingsFromEnv();
@@ -50,20 +65,30 @@ export const serveCommand: Command = {
     const drainMs = intOpt(values, 'drain-ms') ?? env.drainMs;
     const delayMs = intOpt(values, 'shutdown-delay-ms') ?? Number(process.env.MIDDLEBOX_SHUTDOWN_DELAY_MS ?? 2000);
     const memberTtlS = intOpt(values, 'member-ttl', 2, 3600) ?? DEFAULT_MEMBER_TTL_S;
+    const etcdTimeoutMs = intOpt(values, 'etcd-timeout-ms', 1, 60_000) ?? Number(process.env.MIDDLEBOX_ETCD_TIMEOUT_MS ?? DEFAULT_BREAKER.timeoutMs);
     const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? Number(process.env.MIDDLEBOX_MAX_RATE_LIMIT_KEYS ?? DEFAULT_MAX_BUCKETS);
+    const onNoState = (stringOpt(values, 'on-no-state') ?? (process.env.MIDDLEBOX_ON_NO_STATE || 'fail-closed')) as OnNoState;
+    if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`--on-no-state must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
+    const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
+    const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
     const logger = createLogger({ level: stringOpt(values, 'log-level') ?? env.logLevel });
 
     const client = connectEtcd({ endpoints: etcd });
-    const policies = EtcdPolicyStore.open({ client, prefix, logger });
+    const policies = EtcdPolicyStore.open({ client, prefix, logger, stateDir, onNoState });
     const membership = EtcdMembership.join({ client, prefix, logger, id: stringOpt(values, 'replica-id') ?? process.env.MIDDLEBOX_REPLICA_ID, ttlS: memberTtlS });
     const replicas = () => membership.count();
-    const rateLimits = new RateLimitStores(
+    // Every per-request etcd operation goes through one breaker; its fallbacks live in state/resilient.
+    const breaker = new EtcdBreaker(logger, { ...DEFAULT_BREAKER, timeoutMs: etcdTimeoutMs }, () => client.get(`${prefix}/replicas/`).exec());
+    const rateLimits = new ResilientRateLimitStore(
+      new EtcdRateLimitStore({ client, prefix, logger, replicas, maxBuckets: maxKeys, guard: (op) => breaker.run(op) }),
       new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }),
-      new EtcdRateLimitStore({ client, prefix, logger, replicas, maxBuckets: maxKeys }),
+      breaker,
+      logger,
     );
-    const nat = EtcdNatTable.open({ client, prefix, logger });
-    const server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger });
-    logger.info({ listen: server.address, etcd, prefix, replica: membership.id }, 'middlebox serving');
+    const natTable = EtcdNatTable.open({ client, prefix, logger, stateDir });
+    const nat = new ResilientNatTable(natTable, breaker, logger);
+    const server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger, breaker });
+    logger.info({ listen: server.address, etcd, prefix, replica: membership.id, stateDir, onNoState }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
       let stopping = false;
@@ -73,7 +98,8 @@ export const serveCommand: Command = {
         logger.info({ signal, delayMs, drainMs }, 'shutting down: NOT_SERVING, draining in-flight calls');
         void server
           .shutdown({ delayMs, drainMs })
-          .then(() => Promise.all([policies.close(), membership.leave(), nat.close()]))
+          .then(() => breaker.shutdown())
+          .then(() => Promise.all([policies.close(), membership.leave(), natTable.close()]))
           .then(() => client.close())
           .then(() => {
             logger.info('stopped');

@@ -4,10 +4,13 @@
 //   "envoy.service.ext_proc.v3.ExternalProcessor"  the same for ext_proc
 //   "middlebox.policy"                    NOT_SERVING while a stored policy is refused (the last
 //                                         good one stays in force) or before the first load
-//   "middlebox.etcd"                      NOT_SERVING while the policy watch is disconnected
+//   "middlebox.etcd"                      NOT_SERVING while the policy watch is disconnected or the
+//                                         etcd breaker is not closed: the replica is degraded, deciding
+//                                         from local state (the server itself stays SERVING)
 import type * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { PolicySource } from '../state/port';
+import type { EtcdBreaker } from '../state/resilient/breaker';
 import { AUTHORIZATION_SERVICE, EXTERNAL_PROCESSOR_SERVICE } from './protos';
 
 export const POLICY_COMPONENT = 'middlebox.policy';
@@ -18,9 +21,13 @@ export class ServerHealth {
   private readonly impl = new HealthImplementation();
   private draining = false;
 
-  constructor(private readonly policies: PolicySource) {
+  constructor(
+    private readonly policies: PolicySource,
+    private readonly breaker?: EtcdBreaker,
+  ) {
     this.refresh();
     policies.onChange(() => this.refresh());
+    breaker?.onTransition(() => this.refresh());
   }
 
   addToServer(server: grpc.Server): void {
@@ -39,6 +46,6 @@ export class ServerHealth {
     const serving: ServingStatus = !this.draining && status.loaded ? 'SERVING' : 'NOT_SERVING';
     for (const s of SERVING_SERVICES) this.impl.setStatus(s, serving);
     this.impl.setStatus(POLICY_COMPONENT, status.loaded && status.rejected.length === 0 ? 'SERVING' : 'NOT_SERVING');
-    this.impl.setStatus(ETCD_COMPONENT, status.connected ? 'SERVING' : 'NOT_SERVING');
+    this.impl.setStatus(ETCD_COMPONENT, status.connected && !this.breaker?.isDegraded ? 'SERVING' : 'NOT_SERVING');
   }
 }

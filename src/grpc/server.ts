@@ -5,6 +5,7 @@ import { MiddleboxError } from '../errors';
 import type { DecisionPorts } from '../middlebox/pipeline';
 import type { Logger } from '../observability/logger';
 import type { PolicySource } from '../state/port';
+import type { EtcdBreaker } from '../state/resilient/breaker';
 import { AuthorizationService } from './authz/service';
 import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
@@ -14,6 +15,8 @@ export interface ServerOptions {
   policies: PolicySource;
   ports: DecisionPorts;
   logger: Logger;
+  /** Reported in health as the etcd component. */
+  breaker?: EtcdBreaker;
 }
 
 export interface RunningServer {
@@ -48,7 +51,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     'grpc.max_receive_message_length': 4 * 1024 * 1024,
     'grpc.keepalive_permit_without_calls': 1,
   });
-  const health = new ServerHealth(opts.policies);
+  const health = new ServerHealth(opts.policies, opts.breaker);
   health.addToServer(server);
   new AuthorizationService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);
   new ExternalProcessorService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);

@@ -154,11 +154,11 @@ export class EtcdProcess {
  * The environment without ETCD_* variables: etcd reads its flags from them too, and refuses to
  * start when one conflicts with a flag given here.
  */
-function etcdEnv(): NodeJS.ProcessEnv {
+export function etcdEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('ETCD_')));
 }
 
-async function isHealthy(endpoint: string): Promise<boolean> {
+export async function isHealthy(endpoint: string): Promise<boolean> {
   const res = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
   if (!res.ok) return false;
   const body = (await res.json()) as { health?: string };

@@ -19,6 +19,12 @@ export interface MiddleboxStartOptions {
   drainMs?: number;
   /** Membership lease TTL in seconds (how soon a dead replica stops counting). */
   memberTtlS?: number;
+  /** --etcd-timeout-ms: one etcd operation's deadline before the local fallback answers. */
+  etcdTimeoutMs?: number;
+  /** --state-dir: keep the last good policies and NAT table here, and start from them. */
+  stateDir?: string;
+  /** --on-no-state: what decisions do with neither etcd nor a state file (default fail-closed). */
+  onNoState?: 'fail-closed' | 'fail-open';
   /** Wait for this health status of service "" before returning (default SERVING; false: do not wait). */
   waitFor?: HealthStatus | false;
 }
@@ -63,6 +69,9 @@ export class MiddleboxProcess {
     args.push('--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0));
     if (opts.drainMs !== undefined) args.push('--drain-ms', String(opts.drainMs));
     if (opts.memberTtlS !== undefined) args.push('--member-ttl', String(opts.memberTtlS));
+    if (opts.etcdTimeoutMs !== undefined) args.push('--etcd-timeout-ms', String(opts.etcdTimeoutMs));
+    if (opts.stateDir !== undefined) args.push('--state-dir', opts.stateDir);
+    if (opts.onNoState !== undefined) args.push('--on-no-state', opts.onNoState);
     const child = LabChild.spawn({ name: `middlebox ${listen}`, command: process.execPath, args, logFile: opts.logFile });
     const mb = new MiddleboxProcess(listen, child);
     const want = opts.waitFor ?? 'SERVING';

@@ -26,9 +26,21 @@ export interface SidecarLabOptions {
   listen?: string[];
   /** Membership lease TTL of every replica, in seconds. */
   memberTtlS?: number;
+  /**
+   * Every replica's --etcd-timeout-ms. The lab's default (LAB_ETCD_TIMEOUT_MS) is longer than the
+   * product's: etcd, Envoy, three replicas and the load all share two busy cores here, and a slow
+   * answer must not pass for an outage in tests about accuracy.
+   */
+  etcdTimeoutMs?: number;
   /** Also start the outbound listener (ext_proc NAT, then ORIGINAL_DST). */
   outbound?: boolean;
+  /** Give replica i the state dir `<stateDir>/replica-<i+1>` (--state-dir); default none. */
+  stateDir?: string;
+  /** --on-no-state of every replica. */
+  onNoState?: 'fail-closed' | 'fail-open';
 }
+
+export const LAB_ETCD_TIMEOUT_MS = 300;
 
 export class SidecarLab {
   private constructor(
@@ -61,7 +73,10 @@ export class SidecarLab {
           prefix,
           listen: opts.listen?.[i],
           memberTtlS: opts.memberTtlS,
+          etcdTimeoutMs: opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
           logFile: path.join(logDir, `middlebox-${i + 1}.log`),
+          stateDir: replicaStateDir(opts, i),
+          onNoState: opts.onNoState,
         });
         replicas.push(mb);
         started.push(mb);
@@ -115,6 +130,9 @@ export class SidecarLab {
       listen: old.address,
       logFile: path.join(this.logDir, `middlebox-${i + 1}.log`),
       memberTtlS: this.opts.memberTtlS,
+      etcdTimeoutMs: this.opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
+      stateDir: replicaStateDir(this.opts, i),
+      onNoState: this.opts.onNoState,
     });
     this.replicas[i] = mb;
     return mb;
@@ -137,4 +155,9 @@ export class SidecarLab {
     await this.etcd.stop().catch(() => undefined);
     if (this.ownsLogDir) fs.rmSync(this.logDir, { recursive: true, force: true });
   }
+}
+
+/** Each replica keeps its own state dir, as each pod would. */
+function replicaStateDir(opts: SidecarLabOptions, i: number): string | undefined {
+  return opts.stateDir === undefined ? undefined : path.join(opts.stateDir, `replica-${i + 1}`);
 }

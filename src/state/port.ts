@@ -19,6 +19,12 @@ export interface PolicyStatus {
   rejected: RejectedPolicy[];
   /** The watch on etcd is connected. */
   connected: boolean;
+  /**
+   * Where the policies in force came from: etcd; the local state file (`--state-dir`, etcd not
+   * loaded yet); or none (nothing loaded, or the empty policy of `--on-no-state fail-open`).
+   * Absent for a fixed snapshot.
+   */
+  source?: 'etcd' | 'disk' | 'none';
 }
 
 export interface PolicySource {

@@ -132,13 +132,14 @@ function takeBucket(p: LimitParams, s: { k: number; t: number } | undefined, n: 
   // A replica whose clock lags must not move the refill clock back (the time would refill twice).
   const t = s ? Math.max(s.t, now) : now;
   const tokens = s ? Math.min(capacity, s.k + elapsed * ratePerMs) : capacity;
-  const available = Math.floor(tokens + EPSILON);
+  // A bucket in debt (tokens charged after an outage) has nothing to give until refill repays it.
+  const available = Math.max(0, Math.floor(tokens + EPSILON));
   const granted = Math.min(n, available);
   const left = tokens - granted;
   return {
     state: { k: left, t },
     granted,
-    remaining: Math.floor(left + EPSILON),
+    remaining: Math.max(0, Math.floor(left + EPSILON)),
     resetMs: Math.ceil((capacity - left) / ratePerMs),
     retryAfterMs: left + EPSILON >= 1 ? 0 : Math.ceil((1 - left) / ratePerMs),
   };
@@ -156,4 +157,15 @@ export function giveBack(params: LimitParams, state: BucketState, n: number, now
   // A token taken in a window that has since ended is gone with it.
   if (state.w !== windowIndex(params.perMs, now)) return state;
   return { ...state, c: Math.max(0, state.c - n) };
+}
+
+/**
+ * Records n tokens as consumed whether or not they were available (tokens admitted by a fallback
+ * while the shared bucket could not be asked). Windows count past the limit; a token bucket goes
+ * into debt that refill pays off.
+ */
+export function charge(params: LimitParams, state: BucketState | undefined, n: number, now: number): BucketState {
+  const current = take(params, state, 0, now).state;
+  if ('k' in current) return { k: current.k - n, t: current.t };
+  return { ...current, c: current.c + n };
 }

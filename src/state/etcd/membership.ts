@@ -84,6 +84,10 @@ export class EtcdMembership {
       try {
         const lease = client.lease(this.opts.ttlS ?? DEFAULT_MEMBER_TTL_S);
         lease.on('lost', (err) => {
+          // A lease whose registration failed is retried by this loop already; only the one in
+          // force, lost later (etcd away longer than its TTL), starts a new registration.
+          if (this.lease !== lease) return;
+          this.lease = undefined;
           logger.warn({ err: err.message }, 'replica membership lease lost; registering again');
           if (!this.closed) void this.registerUntilDone();
         });

@@ -4,6 +4,10 @@
 // one expires. `<prefix>/nat/drained/<backend>` takes a backend out for new flows. Every replica
 // loads the table and follows a watch, so a lookup never waits for etcd; only a new flow's first
 // request does (one create-if-absent transaction, which makes racing replicas agree).
+//
+// With a state dir the table is also kept in `<dir>/nat.json` (written at most once a second) and
+// read back at open(), so a replica started while etcd is unreachable keeps the flows it knew;
+// etcd's table replaces the file's as soon as it loads.
 import { createHash } from 'node:crypto';
 import type { Etcd3, IKeyValue } from 'etcd3';
 import type { Logger } from '../../observability/logger';
@@ -13,6 +17,7 @@ import type { NatTablePort } from '../port';
 import { withDeadline } from './client';
 import { PrefixFollower } from './follow';
 import { SharedLeases } from './leases';
+import { isCorruptSnapshot, readSnapshot, snapshotPath, SnapshotWriter } from '../disk';
 
 export interface StoredFlow {
   flow: string;
@@ -39,6 +44,22 @@ export interface EtcdNatTableOptions {
   client: Etcd3;
   prefix: string;
   logger: Logger;
+  /** Keep the table in `<stateDir>/nat.json` and start from it. */
+  stateDir?: string;
+  /** Least time between two writes of the state file (default 1000). */
+  persistIntervalMs?: number;
+}
+
+/** The state file's name in the state dir (nat.json). */
+export const NAT_STATE = 'nat';
+
+/** `<stateDir>/nat.json` */
+export interface NatStateFile {
+  version: 1;
+  savedAt: string;
+  /** Mappings in force: rule is "policy/rule". */
+  flows: StoredFlow[];
+  drained: string[];
 }
 
 export class EtcdNatTable implements NatTablePort {
@@ -50,14 +71,24 @@ export class EtcdNatTable implements NatTablePort {
   private readonly leases: SharedLeases;
   private readonly follower: PrefixFollower;
   private loaded = false;
+  private fromDisk = false;
+  private readonly writer: SnapshotWriter | undefined;
 
   private constructor(private readonly opts: EtcdNatTableOptions) {
     this.leases = new SharedLeases(opts.client);
     this.follower = new PrefixFollower(opts.client, `${opts.prefix}/nat/`, opts.logger, 'NAT table');
+    if (opts.stateDir) {
+      const file = snapshotPath(opts.stateDir, NAT_STATE);
+      this.writer = new SnapshotWriter(opts.stateDir, NAT_STATE, {
+        minIntervalMs: opts.persistIntervalMs ?? 1000,
+        onError: (err) => opts.logger.warn({ file, err: err.message }, 'could not write the NAT state file; the previous one stays'),
+      });
+    }
   }
 
   static open(opts: EtcdNatTableOptions): EtcdNatTable {
     const table = new EtcdNatTable(opts);
+    table.loadFromDisk();
     void table.loadUntilDone();
     return table;
   }
@@ -87,12 +118,15 @@ export class EtcdNatTable implements NatTablePort {
     if (res.succeeded) {
       this.flows.set(id, { backend, mod: String(res.header.revision), writtenAt: now });
       this.idsByKey.set(key, id);
+      this.persist();
       return backend;
     }
     const kv = res.responses[0]?.response_range?.kvs?.[0];
     const stored = kv ? parseFlow(kv.value.toString()) : undefined;
     if (!kv || !stored) return backend;
     this.flows.set(id, { backend: stored.backend, mod: String(kv.mod_revision), writtenAt: now });
+    this.idsByKey.set(key, id);
+    this.persist();
     return stored.backend;
   }
 
@@ -118,17 +152,68 @@ export class EtcdNatTable implements NatTablePort {
 
   async close(): Promise<void> {
     await this.follower.close();
+    await this.writer?.close();
+  }
+
+  /** Where the mappings come from: etcd once loaded; before that the state file, if any. */
+  get source(): 'etcd' | 'disk' | 'none' {
+    return this.loaded ? 'etcd' : this.fromDisk ? 'disk' : 'none';
+  }
+
+  /** The state file's mappings serve lookups until etcd's table loads. */
+  private loadFromDisk(): void {
+    const { stateDir, logger } = this.opts;
+    if (!stateDir) return;
+    const file = snapshotPath(stateDir, NAT_STATE);
+    const value = readSnapshot(stateDir, NAT_STATE);
+    if (value === undefined) return;
+    const state = isCorruptSnapshot(value) ? { error: value.message } : readNatState(value);
+    if ('error' in state) {
+      logger.error({ file, err: state.error }, 'NAT state file is corrupt or invalid; ignored');
+      return;
+    }
+    const now = Date.now();
+    // Not in etcd as far as we know (mod 0): a touch or replacement goes through etcd's own check.
+    for (const f of state.flows) this.flows.set(`${f.rule}\u0000${f.flow}`, { backend: f.backend, mod: '0', writtenAt: now });
+    for (const b of state.drained) this.drained.add(b);
+    this.fromDisk = true;
+    logger.info({ file, flows: this.flows.size, drained: state.drained, savedAt: state.savedAt }, 'NAT table loaded from the state dir; etcd replaces it once it answers');
+  }
+
+  private persist(): void {
+    this.writer?.schedule(
+      (): NatStateFile => ({
+        version: 1,
+        savedAt: new Date().toISOString(),
+        flows: [...this.flows].map(([id, f]) => {
+          const at = id.indexOf('\u0000');
+          return { rule: id.slice(0, at), flow: id.slice(at + 1), backend: f.backend };
+        }),
+        drained: [...this.drained],
+      }),
+    );
   }
 
   private async loadUntilDone(): Promise<void> {
     await this.follower.start({
       loaded: (kvs) => {
+        // etcd's table replaces the state file's (and any earlier load).
+        this.flows.clear();
+        this.idsByKey.clear();
+        this.drained.clear();
         for (const kv of kvs) this.put(kv);
         this.loaded = true;
+        this.persist();
         this.opts.logger.info({ flows: this.flows.size, drained: [...this.drained] }, 'NAT table loaded from etcd');
       },
-      put: (kv) => this.put(kv),
-      delete: (kv) => this.delete(kv),
+      put: (kv) => {
+        this.put(kv);
+        this.persist();
+      },
+      delete: (kv) => {
+        this.delete(kv);
+        this.persist();
+      },
     });
   }
 
@@ -159,10 +244,26 @@ export class EtcdNatTable implements NatTablePort {
   }
 }
 
+/** A state file's content, checked entry by entry; anything unexpected refuses the whole file. */
+export function readNatState(value: unknown): { flows: StoredFlow[]; drained: string[]; savedAt: string } | { error: string } {
+  const v = value as Partial<NatStateFile> | null;
+  if (typeof v !== 'object' || v === null || v.version !== 1 || !Array.isArray(v.flows) || !Array.isArray(v.drained)) {
+    return { error: 'not a version 1 NAT state file (expected {version: 1, savedAt, flows: [...], drained: [...]})' };
+  }
+  const flows: StoredFlow[] = [];
+  for (const [i, f] of v.flows.entries()) {
+    const stored = parseFlow(JSON.stringify(f ?? null));
+    if (!stored || !stored.rule.includes('/')) return { error: `flows[${i}] is not {flow, backend, rule: "policy/rule"}` };
+    flows.push({ flow: stored.flow, backend: stored.backend, rule: stored.rule });
+  }
+  if (!v.drained.every((b) => typeof b === 'string')) return { error: 'drained must list backends as strings' };
+  return { flows, drained: v.drained, savedAt: String(v.savedAt ?? '') };
+}
+
 function parseFlow(text: string): StoredFlow | undefined {
   try {
-    const v = JSON.parse(text) as StoredFlow;
-    return typeof v.flow === 'string' && typeof v.backend === 'string' && typeof v.rule === 'string' ? v : undefined;
+    const v = JSON.parse(text) as StoredFlow | null;
+    return v !== null && typeof v === 'object' && typeof v.flow === 'string' && typeof v.backend === 'string' && typeof v.rule === 'string' ? v : undefined;
   } catch {
     return undefined;
   }

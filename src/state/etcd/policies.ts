@@ -2,6 +2,14 @@
 // loads them all, then follows a watch from the revision it loaded, so a change reaches every
 // replica as soon as etcd delivers it. A stored policy that does not parse or validate is refused
 // and the last good version of it stays in force.
+//
+// With a state dir, every snapshot published from etcd is also written to `<dir>/policies.json`
+// (the accepted documents, etcd's revision, the time), and open() starts from that file, so a
+// replica started while etcd is unreachable enforces the last good policy at once. etcd wins: once
+// it answers, its policies replace the file's (a policy etcd holds in a refused form keeps the
+// file's version, as a running replica keeps its last good one). With neither etcd nor a file, the
+// `onNoState` choice applies once the first load attempt has had its time: fail-closed (default)
+// keeps answering 503; fail-open enforces an empty policy (allow everything) and says so every minute.
 import type { Etcd3, IKeyValue } from 'etcd3';
 import type { Logger } from '../../observability/logger';
 import { compileSnapshot } from '../../policy/compile';
@@ -10,6 +18,7 @@ import type { PolicyDocument, PolicyError, PolicySnapshot } from '../../policy/t
 import type { PolicySource, PolicyStatus, RejectedPolicy } from '../port';
 import { withDeadline } from './client';
 import { PrefixFollower } from './follow';
+import { isCorruptSnapshot, readSnapshot, snapshotPath, SnapshotWriter } from '../disk';
 
 export function policiesPrefix(prefix: string): string {
   return `${prefix}/policies/`;
@@ -25,6 +34,28 @@ export interface EtcdPolicyStoreOptions {
   logger: Logger;
   /** Deadline of the initial load; retried with backoff until it succeeds or the store closes. */
   loadTimeoutMs?: number;
+  /** Keep the last good policies in `<stateDir>/policies.json` and start from them. */
+  stateDir?: string;
+  /** With neither etcd nor a state file (default fail-closed). */
+  onNoState?: OnNoState;
+}
+
+/** What decisions do while a replica has neither etcd nor a state file. */
+export type OnNoState = 'fail-closed' | 'fail-open';
+export const ON_NO_STATE: readonly OnNoState[] = ['fail-closed', 'fail-open'];
+
+/** The state file's name in the state dir (policies.json). */
+export const POLICY_STATE = 'policies';
+const FAIL_OPEN_REMINDER_MS = 60_000;
+const DEFAULT_LOAD_TIMEOUT_MS = 3000;
+
+/** `<stateDir>/policies.json` */
+export interface PolicyStateFile {
+  version: 1;
+  /** etcd's revision the documents were current at. */
+  revision: string;
+  savedAt: string;
+  policies: PolicyDocument[];
 }
 
 export class EtcdPolicyStore implements PolicySource {
@@ -35,14 +66,32 @@ export class EtcdPolicyStore implements PolicySource {
   private connected = false;
   private readonly follower: PrefixFollower;
   private readonly listeners: Array<() => void> = [];
+  private source: 'etcd' | 'disk' | 'none' = 'none';
+  private revision = '0';
+  private readonly writer: SnapshotWriter | undefined;
+  private noStateTimer: NodeJS.Timeout | undefined;
+  private failOpenReminder: NodeJS.Timeout | undefined;
+  private closed = false;
 
   private constructor(private readonly opts: EtcdPolicyStoreOptions) {
     this.follower = new PrefixFollower(opts.client, policiesPrefix(opts.prefix), opts.logger, 'policies');
+    if (opts.stateDir) {
+      const file = snapshotPath(opts.stateDir, POLICY_STATE);
+      this.writer = new SnapshotWriter(opts.stateDir, POLICY_STATE, {
+        onError: (err) => opts.logger.warn({ file, err: err.message }, 'could not write the policy state file; the previous one stays'),
+        onWritten: () => opts.logger.debug({ file }, 'policy state file written'),
+      });
+    }
   }
 
-  /** Starts loading in the background; decisions fail closed until the first load completes. */
+  /**
+   * Starts from the state file if there is one, then loads from etcd in the background. Without
+   * either, decisions fail closed (or open, by `onNoState`) until the first load completes.
+   */
   static open(opts: EtcdPolicyStoreOptions): EtcdPolicyStore {
     const store = new EtcdPolicyStore(opts);
+    store.loadFromDisk();
+    store.armNoState();
     void store.loadUntilDone();
     return store;
   }
@@ -58,6 +107,7 @@ export class EtcdPolicyStore implements PolicySource {
       policies: this.documents.size,
       rejected: [...this.rejected.values()],
       connected: this.connected,
+      source: this.current ? this.source : 'none',
     };
   }
 
@@ -75,7 +125,64 @@ export class EtcdPolicyStore implements PolicySource {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.stopNoStateTimers();
     await this.follower.close();
+    await this.writer?.close();
+  }
+
+  /** The state file, if any, becomes the snapshot in force until etcd answers. */
+  private loadFromDisk(): void {
+    const { stateDir, logger } = this.opts;
+    if (!stateDir) return;
+    const file = snapshotPath(stateDir, POLICY_STATE);
+    const value = readSnapshot(stateDir, POLICY_STATE);
+    if (value === undefined) {
+      logger.info({ file }, 'no policy state file yet; it is written once policies load from etcd');
+      return;
+    }
+    const state = isCorruptSnapshot(value) ? { error: value.message } : readPolicyState(value, file);
+    if ('error' in state) {
+      logger.error({ file, err: state.error }, 'policy state file is corrupt or invalid; ignored');
+      return;
+    }
+    for (const d of state.documents) this.documents.set(d.metadata.name, d);
+    this.revision = state.revision;
+    this.publish('disk');
+    logger.warn(
+      { file, policies: this.documents.size, revision: state.revision, savedAt: state.savedAt },
+      'policies loaded from the state dir; etcd replaces them once it answers',
+    );
+  }
+
+  /** Neither etcd nor a state file by the first load's deadline: apply the onNoState choice. */
+  private armNoState(): void {
+    if (this.current) return;
+    const { logger } = this.opts;
+    const choice = this.opts.onNoState ?? 'fail-closed';
+    const waitMs = this.opts.loadTimeoutMs ?? DEFAULT_LOAD_TIMEOUT_MS;
+    this.noStateTimer = setTimeout(() => {
+      this.noStateTimer = undefined;
+      if (this.current || this.closed) return;
+      if (choice === 'fail-closed') {
+        logger.error({ onNoState: choice }, 'no policy from etcd and no state file: failing closed (503) until etcd answers');
+        return;
+      }
+      this.publish('none');
+      const warn = () =>
+        logger.warn({ onNoState: choice }, 'no policy from etcd and no state file: failing OPEN, every request is allowed until etcd answers');
+      warn();
+      this.failOpenReminder = setInterval(warn, FAIL_OPEN_REMINDER_MS);
+      this.failOpenReminder.unref();
+    }, waitMs);
+    this.noStateTimer.unref();
+  }
+
+  private stopNoStateTimers(): void {
+    if (this.noStateTimer) clearTimeout(this.noStateTimer);
+    if (this.failOpenReminder) clearInterval(this.failOpenReminder);
+    this.noStateTimer = undefined;
+    this.failOpenReminder = undefined;
   }
 
   private async loadUntilDone(): Promise<void> {
@@ -83,20 +190,30 @@ export class EtcdPolicyStore implements PolicySource {
     await this.follower.start(
       {
         loaded: (kvs, revision) => {
-          for (const kv of kvs) this.accept(kv);
-          this.publish();
-          logger.info({ policies: this.documents.size, revision }, 'policies loaded from etcd');
+          this.stopNoStateTimers();
+          const before = this.source;
+          // etcd's content replaces whatever was in force (the state file, the fail-open empty
+          // policy, or an earlier load); a refused policy keeps its last good version.
+          const lastGood = new Map(this.documents);
+          this.documents.clear();
+          this.rejected.clear();
+          for (const kv of kvs) this.accept(kv, lastGood);
+          this.revision = revision;
+          this.publish('etcd');
+          logger.info({ policies: this.documents.size, revision, replacing: before }, 'policies loaded from etcd');
         },
         put: (kv) => {
           this.accept(kv);
-          this.publish();
+          this.revision = kv.mod_revision;
+          this.publish('etcd');
         },
         delete: (kv) => {
           const key = kv.key.toString();
           this.documents.delete(nameOf(key, prefix));
           this.rejected.delete(key);
           logger.info({ policy: nameOf(key, prefix) }, 'policy deleted');
-          this.publish();
+          this.revision = kv.mod_revision;
+          this.publish('etcd');
         },
         connection: (connected) => {
           if (connected && !this.connected && this.current) logger.info('policy watch connected to etcd');
@@ -109,7 +226,7 @@ export class EtcdPolicyStore implements PolicySource {
   }
 
   /** Takes one stored policy in, or refuses it and keeps the last good version. */
-  private accept(kv: IKeyValue): void {
+  private accept(kv: IKeyValue, lastGood?: ReadonlyMap<string, PolicyDocument>): void {
     const key = kv.key.toString();
     const name = nameOf(key, this.opts.prefix);
     const { document, errors } = readStored(key, name, kv.value.toString());
@@ -119,7 +236,9 @@ export class EtcdPolicyStore implements PolicySource {
       this.opts.logger.info({ policy: name, revision: kv.mod_revision }, 'policy applied');
       return;
     }
-    const keptLastGood = this.documents.has(name);
+    const last = this.documents.get(name) ?? lastGood?.get(name);
+    if (last) this.documents.set(name, last);
+    const keptLastGood = last !== undefined;
     this.rejected.set(key, { key, errors, keptLastGood });
     this.opts.logger.error(
       { policy: name, key, revision: kv.mod_revision, errors: errors.map((e) => e.message), keptLastGood },
@@ -127,10 +246,20 @@ export class EtcdPolicyStore implements PolicySource {
     );
   }
 
-  private publish(): void {
+  private publish(source: 'etcd' | 'disk' | 'none'): void {
     this.generation += 1;
     this.current = compileSnapshot([...this.documents.values()], this.generation);
+    this.source = source;
+    if (source === 'etcd') this.persist();
     this.notify();
+  }
+
+  /** Only what came from etcd is written: the file is always a snapshot etcd held. */
+  private persist(): void {
+    if (!this.writer) return;
+    const policies = [...this.documents.values()];
+    const revision = this.revision;
+    this.writer.schedule((): PolicyStateFile => ({ version: 1, revision, savedAt: new Date().toISOString(), policies }));
   }
 
   private notify(): void {
@@ -143,8 +272,7 @@ function nameOf(key: string, prefix: string): string {
 }
 
 /** A stored value must be exactly one valid policy whose name matches its key. */
-export function readStored(key: string, name: string, text: string): { document?: PolicyDocument; errors: PolicyError[] } {
-  const file = `etcd:${key}`;
+export function readStored(key: string, name: string, text: string, file = `etcd:${key}`): { document?: PolicyDocument; errors: PolicyError[] } {
   const { documents, errors } = parsePolicies(text, file);
   if (errors.length) return { errors };
   if (documents.length !== 1) return { errors: [{ file, message: `expected exactly one policy document, found ${documents.length}` }] };
@@ -153,6 +281,33 @@ export function readStored(key: string, name: string, text: string): { document?
     return { errors: [{ file, message: `metadata.name ${JSON.stringify(document.metadata.name)} does not match the key's name ${JSON.stringify(name)}` }] };
   }
   return { document, errors: [] };
+}
+
+/**
+ * A state file's content, checked as strictly as etcd's: every document goes through readStored
+ * (parse and validate), so an edited file cannot put an invalid policy in force. Any error refuses
+ * the whole file, since enforcing part of the last good policy set could allow what it denies.
+ */
+export function readPolicyState(
+  value: unknown,
+  file: string,
+): { documents: PolicyDocument[]; revision: string; savedAt: string } | { error: string } {
+  const v = value as Partial<PolicyStateFile> | null;
+  if (typeof v !== 'object' || v === null || v.version !== 1 || !Array.isArray(v.policies)) {
+    return { error: 'not a version 1 policy state file (expected {version: 1, revision, savedAt, policies: [...]})' };
+  }
+  const documents: PolicyDocument[] = [];
+  const names = new Set<string>();
+  for (const [i, item] of v.policies.entries()) {
+    const name = (item as Partial<PolicyDocument> | null)?.metadata?.name;
+    if (typeof name !== 'string') return { error: `policies[${i}] has no metadata.name` };
+    if (names.has(name)) return { error: `policy ${JSON.stringify(name)} appears twice` };
+    names.add(name);
+    const { document, errors } = readStored(name, name, JSON.stringify(item), `${file}#${name}`);
+    if (!document) return { error: `policy ${JSON.stringify(name)} is invalid: ${errors.map((e) => e.message).join('; ')}` };
+    documents.push(document);
+  }
+  return { documents, revision: String(v.revision ?? '0'), savedAt: String(v.savedAt ?? '') };
 }
 
 // --- what `middlebox policy apply|get|delete` does ---------------------------------------------

@@ -16,12 +16,13 @@
 // a little longer than the state matters, so idle buckets disappear from etcd by themselves.
 import { createHash } from 'node:crypto';
 import type { Etcd3 } from 'etcd3';
-import { giveBack, peek, take, windowIndex, type BucketState, type LimitParams, type Take } from '../../middlebox/ratelimit/algorithms';
+import { charge, giveBack, peek, take, windowIndex, type BucketState, type LimitParams, type Take } from '../../middlebox/ratelimit/algorithms';
 import type { Logger } from '../../observability/logger';
 import type { CompiledRateLimit } from '../../policy/types';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
 import { BoundedMap } from '../ratelimit/bounded-map';
 import { bucketId, DEFAULT_MAX_BUCKETS } from '../ratelimit/local';
+import { NotAnEtcdFailure } from './client';
 import { SharedLeases } from './leases';
 
 export interface EtcdRateLimitOptions {
@@ -31,6 +32,12 @@ export interface EtcdRateLimitOptions {
   /** Live replicas sharing the limits (membership); at least 1. */
   replicas: () => number;
   maxBuckets?: number;
+  /**
+   * Runs each etcd call (a compare-and-swap, a lease grant): the breaker in state/resilient. It
+   * guards the calls themselves, not the time a request waits behind its bucket's batch, so a
+   * burst queueing on a healthy etcd is never mistaken for an outage.
+   */
+  guard?: <T>(op: () => Promise<T>) => Promise<T>;
 }
 
 /** Counters of etcd work, for tests, benchmarks and metrics. */
@@ -85,7 +92,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   constructor(private readonly opts: EtcdRateLimitOptions) {
     this.buckets = new BoundedMap(opts.maxBuckets ?? DEFAULT_MAX_BUCKETS);
-    this.leases = new SharedLeases(opts.client);
+    this.leases = new SharedLeases(opts.client, opts.guard);
   }
 
   get size(): number {
@@ -118,6 +125,18 @@ export class EtcdRateLimitStore implements RateLimitPort {
     void this.giveBackShared(b, req.now).catch((e) =>
       this.opts.logger.warn({ limit: b.rule.id, err: (e as Error).message }, 'could not give back a rate-limit token'),
     );
+  }
+
+  /**
+   * Adds `n` tokens consumed elsewhere (by the local fallback during an outage) to the shared
+   * bucket, whether or not they fit: the shared count must show what was really admitted.
+   */
+  async charge(req: RateLimitRequest, n: number): Promise<void> {
+    const b = this.bucket(req);
+    for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
+      if (await this.compareAndSwap(b, charge(b.params, b.state, n, req.now), req.now)) return;
+    }
+    throw new NotAnEtcdFailure(`rate limit ${b.rule.id}: could not write back ${n} tokens`);
   }
 
   private bucket(req: RateLimitRequest): Bucket {
@@ -238,7 +257,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       if (await this.compareAndSwap(b, t.state, now)) return t;
       this.stats.conflicts += 1;
     }
-    throw new Error(`rate limit ${b.rule.id}: ${MAX_CAS_ATTEMPTS} compare-and-swap attempts lost to other writers`);
+    throw new NotAnEtcdFailure(`rate limit ${b.rule.id}: ${MAX_CAS_ATTEMPTS} compare-and-swap attempts lost to other writers`);
   }
 
   private async giveBackShared(b: Bucket, now: number): Promise<void> {
@@ -251,12 +270,15 @@ export class EtcdRateLimitStore implements RateLimitPort {
   /** Writes `next` if the key is still at the revision we last saw; otherwise learns the current one. */
   private async compareAndSwap(b: Bucket, next: BucketState, now: number): Promise<boolean> {
     const { client } = this.opts;
+    const guard = this.opts.guard ?? ((op) => op());
     const lease = await this.leases.leaseFor(keyTtlMs(b.params), now);
-    const res = await client
-      .if(b.key, 'Mod', '==', b.mod)
-      .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
-      .else(client.get(b.key))
-      .commit();
+    const res = await guard(() =>
+      client
+        .if(b.key, 'Mod', '==', b.mod)
+        .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
+        .else(client.get(b.key))
+        .commit(),
+    );
     if (res.succeeded) {
       this.stats.writes += 1;
       b.state = next;

@@ -1,0 +1,143 @@
+// One circuit breaker (opossum) between this replica and etcd. Every per-request etcd operation
+// goes through it: after enough of them fail or time out it opens, and for `resetTimeoutMs` the
+// decisions use their local fallback at once instead of waiting on etcd; then a single probe is let
+// through (half-open) and a success closes it again. Every transition is logged and counted.
+import CircuitBreaker from 'opossum';
+import type { Logger } from '../../observability/logger';
+import { NotAnEtcdFailure } from '../etcd/client';
+
+export interface BreakerSettings {
+  /** One etcd operation may take this long before it counts as failed and the fallback answers. */
+  timeoutMs: number;
+  /** Failed share of recent operations (percent) that opens the breaker... */
+  errorThresholdPercentage: number;
+  /** ...once at least this many operations were seen in the rolling window. */
+  volumeThreshold: number;
+  /** How long the breaker stays open before it lets one probe through. */
+  resetTimeoutMs: number;
+  /** The rolling window the error share is measured over. */
+  rollingWindowMs: number;
+  /**
+   * Failures in a row that open the breaker whatever the share: after a busy minute of successes,
+   * a frozen etcd must not have to fail as many requests again before the share tips.
+   */
+  consecutiveFailures: number;
+}
+
+/**
+ * Chosen so that a frozen etcd costs a request at most one 100 ms timeout and opens the breaker
+ * after 2 failed operations in a row (operations on one bucket run one after another, so within
+ * twice the timeout), or when half of the last 5 s of operations failed, while ordinary
+ * latency on a busy node (a few ms, tens under load) never trips it. Envoy's own deadline for a
+ * decision is 250 ms, so the fallback answers in time.
+ */
+export const DEFAULT_BREAKER: BreakerSettings = {
+  timeoutMs: 100,
+  errorThresholdPercentage: 50,
+  volumeThreshold: 3,
+  resetTimeoutMs: 2000,
+  rollingWindowMs: 5000,
+  consecutiveFailures: 2,
+};
+
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
+export interface BreakerStats {
+  state: BreakerState;
+  opened: number;
+  halfOpened: number;
+  closed: number;
+  /** Operations answered by a fallback because etcd failed, timed out, or the breaker was open. */
+  fallbacks: number;
+  /** When the breaker last opened (ms since epoch). */
+  openedAt?: number;
+}
+
+export class EtcdBreaker {
+  readonly stats: BreakerStats = { state: 'closed', opened: 0, halfOpened: 0, closed: 0, fallbacks: 0 };
+  private readonly breaker: CircuitBreaker<[() => Promise<unknown>], unknown>;
+  private readonly listeners: Array<(state: BreakerState) => void> = [];
+
+  constructor(
+    private readonly logger: Logger,
+    readonly settings: BreakerSettings = DEFAULT_BREAKER,
+    /**
+     * A cheap etcd read run when the breaker goes half-open, so that it closes (and local state is
+     * reconciled) as soon as etcd answers, whether or not requests come in to probe it.
+     */
+    private readonly probe?: () => Promise<unknown>,
+  ) {
+    this.breaker = new CircuitBreaker((op: () => Promise<unknown>) => op(), {
+      timeout: settings.timeoutMs,
+      errorThresholdPercentage: settings.errorThresholdPercentage,
+      volumeThreshold: settings.volumeThreshold,
+      resetTimeout: settings.resetTimeoutMs,
+      rollingCountTimeout: settings.rollingWindowMs,
+      errorFilter: (err: unknown) => err instanceof NotAnEtcdFailure,
+    });
+    let inARow = 0;
+    const failed = () => {
+      inARow += 1;
+      if (inARow >= settings.consecutiveFailures && this.breaker.closed) this.breaker.open();
+    };
+    // A timeout is reported as a failure too.
+    this.breaker.on('failure', failed);
+    this.breaker.on('success', () => (inARow = 0));
+    this.breaker.on('open', () => {
+      inARow = 0;
+      this.transition('open');
+    });
+    this.breaker.on('halfOpen', () => this.transition('half-open'));
+    this.breaker.on('close', () => this.transition('closed'));
+  }
+
+  get state(): BreakerState {
+    return this.stats.state;
+  }
+
+  get isOpen(): boolean {
+    return this.stats.state === 'open';
+  }
+
+  /** Decisions are (or may be) coming from local state: open, or half-open and not yet proven. */
+  get isDegraded(): boolean {
+    return this.stats.state !== 'closed';
+  }
+
+  /** Runs an etcd operation through the breaker; rejects at once while open. */
+  run<T>(op: () => Promise<T>): Promise<T> {
+    return this.breaker.fire(op) as Promise<T>;
+  }
+
+  /** Counts an answer given by a fallback. */
+  fellBack(): void {
+    this.stats.fallbacks += 1;
+  }
+
+  onTransition(listener: (state: BreakerState) => void): void {
+    this.listeners.push(listener);
+  }
+
+  shutdown(): void {
+    this.breaker.shutdown();
+  }
+
+  private transition(state: BreakerState): void {
+    this.stats.state = state;
+    const counts = () => ({ opened: this.stats.opened, halfOpened: this.stats.halfOpened, closed: this.stats.closed, fallbacks: this.stats.fallbacks });
+    if (state === 'open') {
+      this.stats.opened += 1;
+      this.stats.openedAt = Date.now();
+      this.logger.warn({ breaker: 'etcd', state, resetTimeoutMs: this.settings.resetTimeoutMs, ...counts() }, 'etcd breaker open: deciding from local state');
+    } else if (state === 'half-open') {
+      this.stats.halfOpened += 1;
+      this.logger.info({ breaker: 'etcd', state, ...counts() }, 'etcd breaker half-open: probing etcd');
+      if (this.probe) void this.run(this.probe).catch(() => undefined);
+    } else {
+      this.stats.closed += 1;
+      const outageMs = this.stats.openedAt ? Date.now() - this.stats.openedAt : undefined;
+      this.logger.info({ breaker: 'etcd', state, outageMs, ...counts() }, 'etcd breaker closed: back to shared state');
+    }
+    for (const l of this.listeners) l(state);
+  }
+}

@@ -1,0 +1,124 @@
+// Rate limits that keep deciding when etcd is slow or gone. `strict` and `leased` limits ask etcd,
+// whose calls go through the breaker; when one fails, times out or the breaker is open, the request is
+// decided by the local approximation instead (the limit ÷ the last known number of live replicas,
+// counted in memory) and the tokens it admits are remembered. When the breaker closes, those tokens
+// are written back into the shared buckets (for windows that have not ended yet; a token bucket's
+// always), so the shared count shows what was really admitted, and decisions return to their mode.
+//
+// Bound while degraded: each replica admits at most its share, so all of them together admit about
+// the limit when the load balancer spreads requests evenly, and at most the limit plus one share per
+// replica that the others did not count; a replica partitioned alone admits its share, not the limit.
+import { windowIndex } from '../../middlebox/ratelimit/algorithms';
+import type { Logger } from '../../observability/logger';
+import type { EtcdRateLimitStore } from '../etcd/ratelimit';
+import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
+import type { LocalRateLimitStore } from '../ratelimit/local';
+import { bucketId } from '../ratelimit/local';
+import type { EtcdBreaker } from './breaker';
+
+/** After a fallback that did not open the breaker, how soon its tokens are written back. */
+const RECONCILE_DELAY_MS = 500;
+
+interface Owed {
+  req: RateLimitRequest;
+  tokens: number;
+}
+
+export class ResilientRateLimitStore implements RateLimitPort {
+  /** Tokens admitted by the fallback, per bucket and window, not yet written back to etcd. */
+  private readonly owed = new Map<string, Owed>();
+  /** Tokens written back after outages (for tests and metrics). */
+  reconciled = 0;
+  private reconcileTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly shared: EtcdRateLimitStore,
+    private readonly local: LocalRateLimitStore,
+    private readonly breaker: EtcdBreaker,
+    private readonly logger: Logger,
+  ) {
+    breaker.onTransition((state) => {
+      if (state === 'closed') void this.reconcile();
+    });
+  }
+
+  get owedBuckets(): number {
+    return this.owed.size;
+  }
+
+  consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant> {
+    if (req.rule.consistency === 'local') return this.local.consume(req);
+    // Half-open included: the breaker's own probe decides when etcd is back, so that no request's
+    // token is taken in etcd and then, when the breaker turns it away, counted locally as well.
+    if (this.breaker.isDegraded) return this.fallback(req);
+    // The shared store runs its etcd calls through the breaker itself (see its `guard`); a leased
+    // token already in hand needs no call at all.
+    const shared = this.shared.consume(req);
+    return shared instanceof Promise ? shared.catch(() => this.fallback(req)) : shared;
+  }
+
+  refund(req: RateLimitRequest): void {
+    if (req.rule.consistency === 'local') return this.local.refund(req);
+    const owed = this.owed.get(owedId(req));
+    if (owed && owed.tokens > 0) {
+      owed.tokens -= 1;
+      this.local.refund(req);
+      return;
+    }
+    if (!this.breaker.isDegraded) this.shared.refund(req);
+  }
+
+  private fallback(req: RateLimitRequest): RateLimitGrant {
+    this.breaker.fellBack();
+    // A single failed call need not open the breaker; its debt is then written back shortly.
+    if (!this.breaker.isDegraded) this.reconcileSoon();
+    const grant = this.local.consume(req);
+    if (grant.allowed) {
+      const id = owedId(req);
+      const owed = this.owed.get(id);
+      if (owed) owed.tokens += 1;
+      else this.owed.set(id, { req, tokens: 1 });
+    }
+    return grant;
+  }
+
+  private reconcileSoon(): void {
+    if (this.reconcileTimer) return;
+    this.reconcileTimer = setTimeout(() => {
+      this.reconcileTimer = undefined;
+      if (!this.breaker.isDegraded) void this.reconcile();
+    }, RECONCILE_DELAY_MS);
+    this.reconcileTimer.unref();
+  }
+
+  /** Writes the fallback's admissions back into the shared buckets once etcd answers again. */
+  private async reconcile(): Promise<void> {
+    const now = Date.now();
+    let written = 0;
+    for (const [id, owed] of [...this.owed]) {
+      this.owed.delete(id);
+      const { rule } = owed.req;
+      // A window that has ended no longer limits anything: its debt is void. (Each entry holds one
+      // window's tokens, so an outage across a boundary charges only the current window's.)
+      if (rule.algorithm !== 'token-bucket' && windowIndex(rule.perMs, owed.req.now) !== windowIndex(rule.perMs, now)) continue;
+      try {
+        await this.shared.charge({ ...owed.req, now }, owed.tokens);
+        written += owed.tokens;
+      } catch (e) {
+        // etcd failed again: keep the debt for the next recovery.
+        const again = this.owed.get(id);
+        if (again) again.tokens += owed.tokens;
+        else this.owed.set(id, owed);
+        this.logger.warn({ limit: rule.id, err: (e as Error).message }, 'could not write local rate-limit consumption back to etcd');
+      }
+    }
+    this.reconciled += written;
+    if (written) this.logger.info({ tokens: written }, 'local rate-limit consumption written back to etcd');
+  }
+}
+
+/** Owed tokens are kept per bucket and, for windows, per window: only the current window's count. */
+function owedId(req: RateLimitRequest): string {
+  const { rule } = req;
+  return rule.algorithm === 'token-bucket' ? bucketId(req) : `${bucketId(req)}\u0000${windowIndex(rule.perMs, req.now)}`;
+}
