@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench bench-ratelimit bench-nat clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults clean
 
 all: build
 
@@ -49,8 +49,14 @@ bench-ratelimit: deps build
 bench-nat: deps build
 	@node dist/bench/nat-cost.js $(BENCH_ARGS)
 
+# etcd frozen (SIGSTOP) and resumed under load over 3 replicas, leased and strict: admitted rate,
+# p99 and breaker state over time; bench/results/fault-timeline.{json,md,svg}. BENCH_ARGS=--quick
+# for the short variant (fault-timeline.quick.*).
+bench-faults: deps build
+	@node dist/bench/fault-timeline.js $(BENCH_ARGS)
+
 # Every benchmark; each writes its table under bench/results/.
-bench: bench-ratelimit bench-nat
+bench: bench-ratelimit bench-nat bench-faults
 
 clean:
 	rm -rf dist

@@ -53,3 +53,13 @@ export function writeResults(name: string, json: object, markdown: string): void
   fs.writeFileSync(path.join(dir, `${name}.md`), markdown);
   log(`wrote ${path.relative(process.cwd(), path.join(dir, name))}.{json,md}`);
 }
+
+/** The one flag every bench takes: --quick for a short run. Anything else is a usage error (exit 2). */
+export function quickFlag(argv: string[], script: string): boolean {
+  const unknown = argv.filter((a) => a !== '--quick');
+  if (unknown.length > 0) {
+    process.stderr.write(`unknown argument ${unknown[0]}\nusage: node dist/bench/${script}.js [--quick]\n`);
+    process.exit(2);
+  }
+  return argv.includes('--quick');
+}

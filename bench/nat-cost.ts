@@ -12,7 +12,7 @@ import { SidecarLab } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { httpRequest } from '../src/lab/client';
 import { parsePolicies } from '../src/policy/parse';
-import { log, runMetadata, writeResults } from './common';
+import { log, quickFlag, runMetadata, writeResults } from './common';
 
 interface Round {
   setup: string;
@@ -32,7 +32,7 @@ async function saturate(url: string, host: string, seconds: number): Promise<Omi
 }
 
 async function main(): Promise<number> {
-  const quick = process.argv.includes('--quick');
+  const quick = quickFlag(process.argv.slice(2), 'nat-cost');
   const seconds = quick ? 3 : 8;
   const rounds = quick ? 1 : 3;
   const backend: Upstream = await startHttpUpstream({ name: 'backend' });

@@ -17,7 +17,7 @@ import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { parsePolicies } from '../src/policy/parse';
 import type { Consistency, PolicyDocument } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
-import { log, runMetadata, startedAt, writeResults } from './common';
+import { log, quickFlag, runMetadata, startedAt, writeResults } from './common';
 import { openLoop, type Sample } from './load';
 
 // ---- parameters -----------------------------------------------------------------------------------
@@ -43,12 +43,7 @@ interface Params {
 }
 
 function params(argv: string[]): Params {
-  const unknown = argv.filter((a) => a !== '--quick');
-  if (unknown.length > 0) {
-    process.stderr.write(`unknown argument ${unknown[0]}\nusage: node dist/bench/ratelimit-accuracy.js [--quick]\n`);
-    process.exit(2);
-  }
-  const quick = argv.includes('--quick');
+  const quick = quickFlag(argv, 'ratelimit-accuracy');
   return {
     quick,
     limit: 300,

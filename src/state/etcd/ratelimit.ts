@@ -173,7 +173,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
           if (b.rule.consistency === 'leased') await this.serveLeased(b, batch, now);
           else this.serveStrict(b, batch, await this.takeShared(b, batch.length, now));
         } catch (e) {
-          for (const w of batch) w.reject(e);
+          // Those queued behind a failed call are refused with it rather than made to wait for
+          // another: a request costs at most one etcd timeout before its fallback answers.
+          for (const w of [...batch, ...b.waiting.splice(0)]) w.reject(e);
         }
       }
     } finally {
