@@ -1,6 +1,8 @@
 // NAT end to end: a real etcd, two replicas, a real Envoy whose outbound listener runs ext_proc
 // and an ORIGINAL_DST cluster, and real backends.
 import assert from 'node:assert/strict';
+import { Etcd3 } from 'etcd3';
+import { flowKey } from '../../src/state/etcd/nat';
 import * as grpc from '@grpc/grpc-js';
 import { httpRequest } from '../../src/lab/client';
 import { sleep, waitFor } from '../../src/lab/ports';
@@ -31,6 +33,7 @@ spec:
     - { name: web, match: { hosts: ["vip.local"] }, to: ${to}, affinity: sourceIp }
     - { name: spread, match: { hosts: ["rr.local"] }, to: ${to}, affinity: none }
     - { name: users, match: { hosts: ["user.local"] }, to: ${to}, affinity: "header:x-user", rewriteHost: true, sourceAs: 192.0.2.10 }
+    - { name: brief, match: { hosts: ["idle.local"] }, to: ${to}, affinity: sourceIp, idleTimeout: 2s }
 `;
     const { documents, errors } = parsePolicies(text, 'nat');
     assert.deepEqual(errors, []);
@@ -169,6 +172,20 @@ spec:
     assert.notEqual(after, before, 'the drained backend\'s flow moved');
     for (let i = 150; i < 170; i++) assert.notEqual((await landed('vip.local', { from: `127.0.1.${i}` })).upstream, before);
     assert.equal((await middlebox(['nat', 'undrain', addr(drained), '--etcd', lab.etcd.endpoint])).code, 0);
+  });
+
+  it('an idle flow\'s mapping expires from etcd by itself (lease of the rule\'s idle timeout)', async function () {
+    this.timeout(40_000);
+    const etcd = new Etcd3({ hosts: lab.etcd.endpoint });
+    try {
+      const key = flowKey(lab.prefix, { policy: 'vip', name: 'brief' }, '127.0.0.77');
+      await landed('idle.local', { from: '127.0.0.77' });
+      assert.ok(await etcd.get(key).string(), 'the mapping is in etcd');
+      // A 2 s idle timeout rides on a lease of at least 5 s, granted for twice that.
+      await waitFor(async () => (await etcd.get(key).string()) === null, { timeoutMs: 30_000, intervalMs: 500, what: 'the idle mapping to expire' });
+    } finally {
+      etcd.close();
+    }
   });
 
   it('refuses a malformed or out-of-order stream without harm to others', async () => {
