@@ -17,12 +17,12 @@ import path from 'node:path';
 import type { Etcd3, Watcher } from 'etcd3';
 import { sleep, waitFor } from '../src/lab/ports';
 import { SidecarLab } from '../src/lab/sidecar';
-import { parsePolicies } from '../src/policy/parse';
-import type { Consistency, PolicyDocument } from '../src/policy/types';
+import type { Consistency } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { DEFAULT_BREAKER } from '../src/state/resilient/breaker';
 import { renderSvg, type VegaLiteSpec } from './chart';
 import { log, quickFlag, resultsDir, runMetadata, writeResults } from './common';
+import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
 
 // ---- parameters -----------------------------------------------------------------------------------
@@ -248,38 +248,6 @@ function percentile(sorted: number[], p: number): number | null {
 
 const latencyOf = (s: Sample): number => s.at - s.sent;
 const isFailure = (s: Sample): boolean => s.status !== 200 && s.status !== 429;
-
-function policyDocs(mode: Consistency, limit: number): PolicyDocument[] {
-  // headers: true lets the bench see when the rule is in force on every replica (ratelimit-limit).
-  const text = [
-    'apiVersion: middlebox.io/v1alpha1',
-    'kind: Policy',
-    'metadata: { name: bench }',
-    'spec:',
-    '  rateLimits:',
-    `    - { name: global, limit: ${limit}, per: 1s, algorithm: fixed-window, consistency: ${mode}, headers: true }`,
-    '',
-  ].join('\n');
-  const parsed = parsePolicies(text, 'bench-policy.yaml');
-  if (parsed.errors.length > 0 || parsed.documents.length !== 1) {
-    throw new Error(`bench policy does not validate: ${JSON.stringify(parsed.errors)}`);
-  }
-  return parsed.documents;
-}
-
-/** Polls through Envoy until 2×N answers in a row carry the rule's headers: it is in force on every replica. */
-async function waitPolicyInForce(url: string, replicas: number): Promise<void> {
-  let streak = 0;
-  await waitFor(
-    async () => {
-      const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      await res.arrayBuffer();
-      streak = res.headers.has('ratelimit-limit') || res.status === 429 ? streak + 1 : 0;
-      return streak >= 2 * replicas;
-    },
-    { timeoutMs: 10_000, intervalMs: 20, what: `the rate limit to be in force on ${replicas} replicas` },
-  );
-}
 
 /** Asks every replica's `middlebox.etcd` health every pollMs until stopped. */
 class HealthPoller {

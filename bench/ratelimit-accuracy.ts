@@ -14,10 +14,10 @@ import { EnvoyProcess } from '../src/lab/envoy';
 import { freePort, sleep, waitFor } from '../src/lab/ports';
 import { SidecarLab } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
-import { parsePolicies } from '../src/policy/parse';
-import type { Consistency, PolicyDocument } from '../src/policy/types';
+import type { Consistency } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { log, quickFlag, runMetadata, startedAt, writeResults } from './common';
+import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
 
 // ---- parameters -----------------------------------------------------------------------------------
@@ -120,24 +120,6 @@ interface RunResult {
 // ---- helpers ----------------------------------------------------------------------------------------
 
 const windowOf = (t: number): number => Math.floor(t / WINDOW_MS);
-
-function policyDocs(mode: Consistency, limit: number): PolicyDocument[] {
-  // headers: true lets the bench see when the rule is in force on every replica (ratelimit-limit).
-  const text = [
-    'apiVersion: middlebox.io/v1alpha1',
-    'kind: Policy',
-    'metadata: { name: bench }',
-    'spec:',
-    '  rateLimits:',
-    `    - { name: global, limit: ${limit}, per: 1s, algorithm: fixed-window, consistency: ${mode}, headers: true }`,
-    '',
-  ].join('\n');
-  const parsed = parsePolicies(text, 'bench-policy.yaml');
-  if (parsed.errors.length > 0 || parsed.documents.length !== 1) {
-    throw new Error(`bench policy does not validate: ${JSON.stringify(parsed.errors)}`);
-  }
-  return parsed.documents;
-}
 
 interface WriteEvent {
   revision: number;
@@ -303,20 +285,6 @@ function summarise(p: Params, d: Drive, writes?: EtcdWriteLog): Pick<RunResult, 
     latencyMs: { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] ?? NaN },
     statuses: statusCounts(d.samples),
   };
-}
-
-/** Polls through Envoy until 2×N answers in a row carry ratelimit-limit: the rule is in force on every replica. */
-async function waitPolicyInForce(url: string, replicas: number): Promise<void> {
-  let streak = 0;
-  await waitFor(
-    async () => {
-      const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      await res.arrayBuffer();
-      streak = res.headers.has('ratelimit-limit') || res.status === 429 ? streak + 1 : 0;
-      return streak >= 2 * replicas;
-    },
-    { timeoutMs: 10_000, intervalMs: 20, what: `the rate limit to be in force on ${replicas} replica(s)` },
-  );
 }
 
 // ---- one middlebox configuration ---------------------------------------------------------------------
