@@ -30,6 +30,11 @@ export class ResilientRateLimitStore implements RateLimitPort {
   /** Tokens written back after outages (for tests and metrics). */
   reconciled = 0;
   private reconcileTimer: NodeJS.Timeout | undefined;
+  /**
+   * Set while the outage's tokens are being written back after the breaker closed: decisions stay
+   * local until then, or fresh grants from etcd would come on top of a count that is not complete.
+   */
+  private writingBack = false;
 
   constructor(
     private readonly shared: EtcdRateLimitStore,
@@ -38,7 +43,7 @@ export class ResilientRateLimitStore implements RateLimitPort {
     private readonly logger: Logger,
   ) {
     breaker.onTransition((state) => {
-      if (state === 'closed') void this.reconcile();
+      if (state === 'closed') void this.writeBackThenResume();
     });
   }
 
@@ -80,6 +85,15 @@ export class ResilientRateLimitStore implements RateLimitPort {
       else this.owed.set(id, { req, tokens: 1 });
     }
     return grant;
+  }
+
+  private async writeBackThenResume(): Promise<void> {
+    this.writingBack = true;
+    try {
+      await this.reconcile();
+    } finally {
+      this.writingBack = false;
+    }
   }
 
   private reconcileSoon(): void {

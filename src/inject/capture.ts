@@ -1,0 +1,76 @@
+// The init container's script: iptables (nat table) rules that send the pod's TCP traffic through
+// Envoy. Pure: the same settings always give the same script, so golden files pin it.
+//
+//   PREROUTING -> MIDDLEBOX_INBOUND: captured inbound ports REDIRECT to Envoy's inbound listener.
+//   OUTPUT     -> MIDDLEBOX_OUTPUT:  Envoy's own traffic (its UID), loopback, excluded ports and
+//                                    CIDRs RETURN; everything else REDIRECTs to the outbound listener.
+// Only IPv4 TCP is captured (no ip6tables rules yet); UDP, e.g. DNS, is never touched.
+import ipaddr from 'ipaddr.js';
+
+export const CHAINS = { inbound: 'MIDDLEBOX_INBOUND', outbound: 'MIDDLEBOX_OUTPUT' } as const;
+
+export interface CaptureSettings {
+  envoyUid: number;
+  inboundPort: number;
+  outboundPort: number;
+  /** Inbound ports sent to Envoy, or '*' for every port not in excludeInboundPorts. */
+  includeInboundPorts: number[] | '*';
+  excludeInboundPorts: number[];
+  excludeOutboundPorts: number[];
+  /** IPv4 CIDRs, e.g. "10.96.0.0/12". */
+  excludeOutboundCidrs: string[];
+}
+
+export function captureScript(s: CaptureSettings): string {
+  for (const p of [s.inboundPort, s.outboundPort]) checkPort(p);
+  if (!Number.isInteger(s.envoyUid) || s.envoyUid <= 0) throw new Error(`envoy UID must be a positive integer, got ${s.envoyUid}`);
+  [...s.excludeInboundPorts, ...s.excludeOutboundPorts, ...(s.includeInboundPorts === '*' ? [] : s.includeInboundPorts)].forEach(checkPort);
+  const cidrs = s.excludeOutboundCidrs.map(normaliseCidr);
+  const nat = (rule: string) => `iptables -t nat ${rule}`;
+  const lines = ['set -eu', nat(`-N ${CHAINS.inbound}`), nat(`-N ${CHAINS.outbound}`)];
+
+  // Inbound.
+  const toInbound = `-j REDIRECT --to-ports ${s.inboundPort}`;
+  if (s.includeInboundPorts === '*') {
+    for (const p of unique(s.excludeInboundPorts)) lines.push(nat(`-A ${CHAINS.inbound} -p tcp --dport ${p} -j RETURN`));
+    lines.push(nat(`-A ${CHAINS.inbound} -p tcp ${toInbound}`));
+  } else {
+    const excluded = new Set(s.excludeInboundPorts);
+    for (const p of unique(s.includeInboundPorts).filter((p) => !excluded.has(p))) {
+      lines.push(nat(`-A ${CHAINS.inbound} -p tcp --dport ${p} ${toInbound}`));
+    }
+  }
+  lines.push(nat(`-A PREROUTING -p tcp -j ${CHAINS.inbound}`));
+
+  // Outbound. Envoy's own connections (to the app, the middlebox, original destinations) must
+  // never come back to Envoy: that is what the UID match is for.
+  lines.push(nat(`-A ${CHAINS.outbound} -m owner --uid-owner ${s.envoyUid} -j RETURN`));
+  lines.push(nat(`-A ${CHAINS.outbound} -o lo -j RETURN`));
+  for (const p of unique(s.excludeOutboundPorts)) lines.push(nat(`-A ${CHAINS.outbound} -p tcp --dport ${p} -j RETURN`));
+  for (const c of unique(cidrs)) lines.push(nat(`-A ${CHAINS.outbound} -d ${c} -j RETURN`));
+  lines.push(nat(`-A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports ${s.outboundPort}`));
+  lines.push(nat(`-A OUTPUT -p tcp -j ${CHAINS.outbound}`));
+  return `${lines.join('\n')}\n`;
+}
+
+function checkPort(p: number): void {
+  if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`port must be a whole number from 1 to 65535, got ${p}`);
+}
+
+/** "10.0.0.1/8" -> "10.0.0.0/8"; a bare IPv4 address is a /32. Only IPv4: the rules are iptables, not ip6tables. */
+export function normaliseCidr(text: string): string {
+  const withPrefix = text.includes('/') ? text : `${text}/32`;
+  let parsed: [ipaddr.IPv4 | ipaddr.IPv6, number];
+  try {
+    parsed = ipaddr.parseCIDR(withPrefix);
+  } catch {
+    throw new Error(`not a CIDR: ${JSON.stringify(text)}`);
+  }
+  const [addr, bits] = parsed;
+  if (addr.kind() !== 'ipv4') throw new Error(`only IPv4 CIDRs can be excluded for now, got ${JSON.stringify(text)}`);
+  return `${ipaddr.IPv4.networkAddressFromCIDR(withPrefix).toString()}/${bits}`;
+}
+
+function unique<T>(xs: T[]): T[] {
+  return [...new Set(xs)];
+}

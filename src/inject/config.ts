@@ -1,0 +1,96 @@
+// What the sidecar injector puts into a pod, with its defaults in one place, and the annotations
+// and labels that steer it. Pure data: `middlebox inject` and the webhook read the same config.
+
+/** Annotations and labels the injector reads (on the pod) or writes. */
+export const ANNOTATIONS = {
+  /** "true" opts a pod in, "false" opts it out (the opt-out wins over the namespace label). */
+  inject: 'middlebox.io/inject',
+  /** Written by the injector; a pod that carries it is never injected twice. */
+  status: 'middlebox.io/status',
+  /** Comma-separated inbound ports that are not sent through Envoy. */
+  excludeInboundPorts: 'middlebox.io/exclude-inbound-ports',
+  /** Comma-separated outbound ports the app reaches directly, not through Envoy. */
+  excludeOutboundPorts: 'middlebox.io/exclude-outbound-ports',
+  /** Comma-separated CIDRs the app reaches directly, not through Envoy. */
+  excludeOutboundCidrs: 'middlebox.io/exclude-outbound-cidrs',
+  /** Comma-separated inbound ports sent through Envoy, or "*" for all; default: the app port. */
+  includeInboundPorts: 'middlebox.io/include-inbound-ports',
+  /** "closed" (default: refuse traffic when the middlebox cannot be asked) or "open". */
+  failureMode: 'middlebox.io/failure-mode',
+  /** The app's HTTP port Envoy forwards inbound traffic to; default: the first container port. */
+  appPort: 'middlebox.io/app-port',
+  /** Written by the injector: the inbound ports actually captured ("*" or a list). */
+  capturedInboundPorts: 'middlebox.io/captured-inbound-ports',
+  /** Written by the injector: the outbound ports actually excluded from capture. */
+  excludedOutboundPorts: 'middlebox.io/excluded-outbound-ports',
+} as const;
+
+/** The namespace label that turns injection on for every pod in the namespace. */
+export const NAMESPACE_LABEL = 'middlebox.io/injection';
+export const NAMESPACE_LABEL_ENABLED = 'enabled';
+/** The value of the status annotation on an injected pod. */
+export const STATUS_INJECTED = 'injected';
+
+/** Names of what the injector adds, so that it (and tests) can find them again. */
+export const NAMES = {
+  initContainer: 'middlebox-init',
+  envoyContainer: 'middlebox-envoy',
+  bootstrapEnv: 'MIDDLEBOX_BOOTSTRAP',
+} as const;
+
+export type FailureMode = 'closed' | 'open';
+
+export interface ResourceRequests {
+  requests: { cpu: string; memory: string };
+  limits?: { cpu?: string; memory?: string };
+}
+
+export interface InjectConfig {
+  envoyImage: string;
+  initImage: string;
+  /** The middlebox Service as Envoy dials it, "host:port". */
+  middleboxAddress: string;
+  /** Envoy runs as this UID; its own traffic is never captured (no loops). */
+  envoyUid: number;
+  /** Envoy's inbound listener: captured inbound traffic is redirected here. */
+  inboundPort: number;
+  /** Envoy's outbound listener: captured outbound traffic is redirected here. */
+  outboundPort: number;
+  /** Envoy's admin, on 127.0.0.1 only. */
+  adminPort: number;
+  /** Used when the pod names no app port (annotation or container port). */
+  defaultAppPort: number;
+  /** Outbound ports never captured besides the middlebox's own: etcd (2379 client, 2380 peer). */
+  excludeOutboundPorts: number[];
+  defaultFailureMode: FailureMode;
+  envoyResources: ResourceRequests;
+  initResources: ResourceRequests;
+}
+
+export const INJECT_DEFAULTS: InjectConfig = {
+  envoyImage: 'envoyproxy/envoy:v1.34-latest',
+  // Any image with iptables and a POSIX shell.
+  initImage: 'middlebox/init:latest',
+  middleboxAddress: 'middlebox.middlebox-system.svc:9001',
+  envoyUid: 1337,
+  inboundPort: 15006,
+  outboundPort: 15001,
+  adminPort: 15000,
+  defaultAppPort: 8080,
+  excludeOutboundPorts: [2379, 2380],
+  defaultFailureMode: 'closed',
+  envoyResources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
+  initResources: { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '100m', memory: '64Mi' } },
+};
+
+export function injectConfig(overrides: Partial<InjectConfig> = {}): InjectConfig {
+  return { ...INJECT_DEFAULTS, ...overrides };
+}
+
+/** The port of "host:port" / "[v6]:port"; throws on anything else. */
+export function portOf(address: string): number {
+  const m = /:(\d{1,5})$/.exec(address);
+  const port = m ? Number(m[1]) : NaN;
+  if (!m || port < 1 || port > 65535) throw new Error(`middlebox address must be host:port, got "${address}"`);
+  return port;
+}
