@@ -4,6 +4,7 @@ import path from 'node:path';
 import { reportFailure, runCommand } from './command';
 import { demoCommand } from './demo';
 import { envoyCommand } from './envoy';
+import { injectCommand } from './inject';
 import { natCommand } from './nat';
 import { policyCommand } from './policy';
 import { serveCommand } from './serve';
@@ -15,6 +16,7 @@ Commands:
   policy             validate | apply | get | delete policies
   nat                list | drain | undrain: the shared NAT table
   envoy bootstrap    print a sidecar Envoy bootstrap that uses the middlebox
+  inject             print Kubernetes objects with the middlebox sidecar injected (offline)
   demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
   version            print the version
 
@@ -35,6 +37,8 @@ export async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'envoy':
       return envoyCommand(rest);
+    case 'inject':
+      return runCommand(injectCommand, rest);
     case 'nat':
       return natCommand(rest);
     case 'demo':

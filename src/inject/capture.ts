@@ -67,6 +67,9 @@ export function normaliseCidr(text: string): string {
     throw new Error(`not a CIDR: ${JSON.stringify(text)}`);
   }
   const [addr, bits] = parsed;
+  if (addr.kind() === 'ipv4' && !ipaddr.IPv4.isValidFourPartDecimal(withPrefix.split('/')[0]!)) {
+    throw new Error(`not a CIDR: ${JSON.stringify(text)}`);
+  }
   if (addr.kind() !== 'ipv4') throw new Error(`only IPv4 CIDRs can be excluded for now, got ${JSON.stringify(text)}`);
   return `${ipaddr.IPv4.networkAddressFromCIDR(withPrefix).toString()}/${bits}`;
 }

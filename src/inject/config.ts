@@ -21,8 +21,12 @@ export const ANNOTATIONS = {
   appPort: 'middlebox.io/app-port',
   /** Written by the injector: the inbound ports actually captured ("*" or a list). */
   capturedInboundPorts: 'middlebox.io/captured-inbound-ports',
+  /** Written by the injector: the inbound ports excluded from capture (when any). */
+  excludedInboundPorts: 'middlebox.io/excluded-inbound-ports',
   /** Written by the injector: the outbound ports actually excluded from capture. */
   excludedOutboundPorts: 'middlebox.io/excluded-outbound-ports',
+  /** Written by the injector: the outbound CIDRs excluded from capture, normalised (when any). */
+  excludedOutboundCidrs: 'middlebox.io/excluded-outbound-cidrs',
 } as const;
 
 /** The namespace label that turns injection on for every pod in the namespace. */
@@ -68,7 +72,7 @@ export interface InjectConfig {
 }
 
 export const INJECT_DEFAULTS: InjectConfig = {
-  envoyImage: 'envoyproxy/envoy:v1.34-latest',
+  envoyImage: 'envoyproxy/envoy:v1.40-latest',
   // Any image with iptables and a POSIX shell.
   initImage: 'middlebox/init:latest',
   middleboxAddress: 'middlebox.middlebox-system.svc:9001',

@@ -5,19 +5,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { BOOTSTRAP_DEFAULTS, renderBootstrap, renderBootstrapYaml, type BootstrapOptions } from '../../src/envoy/bootstrap';
+import { assertGolden } from '../harness/golden';
 
-/** The repository root, found from here whether this runs from test/ or from dist/test/. */
-function repoRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) {
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
-    dir = parent;
-  }
-  return dir;
-}
-
-const GOLDEN_DIR = path.join(repoRoot(), 'test', 'golden');
 
 const GOLDEN_CASES: { file: string; options: BootstrapOptions }[] = [
   {
@@ -54,15 +43,7 @@ describe('envoy bootstrap', () => {
   describe('golden files', () => {
     for (const { file, options } of GOLDEN_CASES) {
       it(`renders ${file}`, () => {
-        const golden = path.join(GOLDEN_DIR, file);
-        const rendered = renderBootstrapYaml(options);
-        if (process.env.UPDATE_GOLDEN === '1') {
-          fs.mkdirSync(GOLDEN_DIR, { recursive: true });
-          fs.writeFileSync(golden, rendered);
-          return;
-        }
-        assert.ok(fs.existsSync(golden), `${golden} is missing; run with UPDATE_GOLDEN=1 to create it`);
-        assert.equal(rendered, fs.readFileSync(golden, 'utf8'), `${file} differs; UPDATE_GOLDEN=1 if intended`);
+        assertGolden(file, renderBootstrapYaml(options));
       });
     }
   });

@@ -1,0 +1,236 @@
+// The injection itself: what a pod looks like with the middlebox sidecar (`injectPod`), and the
+// same change as an RFC 6902 JSON Patch (`patch`), which is what an admission webhook answers.
+// Pure: no I/O, no clock, no randomness; the input pod is never modified.
+import { renderBootstrapYaml } from '../envoy/bootstrap';
+import { splitList } from '../settings';
+import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
+import { ANNOTATIONS, NAMES, STATUS_INJECTED, portOf, type FailureMode, type InjectConfig } from './config';
+import type { Container, JsonPatchOperation, Pod } from './types';
+
+/** A pod the injector cannot inject as asked (e.g. a malformed annotation). */
+export class InjectError extends Error {}
+
+/** Everything the injector adds to one pod, computed once and used by both injectPod and patch. */
+interface Sidecar {
+  annotations: Record<string, string>;
+  initContainer: Container;
+  envoyContainer: Container;
+}
+
+export function isInjected(pod: Pod): boolean {
+  return pod.metadata?.annotations?.[ANNOTATIONS.status] === STATUS_INJECTED;
+}
+
+/** The pod with the sidecar; an already injected pod comes back unchanged (a copy). */
+export function injectPod(pod: Pod, config: InjectConfig): Pod {
+  const out = structuredClone(pod);
+  if (isInjected(pod)) return out;
+  const s = sidecar(pod, config);
+  out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, ...s.annotations } };
+  const spec = out.spec!;
+  spec.initContainers = [...(spec.initContainers ?? []), s.initContainer];
+  spec.containers = [...spec.containers, s.envoyContainer];
+  return out;
+}
+
+/** The JSON Patch that turns `pod` into `injectPod(pod, config)`; empty for an injected pod. */
+export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
+  if (isInjected(pod)) return [];
+  const s = sidecar(pod, config);
+  const ops: JsonPatchOperation[] = [];
+  if (pod.metadata === undefined) ops.push({ op: 'add', path: '/metadata', value: {} });
+  if (pod.metadata?.annotations === undefined) {
+    ops.push({ op: 'add', path: '/metadata/annotations', value: s.annotations });
+  } else {
+    // "add" on an existing member replaces it (RFC 6902 4.1), so this also works for a pod that
+    // already says e.g. middlebox.io/failure-mode.
+    for (const [k, v] of Object.entries(s.annotations)) ops.push({ op: 'add', path: `/metadata/annotations/${escapePointer(k)}`, value: v });
+  }
+  if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer] });
+  else ops.push({ op: 'add', path: '/spec/initContainers/-', value: s.initContainer });
+  ops.push({ op: 'add', path: '/spec/containers/-', value: s.envoyContainer });
+  return ops;
+}
+
+/** RFC 6901: "~" -> "~0", "/" -> "~1". */
+export function escapePointer(token: string): string {
+  return token.replace(/~/g, '~0').replace(/\//g, '~1');
+}
+
+// ---- what is added ------------------------------------------------------------------------------
+
+function sidecar(pod: Pod, config: InjectConfig): Sidecar {
+  if (!pod.spec || !Array.isArray(pod.spec.containers) || pod.spec.containers.length === 0) {
+    throw new InjectError('pod has no spec.containers');
+  }
+  const names = [...pod.spec.containers, ...(pod.spec.initContainers ?? [])].map((c) => c.name);
+  for (const n of [NAMES.initContainer, NAMES.envoyContainer]) {
+    if (names.includes(n)) throw new InjectError(`pod already has a container named ${n} but no ${ANNOTATIONS.status} annotation`);
+  }
+  const a = pod.metadata?.annotations ?? {};
+  const appPort = appPortOf(pod, config);
+  const failureMode = failureModeOf(a[ANNOTATIONS.failureMode], config.defaultFailureMode);
+  const include = a[ANNOTATIONS.includeInboundPorts];
+  const includeInboundPorts: number[] | '*' = include === undefined ? [appPort] : include.trim() === '*' ? '*' : ports(ANNOTATIONS.includeInboundPorts, include);
+  const excludeInboundPorts = ports(ANNOTATIONS.excludeInboundPorts, a[ANNOTATIONS.excludeInboundPorts]);
+  const excludeOutboundPorts = unique([
+    portOf(config.middleboxAddress),
+    ...config.excludeOutboundPorts,
+    ...ports(ANNOTATIONS.excludeOutboundPorts, a[ANNOTATIONS.excludeOutboundPorts]),
+  ]);
+  const excludeOutboundCidrs = cidrs(a[ANNOTATIONS.excludeOutboundCidrs]);
+  const capture: CaptureSettings = {
+    envoyUid: config.envoyUid,
+    inboundPort: config.inboundPort,
+    outboundPort: config.outboundPort,
+    includeInboundPorts,
+    excludeInboundPorts,
+    excludeOutboundPorts,
+    excludeOutboundCidrs,
+  };
+  const excludedSet = new Set(excludeInboundPorts);
+  const captured = includeInboundPorts === '*' ? '*' : includeInboundPorts.filter((p) => !excludedSet.has(p)).join(',');
+  return {
+    annotations: {
+      [ANNOTATIONS.status]: STATUS_INJECTED,
+      [ANNOTATIONS.capturedInboundPorts]: captured,
+      // What the rules really do, next to the annotations that asked for it (left as written).
+      ...(excludeInboundPorts.length > 0 ? { [ANNOTATIONS.excludedInboundPorts]: excludeInboundPorts.join(',') } : {}),
+      [ANNOTATIONS.excludedOutboundPorts]: excludeOutboundPorts.join(','),
+      ...(excludeOutboundCidrs.length > 0 ? { [ANNOTATIONS.excludedOutboundCidrs]: excludeOutboundCidrs.join(',') } : {}),
+      [ANNOTATIONS.failureMode]: failureMode,
+      [ANNOTATIONS.appPort]: String(appPort),
+    },
+    initContainer: initContainer(config, capture),
+    envoyContainer: envoyContainer(pod, config, appPort, failureMode),
+  };
+}
+
+function initContainer(config: InjectConfig, capture: CaptureSettings): Container {
+  return {
+    name: NAMES.initContainer,
+    image: config.initImage,
+    command: ['sh', '-c', captureScript(capture)],
+    resources: structuredClone(config.initResources),
+    // Root with exactly the two capabilities iptables needs, nothing else.
+    securityContext: {
+      runAsUser: 0,
+      runAsNonRoot: false,
+      privileged: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] },
+    },
+  };
+}
+
+/**
+ * The bootstrap travels in an environment variable and reaches Envoy through the kubelet's
+ * `$(VAR)` expansion of args (`--config-yaml`): no ConfigMap, no volume, no shell, and the root
+ * filesystem stays read-only. The kubelet also expands `$(POD_NAME)` and `$(POD_NAMESPACE)` inside
+ * the variable (they are defined before it), which gives every Envoy its own node id.
+ */
+function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failureMode: FailureMode): Container {
+  const nodeId = '$(POD_NAME).$(POD_NAMESPACE)';
+  const bootstrap = renderBootstrapYaml({
+    nodeId,
+    cluster: clusterName(pod),
+    adminAddress: '127.0.0.1',
+    adminPort: config.adminPort,
+    inboundHttp: { address: '0.0.0.0', port: config.inboundPort, appAddress: '127.0.0.1', appPort },
+    // REDIRECT from OUTPUT lands on 127.0.0.1, so the outbound listener need not face the network.
+    outbound: { address: '127.0.0.1', port: config.outboundPort },
+    middlebox: [config.middleboxAddress],
+    failureModeAllow: failureMode === 'open',
+  });
+  // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.
+  if (bootstrap.split(nodeId).join('').includes('$')) throw new InjectError('the rendered bootstrap contains "$", which the kubelet would expand');
+  return {
+    name: NAMES.envoyContainer,
+    image: config.envoyImage,
+    command: ['envoy'],
+    args: ['--config-yaml', `$(${NAMES.bootstrapEnv})`, '--disable-hot-restart', '--log-level', 'warn'],
+    env: [
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      { name: NAMES.bootstrapEnv, value: bootstrap },
+    ],
+    // Envoy's /ready is on the admin listener, which is bound to 127.0.0.1 (the admin API must not
+    // face the network) and so out of the kubelet's reach for an httpGet probe. An exec probe runs
+    // inside the pod's network namespace and can ask it: bash's /dev/tcp, no curl needed in the
+    // image (the official Envoy images have bash). /ready answers 200 only once Envoy is LIVE.
+    // HTTP/1.1 with a Host header: Envoy refuses HTTP/1.0 unless told otherwise (426).
+    readinessProbe: {
+      exec: {
+        command: [
+          'bash',
+          '-c',
+          `exec 3<>/dev/tcp/127.0.0.1/${config.adminPort} && printf 'GET /ready HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '`,
+        ],
+      },
+      initialDelaySeconds: 1,
+      periodSeconds: 2,
+      timeoutSeconds: 2,
+      failureThreshold: 30,
+    },
+    resources: structuredClone(config.envoyResources),
+    securityContext: {
+      runAsUser: config.envoyUid,
+      runAsGroup: config.envoyUid,
+      runAsNonRoot: true,
+      privileged: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+    },
+  };
+}
+
+// ---- reading the pod ----------------------------------------------------------------------------
+
+/** The annotation, else the first TCP container port of the app's containers, else the default. */
+function appPortOf(pod: Pod, config: InjectConfig): number {
+  const annotated = pod.metadata?.annotations?.[ANNOTATIONS.appPort];
+  if (annotated !== undefined) return ports(ANNOTATIONS.appPort, annotated, true)[0]!;
+  for (const c of pod.spec!.containers) {
+    for (const p of c.ports ?? []) {
+      if ((p.protocol ?? 'TCP') === 'TCP' && Number.isInteger(p.containerPort)) return p.containerPort;
+    }
+  }
+  return config.defaultAppPort;
+}
+
+function failureModeOf(value: string | undefined, fallback: FailureMode): FailureMode {
+  if (value === undefined) return fallback;
+  if (value === 'closed' || value === 'open') return value;
+  throw new InjectError(`${ANNOTATIONS.failureMode} must be "closed" or "open", got ${JSON.stringify(value)}`);
+}
+
+function ports(annotation: string, value: string | undefined, single = false): number[] {
+  if (value === undefined) return [];
+  const items = splitList(value);
+  const out = items.map(Number);
+  if (items.length === 0 || out.some((p) => !Number.isInteger(p) || p < 1 || p > 65535) || (single && out.length !== 1)) {
+    throw new InjectError(`${annotation} must be ${single ? 'a port' : 'comma-separated ports'} (1-65535), got ${JSON.stringify(value)}`);
+  }
+  return unique(out);
+}
+
+function cidrs(value: string | undefined): string[] {
+  if (value === undefined) return [];
+  try {
+    return unique(splitList(value).map(normaliseCidr));
+  } catch (e) {
+    throw new InjectError(`${ANNOTATIONS.excludeOutboundCidrs}: ${(e as Error).message}`);
+  }
+}
+
+/** Envoy's service cluster: the app label if there is one. */
+function clusterName(pod: Pod): string {
+  const labels = pod.metadata?.labels ?? {};
+  return labels['app.kubernetes.io/name'] ?? labels.app ?? 'app';
+}
+
+function unique<T>(xs: T[]): T[] {
+  return [...new Set(xs)];
+}

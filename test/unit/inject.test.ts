@@ -1,0 +1,310 @@
+// Sidecar injection: the decision, the injected pod, the JSON Patch (applied with an independent
+// RFC 6902 implementation, it must give exactly the injected pod), and golden files of whole
+// injected objects. UPDATE_GOLDEN=1 rewrites the golden files after an intended change.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { applyPatch, deepClone } from 'fast-json-patch';
+import { parse, stringify } from 'yaml';
+import { CHAINS, captureScript, normaliseCidr } from '../../src/inject/capture';
+import { ANNOTATIONS, INJECT_DEFAULTS, injectConfig, NAMES, NAMESPACE_LABEL } from '../../src/inject/config';
+import { injectionRequired } from '../../src/inject/decide';
+import { InjectError, injectPod, patch } from '../../src/inject/patch';
+import type { Container, Pod } from '../../src/inject/types';
+import { injectObject } from '../../src/inject/workloads';
+import { assertGolden } from '../harness/golden';
+
+const config = injectConfig();
+const ENABLED = { [NAMESPACE_LABEL]: 'enabled' };
+
+function pod(annotations?: Record<string, string>, extra: Partial<Pod> = {}): Pod {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: 'web', namespace: 'shop', labels: { app: 'web' }, ...(annotations ? { annotations } : {}) },
+    spec: { containers: [{ name: 'web', image: 'nginx:1.27', ports: [{ containerPort: 8080, name: 'http' }] }] },
+    ...extra,
+  };
+}
+
+const deployment = {
+  apiVersion: 'apps/v1',
+  kind: 'Deployment',
+  metadata: { name: 'shop', namespace: 'shop', annotations: { [ANNOTATIONS.inject]: 'false' } },
+  spec: {
+    replicas: 2,
+    selector: { matchLabels: { app: 'shop' } },
+    template: {
+      metadata: { labels: { app: 'shop' }, annotations: { [ANNOTATIONS.inject]: 'true' } },
+      spec: {
+        initContainers: [{ name: 'migrate', image: 'shop:1.0', command: ['migrate'] }],
+        containers: [{ name: 'shop', image: 'shop:1.0', ports: [{ containerPort: 9090, protocol: 'UDP' }, { containerPort: 3000 }] }],
+      },
+    },
+  },
+};
+
+/** The six cases of the issue: an object, its namespace's labels, and its golden file. */
+const GOLDEN_CASES: { file: string; object: unknown; namespaceLabels: Record<string, string>; injected: boolean }[] = [
+  { file: 'pod-opted-in.yaml', object: pod({ [ANNOTATIONS.inject]: 'true' }), namespaceLabels: {}, injected: true },
+  { file: 'pod-namespace-labelled.yaml', object: pod(), namespaceLabels: ENABLED, injected: true },
+  { file: 'pod-opted-out.yaml', object: pod({ [ANNOTATIONS.inject]: 'false' }), namespaceLabels: ENABLED, injected: false },
+  {
+    file: 'pod-already-injected.yaml',
+    object: injectPod(pod({ [ANNOTATIONS.inject]: 'true' }), config),
+    namespaceLabels: ENABLED,
+    injected: false,
+  },
+  { file: 'deployment.yaml', object: deployment, namespaceLabels: {}, injected: true },
+  {
+    file: 'pod-excluded-ports.yaml',
+    object: pod({
+      [ANNOTATIONS.inject]: 'true',
+      [ANNOTATIONS.includeInboundPorts]: '*',
+      [ANNOTATIONS.excludeInboundPorts]: '9100,8443',
+      [ANNOTATIONS.excludeOutboundPorts]: '5432, 6379',
+      [ANNOTATIONS.excludeOutboundCidrs]: '10.96.0.0/12,169.254.169.254',
+      [ANNOTATIONS.failureMode]: 'open',
+      [ANNOTATIONS.appPort]: '8081',
+    }),
+    namespaceLabels: {},
+    injected: true,
+  },
+];
+
+type Doc = Record<string, any>;
+
+function envoyOf(p: Pod): Doc {
+  const c = p.spec!.containers.find((x) => x.name === NAMES.envoyContainer);
+  assert.ok(c, 'envoy container');
+  return c;
+}
+
+function initOf(p: Pod): Doc {
+  const c = (p.spec!.initContainers ?? []).find((x) => x.name === NAMES.initContainer);
+  assert.ok(c, 'init container');
+  return c;
+}
+
+function bootstrapOf(p: Pod): Doc {
+  const env = (envoyOf(p).env as Doc[]).find((e) => e.name === NAMES.bootstrapEnv);
+  return parse(env!.value as string);
+}
+
+describe('inject', () => {
+  describe('golden files', () => {
+    for (const { file, object, namespaceLabels, injected } of GOLDEN_CASES) {
+      it(`renders ${file}`, () => {
+        const result = injectObject(object, namespaceLabels, config);
+        assert.equal(result.decision?.inject, injected, result.decision?.reason);
+        if (!injected) assert.deepEqual(result.object, object);
+        const rendered = stringify(result.object, { aliasDuplicateObjects: false, lineWidth: 0 });
+        assertGolden(`inject/${file}`, rendered);
+      });
+    }
+  });
+
+  describe('injectionRequired', () => {
+    it('injects a pod that opts in, in any namespace', () => {
+      assert.equal(injectionRequired(pod({ [ANNOTATIONS.inject]: 'true' }), {}).inject, true);
+    });
+    it('injects every pod of a labelled namespace', () => {
+      assert.equal(injectionRequired(pod(), ENABLED).inject, true);
+      assert.equal(injectionRequired(pod(), { [NAMESPACE_LABEL]: 'disabled' }).inject, false);
+      assert.equal(injectionRequired(pod(), {}).inject, false);
+    });
+    it('never injects a pod that opts out, even in a labelled namespace', () => {
+      const d = injectionRequired(pod({ [ANNOTATIONS.inject]: 'false' }), ENABLED);
+      assert.equal(d.inject, false);
+      assert.match(d.reason, /opts out/);
+    });
+    it('never injects an injected pod', () => {
+      const d = injectionRequired(injectPod(pod(), config), ENABLED);
+      assert.equal(d.inject, false);
+      assert.match(d.reason, /already injected/);
+    });
+    it('does not inject host-network pods or pods with a malformed annotation', () => {
+      assert.equal(injectionRequired(pod({ [ANNOTATIONS.inject]: 'true' }, { spec: { hostNetwork: true, containers: [] } }), {}).inject, false);
+      const d = injectionRequired(pod({ [ANNOTATIONS.inject]: 'yes' }), ENABLED);
+      assert.equal(d.inject, false);
+      assert.match(d.reason, /must be "true" or "false"/);
+    });
+  });
+
+  describe('patch', () => {
+    const cases: [string, Pod][] = [
+      ['a pod with annotations', pod({ [ANNOTATIONS.inject]: 'true', [ANNOTATIONS.failureMode]: 'open' })],
+      ['a pod without annotations', pod()],
+      ['a pod without metadata', { spec: { containers: [{ name: 'a', image: 'a' }] } }],
+      ['a pod with init containers', pod(undefined, { spec: { initContainers: [{ name: 'i' }], containers: [{ name: 'a' }] } })],
+      ['a pod with "/" and "~" in annotation keys', pod({ 'a~b/c': 'x' })],
+    ];
+    for (const [name, p] of cases) {
+      it(`turns ${name} into exactly injectPod's result (applied with fast-json-patch)`, () => {
+        const ops = patch(p, config);
+        const applied = applyPatch(deepClone(p), deepClone(ops), /* validate */ true).newDocument;
+        assert.deepEqual(applied, injectPod(p, config));
+      });
+    }
+
+    it('is empty for an injected pod, and injecting twice changes nothing', () => {
+      const once = injectPod(pod(), config);
+      assert.deepEqual(patch(once, config), []);
+      assert.deepEqual(injectPod(once, config), once);
+    });
+
+    it('never modifies its input', () => {
+      const p = pod({ [ANNOTATIONS.inject]: 'true' });
+      const before = structuredClone(p);
+      injectPod(p, config);
+      patch(p, config);
+      assert.deepEqual(p, before);
+    });
+
+    it('appends the init container after the pod\'s own and Envoy after the app', () => {
+      const out = injectPod(pod(undefined, { spec: { initContainers: [{ name: 'i' }], containers: [{ name: 'a' }] } }), config);
+      assert.deepEqual(out.spec!.initContainers!.map((c: Container) => c.name), ['i', NAMES.initContainer]);
+      assert.deepEqual(out.spec!.containers.map((c: Container) => c.name), ['a', NAMES.envoyContainer]);
+    });
+  });
+
+  describe('the injected containers', () => {
+    const out = injectPod(pod(), config);
+
+    it('gives the init container NET_ADMIN and NET_RAW only', () => {
+      const sc = initOf(out).securityContext;
+      assert.deepEqual(sc.capabilities, { add: ['NET_ADMIN', 'NET_RAW'], drop: ['ALL'] });
+      assert.equal(sc.runAsUser, 0);
+      assert.equal(sc.runAsNonRoot, false);
+      assert.equal(sc.privileged, false);
+    });
+
+    it('runs Envoy as its non-root UID, without privileges, with resource requests', () => {
+      const e = envoyOf(out);
+      assert.equal(e.image, INJECT_DEFAULTS.envoyImage);
+      assert.deepEqual(
+        { runAsUser: e.securityContext.runAsUser, runAsNonRoot: e.securityContext.runAsNonRoot, ape: e.securityContext.allowPrivilegeEscalation },
+        { runAsUser: 1337, runAsNonRoot: true, ape: false },
+      );
+      assert.deepEqual(e.securityContext.capabilities, { drop: ['ALL'] });
+      assert.ok(e.resources.requests.cpu && e.resources.requests.memory);
+    });
+
+    it('checks readiness on Envoy\'s /ready from inside the pod', () => {
+      const cmd = envoyOf(out).readinessProbe.exec.command.join(' ');
+      assert.match(cmd, /\/dev\/tcp\/127\.0\.0\.1\/15000/);
+      assert.match(cmd, /GET \/ready/);
+    });
+
+    it('passes the bootstrap through $(MIDDLEBOX_BOOTSTRAP), defined after the variables it uses', () => {
+      const e = envoyOf(out);
+      assert.deepEqual(e.args.slice(0, 2), ['--config-yaml', `$(${NAMES.bootstrapEnv})`]);
+      assert.deepEqual((e.env as Doc[]).map((v) => v.name), ['POD_NAME', 'POD_NAMESPACE', NAMES.bootstrapEnv]);
+    });
+
+    it('renders the bootstrap for the middlebox Service, the app port and the failure mode', () => {
+      const b = bootstrapOf(out);
+      const listeners = b.static_resources.listeners as Doc[];
+      assert.deepEqual(listeners.map((l) => [l.name, l.address.socket_address.port_value]), [['inbound_http', 15006], ['outbound_http', 15001]]);
+      const app = (b.static_resources.clusters as Doc[]).find((c) => c.name === 'app')!;
+      assert.equal(app.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value, 8080);
+      const mb = (b.static_resources.clusters as Doc[]).find((c) => c.name === 'middlebox')!;
+      assert.deepEqual(mb.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, {
+        address: 'middlebox.middlebox-system.svc',
+        port_value: 9001,
+      });
+      assert.equal(b.admin.address.socket_address.address, '127.0.0.1');
+      assert.equal(listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.failure_mode_allow, false);
+      const open = bootstrapOf(injectPod(pod({ [ANNOTATIONS.failureMode]: 'open' }), config));
+      assert.equal(open.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.failure_mode_allow, true);
+    });
+
+    it('records what it captured and excluded in annotations', () => {
+      const a = out.metadata!.annotations!;
+      assert.equal(a[ANNOTATIONS.status], 'injected');
+      assert.equal(a[ANNOTATIONS.capturedInboundPorts], '8080');
+      assert.equal(a[ANNOTATIONS.excludedOutboundPorts], '9001,2379,2380');
+      assert.equal(a[ANNOTATIONS.failureMode], 'closed');
+    });
+
+    it('rejects malformed annotations with a clear error', () => {
+      for (const [k, v, msg] of [
+        [ANNOTATIONS.failureMode, 'maybe', /closed" or "open/],
+        [ANNOTATIONS.excludeOutboundPorts, '80,http', /comma-separated ports/],
+        [ANNOTATIONS.appPort, '70000', /a port/],
+        [ANNOTATIONS.excludeOutboundCidrs, '10.0.0.0/33', /not a CIDR/],
+        [ANNOTATIONS.excludeOutboundCidrs, 'fd00::/8', /only IPv4/],
+      ] as const) {
+        assert.throws(() => injectPod(pod({ [k]: v }), config), (e: Error) => e instanceof InjectError && msg.test(e.message), `${k}=${v}`);
+      }
+    });
+  });
+
+  describe('captureScript', () => {
+    const base = {
+      envoyUid: 1337,
+      inboundPort: 15006,
+      outboundPort: 15001,
+      includeInboundPorts: [8080] as number[] | '*',
+      excludeInboundPorts: [] as number[],
+      excludeOutboundPorts: [9001, 2379],
+      excludeOutboundCidrs: ['10.96.0.0/12'],
+    };
+
+    it('redirects the app port in, everything else out, except Envoy, loopback, excluded ports and CIDRs', () => {
+      const lines = captureScript(base).trim().split('\n');
+      assert.equal(lines[0], 'set -eu');
+      assert.ok(lines.includes(`iptables -t nat -A ${CHAINS.inbound} -p tcp --dport 8080 -j REDIRECT --to-ports 15006`));
+      const out = lines.filter((l) => l.includes(`-A ${CHAINS.outbound}`));
+      assert.deepEqual(out, [
+        `iptables -t nat -A ${CHAINS.outbound} -m owner --uid-owner 1337 -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -o lo -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -p tcp --dport 9001 -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -p tcp --dport 2379 -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -d 10.96.0.0/12 -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports 15001`,
+      ]);
+      // The jumps into the chains come after the chains are complete.
+      assert.ok(lines.at(-1)!.endsWith(`-A OUTPUT -p tcp -j ${CHAINS.outbound}`));
+    });
+
+    it('captures every inbound port but the excluded ones with "*"', () => {
+      const lines = captureScript({ ...base, includeInboundPorts: '*', excludeInboundPorts: [9100] }).split('\n');
+      assert.ok(lines.includes(`iptables -t nat -A ${CHAINS.inbound} -p tcp --dport 9100 -j RETURN`));
+      assert.ok(lines.includes(`iptables -t nat -A ${CHAINS.inbound} -p tcp -j REDIRECT --to-ports 15006`));
+    });
+
+    it('leaves out included ports that are also excluded', () => {
+      const script = captureScript({ ...base, includeInboundPorts: [8080, 9100], excludeInboundPorts: [9100] });
+      assert.doesNotMatch(script, /9100/);
+    });
+
+    it('normalises CIDRs and rejects anything that is not one', () => {
+      assert.equal(normaliseCidr('10.1.2.3/8'), '10.0.0.0/8');
+      assert.equal(normaliseCidr('169.254.169.254'), '169.254.169.254/32');
+      assert.throws(() => normaliseCidr('10.1/8'), /not a CIDR/);
+      assert.throws(() => normaliseCidr('10.0.0.0/8; reboot'), /not a CIDR/);
+    });
+  });
+
+  describe('workloads', () => {
+    for (const kind of ['StatefulSet', 'DaemonSet', 'Job', 'ReplicaSet']) {
+      it(`injects the pod template of a ${kind}`, () => {
+        const obj = { ...structuredClone(deployment), kind };
+        const { object } = injectObject(obj, {}, config) as { object: Doc };
+        assert.ok(object.spec.template.spec.containers.some((c: Container) => c.name === NAMES.envoyContainer));
+        assert.equal(object.spec.replicas, 2);
+      });
+    }
+
+    it('reads the template\'s annotations, not the workload\'s', () => {
+      // The Deployment itself says "false", its template says "true".
+      assert.equal(injectObject(deployment, {}, config).decision?.inject, true);
+    });
+
+    it('passes other objects through unchanged', () => {
+      const svc = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web' } };
+      assert.deepEqual(injectObject(svc, ENABLED, config), { object: svc });
+    });
+  });
+});
