@@ -2,35 +2,11 @@ import assert from 'node:assert/strict';
 import { silentLogger } from '../../src/observability/logger';
 import { NotAnEtcdFailure } from '../../src/state/etcd/client';
 import { EtcdBreaker, type BreakerSettings, type BreakerState } from '../../src/state/resilient/breaker';
+import { BOUND_MS, deferred, TEST_BREAKER, type Deferred } from '../harness/breaker';
 
 // Small settings so that a test sees every transition in well under a second. Timing assertions
 // are generous (the machine may be loaded) but bounded.
-const SETTINGS: BreakerSettings = {
-  timeoutMs: 20,
-  errorThresholdPercentage: 50,
-  volumeThreshold: 3,
-  resetTimeoutMs: 100,
-  rollingWindowMs: 10_000,
-  consecutiveFailures: 3,
-};
-/** A rejection "at once" or "within the timeout" must come well before this. */
-const BOUND_MS = 10 * SETTINGS.timeoutMs;
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (v: T) => void;
-  reject: (e: unknown) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (v: T) => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
+const SETTINGS = TEST_BREAKER;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 

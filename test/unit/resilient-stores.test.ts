@@ -12,17 +12,9 @@ import { EtcdBreaker, type BreakerSettings } from '../../src/state/resilient/bre
 import { ResilientNatTable } from '../../src/state/resilient/nat';
 import { ResilientRateLimitStore } from '../../src/state/resilient/ratelimit';
 import { snapshot } from '../harness/policy';
+import { BOUND_MS, deferred, TEST_BREAKER, type Deferred } from '../harness/breaker';
 
-const SETTINGS: BreakerSettings = {
-  timeoutMs: 20,
-  errorThresholdPercentage: 50,
-  volumeThreshold: 3,
-  resetTimeoutMs: 100,
-  rollingWindowMs: 10_000,
-  consecutiveFailures: 3,
-};
-/** "At once" / "within about the breaker timeout", with room for a loaded machine. */
-const BOUND_MS = 10 * SETTINGS.timeoutMs;
+const SETTINGS = TEST_BREAKER;
 const DAY = 86_400_000;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -33,17 +25,6 @@ async function waitFor(what: string, cond: () => boolean, withinMs = 3000): Prom
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
     await sleep(5);
   }
-}
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (v: T) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (v: T) => void;
-  const promise = new Promise<T>((res) => (resolve = res));
-  return { promise, resolve };
 }
 
 // --- fakes -----------------------------------------------------------------------------------------
