@@ -1,5 +1,6 @@
 // The --etcd and --prefix flags that every command talking to etcd shares.
 import { normalisePrefix, settingsFromEnv, splitList } from '../settings';
+import type { Etcd3 } from 'etcd3';
 import { connectEtcd } from '../state/etcd/client';
 import { stringOpt, type Options } from './command';
 
@@ -10,9 +11,19 @@ export const etcdHelp = [
   '  --prefix PREFIX  etcd key prefix (env MIDDLEBOX_PREFIX, default /middlebox)',
 ];
 
-export function etcdFrom(values: Record<string, unknown>) {
+function etcdFrom(values: Record<string, unknown>) {
   const env = settingsFromEnv();
   const endpoints = stringOpt(values, 'etcd') ? splitList(stringOpt(values, 'etcd')!) : env.etcd;
   const prefix = stringOpt(values, 'prefix') ? normalisePrefix(stringOpt(values, 'prefix')!) : env.prefix;
   return { client: connectEtcd({ endpoints }), prefix };
+}
+
+/** Runs a command's etcd work with a client made from the flags, closing it whatever happens. */
+export async function withEtcd<T>(values: Record<string, unknown>, work: (client: Etcd3, prefix: string) => Promise<T>): Promise<T> {
+  const { client, prefix } = etcdFrom(values);
+  try {
+    return await work(client, prefix);
+  } finally {
+    client.close();
+  }
 }

@@ -3,7 +3,7 @@ import { MiddleboxError } from '../errors';
 import { drainBackend, listFlows, undrainBackend } from '../state/etcd/nat';
 import { parseIp } from '../middlebox/ip';
 import { runGroup, stringOpt, UsageError, type Command } from './command';
-import { etcdFrom, etcdHelp, etcdOptions } from './etcd-flags';
+import { etcdHelp, etcdOptions, withEtcd } from './etcd-flags';
 
 /** A backend as NAT rules write it: ip:port, IPv6 as [addr]:port, in canonical form. */
 function backendArg(positionals: string[]): string {
@@ -25,8 +25,7 @@ const list: Command = {
   async run({ values }) {
     const format = stringOpt(values, 'output') ?? 'table';
     if (format !== 'table' && format !== 'json') throw new UsageError(`-o must be table or json, got ${JSON.stringify(format)}`);
-    const { client, prefix } = etcdFrom(values);
-    try {
+    return withEtcd(values, async (client, prefix) => {
       const { flows, drained } = await listFlows(client, prefix);
       if (format === 'json') {
         process.stdout.write(`${JSON.stringify({ flows: flows.map(({ key: _key, ...f }) => f), drained }, null, 2)}\n`);
@@ -38,9 +37,7 @@ const list: Command = {
       else process.stdout.write(rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('   ').trimEnd()).join('\n') + '\n');
       if (drained.length) process.stdout.write(`Drained: ${drained.join(', ')}\n`);
       return 0;
-    } finally {
-      client.close();
-    }
+    });
   },
 };
 
@@ -53,14 +50,11 @@ const drain: Command = {
   allowPositionals: true,
   async run({ values, positionals }) {
     const backend = backendArg(positionals);
-    const { client, prefix } = etcdFrom(values);
-    try {
+    return withEtcd(values, async (client, prefix) => {
       const moved = await drainBackend(client, prefix, backend);
       process.stdout.write(`backend/${backend} drained; ${moved} flow${moved === 1 ? '' : 's'} moved\n`);
       return 0;
-    } finally {
-      client.close();
-    }
+    });
   },
 };
 
@@ -73,14 +67,11 @@ const undrain: Command = {
   allowPositionals: true,
   async run({ values, positionals }) {
     const backend = backendArg(positionals);
-    const { client, prefix } = etcdFrom(values);
-    try {
+    return withEtcd(values, async (client, prefix) => {
       if (!(await undrainBackend(client, prefix, backend))) throw new MiddleboxError('bad_usage', `backend ${backend} is not drained`);
       process.stdout.write(`backend/${backend} undrained\n`);
       return 0;
-    } finally {
-      client.close();
-    }
+    });
   },
 };
 

@@ -6,7 +6,7 @@ import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/par
 import type { PolicyDocument } from '../policy/types';
 import { deletePolicy, getPolicies, putPolicies } from '../state/etcd/policies';
 import { runGroup, stringOpt, UsageError, type Command } from './command';
-import { etcdFrom, etcdHelp, etcdOptions } from './etcd-flags';
+import { etcdHelp, etcdOptions, withEtcd } from './etcd-flags';
 
 function filesFrom(values: Record<string, unknown>): string[] {
   const f = values.filename;
@@ -59,8 +59,7 @@ const apply: Command = {
   options: { filename: { type: 'string', short: 'f', multiple: true }, ...etcdOptions },
   async run({ values }) {
     const docs = loadFiles(filesFrom(values), '; nothing was applied');
-    const { client, prefix } = etcdFrom(values);
-    try {
+    return withEtcd(values, async (client, prefix) => {
       const before = await getPolicies(client, prefix);
       await putPolicies(client, prefix, docs);
       for (const d of docs) {
@@ -69,9 +68,7 @@ const apply: Command = {
         process.stdout.write(`policy/${d.metadata.name} ${state}\n`);
       }
       return 0;
-    } finally {
-      client.close();
-    }
+    });
   },
 };
 
@@ -87,8 +84,7 @@ const get: Command = {
     const name = positionals[0];
     const format = stringOpt(values, 'output') ?? (name ? 'yaml' : 'table');
     if (!['table', 'yaml', 'json'].includes(format)) throw new UsageError(`-o must be table, yaml or json, got ${JSON.stringify(format)}`);
-    const { client, prefix } = etcdFrom(values);
-    try {
+    return withEtcd(values, async (client, prefix) => {
       const stored = await getPolicies(client, prefix);
       const names = name ? [name] : [...stored.keys()].sort();
       if (name && !stored.has(name)) throw new MiddleboxError('policy_not_found', `policy ${JSON.stringify(name)} not found`);
@@ -101,9 +97,7 @@ const get: Command = {
       else if (format === 'yaml') process.stdout.write(docs.map((d) => YAML.stringify(d)).join('---\n'));
       else process.stdout.write(table(names, docs));
       return 0;
-    } finally {
-      client.close();
-    }
+    });
   },
 };
 
@@ -137,16 +131,13 @@ const del: Command = {
   allowPositionals: true,
   async run({ values, positionals }) {
     if (positionals.length !== 1) throw new UsageError('exactly one policy NAME is required');
-    const { client, prefix } = etcdFrom(values);
-    try {
+    return withEtcd(values, async (client, prefix) => {
       if (!(await deletePolicy(client, prefix, positionals[0]!))) {
         throw new MiddleboxError('policy_not_found', `policy ${JSON.stringify(positionals[0])} not found`);
       }
       process.stdout.write(`policy/${positionals[0]} deleted\n`);
       return 0;
-    } finally {
-      client.close();
-    }
+    });
   },
 };
 
