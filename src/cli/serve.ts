@@ -28,7 +28,8 @@ export const serveCommand: Command = {
     '  --replica-id ID          this replica\'s name in etcd membership (env MIDDLEBOX_REPLICA_ID, default hostname-pid)',
     `  --member-ttl SECONDS     membership lease; a dead replica stops counting towards local limit shares after it (default ${DEFAULT_MEMBER_TTL_S})`,
     `  --etcd-timeout-ms N      one etcd operation's deadline before the local fallback decides; the etcd`,
-    `                           breaker opens after repeated failures (env MIDDLEBOX_ETCD_TIMEOUT_MS, default ${DEFAULT_BREAKER.timeoutMs})`,
+    `                           breaker opens when a failed operation is confirmed by a read with half that`,
+    `                           deadline, or after repeated failures (env MIDDLEBOX_ETCD_TIMEOUT_MS, default ${DEFAULT_BREAKER.timeoutMs})`,
     `  --max-rate-limit-keys N  rate-limit buckets this replica tracks; least recently used dropped first`,
     `                           (env MIDDLEBOX_MAX_RATE_LIMIT_KEYS, default ${DEFAULT_MAX_BUCKETS})`,
     `  --log-level LEVEL        trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
@@ -78,7 +79,7 @@ export const serveCommand: Command = {
     const membership = EtcdMembership.join({ client, prefix, logger, id: stringOpt(values, 'replica-id') ?? process.env.MIDDLEBOX_REPLICA_ID, ttlS: memberTtlS });
     const replicas = () => membership.count();
     // Every per-request etcd operation goes through one breaker; its fallbacks live in state/resilient.
-    const breaker = new EtcdBreaker(logger, { ...DEFAULT_BREAKER, timeoutMs: etcdTimeoutMs }, () => client.get(`${prefix}/replicas/`).exec());
+    const breaker = new EtcdBreaker(logger, { ...DEFAULT_BREAKER, timeoutMs: etcdTimeoutMs, confirmTimeoutMs: Math.round(etcdTimeoutMs / 2) }, () => client.get(`${prefix}/replicas/`).exec());
     const rateLimits = new ResilientRateLimitStore(
       new EtcdRateLimitStore({ client, prefix, logger, replicas, maxBuckets: maxKeys, guard: (op) => breaker.run(op) }),
       new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }),

@@ -8,6 +8,8 @@ export const TEST_BREAKER: BreakerSettings = {
   resetTimeoutMs: 100,
   rollingWindowMs: 10_000,
   consecutiveFailures: 3,
+  // Off here, so the counts above decide; the confirming read has tests of its own.
+  confirmTimeoutMs: 0,
 };
 
 /** "At once" / "within about the breaker timeout", with room for a loaded machine. */

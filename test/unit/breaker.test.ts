@@ -290,6 +290,69 @@ describe('EtcdBreaker', () => {
     assert.equal(b.state, 'closed');
   });
 
+  describe('the confirming read after a first failure', () => {
+    const CONFIRMING: BreakerSettings = { ...SETTINGS, confirmTimeoutMs: 20 };
+
+    it('opens at once when the read fails too, long before the failures in a row would', async () => {
+      const probe = counted(never);
+      const b = make(probe.op, CONFIRMING);
+      const first = await settle(b, never);
+      assert.equal(first.ok, false);
+      await waitFor('the breaker to open', () => b.state === 'open', BOUND_MS * 2);
+      assert.equal(probe.calls(), 1);
+      assert.deepEqual(events, ['open']);
+      // The next request gets the fallback at once instead of waiting out another timeout.
+      const next = await settle(b, never);
+      assert.equal(next.ok, false);
+      assert.ok(next.ms < SETTINGS.timeoutMs, `rejected in ${next.ms} ms`);
+    });
+
+    it('turns away operations still waiting on etcd when it opens', async () => {
+      const b = make(never, { ...CONFIRMING, timeoutMs: 5000 });
+      const waiting = [settle(b, never), settle(b, never)];
+      b.run(etcdDown).catch(() => undefined);
+      const settled = await Promise.all(waiting);
+      assert.equal(b.state, 'open');
+      for (const w of settled) {
+        assert.equal(w.ok, false);
+        assert.equal(w.error?.code, 'EOPENBREAKER');
+        assert.ok(w.ms < 1000, `turned away after ${w.ms} ms, not at the 5 s timeout`);
+      }
+    });
+
+    it('stays closed when etcd answers the read: one slow call is not an outage', async () => {
+      const probe = counted(ok);
+      const b = make(probe.op, CONFIRMING);
+      assert.equal((await settle(b, never)).ok, false);
+      await sleep(CONFIRMING.confirmTimeoutMs * 3);
+      assert.equal(probe.calls(), 1);
+      assert.equal(b.state, 'closed');
+      assert.deepEqual(events, []);
+      assert.equal((await settle(b, ok)).ok, true);
+    });
+
+    it('reads once for failures that come together', async () => {
+      const gate = deferred<void>();
+      const probe = counted(() => gate.promise);
+      const b = make(probe.op, { ...CONFIRMING, confirmTimeoutMs: 1000 });
+      assert.equal((await settle(b, etcdDown)).ok, false);
+      assert.equal(b.state, 'closed');
+      // A second failure while the read is out: the count in a row still applies, no second read.
+      assert.equal((await settle(b, etcdDown)).ok, false);
+      assert.equal(probe.calls(), 1);
+      gate.resolve();
+      await sleep(5);
+      assert.equal(b.state, 'closed');
+    });
+
+    it('without a probe, only the counts open it', async () => {
+      const b = make(undefined, CONFIRMING);
+      assert.equal((await settle(b, etcdDown)).ok, false);
+      await sleep(CONFIRMING.confirmTimeoutMs * 3);
+      assert.equal(b.state, 'closed');
+    });
+  });
+
   it('NotAnEtcdFailure never counts as a failure', async () => {
     const b = make();
     const lostRace = () => Promise.reject(new NotAnEtcdFailure('lost a compare-and-swap'));

@@ -65,6 +65,8 @@ class FakeSharedRateLimits {
   chargeAttempts = 0;
   /** Overrides etcd's mode for charges only. */
   chargeMode: Mode | undefined;
+  /** When set, a charge waits for it before reaching etcd. */
+  chargeGate: Deferred<void> | undefined;
   /** Leased tokens already in hand: granted synchronously, with no etcd call. */
   pooled = 0;
   /** Like EtcdRateLimitStore's `guard`: every etcd call runs through the breaker. */
@@ -99,11 +101,12 @@ class FakeSharedRateLimits {
 
   charge(req: RateLimitRequest, n: number): Promise<void> {
     this.chargeAttempts += 1;
-    return this.guard(() => this.etcd.gate(() => {
+    const gate = this.chargeGate?.promise ?? Promise.resolve();
+    return this.guard(() => gate.then(() => this.etcd.gate(() => {
       const id = bucketId(req);
       this.buckets.set(id, charge(fullParams(req.rule), this.buckets.get(id), n, req.now));
       this.charges.push({ id, n, now: req.now });
-    }, this.chargeMode ?? this.etcd.mode));
+    }, this.chargeMode ?? this.etcd.mode)));
   }
 
   /** Tokens counted in the shared bucket now (window count, or a token bucket's spent tokens). */
@@ -481,6 +484,39 @@ describe('ResilientRateLimitStore', () => {
         [6],
       );
       assert.equal(store.reconciled, 6);
+    });
+
+    // Regression: grants from etcd on top of a count still missing the outage's tokens let the
+    // window the outage ended in pass the limit.
+    it('decides locally until the write-back is done, and writes back what it admitted meanwhile', async () => {
+      // A breaker whose timeout leaves room to hold a charge in flight on a loaded machine.
+      breaker.shutdown();
+      breaker = new EtcdBreaker(silentLogger(), { ...SETTINGS, timeoutMs: 5000 }, () => etcd.probe());
+      shared.guard = (op) => breaker.run(op);
+      store = new ResilientRateLimitStore(shared as never as EtcdRateLimitStore, local, breaker, silentLogger());
+      etcd.mode = 'fail';
+      for (let i = 0; i < SETTINGS.consecutiveFailures; i++) await breaker.run(() => etcd.gate(() => 'x')).catch(() => undefined);
+      assert.equal(breaker.state, 'open');
+      assert.equal(await admitted(store, () => ask(STRICT), 4), 4);
+
+      shared.chargeGate = deferred<void>();
+      etcd.mode = 'ok';
+      await waitFor('the write-back to start', () => shared.chargeAttempts === 1);
+      assert.equal(breaker.state, 'closed');
+      const consumesBefore = shared.consumes;
+      assert.equal(await admitted(store, () => ask(STRICT), 3), 3);
+      assert.equal(shared.consumes, consumesBefore, 'no grant from etcd while the write-back runs');
+
+      shared.chargeGate.resolve();
+      await waitFor('both write-back passes', () => shared.charges.length === 2 && store.owedBuckets === 0);
+      assert.deepEqual(
+        shared.charges.map((c) => c.n),
+        [4, 3],
+      );
+      assert.equal(shared.used(ask(STRICT)), 7);
+      await sleep(10);
+      assert.equal(await admitted(store, () => ask(STRICT), 1), 1);
+      assert.equal(shared.consumes, consumesBefore + 1, 'back to the shared store');
     });
 
     // Regression: while half-open no request starts an etcd consume, so none is counted twice.

@@ -22,14 +22,20 @@ export interface BreakerSettings {
    * a frozen etcd must not have to fail as many requests again before the share tips.
    */
   consecutiveFailures: number;
+  /**
+   * After a first failure, the breaker asks etcd a cheap read with this much shorter deadline (when
+   * it has a probe; 0: never): if that fails too, it opens at once rather than wait for another
+   * request's full timeout, and if etcd answers, the one slow call was not an outage.
+   */
+  confirmTimeoutMs: number;
 }
 
 /**
  * Chosen so that a frozen etcd costs a request at most one 100 ms timeout and opens the breaker
- * after 2 failed operations in a row (operations on one bucket run one after another, so within
- * twice the timeout), or when half of the last 5 s of operations failed, while ordinary
- * latency on a busy node (a few ms, tens under load) never trips it. Envoy's own deadline for a
- * decision is 250 ms, so the fallback answers in time.
+ * about 150 ms after it froze: the first timed-out operation is confirmed by a 50 ms read (else
+ * by 2 failed operations in a row), or it opens when half of the last 5 s of operations failed,
+ * while ordinary latency on a busy node (a few ms, tens under load) never trips it. Envoy's own
+ * deadline for a decision is 250 ms, so the fallback answers in time.
  */
 export const DEFAULT_BREAKER: BreakerSettings = {
   timeoutMs: 100,
@@ -38,6 +44,7 @@ export const DEFAULT_BREAKER: BreakerSettings = {
   resetTimeoutMs: 2000,
   rollingWindowMs: 5000,
   consecutiveFailures: 2,
+  confirmTimeoutMs: 50,
 };
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -57,6 +64,9 @@ export class EtcdBreaker {
   readonly stats: BreakerStats = { state: 'closed', opened: 0, halfOpened: 0, closed: 0, fallbacks: 0 };
   private readonly breaker: CircuitBreaker<[() => Promise<unknown>], unknown>;
   private readonly listeners: Array<(state: BreakerState) => void> = [];
+  private confirming = false;
+  /** Rejecters of operations still waiting on etcd: the breaker opening turns them away at once. */
+  private readonly waiting = new Set<(e: Error) => void>();
 
   constructor(
     private readonly logger: Logger,
@@ -78,7 +88,9 @@ export class EtcdBreaker {
     let inARow = 0;
     const failed = () => {
       inARow += 1;
-      if (inARow >= settings.consecutiveFailures && this.breaker.closed) this.breaker.open();
+      if (!this.breaker.closed) return;
+      if (inARow >= settings.consecutiveFailures) this.breaker.open();
+      else if (inARow === 1) this.confirm();
     };
     // A timeout is reported as a failure too.
     this.breaker.on('failure', failed);
@@ -86,6 +98,12 @@ export class EtcdBreaker {
     this.breaker.on('open', () => {
       inARow = 0;
       this.transition('open');
+      // After the operation that opened it has settled with its own error.
+      const turnedAway = [...this.waiting];
+      this.waiting.clear();
+      setImmediate(() => {
+        for (const reject of turnedAway) reject(Object.assign(new Error('etcd breaker opened while the operation waited'), { code: 'EOPENBREAKER' }));
+      });
     });
     this.breaker.on('halfOpen', () => this.transition('half-open'));
     this.breaker.on('close', () => this.transition('closed'));
@@ -104,9 +122,17 @@ export class EtcdBreaker {
     return this.stats.state !== 'closed';
   }
 
-  /** Runs an etcd operation through the breaker; rejects at once while open. */
+  /**
+   * Runs an etcd operation through the breaker; rejects at once while open, and when the breaker
+   * opens while the operation waits (its caller falls back then rather than at its own timeout).
+   */
   run<T>(op: () => Promise<T>): Promise<T> {
-    return this.breaker.fire(op) as Promise<T>;
+    const fired = this.breaker.fire(op) as Promise<T>;
+    if (!this.breaker.closed) return fired;
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.add(reject);
+      fired.then(resolve, reject).finally(() => this.waiting.delete(reject));
+    });
   }
 
   /** Counts an answer given by a fallback. */
@@ -120,6 +146,29 @@ export class EtcdBreaker {
 
   shutdown(): void {
     this.breaker.shutdown();
+  }
+
+  /** One failure seen while closed: a quick read tells an outage from one slow call. */
+  private confirm(): void {
+    const { probe } = this;
+    const ms = this.settings.confirmTimeoutMs;
+    if (!probe || ms <= 0 || this.confirming) return;
+    this.confirming = true;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    });
+    Promise.race([probe(), deadline]).then(
+      () => undefined,
+      (e: unknown) => {
+        if (!this.breaker.closed) return;
+        this.logger.warn({ breaker: 'etcd', err: (e as Error).message }, 'etcd failed an operation and the confirming read');
+        this.breaker.open();
+      },
+    ).finally(() => {
+      clearTimeout(timer);
+      this.confirming = false;
+    });
   }
 
   private transition(state: BreakerState): void {

@@ -18,6 +18,8 @@ import type { EtcdBreaker } from './breaker';
 
 /** After a fallback that did not open the breaker, how soon its tokens are written back. */
 const RECONCILE_DELAY_MS = 500;
+/** Write-back passes after an outage before decisions return to etcd with some debt still owed. */
+const WRITE_BACK_PASSES = 3;
 
 interface Owed {
   req: RateLimitRequest;
@@ -55,7 +57,8 @@ export class ResilientRateLimitStore implements RateLimitPort {
     if (req.rule.consistency === 'local') return this.local.consume(req);
     // Half-open included: the breaker's own probe decides when etcd is back, so that no request's
     // token is taken in etcd and then, when the breaker turns it away, counted locally as well.
-    if (this.breaker.isDegraded) return this.fallback(req);
+    // After it closes, decisions stay local until the outage's tokens are written back.
+    if (this.breaker.isDegraded || this.writingBack) return this.fallback(req);
     // The shared store runs its etcd calls through the breaker itself (see its `guard`); a leased
     // token already in hand needs no call at all.
     const shared = this.shared.consume(req);
@@ -90,7 +93,11 @@ export class ResilientRateLimitStore implements RateLimitPort {
   private async writeBackThenResume(): Promise<void> {
     this.writingBack = true;
     try {
-      await this.reconcile();
+      // Requests decided locally while a pass runs owe tokens too: write until nothing is owed, the
+      // breaker opens again, or a few passes (each is one charge per bucket) did not settle it.
+      for (let pass = 0; pass < WRITE_BACK_PASSES && this.owed.size > 0 && !this.breaker.isDegraded; pass++) {
+        if (!(await this.reconcile())) break;
+      }
     } finally {
       this.writingBack = false;
     }
@@ -105,10 +112,14 @@ export class ResilientRateLimitStore implements RateLimitPort {
     this.reconcileTimer.unref();
   }
 
-  /** Writes the fallback's admissions back into the shared buckets once etcd answers again. */
-  private async reconcile(): Promise<void> {
+  /**
+   * Writes the fallback's admissions back into the shared buckets once etcd answers again; false
+   * when a charge failed (its debt is kept for the next recovery).
+   */
+  private async reconcile(): Promise<boolean> {
     const now = Date.now();
     let written = 0;
+    let failed = false;
     for (const [id, owed] of [...this.owed]) {
       this.owed.delete(id);
       const { rule } = owed.req;
@@ -123,11 +134,13 @@ export class ResilientRateLimitStore implements RateLimitPort {
         const again = this.owed.get(id);
         if (again) again.tokens += owed.tokens;
         else this.owed.set(id, owed);
+        failed = true;
         this.logger.warn({ limit: rule.id, err: (e as Error).message }, 'could not write local rate-limit consumption back to etcd');
       }
     }
     this.reconciled += written;
     if (written) this.logger.info({ tokens: written }, 'local rate-limit consumption written back to etcd');
+    return !failed;
   }
 }
 
