@@ -1,37 +1,88 @@
 // `middlebox inject -f FILE`: prints the objects of FILE with the middlebox sidecar injected into
-// every pod that asks for it, offline (like `istioctl kube-inject`). The webhook uses the same core.
+// every pod that asks for it, offline (like `istioctl kube-inject`). `middlebox inject serve` runs
+// the same core as a Kubernetes mutating admission webhook (src/inject/webhook.ts). Both read the
+// injection settings through the same flags (injectFlags / injectSettings below).
 import fs from 'node:fs';
 import { parseAllDocuments, stringify } from 'yaml';
 import { MiddleboxError } from '../errors';
-import { INJECT_DEFAULTS, injectConfig, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, type InjectConfig } from '../inject/config';
+import { INJECT_DEFAULTS, injectConfig, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, portOf, type InjectConfig } from '../inject/config';
 import { InjectError } from '../inject/patch';
+import {
+  DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_WEBHOOK_DRAIN_MS,
+  DEFAULT_WEBHOOK_LISTEN,
+  INJECT_PATH,
+  startWebhook,
+} from '../inject/webhook';
 import { injectObject, TEMPLATE_KINDS } from '../inject/workloads';
+import { createLogger } from '../observability/logger';
 import { splitList } from '../settings';
-import { runCommand, stringOpt, UsageError, type Command } from './command';
+import { intOpt, runCommand, stringOpt, UsageError, type Command, type Options } from './command';
 
 const d = INJECT_DEFAULTS;
+const ENABLED_LABEL = `${NAMESPACE_LABEL}=${NAMESPACE_LABEL_ENABLED}`;
+
+// ---- the injection settings, shared by `inject` and `inject serve` ------------------------------
+
+const injectOptions: Options = {
+  'namespace-labels': { type: 'string' },
+  middlebox: { type: 'string' },
+  'envoy-image': { type: 'string' },
+  'init-image': { type: 'string' },
+};
+
+function injectHelp(namespaceLabels: string[]): string[] {
+  return [
+    ...namespaceLabels,
+    `  --middlebox HOST:PORT      the middlebox Service Envoy asks (default ${d.middleboxAddress})`,
+    `  --envoy-image IMAGE        (default ${d.envoyImage})`,
+    `  --init-image IMAGE         image with iptables and sh for the init container (default ${d.initImage})`,
+  ];
+}
+
+export interface InjectSettings {
+  config: InjectConfig;
+  namespaceLabels: Record<string, string>;
+}
+
+/** The injection config and namespace labels from the shared flags; `defaultLabels` when --namespace-labels is absent. */
+export function injectSettings(values: Record<string, unknown>, defaultLabels = ''): InjectSettings {
+  const namespaceLabels = parseLabels(stringOpt(values, 'namespace-labels') ?? defaultLabels);
+  const middleboxAddress = stringOpt(values, 'middlebox');
+  if (middleboxAddress !== undefined) {
+    try {
+      portOf(middleboxAddress);
+    } catch {
+      throw new UsageError(`--middlebox must be host:port, got ${JSON.stringify(middleboxAddress)}`);
+    }
+  }
+  const config = injectConfig(
+    definedOnly({
+      middleboxAddress,
+      envoyImage: stringOpt(values, 'envoy-image'),
+      initImage: stringOpt(values, 'init-image'),
+    }),
+  );
+  return { config, namespaceLabels };
+}
+
+// ---- middlebox inject -f FILE -------------------------------------------------------------------
 
 export const injectCommand: Command = {
   name: 'inject',
   summary: 'Print Kubernetes objects with the middlebox sidecar (iptables init container + Envoy) injected into their pods.',
-  usage: 'middlebox inject -f FILE [--namespace-labels K=V,...] [--middlebox HOST:PORT] [-o yaml|json]',
+  usage: 'middlebox inject -f FILE [--namespace-labels K=V,...] [--middlebox HOST:PORT] [-o yaml|json]\n       middlebox inject serve --tls-cert FILE --tls-key FILE [flags]   (the admission webhook; see its --help)',
   help: [
     '  -f, --filename FILE        YAML or JSON, one or more documents; "-" reads stdin',
     `                             Pods and the pod templates of ${TEMPLATE_KINDS.join(', ')} and CronJob`,
     '                             are injected; other objects are printed unchanged',
-    `  --namespace-labels K=V,..  labels of the pods' namespace (e.g. ${NAMESPACE_LABEL}=${NAMESPACE_LABEL_ENABLED})`,
-    `  --middlebox HOST:PORT      the middlebox Service Envoy asks (default ${d.middleboxAddress})`,
-    `  --envoy-image IMAGE        (default ${d.envoyImage})`,
-    `  --init-image IMAGE         image with iptables and sh for the init container (default ${d.initImage})`,
+    ...injectHelp([`  --namespace-labels K=V,..  labels of the pods' namespace (e.g. ${ENABLED_LABEL})`]),
     '  -o, --output FORMAT        yaml (default) or json',
     '  --explain                  say on stderr why each pod was or was not injected',
   ],
   options: {
     filename: { type: 'string', short: 'f' },
-    'namespace-labels': { type: 'string' },
-    middlebox: { type: 'string' },
-    'envoy-image': { type: 'string' },
-    'init-image': { type: 'string' },
+    ...injectOptions,
     output: { type: 'string', short: 'o' },
     explain: { type: 'boolean' },
   },
@@ -40,14 +91,7 @@ export const injectCommand: Command = {
     if (file === undefined) throw new UsageError('-f FILE is required ("-" for stdin)');
     const output = stringOpt(values, 'output') ?? 'yaml';
     if (output !== 'yaml' && output !== 'json') throw new UsageError(`--output must be yaml or json, got ${JSON.stringify(output)}`);
-    const namespaceLabels = parseLabels(stringOpt(values, 'namespace-labels') ?? '');
-    const config = injectConfig(
-      definedOnly({
-        middleboxAddress: stringOpt(values, 'middlebox'),
-        envoyImage: stringOpt(values, 'envoy-image'),
-        initImage: stringOpt(values, 'init-image'),
-      }),
-    );
+    const { config, namespaceLabels } = injectSettings(values);
     const source = file === '-' ? 'stdin' : file;
     const docs = parseDocuments(readInput(file), source);
     const out: unknown[] = [];
@@ -59,7 +103,81 @@ export const injectCommand: Command = {
   },
 };
 
+// ---- middlebox inject serve ---------------------------------------------------------------------
+
+export const injectServeCommand: Command = {
+  name: 'inject serve',
+  summary: 'Run the sidecar injector as a Kubernetes mutating admission webhook (HTTPS, AdmissionReview admission.k8s.io/v1).',
+  usage: 'middlebox inject serve --tls-cert FILE --tls-key FILE [--listen HOST:PORT] [--namespace-labels K=V,...] [--middlebox HOST:PORT]',
+  help: [
+    `  --listen HOST:PORT         where to serve HTTPS, host:port or [ipv6]:port (default ${DEFAULT_WEBHOOK_LISTEN})`,
+    '  --tls-cert FILE            PEM certificate (chain) the API server verifies; required',
+    '  --tls-key FILE             its PEM private key; required. Both files are re-read when they change',
+    '                             (checked every second); a pair that does not load is logged and the',
+    '                             current one kept',
+    ...injectHelp([
+      `  --namespace-labels K=V,..  labels every request's namespace is taken to have (default ${ENABLED_LABEL}:`,
+      '                             the MutatingWebhookConfiguration\'s namespaceSelector chose the namespace).',
+      '                             "" injects only pods that opt in with middlebox.io/inject: "true"',
+    ]),
+    `  --max-request-bytes N      larger request bodies are refused with 413 (default ${DEFAULT_MAX_REQUEST_BYTES}, as kube-apiserver)`,
+    `  --drain-ms N               on SIGTERM, how long in-flight requests may take (default ${DEFAULT_WEBHOOK_DRAIN_MS})`,
+    '  --log-level LEVEL          trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default info)',
+    '',
+    `Paths: POST ${INJECT_PATH} (an AdmissionReview; answers allowed with a JSONPatch for pods to inject),`,
+    'GET /healthz (liveness), GET /readyz (readiness; 503 once shutting down). A pod is injected when it',
+    'says middlebox.io/inject: "true", or when its namespace counts as enabled and it does not say "false";',
+    'an injected pod (middlebox.io/status: injected) is allowed unchanged. SIGTERM or SIGINT: stop',
+    'accepting connections, finish in-flight requests, exit 0.',
+  ],
+  options: {
+    listen: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    ...injectOptions,
+    'max-request-bytes': { type: 'string' },
+    'drain-ms': { type: 'string' },
+    'log-level': { type: 'string' },
+  },
+  async run({ values }) {
+    const certFile = stringOpt(values, 'tls-cert');
+    const keyFile = stringOpt(values, 'tls-key');
+    if (certFile === undefined || keyFile === undefined) throw new UsageError('--tls-cert FILE and --tls-key FILE are required');
+    const { config, namespaceLabels } = injectSettings(values, ENABLED_LABEL);
+    const maxRequestBytes = intOpt(values, 'max-request-bytes', 1) ?? DEFAULT_MAX_REQUEST_BYTES;
+    const drainMs = intOpt(values, 'drain-ms') ?? DEFAULT_WEBHOOK_DRAIN_MS;
+    const logger = createLogger({ level: stringOpt(values, 'log-level') });
+    const webhook = await startWebhook({
+      listen: stringOpt(values, 'listen') ?? DEFAULT_WEBHOOK_LISTEN,
+      certFile,
+      keyFile,
+      config,
+      namespaceLabels,
+      logger,
+      maxRequestBytes,
+    });
+
+    return new Promise<number>((resolve) => {
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        logger.info({ signal, drainMs }, 'shutting down: no new connections, finishing in-flight requests');
+        void webhook.shutdown(drainMs).then(() => {
+          logger.info('stopped');
+          logger.flush();
+          resolve(0);
+        });
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    });
+  },
+};
+
+/** `middlebox inject ...`: the webhook for `inject serve`, the offline injector otherwise. */
 export function injectMain(argv: string[]): Promise<number> {
+  if (argv[0] === 'serve') return runCommand(injectServeCommand, argv.slice(1));
   return runCommand(injectCommand, argv);
 }
 

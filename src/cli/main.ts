@@ -4,7 +4,7 @@ import path from 'node:path';
 import { reportFailure, runCommand } from './command';
 import { demoCommand } from './demo';
 import { envoyCommand } from './envoy';
-import { injectCommand } from './inject';
+import { injectMain } from './inject';
 import { natCommand } from './nat';
 import { policyCommand } from './policy';
 import { serveCommand } from './serve';
@@ -17,6 +17,7 @@ Commands:
   nat                list | drain | undrain: the shared NAT table
   envoy bootstrap    print a sidecar Envoy bootstrap that uses the middlebox
   inject             print Kubernetes objects with the middlebox sidecar injected (offline)
+  inject serve       run the sidecar injector as a Kubernetes admission webhook (HTTPS)
   demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
   version            print the version
 
@@ -38,7 +39,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'envoy':
       return envoyCommand(rest);
     case 'inject':
-      return runCommand(injectCommand, rest);
+      return injectMain(rest);
     case 'nat':
       return natCommand(rest);
     case 'demo':

@@ -10,6 +10,8 @@ export interface Decision {
 /**
  * In order: an already injected pod is left alone (idempotence); `middlebox.io/inject: "false"`
  * always wins; `"true"` opts in; otherwise the namespace label `middlebox.io/injection=enabled`.
+ * The pod may say it as an annotation or as a label (the label is what the webhook's objectSelector
+ * sees); when both are set, "false" in either wins.
  * Pods on the host network are never injected: their iptables rules would be the node's.
  */
 export function injectionRequired(pod: Pod, namespaceLabels: Record<string, string> = {}): Decision {
@@ -17,13 +19,20 @@ export function injectionRequired(pod: Pod, namespaceLabels: Record<string, stri
   if (annotations[ANNOTATIONS.status] === STATUS_INJECTED) {
     return { inject: false, reason: `already injected (${ANNOTATIONS.status}: ${STATUS_INJECTED})` };
   }
-  const optIn = annotations[ANNOTATIONS.inject];
-  if (optIn !== undefined && optIn !== 'true' && optIn !== 'false') {
-    return { inject: false, reason: `${ANNOTATIONS.inject} must be "true" or "false", got ${JSON.stringify(optIn)}` };
+  const said = [
+    { where: 'annotation', value: annotations[ANNOTATIONS.inject] },
+    { where: 'label', value: pod.metadata?.labels?.[ANNOTATIONS.inject] },
+  ].filter((s): s is { where: string; value: string } => s.value !== undefined);
+  for (const { where, value } of said) {
+    if (value !== 'true' && value !== 'false') {
+      return { inject: false, reason: `${ANNOTATIONS.inject} (${where}) must be "true" or "false", got ${JSON.stringify(value)}` };
+    }
   }
-  if (optIn === 'false') return { inject: false, reason: `pod opts out (${ANNOTATIONS.inject}: "false")` };
+  const out = said.find((s) => s.value === 'false');
+  if (out) return { inject: false, reason: `pod opts out (${out.where} ${ANNOTATIONS.inject}: "false")` };
   if (pod.spec?.hostNetwork === true) return { inject: false, reason: 'pod uses the host network' };
-  if (optIn === 'true') return { inject: true, reason: `pod opts in (${ANNOTATIONS.inject}: "true")` };
+  const optIn = said.find((s) => s.value === 'true');
+  if (optIn) return { inject: true, reason: `pod opts in (${optIn.where} ${ANNOTATIONS.inject}: "true")` };
   if (namespaceLabels[NAMESPACE_LABEL] === NAMESPACE_LABEL_ENABLED) {
     return { inject: true, reason: `namespace is labelled ${NAMESPACE_LABEL}=${NAMESPACE_LABEL_ENABLED}` };
   }

@@ -118,6 +118,16 @@ describe('inject', () => {
       assert.equal(d.inject, false);
       assert.match(d.reason, /opts out/);
     });
+    it('reads the opt-in and opt-out from a pod label too, and "false" in either wins', () => {
+      const labelled = (value: string, annotations: Record<string, string> = {}) =>
+        ({ ...pod(annotations), metadata: { ...pod(annotations).metadata, labels: { app: 'web', [ANNOTATIONS.inject]: value } } }) as Pod;
+      assert.equal(injectionRequired(labelled('true'), {}).inject, true);
+      assert.match(injectionRequired(labelled('true'), {}).reason, /label/);
+      assert.equal(injectionRequired(labelled('false'), ENABLED).inject, false);
+      assert.equal(injectionRequired(labelled('false', { [ANNOTATIONS.inject]: 'true' }), ENABLED).inject, false);
+      assert.equal(injectionRequired(labelled('true', { [ANNOTATIONS.inject]: 'false' }), ENABLED).inject, false);
+      assert.match(injectionRequired(labelled('maybe'), ENABLED).reason, /must be "true" or "false"/);
+    });
     it('never injects an injected pod', () => {
       const d = injectionRequired(injectPod(pod(), config), ENABLED);
       assert.equal(d.inject, false);
