@@ -11,6 +11,8 @@ export interface ServeSettings {
   /** How long SIGTERM waits for in-flight calls before it cuts them off. */
   drainMs: number;
   logLevel: string;
+  /** The admin HTTP port (/healthz, /readyz, /metrics): host:port, [v6]:port, or `off`. */
+  adminListen: string;
 }
 
 export const DEFAULTS: ServeSettings = {
@@ -19,6 +21,8 @@ export const DEFAULTS: ServeSettings = {
   prefix: '/middlebox',
   drainMs: 10_000,
   logLevel: 'info',
+  // Beside the gRPC port; apart from Envoy's admin (9901 by Envoy's default, 15000 in our bootstrap).
+  adminListen: '127.0.0.1:9002',
 };
 
 export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): ServeSettings {
@@ -28,6 +32,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): ServeSett
     prefix: normalisePrefix(env.MIDDLEBOX_PREFIX || DEFAULTS.prefix),
     drainMs: env.MIDDLEBOX_DRAIN_MS ? Number(env.MIDDLEBOX_DRAIN_MS) : DEFAULTS.drainMs,
     logLevel: env.MIDDLEBOX_LOG_LEVEL || DEFAULTS.logLevel,
+    adminListen: env.MIDDLEBOX_ADMIN_LISTEN || DEFAULTS.adminListen,
   };
 }
 

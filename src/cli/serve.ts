@@ -1,6 +1,8 @@
 // `middlebox serve`: the one place that wires settings, etcd, the policy store and the gRPC server.
-import { startServer } from '../grpc/server';
-import { createLogger } from '../observability/logger';
+import { startServer, type RunningServer } from '../grpc/server';
+import { ADMIN_OFF, parseAdminListen, startAdminServer } from '../observability/admin';
+import { createLogger, type Logger } from '../observability/logger';
+import { MiddleboxMetrics, type EtcdOperation } from '../observability/metrics';
 import { DEFAULTS, normalisePrefix, settingsFromEnv, splitList } from '../settings';
 import { connectEtcd } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
@@ -9,7 +11,7 @@ import { EtcdPolicyStore, ON_NO_STATE, type OnNoState } from '../state/etcd/poli
 import { ensureStateDir } from '../state/disk';
 import { EtcdRateLimitStore } from '../state/etcd/ratelimit';
 import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/local';
-import { DEFAULT_BREAKER, EtcdBreaker } from '../state/resilient/breaker';
+import { DEFAULT_BREAKER, EtcdBreaker, type BreakerSettings } from '../state/resilient/breaker';
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
 import { intOpt, stringOpt, UsageError, type Command } from './command';
@@ -17,11 +19,15 @@ import { intOpt, stringOpt, UsageError, type Command } from './command';
 export const serveCommand: Command = {
   name: 'serve',
   summary: 'Run the middlebox gRPC server (Envoy ext_authz Check, ext_proc Process, grpc.health.v1): firewall, rate limits and NAT, state shared in etcd.',
-  usage: 'middlebox serve [--listen ADDR] [--etcd URLS] [--prefix PREFIX]',
+  usage: 'middlebox serve [--listen ADDR] [--etcd URLS] [--prefix PREFIX] [--admin-listen ADDR|off]',
   help: [
     `  --listen ADDR            host:port, [ipv6]:port or unix:/path (env MIDDLEBOX_LISTEN, default ${DEFAULTS.listen})`,
     `  --etcd URLS              comma-separated etcd client URLs (env MIDDLEBOX_ETCD, default ${DEFAULTS.etcd.join(',')})`,
     `  --prefix PREFIX          etcd key prefix (env MIDDLEBOX_PREFIX, default ${DEFAULTS.prefix})`,
+    '  --admin-listen ADDR      admin HTTP port: GET /healthz (liveness), /readyz (readiness: 200 when health',
+    '                           "" is SERVING, 503 while starting, without policy or draining), /metrics',
+    '                           (Prometheus); host:port, [ipv6]:port, or off',
+    `                           (env MIDDLEBOX_ADMIN_LISTEN, default ${DEFAULTS.adminListen})`,
     `  --drain-ms N             on SIGTERM, how long in-flight calls may take (env MIDDLEBOX_DRAIN_MS, default ${DEFAULTS.drainMs})`,
     '  --shutdown-delay-ms N    on SIGTERM, how long to answer NOT_SERVING before closing, so that',
     '                           Envoy health checks notice first (env MIDDLEBOX_SHUTDOWN_DELAY_MS, default 2000)',
@@ -57,6 +63,7 @@ export const serveCommand: Command = {
     'max-rate-limit-keys': { type: 'string' },
     'state-dir': { type: 'string' },
     'on-no-state': { type: 'string' },
+    'admin-listen': { type: 'string' },
   },
   async run({ values }) {
     const env = settingsFromEnv();
@@ -70,26 +77,46 @@ export const serveCommand: Command = {
     const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? Number(process.env.MIDDLEBOX_MAX_RATE_LIMIT_KEYS ?? DEFAULT_MAX_BUCKETS);
     const onNoState = (stringOpt(values, 'on-no-state') ?? (process.env.MIDDLEBOX_ON_NO_STATE || 'fail-closed')) as OnNoState;
     if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`--on-no-state must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
+    const adminListen = stringOpt(values, 'admin-listen') ?? env.adminListen;
+    if (adminListen !== ADMIN_OFF && !parseAdminListen(adminListen)) {
+      throw new UsageError(`--admin-listen must be host:port, [ipv6]:port or ${ADMIN_OFF}, got ${JSON.stringify(adminListen)}`);
+    }
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
     const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
     const logger = createLogger({ level: stringOpt(values, 'log-level') ?? env.logLevel });
 
+    // The admin port first: liveness answers while the rest starts, and readiness says "starting".
+    const metrics = new MiddleboxMetrics();
+    let server: RunningServer | undefined;
+    const admin =
+      adminListen === ADMIN_OFF
+        ? undefined
+        : await startAdminServer({ listen: adminListen, metrics, logger, readiness: () => server?.health.readiness() ?? { ready: false, reason: 'starting' } });
+
     const client = connectEtcd({ endpoints: etcd });
     const policies = EtcdPolicyStore.open({ client, prefix, logger, stateDir, onNoState });
+    metrics.watchPolicies(policies);
     const membership = EtcdMembership.join({ client, prefix, logger, id: stringOpt(values, 'replica-id') ?? process.env.MIDDLEBOX_REPLICA_ID, ttlS: memberTtlS });
     const replicas = () => membership.count();
     // Every per-request etcd operation goes through one breaker; its fallbacks live in state/resilient.
-    const breaker = new EtcdBreaker(logger, { ...DEFAULT_BREAKER, timeoutMs: etcdTimeoutMs, confirmTimeoutMs: Math.round(etcdTimeoutMs / 2) }, () => client.get(`${prefix}/replicas/`).exec());
-    const rateLimits = new ResilientRateLimitStore(
-      new EtcdRateLimitStore({ client, prefix, logger, replicas, maxBuckets: maxKeys, guard: (op) => breaker.run(op) }),
-      new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }),
-      breaker,
+    const breaker = new MeteredBreaker(logger, { ...DEFAULT_BREAKER, timeoutMs: etcdTimeoutMs, confirmTimeoutMs: Math.round(etcdTimeoutMs / 2) }, () => client.get(`${prefix}/replicas/`).exec(), metrics);
+    metrics.watchBreaker(breaker);
+    const sharedLimits = new EtcdRateLimitStore({
+      client,
+      prefix,
       logger,
-    );
+      replicas,
+      maxBuckets: maxKeys,
+      guard: (op, operation) => breaker.runAs(operation ?? 'cas', op),
+    });
+    const rateLimits = new ResilientRateLimitStore(sharedLimits, new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }), breaker, logger);
+    metrics.watchRateLimits({ shared: sharedLimits, resilient: rateLimits });
     const natTable = EtcdNatTable.open({ client, prefix, logger, stateDir });
     const nat = new ResilientNatTable(natTable, breaker, logger);
-    const server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger, breaker });
-    logger.info({ listen: server.address, etcd, prefix, replica: membership.id, stateDir, onNoState }, 'middlebox serving');
+    metrics.watchNat({ table: natTable, resilient: nat });
+    server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger, breaker, metrics });
+    const running = server;
+    logger.info({ listen: server.address, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
       let stopping = false;
@@ -97,11 +124,13 @@ export const serveCommand: Command = {
         if (stopping) return;
         stopping = true;
         logger.info({ signal, delayMs, drainMs }, 'shutting down: NOT_SERVING, draining in-flight calls');
-        void server
+        // The admin port stays up while draining (/readyz answers 503) and closes last.
+        void running
           .shutdown({ delayMs, drainMs })
           .then(() => breaker.shutdown())
           .then(() => Promise.all([policies.close(), membership.leave(), natTable.close()]))
           .then(() => client.close())
+          .then(() => admin?.close())
           .then(() => {
             logger.info('stopped');
             logger.flush();
@@ -113,3 +142,27 @@ export const serveCommand: Command = {
     });
   },
 };
+
+/**
+ * The breaker, with every etcd operation it runs timed into the metrics by operation. Rate-limit
+ * calls name their operation through the store's guard (runAs); the half-open probe is known by
+ * identity; NAT's create-if-absent transactions are the only other caller of run().
+ */
+class MeteredBreaker extends EtcdBreaker {
+  constructor(
+    logger: Logger,
+    settings: BreakerSettings,
+    private readonly probeRead: () => Promise<unknown>,
+    private readonly metrics: MiddleboxMetrics,
+  ) {
+    super(logger, settings, probeRead);
+  }
+
+  override run<T>(op: () => Promise<T>): Promise<T> {
+    return this.runAs(op === this.probeRead ? 'probe' : 'nat_assign', op);
+  }
+
+  runAs<T>(operation: EtcdOperation, op: () => Promise<T>): Promise<T> {
+    return this.metrics.timeEtcd(operation, () => super.run(op));
+  }
+}

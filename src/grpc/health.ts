@@ -40,10 +40,16 @@ export class ServerHealth {
     this.refresh();
   }
 
+  /** What service "" says, as the admin port's /readyz reports it: serving, and if not, why. */
+  readiness(): { ready: boolean; reason?: 'draining' | 'policy_not_loaded' } {
+    if (this.draining) return { ready: false, reason: 'draining' };
+    // Serving needs a policy in force; a refused update does not stop serving (the last good one holds).
+    return this.policies.status().loaded ? { ready: true } : { ready: false, reason: 'policy_not_loaded' };
+  }
+
   refresh(): void {
     const status = this.policies.status();
-    // Serving needs a policy in force; a refused update does not stop serving (the last good one holds).
-    const serving: ServingStatus = !this.draining && status.loaded ? 'SERVING' : 'NOT_SERVING';
+    const serving: ServingStatus = this.readiness().ready ? 'SERVING' : 'NOT_SERVING';
     for (const s of SERVING_SERVICES) this.impl.setStatus(s, serving);
     this.impl.setStatus(POLICY_COMPONENT, status.loaded && status.rejected.length === 0 ? 'SERVING' : 'NOT_SERVING');
     this.impl.setStatus(ETCD_COMPONENT, status.connected && !this.breaker?.isDegraded ? 'SERVING' : 'NOT_SERVING');

@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { MiddleboxError } from '../errors';
 import type { DecisionPorts } from '../middlebox/pipeline';
 import type { Logger } from '../observability/logger';
+import type { DecisionMetrics } from '../observability/metrics';
 import type { PolicySource } from '../state/port';
 import type { EtcdBreaker } from '../state/resilient/breaker';
 import { AuthorizationService } from './authz/service';
@@ -17,6 +18,8 @@ export interface ServerOptions {
   logger: Logger;
   /** Reported in health as the etcd component. */
   breaker?: EtcdBreaker;
+  /** Told about every decision (count by verdict and reason, latency). */
+  metrics?: DecisionMetrics;
 }
 
 export interface RunningServer {
@@ -53,8 +56,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   const health = new ServerHealth(opts.policies, opts.breaker);
   health.addToServer(server);
-  new AuthorizationService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);
-  new ExternalProcessorService({ policies: opts.policies, ports: opts.ports, logger: opts.logger }).addToServer(server);
+  const deps = { policies: opts.policies, ports: opts.ports, logger: opts.logger, metrics: opts.metrics };
+  new AuthorizationService(deps).addToServer(server);
+  new ExternalProcessorService(deps).addToServer(server);
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),

@@ -1,5 +1,6 @@
 // A middlebox replica as a real child process (`middlebox serve`), for tests and the demo, and a
-// gRPC health client to watch it.
+// gRPC health client to watch it; its admin port (/healthz, /readyz, /metrics) is on a free port.
+import http from 'node:http';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
@@ -27,6 +28,8 @@ export interface MiddleboxStartOptions {
   onNoState?: 'fail-closed' | 'fail-open';
   /** Wait for this health status of service "" before returning (default SERVING; false: do not wait). */
   waitFor?: HealthStatus | false;
+  /** --admin-listen: host:port or 'off'; default a free loopback port. */
+  adminListen?: string;
 }
 
 export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
@@ -58,13 +61,19 @@ export class HealthClient {
 export class MiddleboxProcess {
   readonly health: HealthClient;
 
-  private constructor(readonly address: string, private readonly child: LabChild) {
+  private constructor(
+    readonly address: string,
+    private readonly child: LabChild,
+    /** The admin port's host:port; undefined when started with adminListen 'off'. */
+    readonly adminAddress?: string,
+  ) {
     this.health = new HealthClient(address);
   }
 
   static async start(opts: MiddleboxStartOptions): Promise<MiddleboxProcess> {
     const listen = opts.listen ?? `127.0.0.1:${await freePort()}`;
-    const args = [CLI, 'serve', '--listen', listen, '--etcd', opts.etcd, '--log-level', opts.logLevel ?? 'info'];
+    const adminListen = opts.adminListen ?? `127.0.0.1:${await freePort()}`;
+    const args = [CLI, 'serve', '--listen', listen, '--etcd', opts.etcd, '--log-level', opts.logLevel ?? 'info', '--admin-listen', adminListen];
     if (opts.prefix) args.push('--prefix', opts.prefix);
     args.push('--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0));
     if (opts.drainMs !== undefined) args.push('--drain-ms', String(opts.drainMs));
@@ -73,7 +82,7 @@ export class MiddleboxProcess {
     if (opts.stateDir !== undefined) args.push('--state-dir', opts.stateDir);
     if (opts.onNoState !== undefined) args.push('--on-no-state', opts.onNoState);
     const child = LabChild.spawn({ name: `middlebox ${listen}`, command: process.execPath, args, logFile: opts.logFile });
-    const mb = new MiddleboxProcess(listen, child);
+    const mb = new MiddleboxProcess(listen, child, adminListen === 'off' ? undefined : adminListen);
     const want = opts.waitFor ?? 'SERVING';
     if (want) {
       await child.waitReady(async () => (await mb.health.check('')) === want, 15_000, `health ${want} on ${listen}`);
@@ -93,6 +102,20 @@ export class MiddleboxProcess {
     return this.child.output();
   }
 
+  /** GET on the admin port: /healthz, /readyz or /metrics. */
+  admin(path: string, timeoutMs = 2000): Promise<{ status: number; contentType: string; body: string }> {
+    const address = this.adminAddress;
+    if (!address) return Promise.reject(new Error(`replica ${this.address} runs without an admin port`));
+    return adminGet(address, path, timeoutMs);
+  }
+
+  /** One scrape of /metrics, parsed. */
+  async metrics(timeoutMs = 2000): Promise<MetricSample[]> {
+    const r = await this.admin('/metrics', timeoutMs);
+    if (r.status !== 200) throw new Error(`GET /metrics on ${this.adminAddress}: ${r.status}`);
+    return parseMetrics(r.body);
+  }
+
   signal(signal: NodeJS.Signals): void {
     this.child.signal(signal);
   }
@@ -106,4 +129,74 @@ export class MiddleboxProcess {
     this.health.close();
     await this.child.kill();
   }
+}
+
+/** A GET on an admin port (host:port). */
+export function adminGet(address: string, path: string, timeoutMs = 2000): Promise<{ status: number; contentType: string; body: string }> {
+  const at = address.lastIndexOf(':');
+  const host = address.slice(0, at).replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(at + 1));
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host, port, path, agent: false, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, contentType: String(res.headers['content-type'] ?? ''), body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${address}${path} within ${timeoutMs} ms`)));
+    req.on('error', reject);
+  });
+}
+
+/** One sample line of the Prometheus text format: name{labels} value. */
+export interface MetricSample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/**
+ * The samples of a Prometheus text exposition (version 0.0.4): comment lines are skipped, label
+ * values unescaped, timestamps ignored. Enough for tests and the demo to read a replica's metrics.
+ */
+export function parseMetrics(text: string): MetricSample[] {
+  const out: MetricSample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+-?\d+)?$/.exec(line);
+    if (!m) throw new Error(`not a sample line: ${JSON.stringify(line)}`);
+    const labels: Record<string, string> = {};
+    const body = m[3] ?? '';
+    const label = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?\s*/g;
+    let consumed = 0;
+    for (let l = label.exec(body); l; l = label.exec(body)) {
+      if (l.index !== consumed) break;
+      labels[l[1]!] = l[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+      consumed = label.lastIndex;
+    }
+    if (consumed !== body.length) throw new Error(`bad labels in ${JSON.stringify(line)}`);
+    out.push({ name: m[1]!, labels, value: parseValue(m[4]!) });
+  }
+  return out;
+}
+
+function parseValue(text: string): number {
+  // Case-insensitive, as Prometheus reads them (prom-client writes "Nan").
+  const lower = text.toLowerCase();
+  if (lower === '+inf' || lower === 'inf') return Infinity;
+  if (lower === '-inf') return -Infinity;
+  if (lower === 'nan') return NaN;
+  const v = Number(text);
+  if (Number.isNaN(v)) throw new Error(`not a sample value: ${JSON.stringify(text)}`);
+  return v;
+}
+
+/** The sum of the samples named `name` whose labels include every one of `match` (0 if none). */
+export function sumMetric(samples: readonly MetricSample[], name: string, match: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const s of samples) {
+    if (s.name !== name) continue;
+    if (Object.entries(match).every(([k, v]) => s.labels[k] === v)) sum += s.value;
+  }
+  return sum;
 }

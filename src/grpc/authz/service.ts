@@ -1,10 +1,12 @@
 // envoy.service.auth.v3.Authorization/Check: translate → decide → respond → one decision log line.
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { RequestAttributes, Verdict } from '../../middlebox/types';
 import { logDecision } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
+import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
 import { authorizationService } from '../protos';
@@ -16,6 +18,7 @@ export interface AuthorizationDeps {
   ports: DecisionPorts;
   logger: Logger;
   limits?: TranslationLimits;
+  metrics?: DecisionMetrics;
 }
 
 export interface CheckOutcome {
@@ -40,11 +43,13 @@ export class AuthorizationService {
 
   /** The whole decision for one CheckRequest; synchronous unless a limit asks shared state. */
   readonly decideCheck = (msg: CheckRequest): CheckOutcome | Promise<CheckOutcome> => {
+    const started = performance.now();
     const translation = translateCheckRequest(msg, this.limits);
     if (!translation.ok) {
       const decisionId = randomUUID();
       const verdict: Verdict = { allow: false, status: translation.status, reason: translation.reason };
       this.deps.logger.info({ decision: decisionId, reason: translation.reason, detail: translation.message }, 'request refused');
+      this.deps.metrics?.decided('ext_authz', verdict, (performance.now() - started) / 1000);
       return { response: checkResponse(verdict, decisionId, 'http'), verdict, decisionId };
     }
     const req = translation.request;
@@ -52,18 +57,19 @@ export class AuthorizationService {
     const verdict = decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now());
     if (verdict instanceof Promise) {
       return verdict.then(
-        (v) => this.respond(req, decisionId, v),
+        (v) => this.respond(req, decisionId, v, started),
         (e: Error) => {
           this.deps.logger.error({ decision: decisionId, err: e.message }, 'shared state did not answer');
-          return this.respond(req, decisionId, STATE_UNAVAILABLE);
+          return this.respond(req, decisionId, STATE_UNAVAILABLE, started);
         },
       );
     }
-    return this.respond(req, decisionId, verdict);
+    return this.respond(req, decisionId, verdict, started);
   };
 
-  private respond(req: RequestAttributes, decisionId: string, verdict: Verdict): CheckOutcome {
+  private respond(req: RequestAttributes, decisionId: string, verdict: Verdict, started: number): CheckOutcome {
     logDecision(this.deps.logger, req, decisionId, verdict);
+    this.deps.metrics?.decided('ext_authz', verdict, (performance.now() - started) / 1000);
     return { response: checkResponse(verdict, decisionId, req.protocol, clientOwnHeaders(req.headers)), verdict, decisionId };
   }
 

@@ -11,12 +11,14 @@
 // and it need not reset the stream itself, which under load would run into HTTP/2 rapid-reset
 // protection and have new streams refused.
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { requestChanges, responseChanges } from '../../middlebox/nat/engine';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { HeaderValue, RequestAttributes, Verdict } from '../../middlebox/types';
 import { logDecision } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
+import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import { DEFAULT_TRANSLATION_LIMITS, type TranslationLimits } from '../authz/request';
 import { denialBody, OWN_HEADER_PREFIX } from '../authz/response';
@@ -37,6 +39,7 @@ export interface ExternalProcessorDeps {
   ports: DecisionPorts;
   logger: Logger;
   limits?: TranslationLimits;
+  metrics?: DecisionMetrics;
 }
 
 type Phase = 'awaiting_request_headers' | 'request' | 'response' | 'finished';
@@ -129,12 +132,15 @@ export class ExternalProcessorService {
   }
 
   private async onRequestHeaders(state: StreamState, msg: ProcessingRequest): Promise<ProcessingResponse> {
+    const started = performance.now();
     const translation = translateRequestHeaders(msg, this.limits);
     if (!translation.ok) {
       state.decisionId = randomUUID();
       state.done = true;
       this.deps.logger.info({ decision: state.decisionId, reason: translation.reason, detail: translation.message }, 'request refused');
-      return immediate({ allow: false, status: translation.status, reason: translation.reason }, state.decisionId);
+      const refused: Verdict = { allow: false, status: translation.status, reason: translation.reason };
+      this.deps.metrics?.decided('ext_proc', refused, (performance.now() - started) / 1000);
+      return immediate(refused, state.decisionId);
     }
     const req = translation.request;
     state.decisionId = req.requestId || randomUUID();
@@ -148,6 +154,7 @@ export class ExternalProcessorService {
     }
     state.verdict = verdict;
     logDecision(this.deps.logger, req, state.decisionId, verdict);
+    this.deps.metrics?.decided('ext_proc', verdict, (performance.now() - started) / 1000);
     if (!verdict.allow) {
       state.done = true;
       return immediate(verdict, state.decisionId);

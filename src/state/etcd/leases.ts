@@ -12,7 +12,7 @@ export class SharedLeases {
   constructor(
     private readonly client: Etcd3,
     /** Runs a lease grant (the breaker); a lease already granted costs no call. */
-    private readonly guard: <T>(op: () => Promise<T>) => Promise<T> = (op) => op(),
+    private readonly guard: <T>(op: () => Promise<T>, operation?: 'lease_grant') => Promise<T> = (op) => op(),
   ) {}
 
   /** A lease that outlives `ttlMs` from `now`. */
@@ -21,7 +21,7 @@ export class SharedLeases {
     const current = this.leases.get(ttlS);
     if (current && current.expiresAt - now >= ttlMs) return current.id;
     const grantTtl = ttlS * 2;
-    const id = this.guard(() => this.client.lease(grantTtl, { autoKeepAlive: false }).grant());
+    const id = this.guard(() => this.client.lease(grantTtl, { autoKeepAlive: false }).grant(), 'lease_grant');
     this.leases.set(ttlS, { id, expiresAt: now + grantTtl * 1000 });
     id.catch(() => this.leases.delete(ttlS));
     return id;

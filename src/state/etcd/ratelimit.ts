@@ -37,7 +37,7 @@ export interface EtcdRateLimitOptions {
    * guards the calls themselves, not the time a request waits behind its bucket's batch, so a
    * burst queueing on a healthy etcd is never mistaken for an outage.
    */
-  guard?: <T>(op: () => Promise<T>) => Promise<T>;
+  guard?: <T>(op: () => Promise<T>, operation?: 'cas' | 'lease_grant') => Promise<T>;
 }
 
 /** Counters of etcd work, for tests, benchmarks and metrics. */
@@ -97,6 +97,17 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   get size(): number {
     return this.buckets.size;
+  }
+
+  /** Leased tokens this replica holds unspent, in pools whose window (or epoch) still runs: for metrics. */
+  heldTokens(now = Date.now()): number {
+    let held = 0;
+    for (const b of this.buckets.values()) {
+      if (b.pool < 1) continue;
+      const epoch = b.params.algorithm === 'token-bucket' ? Math.floor(now / BUCKET_POOL_MS) : windowIndex(b.params.perMs, now);
+      if (epoch === b.poolEpoch) held += Math.floor(b.pool);
+    }
+    return held;
   }
 
   consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant> {
@@ -280,6 +291,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
         .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
         .else(client.get(b.key))
         .commit(),
+      'cas',
     );
     if (res.succeeded) {
       this.stats.writes += 1;
