@@ -3,11 +3,11 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults clean
 
 all: build
 
-deps: deps-npm deps-etcd deps-envoy deps-iptables
+deps: deps-npm deps-etcd deps-envoy deps-iptables deps-k8s
 
 deps-npm:
 	@if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then \
@@ -30,6 +30,21 @@ deps-iptables:
 	@command -v iptables >/dev/null 2>&1 || { \
 	  echo "installing iptables (Debian iptables)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
+
+# For the manifests test (test/integration/k8s-manifests.test.ts), which runs offline: kustomize, as
+# kubectl's built-in `kubectl kustomize` or a kustomize binary, else built with `go install`; and
+# kubernetes-validate (PyPI), which carries Kubernetes' OpenAPI-derived JSON schemas.
+KUSTOMIZE_VERSION ?= v5.7.1
+deps-k8s:
+	@command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1 || \
+	  [ -x "$$(go env GOPATH 2>/dev/null)/bin/kustomize" ] || { \
+	  command -v go >/dev/null 2>&1 || { echo "deps-k8s: neither kubectl nor kustomize found, and no Go to build kustomize: install kubectl"; exit 1; }; \
+	  echo "installing kustomize $(KUSTOMIZE_VERSION) (go install, into $$(go env GOPATH)/bin)"; \
+	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "deps-k8s: go install of kustomize failed: install kubectl"; exit 1; }; }
+	@python3 -c "import kubernetes_validate" >/dev/null 2>&1 || { \
+	  echo "installing kubernetes-validate (PyPI)"; $(PIP) install -q kubernetes-validate; \
+	  command -v pyenv >/dev/null 2>&1 && pyenv rehash; \
+	  python3 -c "import kubernetes_validate" || { echo "deps-k8s: kubernetes-validate was installed but python3 cannot import it"; exit 1; }; }
 
 build: deps-npm
 	@$(NODE_BIN)/tsc -p tsconfig.json
