@@ -52,6 +52,8 @@ export interface EtcdRateLimitStats {
 
 interface Waiter {
   now: number;
+  /** Leased: rounds of block taking this request has waited through. */
+  rounds?: number;
   resolve: (g: RateLimitGrant) => void;
   reject: (e: unknown) => void;
 }
@@ -79,6 +81,8 @@ interface Bucket {
  * always progresses; a retry starts at once from the state the failed transaction returned.
  */
 const MAX_CAS_ATTEMPTS = 100;
+/** A leased request waits through at most this many block takes before it is answered from what is known. */
+const MAX_LEASED_ROUNDS = 4;
 /** A leased block aims at this much of the replica's traffic. */
 const BLOCK_TARGET_MS = 1000;
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
@@ -208,20 +212,30 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   private async serveLeased(b: Bucket, batch: Waiter[], now: number): Promise<void> {
     this.rollPool(b, now);
+    let exhausted = false;
     if (b.pool < batch.length) {
-      const t = await this.takeShared(b, this.blockSize(b, batch.length - b.pool, now), now);
+      const asked = this.blockSize(b, batch.length - b.pool, now);
+      const t = await this.takeShared(b, asked, now);
       this.rollPool(b, now);
       b.pool += t.granted;
+      // etcd granted less than asked: the shared bucket has nothing more for this window.
+      exhausted = t.granted < asked;
     }
+    const again: Waiter[] = [];
     for (const w of batch) {
       if (b.pool >= 1) {
         b.pool -= 1;
         w.resolve(this.pooledGrant(b, now));
+      } else if (!exhausted && (w.rounds = (w.rounds ?? 0) + 1) <= MAX_LEASED_ROUNDS) {
+        // Requests that arrived while the block was being taken were served from the pool this
+        // batch was counting on: the bucket is not empty, so take another block for the rest.
+        again.push(w);
       } else {
         const p = peek(b.params, b.state, now);
         w.resolve({ allowed: false, limit: b.rule.limit, remaining: 0, resetMs: p.resetMs, retryAfterMs: Math.max(p.retryAfterMs, 1) });
       }
     }
+    if (again.length) b.waiting.unshift(...again);
   }
 
   private pooledGrant(b: Bucket, now: number): RateLimitGrant {

@@ -1,0 +1,119 @@
+// EtcdRateLimitStore against a fake etcd client whose transactions the test releases one by one, to
+// pin down orderings that real traffic produces only now and then.
+import assert from 'node:assert/strict';
+import type { Etcd3 } from 'etcd3';
+import { silentLogger } from '../../src/observability/logger';
+import type { CompiledRateLimit } from '../../src/policy/types';
+import { EtcdRateLimitStore } from '../../src/state/etcd/ratelimit';
+import type { RateLimitGrant, RateLimitRequest } from '../../src/state/port';
+import { deferred, type Deferred } from '../harness/breaker';
+
+/** One key's worth of etcd: compare-and-swap on the mod revision; commits wait for the test. */
+class FakeEtcd {
+  value: string | undefined;
+  mod = 0;
+  revision = 1;
+  commits = 0;
+  /** While set, each commit waits for the next gate the test opens. */
+  held: Array<Deferred<void>> | undefined;
+
+  readonly client = {
+    if: (_key: string, _field: string, _op: string, mod: string) => {
+      let write: string | undefined;
+      const txn = {
+        then: (op: { value?: string }) => {
+          write = op.value;
+          return txn;
+        },
+        else: () => txn,
+        commit: async () => {
+          if (this.held) {
+            const gate = deferred<void>();
+            this.held.push(gate);
+            await gate.promise;
+          }
+          this.commits += 1;
+          if (String(this.mod) === mod) {
+            this.value = write;
+            this.revision += 1;
+            this.mod = this.revision;
+            return { succeeded: true, header: { revision: String(this.revision) }, responses: [] };
+          }
+          const kvs = this.value === undefined ? [] : [{ value: Buffer.from(this.value), mod_revision: String(this.mod) }];
+          return { succeeded: false, header: { revision: String(this.revision) }, responses: [{ response_range: { kvs } }] };
+        },
+      };
+      return txn;
+    },
+    put: () => {
+      const op: { value?: string } = {};
+      return { value: (v: string) => ({ lease: () => Object.assign(op, { value: v }) }) };
+    },
+    get: () => ({}),
+    lease: () => ({ grant: async () => 'lease-1' }),
+  };
+
+  /** Lets every commit through, those waiting included. */
+  openAll(): void {
+    const waiting = this.held ?? [];
+    this.held = undefined;
+    for (const gate of waiting) gate.resolve();
+  }
+
+  /** Opens the oldest waiting commit, once one is waiting. */
+  async release(): Promise<void> {
+    for (let i = 0; i < 200 && !this.held?.length; i++) await new Promise((r) => setImmediate(r));
+    const gate = this.held?.shift();
+    assert.ok(gate, 'a commit is waiting');
+    gate.resolve();
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  }
+}
+
+const LEASED: CompiledRateLimit = {
+  id: 'p/leased',
+  policy: 'p',
+  name: 'leased',
+  limit: 1_000_000,
+  perMs: 3_600_000,
+  algorithm: 'fixed-window',
+  consistency: 'leased',
+} as CompiledRateLimit;
+
+describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
+  // Regression: requests served from the pool while a block was being taken used tokens the
+  // waiting batch had counted on, and the batch's last requests were denied far below the limit.
+  it('never denies below the limit when requests take pool tokens while a block is being taken', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const now = Date.now();
+    const req: RateLimitRequest = { rule: LEASED, key: 'k', now };
+    const grants: Array<Promise<RateLimitGrant>> = [];
+    const consume = () => grants.push(Promise.resolve(store.consume({ ...req })));
+
+    etcd.held = [];
+    consume(); // w1: takes a block of 1 (no rate known yet)
+    consume(); // w2 and w3 wait behind it
+    consume();
+    store.refund({ ...req }); // a token comes back while they wait: the pool holds 1
+    await etcd.release(); // w1 served; the pool keeps 1; w2 and w3 ask for one more token
+    consume(); // w4 arrives while that block is being taken, and is served from the pool
+    await etcd.release();
+    etcd.openAll(); // any further block goes through
+    const answers = await Promise.all(grants);
+    assert.deepEqual(
+      answers.map((g) => g.allowed),
+      [true, true, true, true],
+    );
+  });
+
+  it('denies once the shared bucket is really exhausted', async () => {
+    const etcd = new FakeEtcd();
+    const small = { ...LEASED, limit: 3 } as CompiledRateLimit;
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const now = Date.now();
+    const answers = await Promise.all(Array.from({ length: 6 }, () => Promise.resolve(store.consume({ rule: small, key: 'k', now }))));
+    assert.equal(answers.filter((g) => g.allowed).length, 3);
+    assert.ok(etcd.commits <= 6, `${etcd.commits} commits`);
+  });
+});
