@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency clean
 
 all: build
 
@@ -46,6 +46,13 @@ deps-k8s:
 	  command -v pyenv >/dev/null 2>&1 && pyenv rehash; \
 	  python3 -c "import kubernetes_validate" || { echo "deps-k8s: kubernetes-validate was installed but python3 cannot import it"; exit 1; }; }
 
+# h2load (Debian nghttp2-client), the load generator of bench-latency. Not part of `deps`: only that
+# benchmark needs it, so CI does not install it.
+deps-bench:
+	@command -v h2load >/dev/null 2>&1 || { \
+	  echo "installing h2load (Debian nghttp2-client)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; }
+
 build: deps-npm
 	@$(NODE_BIN)/tsc -p tsconfig.json
 
@@ -77,8 +84,15 @@ bench-nat: deps build
 bench-faults: deps build
 	@node dist/bench/fault-timeline.js $(BENCH_ARGS)
 
+# Latency at fixed rates (p50/p90/p99) and saturation throughput, side by side: the app, Envoy with no
+# filter, Envoy RBAC + local_ratelimit, Envoy + middlebox per consistency mode, ext_authz (+ ext_proc),
+# over TCP and a unix socket; bench/results/latency.{json,md,svg}. BENCH_ARGS=--quick for the short
+# variant (latency.quick.*).
+bench-latency: deps deps-bench build
+	@node dist/bench/latency.js $(BENCH_ARGS)
+
 # Every benchmark; each writes its table under bench/results/.
-bench: bench-ratelimit bench-nat bench-faults
+bench: bench-ratelimit bench-nat bench-faults bench-latency
 
 clean:
 	rm -rf dist

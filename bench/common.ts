@@ -1,5 +1,6 @@
 // What every benchmark shares: progress lines, where results go, and the run's metadata.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -62,4 +63,39 @@ export function quickFlag(argv: string[], script: string): boolean {
     process.exit(2);
   }
   return argv.includes('--quick');
+}
+
+/** Which code a bench measured: the commit, uncommitted changes under src/, and a hash of the compiled dist/src. */
+export interface CodeIdentity {
+  head: string;
+  uncommittedSrc: string[];
+  distSrcSha256: string;
+  /** Set by the bench when dist/src hashed differently at the end of the run (a build ran meanwhile). */
+  changedDuringRun?: boolean;
+}
+
+export function codeIdentity(): CodeIdentity {
+  const root = path.dirname(resultsDir());
+  const git = (args: string[]) => {
+    try {
+      return execFileSync('git', args, { cwd: root, timeout: 10_000, encoding: 'utf8' }).trim();
+    } catch {
+      return '?';
+    }
+  };
+  const hash = crypto.createHash('sha256');
+  const walk = (dir: string) => {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) walk(full);
+      else if (entry.name.endsWith('.js')) hash.update(entry.name).update(fs.readFileSync(full));
+    }
+  };
+  walk(path.join(__dirname, '..', 'src'));
+  const status = git(['status', '--porcelain', '--', 'src']);
+  return {
+    head: git(['rev-parse', '--short', 'HEAD']),
+    uncommittedSrc: status === '?' || status === '' ? [] : status.split('\n').map((l) => l.trim()),
+    distSrcSha256: hash.digest('hex').slice(0, 16),
+  };
 }

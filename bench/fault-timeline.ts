@@ -9,8 +9,6 @@
 // `middlebox.etcd` health is polled every 100 ms. The whole timeline runs once per consistency mode
 // (leased, then strict). Results: bench/results/fault-timeline.{json,md,svg}
 // (fault-timeline.quick.* with --quick). bench/README.md says how to read them.
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +19,7 @@ import type { Consistency } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { DEFAULT_BREAKER } from '../src/state/resilient/breaker';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { log, quickFlag, resultsDir, runMetadata, writeResults } from './common';
+import { codeIdentity, log, quickFlag, resultsDir, runMetadata, writeResults, type CodeIdentity } from './common';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
 
@@ -1055,40 +1053,6 @@ function chartSpec(p: Params, results: ModeResult[]): VegaLiteSpec {
 }
 
 // ---- main -------------------------------------------------------------------------------------------
-
-/** Which code was measured: the commit, uncommitted changes to src/, and a hash of the compiled dist/src run. */
-interface CodeIdentity {
-  head: string;
-  uncommittedSrc: string[];
-  distSrcSha256: string;
-  changedDuringRun?: boolean;
-}
-
-function codeIdentity(): CodeIdentity {
-  const root = path.dirname(resultsDir());
-  const git = (args: string[]) => {
-    try {
-      return execFileSync('git', args, { cwd: root, timeout: 10_000, encoding: 'utf8' }).trim();
-    } catch {
-      return '?';
-    }
-  };
-  const hash = crypto.createHash('sha256');
-  const walk = (dir: string) => {
-    for (const entry of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
-      const full = path.join(dir, entry.name);
-      if (entry.isDirectory()) walk(full);
-      else if (entry.name.endsWith('.js')) hash.update(entry.name).update(fs.readFileSync(full));
-    }
-  };
-  walk(path.join(__dirname, '..', 'src'));
-  const status = git(['status', '--porcelain', '--', 'src']);
-  return {
-    head: git(['rev-parse', '--short', 'HEAD']),
-    uncommittedSrc: status === '?' || status === '' ? [] : status.split('\n').map((l) => l.trim()),
-    distSrcSha256: hash.digest('hex').slice(0, 16),
-  };
-}
 
 async function main(): Promise<number> {
   const p = params(process.argv.slice(2));

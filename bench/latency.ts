@@ -1,0 +1,931 @@
+// Latency and throughput per configuration, side by side in one run: the app alone, Envoy with no
+// filter, Envoy's own RBAC + local_ratelimit, and Envoy asking the middlebox (ext_authz, or
+// ext_authz + ext_proc) in each consistency mode, over TCP and over a unix socket.
+//
+//   node dist/bench/latency.js [--quick]        (make bench-latency; the load comes from h2load: make deps-bench)
+//
+// Real processes on loopback: one etcd for the whole run, one app (src/lab/upstream.ts), and for each
+// configuration a fresh Envoy (bootstrap from src/envoy/bootstrap.ts) and, where asked, a fresh
+// `middlebox serve` replica with its own etcd prefix. Every configuration is measured the same way:
+// a closed-loop warm-up, then fixed request rates (latency percentiles), then saturation (closed
+// loop, fixed connections). Results: bench/results/latency.{json,md,svg} (latency.quick.* with
+// --quick). bench/README.md says how to read them and why h2load.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { renderBootstrap, type BootstrapOptions } from '../src/envoy/bootstrap';
+import { httpRequest } from '../src/lab/client';
+import { EnvoyProcess } from '../src/lab/envoy';
+import { EtcdProcess } from '../src/lab/etcd';
+import { MiddleboxProcess } from '../src/lab/middlebox';
+import { freePort, waitFor } from '../src/lab/ports';
+import { findExecutable, LabChild, makeTempDir, removeTempDir } from '../src/lab/processes';
+import { startHttpUpstream, type Upstream, type UpstreamEcho } from '../src/lab/upstream';
+import { parsePolicies } from '../src/policy/parse';
+import type { Consistency, PolicyDocument } from '../src/policy/types';
+import { connectEtcd } from '../src/state/etcd/client';
+import { putPolicies } from '../src/state/etcd/policies';
+import { renderSvg, type VegaLiteSpec } from './chart';
+import { codeIdentity, log, quickFlag, resultsDir, runMetadata, versionOf, writeResults, type CodeIdentity } from './common';
+
+// ---- parameters -----------------------------------------------------------------------------------
+
+interface Params {
+  quick: boolean;
+  /** Fixed request rates (req/s), each measured on its own. */
+  rates: number[];
+  /** The rate at which the issue's added-p99 target is read. */
+  targetRate: number;
+  /** Connections of a fixed-rate run; each sends rate ÷ connections req/s, HTTP/1.1 keep-alive. */
+  fixedConnections: number;
+  /** Requests of a fixed-rate run that start in its first fixedWarmS are left out (new connections). */
+  fixedWarmS: number;
+  fixedS: number;
+  /** Closed loop: each connection sends its next request as soon as the answer is in. */
+  saturationConnections: number;
+  saturationWarmS: number;
+  saturationS: number;
+  /** Closed-loop warm-up of every configuration before it is measured (JIT, pools, leased blocks). */
+  warmupS: number;
+  /** The policy's rate limit and Envoy's local_ratelimit bucket, per second: never reached here. */
+  rateLimit: number;
+  /** The whole bench is killed after this (children included). */
+  hardLimitMs: number;
+}
+
+function params(argv: string[]): Params {
+  const quick = quickFlag(argv, 'latency');
+  return {
+    quick,
+    rates: [500, 1000],
+    targetRate: 1000,
+    fixedConnections: 50,
+    fixedWarmS: quick ? 0.5 : 1,
+    fixedS: quick ? 3 : 10,
+    saturationConnections: 32,
+    saturationWarmS: 1,
+    saturationS: quick ? 3 : 10,
+    warmupS: quick ? 1 : 2,
+    rateLimit: 100_000,
+    hardLimitMs: quick ? 8 * 60_000 : 20 * 60_000,
+  };
+}
+
+/** What every measured request asks for (allowed by the policy), and what the firewall must refuse. */
+const ALLOWED_PATH = '/products/42';
+const DENIED_PATH = '/admin/users';
+
+// The targets of the benchmarks issue.
+const TARGET_SATURATION_RATIO = 0.5;
+const TARGET_ADDED_P99_MS = 1;
+
+// ---- configurations -------------------------------------------------------------------------------
+
+type Filters = 'ext_authz' | 'ext_authz + ext_proc';
+type Transport = 'tcp' | 'unix';
+
+interface Setup {
+  id: string;
+  label: string;
+  kind: 'app' | 'envoy' | 'envoy-rbac' | 'middlebox';
+  consistency?: Consistency;
+  filters?: Filters;
+  transport?: Transport;
+}
+
+const BASELINE_ID = 'envoy';
+
+function setups(): Setup[] {
+  const list: Setup[] = [
+    { id: 'app', label: 'app direct (no proxy)', kind: 'app' },
+    { id: BASELINE_ID, label: 'Envoy, no filter', kind: 'envoy' },
+    { id: 'envoy-rbac-ratelimit', label: 'Envoy RBAC + local_ratelimit', kind: 'envoy-rbac' },
+  ];
+  const middlebox: Array<[Consistency, Filters]> = [
+    ['local', 'ext_authz'],
+    ['leased', 'ext_authz'],
+    ['strict', 'ext_authz'],
+    ['leased', 'ext_authz + ext_proc'],
+  ];
+  for (const [consistency, filters] of middlebox) {
+    for (const transport of ['tcp', 'unix'] as const) {
+      list.push({
+        id: `middlebox-${consistency}-${filters === 'ext_authz' ? 'authz' : 'authz-proc'}-${transport}`,
+        label: `middlebox ${consistency}, ${filters}, ${transport === 'tcp' ? 'TCP' : 'unix socket'}`,
+        kind: 'middlebox',
+        consistency,
+        filters,
+        transport,
+      });
+    }
+  }
+  // The baseline once more at the end: how far the machine drifted during the run.
+  list.push({ id: 'envoy-again', label: 'Envoy, no filter (again, at the end)', kind: 'envoy' });
+  return list;
+}
+
+/** One firewall rule and one rate limit that the load never reaches: what every request costs. */
+function policyDocs(consistency: Consistency, limit: number): PolicyDocument[] {
+  const text = [
+    'apiVersion: middlebox.io/v1alpha1',
+    'kind: Policy',
+    'metadata: { name: latency }',
+    'spec:',
+    '  firewall:',
+    '    default: allow',
+    '    rules:',
+    '      - { name: no-admin, action: deny, paths: ["/admin/*"] }',
+    '  rateLimits:',
+    `    - { name: per-client, limit: ${limit}, per: 1s, by: [sourceIp], consistency: ${consistency} }`,
+    '',
+  ].join('\n');
+  const parsed = parsePolicies(text, 'latency-policy.yaml');
+  if (parsed.errors.length > 0 || parsed.documents.length !== 1) {
+    throw new Error(`bench policy does not validate: ${JSON.stringify(parsed.errors)}`);
+  }
+  return parsed.documents;
+}
+
+// ---- Envoy configurations beyond the renderer's options ---------------------------------------------
+
+type Filter = { name: string; typed_config?: Record<string, unknown> };
+
+/** The inbound HTTP listener's filter chain in a rendered bootstrap, to be edited in place. */
+function inboundHttpFilters(bootstrap: object): Filter[] {
+  const listeners = (bootstrap as { static_resources?: { listeners?: Array<Record<string, unknown>> } }).static_resources?.listeners ?? [];
+  const listener = listeners.find((l) => l.name === 'inbound_http') as
+    | { filter_chains: Array<{ filters: Array<{ typed_config: { http_filters?: Filter[] } }> }> }
+    | undefined;
+  const filters = listener?.filter_chains[0]?.filters[0]?.typed_config.http_filters;
+  if (!filters) throw new Error('rendered bootstrap has no inbound_http listener with http_filters');
+  return filters;
+}
+
+/**
+ * Envoy's RBAC filter with the policy's firewall rule: deny /admin and everything below it (the
+ * middlebox's "/admin/*"), by path without query, for every caller; 403 as the middlebox answers.
+ */
+function rbacFilter(): Filter {
+  return {
+    name: 'envoy.filters.http.rbac',
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC',
+      rules: {
+        action: 'DENY',
+        policies: {
+          'no-admin': {
+            permissions: [
+              {
+                or_rules: {
+                  rules: [{ url_path: { path: { exact: '/admin' } } }, { url_path: { path: { prefix: '/admin/' } } }],
+                },
+              },
+            ],
+            principals: [{ any: true }],
+          },
+        },
+      },
+    },
+  };
+}
+
+function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | undefined, rateLimit: number): string {
+  let doc: object;
+  if (s.kind === 'middlebox') {
+    doc = renderBootstrap({ ...base, middlebox: [middlebox!] });
+    if (s.filters === 'ext_authz + ext_proc') {
+      // Both of the renderer's filters on one listener: ext_authz decides, then ext_proc (which
+      // runs the same pipeline and may rewrite the request), then the router.
+      const extProc = inboundHttpFilters(renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: 'ext_proc' })).find(
+        (f) => f.name === 'envoy.filters.http.ext_proc',
+      );
+      const filters = inboundHttpFilters(doc);
+      const at = filters.findIndex((f) => f.name === 'envoy.filters.http.ext_authz');
+      if (!extProc || at < 0) throw new Error('renderer did not give an ext_authz and an ext_proc filter');
+      filters.splice(at + 1, 0, extProc);
+    }
+  } else if (s.kind === 'envoy-rbac') {
+    doc = renderBootstrap({ ...base, extAuthz: false, localRateLimit: { maxTokens: rateLimit, tokensPerFill: rateLimit, fillIntervalMs: 1000 } });
+    // The firewall before the rate limit, as in the middlebox: a denied request takes no token.
+    inboundHttpFilters(doc).unshift(rbacFilter());
+  } else {
+    doc = renderBootstrap({ ...base, extAuthz: false });
+  }
+  return stringify(doc, { aliasDuplicateObjects: false, lineWidth: 0 });
+}
+
+// ---- running a configuration ------------------------------------------------------------------------
+
+interface Context {
+  p: Params;
+  etcd: EtcdProcess;
+  app: Upstream;
+  tmp: string;
+  h2load: string;
+}
+
+interface Target {
+  port: number;
+  envoy?: EnvoyProcess;
+  replica?: MiddleboxProcess;
+  replicaLog?: string;
+  stop(): Promise<void>;
+}
+
+async function startTarget(s: Setup, ctx: Context): Promise<Target> {
+  if (s.kind === 'app') return { port: ctx.app.port, stop: async () => undefined };
+  let replica: MiddleboxProcess | undefined;
+  let replicaLog: string | undefined;
+  if (s.kind === 'middlebox') {
+    // The policy is in etcd before the replica starts, so it is in force once the replica is SERVING.
+    const prefix = `/latency/${s.id}`;
+    const client = connectEtcd({ endpoints: [ctx.etcd.endpoint] });
+    try {
+      await putPolicies(client, prefix, policyDocs(s.consistency!, ctx.p.rateLimit));
+    } finally {
+      client.close();
+    }
+    replicaLog = path.join(ctx.tmp, `${s.id}.middlebox.log`);
+    const listen = s.transport === 'unix' ? `unix:${path.join(ctx.tmp, `${s.id}.sock`)}` : `127.0.0.1:${await freePort()}`;
+    // The product's defaults (etcd operation timeout, log level): what a deployment would run.
+    replica = await MiddleboxProcess.start({ etcd: ctx.etcd.endpoint, prefix, listen, logFile: replicaLog, logLevel: 'info' });
+  }
+  try {
+    const port = await freePort();
+    const adminPort = await freePort();
+    // The production bootstrap otherwise: ext_authz deadline 250 ms, fail closed.
+    const base: BootstrapOptions = { adminPort, inboundHttp: { address: '127.0.0.1', port, appAddress: '127.0.0.1', appPort: ctx.app.port } };
+    const config = envoyBootstrap(s, base, replica?.address, ctx.p.rateLimit);
+    fs.writeFileSync(path.join(ctx.tmp, `${s.id}.envoy.yaml`), config);
+    const envoy = await EnvoyProcess.start({ config, adminPort, logFile: path.join(ctx.tmp, `${s.id}.envoy.log`) });
+    const target: Target = {
+      port,
+      envoy,
+      replica,
+      replicaLog,
+      stop: async () => {
+        await envoy.stop().catch(() => undefined);
+        await replica?.stop(3000).catch(() => undefined);
+      },
+    };
+    if (replica) {
+      await waitFor(async () => (await envoy.clusterHealthy('middlebox')) === 1, {
+        timeoutMs: 15_000,
+        what: 'Envoy to see the middlebox replica healthy',
+      });
+    }
+    return target;
+  } catch (e) {
+    await replica?.stop(3000).catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * Before measuring: the allowed path answers 200 from the app, and where a firewall is in the path it
+ * refuses /admin/*. A refusal with another status than the firewall's 403 does not stop the bench
+ * (the allowed path is what is measured); it is returned, to be reported.
+ */
+async function checkTarget(s: Setup, t: Target): Promise<string[]> {
+  await waitFor(
+    async () => {
+      const res = await httpRequest({ port: t.port, path: ALLOWED_PATH, timeoutMs: 2000 });
+      // Thrown, so that the timeout message says what came back.
+      if (res.status !== 200) throw new Error(`${res.status} ${res.body.slice(0, 200)}`);
+      return true;
+    },
+    { timeoutMs: 15_000, intervalMs: 100, what: `200 on ${ALLOWED_PATH}` },
+  );
+  const echo = JSON.parse((await httpRequest({ port: t.port, path: ALLOWED_PATH })).body) as UpstreamEcho;
+  if (s.kind === 'middlebox' && !echo.headers['x-middlebox-decision']) {
+    throw new Error('the app got no x-middlebox-decision header: the middlebox was not asked');
+  }
+  if (s.kind === 'middlebox' || s.kind === 'envoy-rbac') {
+    const denied = await httpRequest({ port: t.port, path: DENIED_PATH });
+    if (denied.status === 200) throw new Error(`${DENIED_PATH} answered 200: the firewall rule is not in force`);
+    if (denied.status !== 403) {
+      return [`${DENIED_PATH} was refused with ${denied.status}, not the firewall's 403 (body: ${JSON.stringify(denied.body.slice(0, 120))})`];
+    }
+  }
+  return [];
+}
+
+// ---- h2load -----------------------------------------------------------------------------------------
+
+/** One line of h2load's --log-file: start (µs since the epoch), status (-1: failed stream), duration (µs). */
+interface Row {
+  startUs: number;
+  status: number;
+  durationUs: number;
+}
+
+interface H2loadOutput {
+  stdout: string;
+  rows: Row[];
+}
+
+let runNumber = 0;
+
+/** Runs h2load with a per-request log; killed if it is still running well past its expected length. */
+async function runH2load(ctx: Context, args: string[], expectS: number, what: string): Promise<H2loadOutput> {
+  const base = path.join(ctx.tmp, `h2load-${++runNumber}`);
+  const child = LabChild.spawn({ name: `h2load (${what})`, command: ctx.h2load, args: [...args, `--log-file=${base}.tsv`], logFile: `${base}.out` });
+  const started = Date.now();
+  const deadlineMs = expectS * 1000 + 20_000;
+  const killer = setTimeout(() => {
+    log(`  h2load (${what}) still running after ${deadlineMs / 1000} s: killing it`);
+    child.signal('SIGKILL');
+  }, deadlineMs);
+  const ticker = expectS >= 6 ? setInterval(() => log(`    … ${Math.round((Date.now() - started) / 1000)} s of ~${expectS} s`), 5000) : undefined;
+  const { code, signal } = await child.exited;
+  clearTimeout(killer);
+  if (ticker) clearInterval(ticker);
+  const stdout = fs.existsSync(`${base}.out`) ? fs.readFileSync(`${base}.out`, 'utf8') : '';
+  if (code !== 0) {
+    throw new Error(`h2load (${what}) exited with code ${code}, signal ${signal}:\n${stdout.split('\n').filter((l) => !l.startsWith('progress')).slice(-15).join('\n')}`);
+  }
+  const rows: Row[] = [];
+  for (const line of (fs.existsSync(`${base}.tsv`) ? fs.readFileSync(`${base}.tsv`, 'utf8') : '').split('\n')) {
+    const [start, status, duration] = line.split('\t');
+    if (duration === undefined) continue;
+    rows.push({ startUs: Number(start), status: Number(status), durationUs: Number(duration) });
+  }
+  fs.rmSync(`${base}.tsv`, { force: true });
+  fs.rmSync(`${base}.out`, { force: true });
+  return { stdout, rows };
+}
+
+function h2loadRps(stdout: string): number | null {
+  const m = /finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(stdout);
+  return m ? Number(m[1]) : null;
+}
+
+// ---- measurements -----------------------------------------------------------------------------------
+
+interface LatencyStats {
+  /** Responses the percentiles are taken over (failed streams counted in statuses only). */
+  requests: number;
+  p50Ms: number | null;
+  p90Ms: number | null;
+  p99Ms: number | null;
+  maxMs: number | null;
+  meanMs: number | null;
+  /** Responses by HTTP status; "failed" for streams that got none. */
+  statuses: Record<string, number>;
+}
+
+interface FixedRateRun extends LatencyStats {
+  rate: number;
+  connections: number;
+  /** Each connection's pace: one request every intervalMs. */
+  intervalMs: number;
+  /** Requests that started in the measured part, per second of it: did the load keep its rate? */
+  sentPerS: number;
+  /** Responses slower than intervalMs: the next request on that connection left late (see README). */
+  slowerThanInterval: number;
+  /** etcd write transactions during the run (revision after − before) ÷ every request of the run. */
+  etcdWritesPerRequest: number | null;
+}
+
+interface SaturationRun extends LatencyStats {
+  connections: number;
+  seconds: number;
+  /** 200 responses per second of the measured duration. */
+  rps: number;
+  /** h2load's own figure (every response, whatever its status). */
+  h2loadRps: number | null;
+}
+
+function latencyStats(rows: Row[]): LatencyStats {
+  const statuses: Record<string, number> = {};
+  for (const r of rows) {
+    const key = r.status < 0 ? 'failed' : String(r.status);
+    statuses[key] = (statuses[key] ?? 0) + 1;
+  }
+  const d = rows.filter((r) => r.status >= 0).map((r) => r.durationUs).sort((a, b) => a - b);
+  // Nearest rank, in ms with µs precision.
+  const pct = (q: number) => (d.length ? d[Math.max(0, Math.ceil(q * d.length) - 1)]! / 1000 : null);
+  return {
+    requests: d.length,
+    p50Ms: pct(0.5),
+    p90Ms: pct(0.9),
+    p99Ms: pct(0.99),
+    maxMs: d.length ? d[d.length - 1]! / 1000 : null,
+    meanMs: d.length ? Math.round(d.reduce((a, b) => a + b, 0) / d.length) / 1000 : null,
+    statuses,
+  };
+}
+
+/**
+ * Connections open 1/rate s apart (h2load -r/--rate-period), so that their pacing timers, each one
+ * request every connections/rate s, interleave evenly instead of firing together.
+ */
+function stagger(rate: number): { perPeriod: number; periodMs: number } {
+  return rate <= 1000 ? { perPeriod: 1, periodMs: Math.max(1, Math.round(1000 / rate)) } : { perPeriod: Math.round(rate / 1000), periodMs: 1 };
+}
+
+async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProcess | undefined): Promise<FixedRateRun> {
+  const { p } = ctx;
+  const c = p.fixedConnections;
+  const { perPeriod, periodMs } = stagger(rate);
+  const total = Math.round(rate * (p.fixedWarmS + p.fixedS));
+  const args = ['--h1', '-c', String(c), '-r', String(perPeriod), '--rate-period', `${periodMs}ms`, '--rps', String(rate / c), '-n', String(total), url];
+  const before = etcd ? await etcd.revision() : undefined;
+  const { rows } = await runH2load(ctx, args, p.fixedWarmS + p.fixedS, `${rate} req/s`);
+  const after = etcd ? await etcd.revision() : undefined;
+  if (rows.length === 0) throw new Error(`h2load logged no request at ${rate} req/s`);
+  const t0 = Math.min(...rows.map((r) => r.startUs));
+  const edge = t0 + p.fixedWarmS * 1e6;
+  const measured = rows.filter((r) => r.startUs >= edge);
+  const lastStart = Math.max(...measured.map((r) => r.startUs));
+  const spanS = (lastStart - edge) / 1e6 + 1 / rate;
+  const intervalMs = (1000 * c) / rate;
+  return {
+    rate,
+    connections: c,
+    intervalMs,
+    ...latencyStats(measured),
+    sentPerS: Math.round(measured.length / spanS),
+    slowerThanInterval: measured.filter((r) => r.durationUs > intervalMs * 1000).length,
+    etcdWritesPerRequest: before !== undefined && after !== undefined ? round((after - before) / rows.length, 4) : null,
+  };
+}
+
+async function saturate(ctx: Context, url: string): Promise<SaturationRun> {
+  const { p } = ctx;
+  const args = ['--h1', '-c', String(p.saturationConnections), '-D', `${p.saturationS * 1000}ms`, '--warm-up-time', `${p.saturationWarmS * 1000}ms`, url];
+  // h2load logs the measured duration only, not its warm-up.
+  const { stdout, rows } = await runH2load(ctx, args, p.saturationWarmS + p.saturationS, 'saturation');
+  return {
+    connections: p.saturationConnections,
+    seconds: p.saturationS,
+    ...latencyStats(rows),
+    rps: Math.round(rows.filter((r) => r.status === 200).length / p.saturationS),
+    h2loadRps: h2loadRps(stdout),
+  };
+}
+
+// ---- one configuration ------------------------------------------------------------------------------
+
+interface ConfigResult {
+  id: string;
+  label: string;
+  kind: Setup['kind'];
+  consistency?: Consistency;
+  filters?: Filters;
+  transport?: Transport;
+  loadAverageBefore: number[];
+  warmup: { rps: number | null; statuses: Record<string, number> } | null;
+  fixed: FixedRateRun[];
+  saturation: SaturationRun | null;
+  /** Envoy's counters of its filters after the measurements (ext_authz, ext_proc, rbac, local rate limit). */
+  envoyStats: Record<string, number>;
+  /** What the checks before measuring found wrong without stopping the bench. */
+  checkFindings: string[];
+  /** The replica's log lines at warn level or above, counted by message (with the first error given). */
+  replicaWarnings: Record<string, number>;
+  durationMs: number;
+  error?: string;
+}
+
+async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
+  const started = Date.now();
+  const result: ConfigResult = {
+    id: s.id,
+    label: s.label,
+    kind: s.kind,
+    consistency: s.consistency,
+    filters: s.filters,
+    transport: s.transport,
+    loadAverageBefore: os.loadavg().map((x) => round(x, 2)),
+    warmup: null,
+    fixed: [],
+    saturation: null,
+    envoyStats: {},
+    checkFindings: [],
+    replicaWarnings: {},
+    durationMs: 0,
+  };
+  let target: Target | undefined;
+  try {
+    target = await startTarget(s, ctx);
+    result.checkFindings = await checkTarget(s, target);
+    const url = `http://127.0.0.1:${target.port}${ALLOWED_PATH}`;
+    const etcd = s.kind === 'middlebox' ? ctx.etcd : undefined;
+
+    const warm = await runH2load(ctx, ['--h1', '-c', String(ctx.p.saturationConnections), '-D', `${ctx.p.warmupS * 1000}ms`, url], ctx.p.warmupS, 'warm-up');
+    result.warmup = { rps: h2loadRps(warm.stdout), statuses: latencyStats(warm.rows).statuses };
+    log(`  warm-up ${ctx.p.warmupS} s closed loop: ${result.warmup.rps ?? '?'} req/s, ${statusText(result.warmup.statuses)}`);
+
+    for (const rate of ctx.p.rates) {
+      const r = await fixedRate(ctx, url, rate, etcd);
+      result.fixed.push(r);
+      log(
+        `  ${rate} req/s: p50 ${ms(r.p50Ms)} / p90 ${ms(r.p90Ms)} / p99 ${ms(r.p99Ms)} ms, max ${ms(r.maxMs)} ms ` +
+          `(${r.requests} measured, ${r.sentPerS} sent/s, ${statusText(r.statuses)}${r.etcdWritesPerRequest !== null ? `, ${r.etcdWritesPerRequest} etcd writes/request` : ''})`,
+      );
+    }
+
+    const sat = await saturate(ctx, url);
+    result.saturation = sat;
+    log(`  saturation, ${sat.connections} connections: ${sat.rps} req/s, p50 ${ms(sat.p50Ms)} / p99 ${ms(sat.p99Ms)} ms (${statusText(sat.statuses)})`);
+
+    if (target.envoy) {
+      const stats = await target.envoy.stats('ext_authz|ext_proc|rbac|local_rate_limit');
+      result.envoyStats = Object.fromEntries([...stats].filter(([, v]) => v !== 0).sort(([a], [b]) => a.localeCompare(b)));
+    }
+  } catch (e) {
+    result.error = (e as Error).stack ?? (e as Error).message;
+  } finally {
+    await target?.stop();
+    if (target?.replicaLog) result.replicaWarnings = readWarnings(target.replicaLog);
+    result.durationMs = Date.now() - started;
+  }
+  return result;
+}
+
+/** pino's JSON lines at warn (40) and above, counted by message. */
+function readWarnings(file: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  let text = '';
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return counts;
+  }
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: number; msg?: string; err?: unknown };
+      if ((entry.level ?? 0) < 40) continue;
+      const err = typeof entry.err === 'string' ? entry.err : (entry.err as { message?: string } | undefined)?.message;
+      const key = err ? `${entry.msg ?? '?'}: ${err}` : (entry.msg ?? '?');
+      counts[key] = (counts[key] ?? 0) + 1;
+    } catch {
+      // a line cut short by the stop: not a log entry
+    }
+  }
+  return counts;
+}
+
+// ---- comparison and targets -------------------------------------------------------------------------
+
+interface Comparison {
+  /** Saturation req/s ÷ the baseline's (Envoy, no filter, measured first in this run). */
+  saturationRatio: number | null;
+  /** p99 at the target rate minus the baseline's (ms). */
+  addedP99Ms: number | null;
+}
+
+interface TargetCheck {
+  target: string;
+  config: string;
+  value: number | null;
+  met: boolean | null;
+}
+
+function fixedAt(r: ConfigResult, rate: number): FixedRateRun | undefined {
+  return r.fixed.find((f) => f.rate === rate);
+}
+
+function compare(p: Params, r: ConfigResult, baseline: ConfigResult | undefined): Comparison {
+  const baseSat = baseline?.saturation?.rps;
+  const p99 = fixedAt(r, p.targetRate)?.p99Ms;
+  const baseP99 = baseline && fixedAt(baseline, p.targetRate)?.p99Ms;
+  return {
+    saturationRatio: r.saturation && baseSat ? round(r.saturation.rps / baseSat, 3) : null,
+    addedP99Ms: p99 !== undefined && p99 !== null && baseP99 !== undefined && baseP99 !== null ? round(p99 - baseP99, 3) : null,
+  };
+}
+
+function targets(p: Params, results: ConfigResult[], comparisons: Map<string, Comparison>): TargetCheck[] {
+  const checks: TargetCheck[] = [];
+  for (const transport of ['tcp', 'unix'] as const) {
+    const r = results.find((x) => x.consistency === 'leased' && x.filters === 'ext_authz' && x.transport === transport);
+    if (!r) continue;
+    const v = comparisons.get(r.id)?.saturationRatio ?? null;
+    checks.push({ target: `saturation ≥ ${TARGET_SATURATION_RATIO} × Envoy, no filter`, config: r.label, value: v, met: v === null ? null : v >= TARGET_SATURATION_RATIO });
+  }
+  for (const consistency of ['local', 'leased'] as const) {
+    for (const transport of ['tcp', 'unix'] as const) {
+      const r = results.find((x) => x.consistency === consistency && x.filters === 'ext_authz' && x.transport === transport);
+      if (!r) continue;
+      const v = comparisons.get(r.id)?.addedP99Ms ?? null;
+      checks.push({ target: `added p99 at ${p.targetRate} req/s ≤ ${TARGET_ADDED_P99_MS} ms`, config: r.label, value: v, met: v === null ? null : v <= TARGET_ADDED_P99_MS });
+    }
+  }
+  return checks;
+}
+
+/** What the bench finds unusual in one configuration's numbers. */
+function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undefined): string[] {
+  const obs: string[] = [];
+  if (r.error) obs.push(`FAILED: ${r.error.split('\n')[0]}`);
+  obs.push(...r.checkFindings);
+  const cpus = os.cpus().length;
+  if ((r.loadAverageBefore[0] ?? 0) > cpus) obs.push(`load average ${r.loadAverageBefore[0]} on ${cpus} CPUs before it started: the machine was busy`);
+  if (r.warmup && Object.keys(r.warmup.statuses).some((s) => s !== '200')) obs.push(`warm-up answers: ${statusText(r.warmup.statuses)}`);
+  for (const f of r.fixed) {
+    if (Object.keys(f.statuses).some((s) => s !== '200')) obs.push(`${f.rate} req/s: ${statusText(f.statuses)}`);
+    if (f.sentPerS < 0.95 * f.rate) obs.push(`${f.rate} req/s: only ${f.sentPerS} sent per second (the connections were held up)`);
+    if (f.slowerThanInterval > 0) {
+      obs.push(`${f.rate} req/s: ${f.slowerThanInterval} response(s) slower than a connection's interval (${fmt(f.intervalMs, 0)} ms), so the next request on it left late`);
+    }
+  }
+  if (r.saturation && Object.keys(r.saturation.statuses).some((s) => s !== '200')) obs.push(`saturation: ${statusText(r.saturation.statuses)}`);
+  const limited = [r.warmup?.statuses, ...r.fixed.map((f) => f.statuses), r.saturation?.statuses].reduce((n, st) => n + (st?.['429'] ?? 0), 0);
+  if (limited > 0) obs.push(`${limited} request(s) answered 429 although the load stays far below the limit (${p.rateLimit}/s)`);
+  for (const [name, v] of Object.entries(r.envoyStats)) {
+    if (/\.(error|streams_failed|failure_mode_allowed|message_timeouts|rate_limited)$/.test(name) && v > 0) obs.push(`Envoy ${name} = ${v}`);
+  }
+  for (const [msg, n] of Object.entries(r.replicaWarnings)) obs.push(`replica logged "${msg}" ×${n}`);
+  if (r.id === 'envoy-again' && baseline?.saturation && r.saturation) {
+    const drift = r.saturation.rps / baseline.saturation.rps - 1;
+    if (Math.abs(drift) > 0.1) obs.push(`saturation ${fmt(drift * 100, 0)} % from the same setup at the start of the run: the machine's load changed during the run`);
+  }
+  return obs;
+}
+
+// ---- output -----------------------------------------------------------------------------------------
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function fmt(x: number | null | undefined, digits = 2): string {
+  return x === null || x === undefined || !Number.isFinite(x) ? '–' : x.toFixed(digits);
+}
+
+/** Milliseconds: two decimals below 10 ms, where the targets are. */
+function ms(x: number | null | undefined): string {
+  if (x === null || x === undefined) return '–';
+  return fmt(x, x < 10 ? 2 : x < 100 ? 1 : 0);
+}
+
+function statusText(statuses: Record<string, number>): string {
+  const entries = Object.entries(statuses);
+  if (entries.length === 1 && entries[0]![0] === '200') return 'all 200';
+  return entries.map(([k, v]) => `${v}× ${k}`).join(', ') || 'no response';
+}
+
+function markdown(
+  p: Params,
+  results: ConfigResult[],
+  comparisons: Map<string, Comparison>,
+  checks: TargetCheck[],
+  meta: Record<string, string>,
+  code: CodeIdentity,
+  svgName: string,
+): string {
+  const lines: string[] = [];
+  const baseline = results.find((r) => r.id === BASELINE_ID);
+  lines.push(`# Latency and throughput per configuration${p.quick ? ' (quick: checks the bench, not a result)' : ''}`);
+  lines.push('');
+  lines.push(`- command: \`${meta.command}\``);
+  lines.push(`- date: ${meta.date}`);
+  lines.push(`- machine: ${meta.machine}`);
+  lines.push(`- versions: ${meta.versions}`);
+  lines.push(
+    `- code: commit ${code.head}${code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : ''}; dist/src sha256 ${code.distSrcSha256}${code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : ''}`,
+  );
+  lines.push(
+    `- load: h2load, HTTP/1.1 keep-alive, GET ${ALLOWED_PATH} (allowed by the policy). Fixed rates: ${p.fixedConnections} connections opened 1/rate s apart, each paced at rate ÷ ${p.fixedConnections}; ` +
+      `${p.fixedWarmS} s left out, then ${p.fixedS} s measured. Saturation: ${p.saturationConnections} connections, closed loop, ${p.saturationWarmS} s warm-up, ${p.saturationS} s measured. ` +
+      `Each configuration fresh, warmed up ${p.warmupS} s closed loop first; percentiles by nearest rank over every measured response`,
+  );
+  lines.push(
+    `- policy: firewall rule no-admin (deny /admin/*, checked to answer 403 before measuring) + rate limit ${p.rateLimit}/s per source IP, never reached; ` +
+      `Envoy RBAC + local_ratelimit: the same rule as an RBAC DENY policy, a token bucket of ${p.rateLimit}/s. One middlebox replica; Envoy's production bootstrap (250 ms deadline, fail closed)`,
+  );
+  lines.push(`- chart: [${svgName}](${svgName}); every number: the JSON beside this file`);
+  lines.push('');
+  const rateCols = p.rates.map((r) => `${r} req/s: p50 / p90 / p99 ms`);
+  lines.push(`| configuration | ${rateCols.join(' | ')} | added p99 at ${p.targetRate} req/s (ms) | saturation req/s | ÷ Envoy, no filter | saturation p50 / p99 ms |`);
+  lines.push(`|---|${rateCols.map(() => '---').join('|')}|---|---|---|---|`);
+  for (const r of results) {
+    if (r.error && r.fixed.length === 0) {
+      lines.push(`| ${r.label} | ${rateCols.map(() => 'failed').join(' | ')} | – | – | – | – |`);
+      continue;
+    }
+    const c = comparisons.get(r.id)!;
+    const cells = p.rates.map((rate) => {
+      const f = fixedAt(r, rate);
+      return f ? `${ms(f.p50Ms)} / ${ms(f.p90Ms)} / ${ms(f.p99Ms)}` : '–';
+    });
+    const added = r.id === BASELINE_ID ? '(baseline)' : c.addedP99Ms === null ? '–' : `${c.addedP99Ms >= 0 ? '+' : ''}${fmt(c.addedP99Ms)}`;
+    const ratio = r.id === BASELINE_ID ? '1 (baseline)' : fmt(c.saturationRatio);
+    const sat = r.saturation;
+    lines.push(`| ${r.label} | ${cells.join(' | ')} | ${added} | ${sat ? sat.rps : '–'} | ${ratio} | ${sat ? `${ms(sat.p50Ms)} / ${ms(sat.p99Ms)}` : '–'} |`);
+  }
+  lines.push('');
+  lines.push(`Targets (benchmarks issue), against "${baseline?.label ?? 'Envoy, no filter'}" measured at the start of this run:`);
+  lines.push('');
+  lines.push('| target | configuration | measured | met |');
+  lines.push('|---|---|---|---|');
+  for (const t of checks) {
+    const value = t.target.startsWith('saturation') ? `${fmt(t.value)} ×` : t.value === null ? '–' : `${t.value >= 0 ? '+' : ''}${fmt(t.value)} ms`;
+    lines.push(`| ${t.target} | ${t.config} | ${value} | ${t.met === null ? '–' : t.met ? '✔' : '✘'} |`);
+  }
+  if (p.quick) {
+    lines.push('');
+    lines.push('A quick run measures a few seconds per point: the verdicts above only show that the bench computes them.');
+  }
+  lines.push('');
+  lines.push('Details per fixed-rate run: requests measured, sent per second, slowest response, responses slower than one connection\'s interval, statuses, etcd writes per request:');
+  lines.push('');
+  lines.push('| configuration | rate | measured | sent/s | max ms | slower than interval | statuses | etcd writes/request |');
+  lines.push('|---|---|---|---|---|---|---|---|');
+  for (const r of results) {
+    for (const f of r.fixed) {
+      lines.push(
+        `| ${r.label} | ${f.rate} | ${f.requests} | ${f.sentPerS} | ${ms(f.maxMs)} | ${f.slowerThanInterval} (${fmt(f.intervalMs, 0)} ms) | ${statusText(f.statuses)} | ${f.etcdWritesPerRequest ?? '–'} |`,
+      );
+    }
+  }
+  lines.push('');
+  lines.push('Observations (found in the numbers by the bench):');
+  lines.push('');
+  for (const r of results) {
+    const obs = observations(p, r, baseline);
+    lines.push(`- ${r.label}: ${obs.length ? obs.join('; ') : 'nothing unexpected'}`);
+  }
+  lines.push('');
+  return lines.join('\n');
+}
+
+function chartSpec(p: Params, results: ConfigResult[], comparisons: Map<string, Comparison>): VegaLiteSpec {
+  const ok = results.filter((r) => r.fixed.length > 0 || r.saturation);
+  const order = ok.map((r) => r.label);
+  const height = 20 * order.length;
+  const y = { field: 'config', type: 'nominal', sort: order, title: null, axis: { labelLimit: 1000 } };
+  const percentiles = ['p50', 'p90', 'p99'];
+  const perRate = p.rates.map((rate) => {
+    const runs = ok.flatMap((r) => {
+      const f = fixedAt(r, rate);
+      return f && f.p50Ms !== null && f.p99Ms !== null ? [{ r, f }] : [];
+    });
+    const points = runs.flatMap(({ r, f }) =>
+      [f.p50Ms, f.p90Ms, f.p99Ms].map((v, i) => ({ config: r.label, percentile: percentiles[i], ms: v })),
+    );
+    const spans = runs.map(({ r, f }) => ({ config: r.label, p50: f.p50Ms, p99: f.p99Ms }));
+    const x = { type: 'quantitative', scale: { type: 'log' }, title: 'ms (log scale)' };
+    return {
+      width: 260,
+      height,
+      title: `latency at ${rate} req/s`,
+      layer: [
+        { data: { values: spans }, mark: { type: 'rule', color: '#bbb', strokeWidth: 2 }, encoding: { y, x: { field: 'p50', ...x }, x2: { field: 'p99' } } },
+        {
+          data: { values: points },
+          mark: { type: 'point', filled: true, size: 55 },
+          encoding: {
+            y,
+            x: { field: 'ms', ...x },
+            color: { field: 'percentile', type: 'nominal', scale: { domain: percentiles, range: ['#4c78a8', '#f58518', '#e45756'] }, legend: { title: null, orient: 'bottom' } },
+          },
+        },
+      ],
+    };
+  });
+  const baseline = results.find((r) => r.id === BASELINE_ID)?.saturation?.rps;
+  const bars = ok.filter((r) => r.saturation).map((r) => ({ config: r.label, rps: r.saturation!.rps, ratio: fmt(comparisons.get(r.id)?.saturationRatio) }));
+  const saturation = {
+    width: 260,
+    height,
+    title: `saturation, ${p.saturationConnections} connections`,
+    layer: [
+      { data: { values: bars }, mark: { type: 'bar', color: '#72b7b2' }, encoding: { y, x: { field: 'rps', type: 'quantitative', title: 'requests/s' } } },
+      { data: { values: bars }, mark: { type: 'text', align: 'left', dx: 3, fontSize: 10 }, encoding: { y, x: { field: 'rps', type: 'quantitative' }, text: { field: 'ratio' } } },
+      ...(baseline
+        ? [
+            {
+              data: { values: [{ x: TARGET_SATURATION_RATIO * baseline, label: `${TARGET_SATURATION_RATIO} × Envoy, no filter` }] },
+              layer: [
+                { mark: { type: 'rule', strokeDash: [4, 3], color: '#333' }, encoding: { x: { field: 'x', type: 'quantitative' } } },
+                { mark: { type: 'text', align: 'left', dx: 3, dy: -4, fontSize: 10, baseline: 'bottom' }, encoding: { x: { field: 'x', type: 'quantitative' }, y: { value: 0 }, text: { field: 'label' } } },
+              ],
+            },
+          ]
+        : []),
+    ],
+  };
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: {
+      text: 'Latency at fixed rates (p50, p90, p99) and saturation throughput per configuration',
+      subtitle: `${p.quick ? 'quick run; ' : ''}h2load over HTTP/1.1 on loopback; labels on the bars: ÷ Envoy, no filter (same run)`,
+      anchor: 'start',
+      fontSize: 15,
+    },
+    background: 'white',
+    padding: 12,
+    hconcat: [
+      perRate[0],
+      ...perRate.slice(1).map((c) => ({ ...c, layer: c.layer.map((l) => ({ ...l, encoding: { ...l.encoding, y: { ...y, axis: null } } })) })),
+      { ...saturation, layer: saturation.layer.map((l) => ('encoding' in l ? { ...l, encoding: { ...l.encoding, y: { ...y, axis: null } } } : l)) },
+    ],
+    spacing: 16,
+    // One legend for the percentiles of both latency panels.
+    resolve: { scale: { color: 'shared' } },
+    config: { view: { stroke: '#ddd' }, axis: { labelFontSize: 10, titleFontSize: 11 } },
+  };
+}
+
+// ---- main -------------------------------------------------------------------------------------------
+
+function h2loadExecutable(): string {
+  try {
+    return findExecutable('h2load');
+  } catch {
+    throw new Error('h2load not found on PATH: run `make deps-bench` (Debian package nghttp2-client)');
+  }
+}
+
+async function main(): Promise<number> {
+  const p = params(process.argv.slice(2));
+  // Whatever happens, the bench ends and leaves nothing running: exit() SIGKILLs every child started
+  // through src/lab/processes.ts (etcd, Envoy, replicas, h2load); a signal goes through exit() too.
+  const hard = setTimeout(() => {
+    log(`bench still running after ${p.hardLimitMs / 60_000} min: giving up (children are killed on exit)`);
+    process.exit(1);
+  }, p.hardLimitMs);
+  hard.unref();
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    process.once(signal, () => {
+      log(`${signal}: stopping (children are killed on exit)`);
+      process.exit(code);
+    });
+  }
+
+  const h2load = h2loadExecutable();
+  const h2loadVersion = await versionOf(h2load, ['--version']);
+  const list = setups();
+  log(
+    `latency${p.quick ? ' (quick)' : ''}: ${list.length} configurations; fixed rates ${p.rates.join(', ')} req/s (${p.fixedConnections} connections, ` +
+      `${p.fixedWarmS} + ${p.fixedS} s), saturation ${p.saturationConnections} connections ${p.saturationS} s; h2load ${h2loadVersion}; ` +
+      `whole run limited to ${p.hardLimitMs / 60_000} min`,
+  );
+  const code = codeIdentity();
+  const tmp = makeTempDir('middlebox-latency-');
+  const etcd = await EtcdProcess.start({ logFile: path.join(tmp, 'etcd.log') });
+  const app = await startHttpUpstream({ name: 'app' });
+  const ctx: Context = { p, etcd, app, tmp, h2load };
+  const results: ConfigResult[] = [];
+  try {
+    for (const [i, s] of list.entries()) {
+      log(`[${i + 1}/${list.length}] ${s.label} (load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs)`);
+      const r = await measure(s, ctx);
+      results.push(r);
+      if (r.error) log(`  FAILED: ${r.error.split('\n').slice(0, 6).join('\n          ')}`);
+    }
+  } finally {
+    await app.close();
+    await etcd.stop();
+  }
+
+  const codeAfter = codeIdentity();
+  if (codeAfter.distSrcSha256 !== code.distSrcSha256) {
+    code.changedDuringRun = true;
+    log(`warning: dist/src changed during the run (${code.distSrcSha256} → ${codeAfter.distSrcSha256}): configurations may have run different code`);
+  }
+  const baseline = results.find((r) => r.id === BASELINE_ID && !r.error);
+  const comparisons = new Map(results.map((r) => [r.id, compare(p, r, baseline)]));
+  const checks = targets(p, results, comparisons);
+  const meta = await runMetadata(`node dist/bench/latency.js${p.quick ? ' --quick' : ''}`);
+  meta.versions = `${meta.versions}, h2load ${h2loadVersion}`;
+  const name = p.quick ? 'latency.quick' : 'latency';
+  const svgName = `${name}.svg`;
+  const md = markdown(p, results, comparisons, checks, meta, code, svgName);
+  process.stdout.write(`\n${md}`);
+  writeResults(
+    name,
+    {
+      ...meta,
+      code,
+      params: { ...p, allowedPath: ALLOWED_PATH, deniedPath: DENIED_PATH, loadGenerator: `h2load ${h2loadVersion}` },
+      results: results.map((r) => ({ ...r, ...comparisons.get(r.id) })),
+      targets: checks,
+    },
+    md,
+  );
+  let chartFailed = false;
+  try {
+    fs.writeFileSync(path.join(resultsDir(), svgName), await renderSvg(chartSpec(p, results, comparisons)));
+    log(`wrote ${path.relative(process.cwd(), path.join(resultsDir(), svgName))}`);
+  } catch (e) {
+    chartFailed = true;
+    log(`could not render the chart: ${(e as Error).stack ?? (e as Error).message}`);
+  }
+  removeTempDir(tmp);
+  return results.some((r) => r.error) || chartFailed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: Error) => {
+    process.stderr.write(`${err.stack ?? err.message}\n`);
+    process.exit(1);
+  },
+);
