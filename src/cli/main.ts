@@ -15,6 +15,7 @@ Commands:
   serve              run the gRPC server that Envoy asks (ext_authz) — policies from etcd
   policy             validate | apply | get | delete policies
   nat                list | drain | undrain: the shared NAT table
+  explain            show which rules match a described request and what each middlebox would decide
   envoy bootstrap    print a sidecar Envoy bootstrap that uses the middlebox
   inject             print Kubernetes objects with the middlebox sidecar injected (offline)
   inject serve       run the sidecar injector as a Kubernetes admission webhook (HTTPS)
@@ -44,6 +45,8 @@ export async function main(argv: string[]): Promise<number> {
       return natCommand(rest);
     case 'demo':
       return runCommand(demoCommand, rest);
+    case 'explain':
+      return runCommand((await import('./explain')).explainCommand, rest);
     case 'version':
     case '--version':
       process.stdout.write(`middlebox ${version()}\n`);

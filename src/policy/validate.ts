@@ -1,8 +1,8 @@
 // Validation and normalisation of one parsed policy document. Works on the YAML syntax tree rather
 // than on plain values, so that every problem carries the line and column it comes from. All
 // problems are collected; none stops the walk.
-import { isAlias, isMap, isScalar, isSeq, Scalar } from 'yaml';
-import type { Document, LineCounter, Node } from 'yaml';
+import { isAlias, isMap, isPair, isScalar, isSeq, Scalar, visit } from 'yaml';
+import type { Alias, Document, LineCounter, Node } from 'yaml';
 import { parseCidr, parseIp } from '../middlebox/ip';
 import { parseDuration } from './duration';
 import {
@@ -33,6 +33,12 @@ export interface ValidationSource {
 }
 
 export const MAX_REGEX_LENGTH = 1024;
+/**
+ * Values that aliases may add to one document's walk, in all. Reusing a list by alias is fine;
+ * a short document whose aliases stand for millions of values (each alias of a big list expanded
+ * again) is refused instead of taking minutes and gigabytes to validate.
+ */
+export const MAX_ALIAS_EXPANSION = 100_000;
 const HTTP_METHODS: ReadonlySet<string> = new Set([
   'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH',
 ]);
@@ -464,9 +470,18 @@ interface Item<T> {
 
 /** The walk over one document: typed readers that report what is wrong and where. */
 class Walk {
+  /** Each alias's anchored node, found in one pass (yaml's Alias.resolve searches the whole document each time). */
+  private aliasTargets: Map<Alias, Node | undefined> | undefined;
+  /** Values a collection stands for, its aliases expanded. */
+  private readonly expandedSizes = new WeakMap<Node, number>();
+  private expanded = 0;
+  /** Past MAX_ALIAS_EXPANSION: aliases resolve to nothing and no more problems are reported. */
+  private overExpanded = false;
+
   constructor(private readonly source: ValidationSource) {}
 
   report(node: Node | undefined, path: string, message: string): void {
+    if (this.overExpanded) return;
     const error: PolicyError = { file: this.source.file, path, message };
     const offset = node?.range?.[0];
     if (offset !== undefined) {
@@ -479,7 +494,51 @@ class Walk {
 
   resolve(node: Node): Node {
     if (!isAlias(node)) return node;
-    return node.resolve(this.source.document) ?? new Scalar(null);
+    const target = this.aliasTarget(node);
+    if (target === undefined) return new Scalar(null);
+    this.expanded += this.expandedSize(target);
+    if (this.expanded > MAX_ALIAS_EXPANSION) {
+      const message = `aliases expand this document to more than ${MAX_ALIAS_EXPANSION} values; refer to big lists fewer times, or write them out`;
+      this.report(node, `*${node.source}`, message);
+      this.overExpanded = true;
+      return new Scalar(null);
+    }
+    return target;
+  }
+
+  /** As yaml resolves an alias: the last node anchored with its name before it, in document order. */
+  private aliasTarget(alias: Alias): Node | undefined {
+    if (this.aliasTargets === undefined) {
+      const targets = new Map<Alias, Node | undefined>();
+      const anchored = new Map<string, Node>();
+      visit(this.source.document, {
+        Node: (_key, node) => {
+          if (isAlias(node)) targets.set(node, anchored.get(node.source));
+          else if (node.anchor) anchored.set(node.anchor, node);
+        },
+      });
+      this.aliasTargets = targets;
+    }
+    return this.aliasTargets.get(alias);
+  }
+
+  /** How many values a node stands for, aliases inside it expanded; linear in the document thanks to the cache. */
+  private expandedSize(node: unknown): number {
+    if (isAlias(node)) {
+      const target = this.aliasTarget(node);
+      return target === undefined ? 1 : this.expandedSize(target);
+    }
+    if (!isMap(node) && !isSeq(node)) return 1;
+    const known = this.expandedSizes.get(node);
+    if (known !== undefined) return known;
+    // An alias of an enclosing node (a cycle) counts once: the walk follows the schema, so it ends.
+    this.expandedSizes.set(node, 1);
+    let size = 1;
+    for (const item of node.items as unknown[]) {
+      size += isPair(item) ? this.expandedSize(item.key) + this.expandedSize(item.value) : this.expandedSize(item);
+    }
+    this.expandedSizes.set(node, size);
+    return size;
   }
 
   /**
@@ -551,7 +610,8 @@ class Walk {
     const seen = new Set<string>();
     for (const item of items) {
       const name = item.value.name;
-      if (seen.has(name)) {
+      // "" stands for a name already reported as missing or invalid: not a duplicate of another one.
+      if (name !== '' && seen.has(name)) {
         const entry = this.resolve(item.node);
         const nameNode = isMap(entry) ? (entry.get('name', true) as Node) : item.node;
         this.report(nameNode, `${item.path}.name`, `duplicate name "${name}"`);
