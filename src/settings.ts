@@ -25,6 +25,27 @@ export const DEFAULTS: ServeSettings = {
   adminListen: '127.0.0.1:9002',
 };
 
+/**
+ * Environment variables of the etcd connection's TLS and authentication, shared by every command
+ * that talks to etcd (flags of the same names override them). The password has no flag: a flag's
+ * value shows in `ps`; it comes from MIDDLEBOX_ETCD_PASSWORD or a file.
+ */
+export const ETCD_SECURITY_ENV = {
+  cacert: 'MIDDLEBOX_ETCD_CACERT',
+  cert: 'MIDDLEBOX_ETCD_CERT',
+  key: 'MIDDLEBOX_ETCD_KEY',
+  user: 'MIDDLEBOX_ETCD_USER',
+  passwordFile: 'MIDDLEBOX_ETCD_PASSWORD_FILE',
+  password: 'MIDDLEBOX_ETCD_PASSWORD',
+} as const;
+
+/** Environment variables of `serve`'s gRPC TLS (--tls-cert, --tls-key, --tls-client-ca). Default: none, plaintext. */
+export const SERVER_TLS_ENV = {
+  cert: 'MIDDLEBOX_TLS_CERT',
+  key: 'MIDDLEBOX_TLS_KEY',
+  clientCa: 'MIDDLEBOX_TLS_CLIENT_CA',
+} as const;
+
 export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): ServeSettings {
   return {
     listen: env.MIDDLEBOX_LISTEN || DEFAULTS.listen,

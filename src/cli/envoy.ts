@@ -1,5 +1,5 @@
 // `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
-import { BOOTSTRAP_DEFAULTS, renderBootstrapYaml, type BootstrapOptions } from '../envoy/bootstrap';
+import { BOOTSTRAP_DEFAULTS, INBOUND_FILTERS, renderBootstrapYaml, type BootstrapOptions, type InboundFilter } from '../envoy/bootstrap';
 import { splitList } from '../settings';
 import { intOpt, runGroup, stringOpt, UsageError, type Command } from './command';
 
@@ -17,13 +17,23 @@ const bootstrap: Command = {
     `  --inbound-port N         inbound HTTP listener port (default ${d.inboundHttp.port})`,
     `  --app-port N             the app's HTTP port on ${d.inboundHttp.appAddress} (default ${d.inboundHttp.appPort})`,
     '  --no-http                render no HTTP listener',
-    '  --inbound-filter NAME    ext_authz (default) or ext_proc: which filter asks the middlebox inbound',
+    '  --inbound-filter NAME    ext_authz (default), ext_proc, or ext_authz+ext_proc: which filters ask the',
+    '                           middlebox inbound (both: ext_authz first, ext_proc sees what it let through)',
     '  --outbound-port N        add an outbound HTTP listener (ext_proc NAT, then ORIGINAL_DST) on this port',
     '  --tcp-port N             add a TCP listener with the network ext_authz filter on this port',
     '  --tcp-app-port N         the app\'s TCP port the TCP listener forwards to (required with --tcp-port)',
     `  --timeout-ms N           deadline of one middlebox call (default ${d.timeoutMs})`,
     '  --failure-mode-allow     let traffic through when the middlebox cannot be asked (default: fail closed)',
     `  --status-on-error N      HTTP status when the middlebox cannot be asked (default ${d.statusOnError})`,
+    '  --access-log PATH        a JSON access-log line per inbound HTTP request, with the middlebox\'s decision',
+    '                           id, to this file (/dev/stdout in a pod); default none',
+    '  --middlebox-ca FILE      TLS to the middlebox (replicas run with serve --tls-cert): the CA bundle that',
+    '                           signed their certificates, as a path in Envoy\'s filesystem; default plaintext',
+    '  --middlebox-san NAMES    comma-separated DNS names or IPs a replica\'s certificate must carry, any one',
+    '                           (default the --middlebox hosts; "" for any certificate the CA signed)',
+    '  --middlebox-sni NAME     TLS server name sent (default the first --middlebox host name)',
+    '  --middlebox-cert FILE    mTLS (serve --tls-client-ca): the client certificate Envoy presents, with',
+    '  --middlebox-key FILE     its private key (paths in Envoy\'s filesystem)',
   ],
   options: {
     middlebox: { type: 'string' },
@@ -40,6 +50,12 @@ const bootstrap: Command = {
     'timeout-ms': { type: 'string' },
     'failure-mode-allow': { type: 'boolean' },
     'status-on-error': { type: 'string' },
+    'access-log': { type: 'string' },
+    'middlebox-ca': { type: 'string' },
+    'middlebox-san': { type: 'string' },
+    'middlebox-sni': { type: 'string' },
+    'middlebox-cert': { type: 'string' },
+    'middlebox-key': { type: 'string' },
   },
   async run({ values }) {
     process.stdout.write(renderBootstrapYaml(bootstrapOptionsFromFlags(values)));
@@ -54,12 +70,12 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
   if ((tcpPort === undefined) !== (tcpAppPort === undefined)) throw new UsageError('--tcp-port and --tcp-app-port go together');
   const middlebox = stringOpt(values, 'middlebox');
   const inboundFilter = stringOpt(values, 'inbound-filter');
-  if (inboundFilter !== undefined && inboundFilter !== 'ext_authz' && inboundFilter !== 'ext_proc') {
-    throw new UsageError(`--inbound-filter must be ext_authz or ext_proc, got ${JSON.stringify(inboundFilter)}`);
+  if (inboundFilter !== undefined && !(INBOUND_FILTERS as readonly string[]).includes(inboundFilter)) {
+    throw new UsageError(`--inbound-filter must be ${INBOUND_FILTERS.join(', ')}, got ${JSON.stringify(inboundFilter)}`);
   }
   const outboundPort = intOpt(values, 'outbound-port', 1, 65535);
   return {
-    inboundFilter,
+    inboundFilter: inboundFilter as InboundFilter | undefined,
     outbound: outboundPort === undefined ? undefined : { address, port: outboundPort },
     nodeId: stringOpt(values, 'node-id'),
     adminPort: intOpt(values, 'admin-port', 1, 65535),
@@ -71,7 +87,33 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
     timeoutMs: intOpt(values, 'timeout-ms', 1, 60_000),
     failureModeAllow: values['failure-mode-allow'] === true ? true : undefined,
     statusOnError: intOpt(values, 'status-on-error', 200, 599),
+    accessLog: accessLog(values),
+    middleboxTls: middleboxTls(values),
   };
+}
+
+/** --middlebox-ca and friends: TLS (and mTLS) from Envoy to the replicas. */
+function middleboxTls(values: Record<string, unknown>): BootstrapOptions['middleboxTls'] {
+  const caFile = stringOpt(values, 'middlebox-ca');
+  const san = stringOpt(values, 'middlebox-san');
+  const sni = stringOpt(values, 'middlebox-sni');
+  const certFile = stringOpt(values, 'middlebox-cert');
+  const keyFile = stringOpt(values, 'middlebox-key');
+  if (caFile === undefined) {
+    const given = [san !== undefined && '--middlebox-san', sni !== undefined && '--middlebox-sni', certFile !== undefined && '--middlebox-cert', keyFile !== undefined && '--middlebox-key'].filter(Boolean);
+    if (given.length > 0) throw new UsageError(`${given.join(', ')} ${given.length === 1 ? 'needs' : 'need'} --middlebox-ca: TLS to the middlebox starts with the CA that signed its certificates`);
+    return undefined;
+  }
+  if (caFile.trim() === '') throw new UsageError('--middlebox-ca needs a file path');
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError('--middlebox-cert and --middlebox-key go together');
+  if (sni !== undefined && sni.trim() === '') throw new UsageError('--middlebox-sni needs a name');
+  return { caFile, subjectAltNames: san === undefined ? undefined : splitList(san), sni, certFile, keyFile };
+}
+
+function accessLog(values: Record<string, unknown>): string | undefined {
+  const path = stringOpt(values, 'access-log');
+  if (path !== undefined && path.trim() === '') throw new UsageError('--access-log needs a file path, e.g. /dev/stdout');
+  return path;
 }
 
 /** Flags not given must not override the renderer's defaults. */

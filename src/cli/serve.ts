@@ -1,10 +1,15 @@
 // `middlebox serve`: the one place that wires settings, etcd, the policy store and the gRPC server.
-import { startServer, type RunningServer } from '../grpc/server';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import type { Etcd3 } from 'etcd3';
+import { MiddleboxError } from '../errors';
+import { startServer, type RunningServer, type ServerTls } from '../grpc/server';
 import { ADMIN_OFF, parseAdminListen, startAdminServer } from '../observability/admin';
+import { ALWAYS_REDACTED, DecisionLog, decisionLogSettings } from '../observability/decision-log';
 import { createLogger, type Logger } from '../observability/logger';
 import { MiddleboxMetrics, type EtcdOperation } from '../observability/metrics';
-import { DEFAULTS, normalisePrefix, settingsFromEnv, splitList } from '../settings';
-import { connectEtcd } from '../state/etcd/client';
+import { DEFAULTS, SERVER_TLS_ENV, settingsFromEnv } from '../settings';
+import { classifyEtcdError, type EtcdErrorContext } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
 import { EtcdNatTable } from '../state/etcd/nat';
 import { EtcdPolicyStore, ON_NO_STATE, type OnNoState } from '../state/etcd/policies';
@@ -15,15 +20,20 @@ import { DEFAULT_BREAKER, EtcdBreaker, type BreakerSettings } from '../state/res
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
 import { intOpt, stringOpt, UsageError, type Command } from './command';
+import { connectFromFlags, etcdConnectionFrom, etcdHelpLines, etcdOptions } from './etcd-flags';
 
 export const serveCommand: Command = {
   name: 'serve',
   summary: 'Run the middlebox gRPC server (Envoy ext_authz Check, ext_proc Process, grpc.health.v1): firewall, rate limits and NAT, state shared in etcd.',
-  usage: 'middlebox serve [--listen ADDR] [--etcd URLS] [--prefix PREFIX] [--admin-listen ADDR|off]',
+  usage: 'middlebox serve [--listen ADDR] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--etcd URLS] [--prefix PREFIX] [--etcd-cacert FILE ...] [--admin-listen ADDR|off]',
   help: [
     `  --listen ADDR            host:port, [ipv6]:port or unix:/path (env MIDDLEBOX_LISTEN, default ${DEFAULTS.listen})`,
-    `  --etcd URLS              comma-separated etcd client URLs (env MIDDLEBOX_ETCD, default ${DEFAULTS.etcd.join(',')})`,
-    `  --prefix PREFIX          etcd key prefix (env MIDDLEBOX_PREFIX, default ${DEFAULTS.prefix})`,
+    `  --tls-cert FILE          serve gRPC over TLS with this certificate (chain), with --tls-key (env ${SERVER_TLS_ENV.cert});`,
+    '                           default plaintext: see docs/security.md for when that is fine',
+    `  --tls-key FILE           the certificate's private key (env ${SERVER_TLS_ENV.key})`,
+    '  --tls-client-ca FILE     mTLS: require a client certificate signed by this CA bundle on every',
+    `                           connection (Envoy's, health checks included) (env ${SERVER_TLS_ENV.clientCa})`,
+    ...etcdHelpLines(27),
     '  --admin-listen ADDR      admin HTTP port: GET /healthz (liveness), /readyz (readiness: 200 when health',
     '                           "" is SERVING, 503 while starting, without policy or draining), /metrics',
     '                           (Prometheus); host:port, [ipv6]:port, or off',
@@ -39,6 +49,11 @@ export const serveCommand: Command = {
     `  --max-rate-limit-keys N  rate-limit buckets this replica tracks; least recently used dropped first`,
     `                           (env MIDDLEBOX_MAX_RATE_LIMIT_KEYS, default ${DEFAULT_MAX_BUCKETS})`,
     `  --log-level LEVEL        trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
+    '  --decision-log WHICH     a log line per decision: denied (denials and shadow denials), all, or off',
+    '                           (env MIDDLEBOX_DECISION_LOG, default denied)',
+    '  --decision-log-sample F  share of those decisions logged, 0 to 1 (env MIDDLEBOX_DECISION_LOG_SAMPLE, default 1)',
+    `  --log-redact-headers H   comma-separated header names never logged, on top of ${ALWAYS_REDACTED.join(', ')}`,
+    '                           (env MIDDLEBOX_LOG_REDACT_HEADERS)',
     '  --state-dir DIR          keep the last good policies and NAT table here (policies.json, nat.json) and',
     '                           start from them while etcd is unreachable; etcd replaces them once it answers;',
     '                           created if missing (env MIDDLEBOX_STATE_DIR, default none: nothing kept)',
@@ -52,11 +67,16 @@ export const serveCommand: Command = {
   ],
   options: {
     listen: { type: 'string' },
-    etcd: { type: 'string' },
-    prefix: { type: 'string' },
+    ...etcdOptions,
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-client-ca': { type: 'string' },
     'drain-ms': { type: 'string' },
     'shutdown-delay-ms': { type: 'string' },
     'log-level': { type: 'string' },
+    'decision-log': { type: 'string' },
+    'decision-log-sample': { type: 'string' },
+    'log-redact-headers': { type: 'string' },
     'replica-id': { type: 'string' },
     'member-ttl': { type: 'string' },
     'etcd-timeout-ms': { type: 'string' },
@@ -68,8 +88,11 @@ export const serveCommand: Command = {
   async run({ values }) {
     const env = settingsFromEnv();
     const listen = stringOpt(values, 'listen') ?? env.listen;
-    const etcd = stringOpt(values, 'etcd') ? splitList(stringOpt(values, 'etcd')!) : env.etcd;
-    const prefix = stringOpt(values, 'prefix') ? normalisePrefix(stringOpt(values, 'prefix')!) : env.prefix;
+    // The etcd flags are the ones every command shares; their files are read (and refused) now.
+    const etcdConn = etcdConnectionFrom(values);
+    const etcd = etcdConn.settings.endpoints;
+    const prefix = etcdConn.prefix;
+    const serverTls = serverTlsFrom(values);
     const drainMs = intOpt(values, 'drain-ms') ?? env.drainMs;
     const delayMs = intOpt(values, 'shutdown-delay-ms') ?? Number(process.env.MIDDLEBOX_SHUTDOWN_DELAY_MS ?? 2000);
     const memberTtlS = intOpt(values, 'member-ttl', 2, 3600) ?? DEFAULT_MEMBER_TTL_S;
@@ -84,6 +107,19 @@ export const serveCommand: Command = {
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
     const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
     const logger = createLogger({ level: stringOpt(values, 'log-level') ?? env.logLevel });
+    let decisionLog: DecisionLog;
+    try {
+      decisionLog = new DecisionLog(
+        logger,
+        decisionLogSettings(
+          stringOpt(values, 'decision-log') ?? process.env.MIDDLEBOX_DECISION_LOG ?? 'denied',
+          stringOpt(values, 'decision-log-sample') ?? process.env.MIDDLEBOX_DECISION_LOG_SAMPLE ?? '1',
+          stringOpt(values, 'log-redact-headers') ?? process.env.MIDDLEBOX_LOG_REDACT_HEADERS ?? '',
+        ),
+      );
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
 
     // The admin port first: liveness answers while the rest starts, and readiness says "starting".
     const metrics = new MiddleboxMetrics();
@@ -93,7 +129,8 @@ export const serveCommand: Command = {
         ? undefined
         : await startAdminServer({ listen: adminListen, metrics, logger, readiness: () => server?.health.readiness() ?? { ready: false, reason: 'starting' } });
 
-    const client = connectEtcd({ endpoints: etcd });
+    const client = connectFromFlags(etcdConn);
+    const etcdCheck = checkEtcdAccess(client, prefix, etcdConn.context, logger);
     const policies = EtcdPolicyStore.open({ client, prefix, logger, stateDir, onNoState });
     metrics.watchPolicies(policies);
     const membership = EtcdMembership.join({ client, prefix, logger, id: stringOpt(values, 'replica-id') ?? process.env.MIDDLEBOX_REPLICA_ID, ttlS: memberTtlS });
@@ -114,9 +151,9 @@ export const serveCommand: Command = {
     const natTable = EtcdNatTable.open({ client, prefix, logger, stateDir });
     const nat = new ResilientNatTable(natTable, breaker, logger);
     metrics.watchNat({ table: natTable, resilient: nat });
-    server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger, breaker, metrics });
+    server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger, breaker, metrics, decisionLog, tls: serverTls });
     const running = server;
-    logger.info({ listen: server.address, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState }, 'middlebox serving');
+    logger.info({ listen: server.address, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
       let stopping = false;
@@ -127,6 +164,7 @@ export const serveCommand: Command = {
         // The admin port stays up while draining (/readyz answers 503) and closes last.
         void running
           .shutdown({ delayMs, drainMs })
+          .then(() => etcdCheck.stop())
           .then(() => breaker.shutdown())
           .then(() => Promise.all([policies.close(), membership.leave(), natTable.close()]))
           .then(() => client.close())
@@ -165,4 +203,71 @@ class MeteredBreaker extends EtcdBreaker {
   runAs<T>(operation: EtcdOperation, op: () => Promise<T>): Promise<T> {
     return this.metrics.timeEtcd(operation, () => super.run(op));
   }
+}
+
+/**
+ * `--tls-cert`, `--tls-key`, `--tls-client-ca` (or their env vars), read and checked before anything
+ * starts: a missing file or a key that does not match its certificate stops the command with one line.
+ */
+function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): ServerTls | undefined {
+  const pick = (flag: string, name: string) => stringOpt(values, flag) ?? (env[name] || undefined);
+  const certFile = pick('tls-cert', SERVER_TLS_ENV.cert);
+  const keyFile = pick('tls-key', SERVER_TLS_ENV.key);
+  const caFile = pick('tls-client-ca', SERVER_TLS_ENV.clientCa);
+  if (certFile === undefined && keyFile === undefined) {
+    if (caFile !== undefined) throw new UsageError('--tls-client-ca (mTLS) needs --tls-cert and --tls-key: the server must present a certificate too');
+    return undefined;
+  }
+  if (certFile === undefined || keyFile === undefined) throw new UsageError('--tls-cert and --tls-key go together');
+  const read = (flag: string, file: string) => {
+    try {
+      return readFileSync(file);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new MiddleboxError('file_not_found', `${flag} ${file}: cannot read it (${err.code ?? err.message})`);
+    }
+  };
+  const tls: ServerTls = { cert: read('--tls-cert', certFile), key: read('--tls-key', keyFile), clientCa: caFile === undefined ? undefined : read('--tls-client-ca', caFile) };
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key, ca: tls.clientCa });
+  } catch (e) {
+    throw new MiddleboxError('file_not_found', `--tls-cert ${certFile}, --tls-key ${keyFile}${caFile ? `, --tls-client-ca ${caFile}` : ''}: do not load (${(e as Error).message})`);
+  }
+  return tls;
+}
+
+function tlsMode(tls: ServerTls | undefined): 'off' | 'tls' | 'mtls' {
+  return !tls ? 'off' : tls.clientCa ? 'mtls' : 'tls';
+}
+
+/**
+ * Reads etcd once at start (and again with backoff until it answers) to say, in one clear log line,
+ * when etcd refuses this replica's credentials or TLS: the watches' own retries only log etcd's raw
+ * error. The replica keeps running as it would with an unreachable etcd (the state dir, --on-no-state).
+ */
+function checkEtcdAccess(client: Etcd3, prefix: string, context: EtcdErrorContext, logger: Logger): { stop(): void } {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let backoffMs = 1000;
+  const attempt = async () => {
+    try {
+      await client.get(`${prefix}/replicas/`).exec();
+    } catch (e) {
+      if (stopped) return;
+      const problem = classifyEtcdError(e, context);
+      if (problem.kind === 'auth' || problem.kind === 'tls') {
+        logger.error({ etcd: context.endpoints, problem: problem.kind }, problem.message);
+      }
+      timer = setTimeout(() => void attempt(), backoffMs);
+      timer.unref();
+      backoffMs = Math.min(backoffMs * 2, 30_000);
+    }
+  };
+  void attempt();
+  return {
+    stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    },
+  };
 }

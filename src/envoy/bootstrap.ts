@@ -49,15 +49,48 @@ export interface BootstrapOptions {
   localRateLimit?: LocalRateLimitOptions;
   /**
    * Which filter asks the middlebox on the inbound HTTP listener: ext_authz (default; firewall and
-   * rate limits on a unary call) or ext_proc (the same, plus NAT, in one stream per request).
+   * rate limits on a unary call), ext_proc (the same, plus NAT, in one stream per request), or
+   * both, ext_authz first (ext_proc then sees only what ext_authz let through).
    */
-  inboundFilter?: 'ext_authz' | 'ext_proc';
+  inboundFilter?: InboundFilter;
   /**
    * Outbound listener for the app's own requests: ext_proc (NAT picks the destination) then an
    * ORIGINAL_DST cluster that connects where the middlebox said. Rendered only when given.
    */
   outbound?: { address: string; port: number };
+  /**
+   * Write one JSON access-log line per request on the inbound HTTP listener to this file
+   * (`/dev/stdout` in a pod), with the middlebox's decision id and verdict from the ext_authz
+   * filter's dynamic metadata. Not rendered by default.
+   */
+  accessLog?: string;
+  /**
+   * TLS from Envoy to the middlebox replicas (the `middlebox` cluster's transport socket, health
+   * checks included), for replicas run with `serve --tls-cert`; with a client certificate, for
+   * `serve --tls-client-ca` (mTLS). Default: plaintext.
+   */
+  middleboxTls?: MiddleboxTlsOptions;
 }
+
+/** Paths are files in Envoy's filesystem (a mounted Secret in a pod), read by Envoy, never inlined. */
+export interface MiddleboxTlsOptions {
+  /** CA bundle that signed the replicas' certificates; required: TLS without verification is no protection. */
+  caFile: string;
+  /**
+   * Names the replica's certificate must carry (DNS or IP subject alternative names); any one
+   * matches. Default: the hosts of the middlebox endpoints, as a browser checks the host it dials;
+   * `[]` checks only that the CA signed it (unix socket endpoints name no host).
+   */
+  subjectAltNames?: string[];
+  /** TLS server name (SNI) sent; default the first endpoint host name (never an IP address). */
+  sni?: string;
+  /** Client certificate (chain) and key Envoy presents, for mTLS; together or not at all. */
+  certFile?: string;
+  keyFile?: string;
+}
+
+export type InboundFilter = 'ext_authz' | 'ext_proc' | 'ext_authz+ext_proc';
+export const INBOUND_FILTERS: readonly InboundFilter[] = ['ext_authz', 'ext_proc', 'ext_authz+ext_proc'];
 
 /** Envoy's local_ratelimit token bucket: starts with maxTokens, gains tokensPerFill every fillIntervalMs. */
 export interface LocalRateLimitOptions {
@@ -111,6 +144,8 @@ const TYPES = {
   httpProtocolOptions: 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
   downstreamConnections:
     'type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig',
+  fileAccessLog: 'type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog',
+  upstreamTlsContext: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
 } as const;
 
 const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
@@ -118,6 +153,7 @@ const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
 type Config = Record<string, unknown>;
 
 interface ResolvedOptions {
+  accessLog: string | undefined;
   nodeId: string;
   cluster: string;
   adminAddress: string;
@@ -131,8 +167,17 @@ interface ResolvedOptions {
   maxDownstreamConnections: number;
   extAuthz: boolean;
   localRateLimit: LocalRateLimitOptions | undefined;
-  inboundFilter: 'ext_authz' | 'ext_proc';
+  inboundFilter: InboundFilter;
   outbound: { address: string; port: number } | undefined;
+  middleboxTls: ResolvedMiddleboxTls | undefined;
+}
+
+interface ResolvedMiddleboxTls {
+  caFile: string;
+  subjectAltNames: Array<{ type: 'DNS' | 'IP_ADDRESS'; value: string }>;
+  sni: string | undefined;
+  certFile: string | undefined;
+  keyFile: string | undefined;
 }
 
 type Endpoint =
@@ -170,7 +215,9 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
   const asksMiddlebox = extAuthz || opts.outbound !== undefined;
   const middlebox = (opts.middlebox ?? (asksMiddlebox ? d.middlebox : [])).map(parseEndpoint);
   if (asksMiddlebox && middlebox.length === 0) throw new Error('middlebox needs at least one endpoint');
+  if (opts.accessLog !== undefined && opts.accessLog.trim() === '') throw new Error('accessLog must be a file path');
   return {
+    accessLog: opts.accessLog,
     nodeId: opts.nodeId ?? d.nodeId,
     cluster: opts.cluster ?? d.cluster,
     adminAddress: opts.adminAddress ?? d.adminAddress,
@@ -189,7 +236,32 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
     localRateLimit: opts.localRateLimit && resolveLocalRateLimit(opts.localRateLimit),
     inboundFilter: opts.inboundFilter ?? 'ext_authz',
     outbound: opts.outbound,
+    middleboxTls: opts.middleboxTls && resolveMiddleboxTls(opts.middleboxTls, middlebox),
   };
+}
+
+function resolveMiddleboxTls(t: MiddleboxTlsOptions, endpoints: Endpoint[]): ResolvedMiddleboxTls {
+  const nonEmpty = (name: string, v: string | undefined) => {
+    if (v !== undefined && v.trim() === '') throw new Error(`middleboxTls.${name} must not be empty`);
+    return v;
+  };
+  if (!t.caFile || t.caFile.trim() === '') throw new Error('middleboxTls.caFile is required: TLS that verifies no certificate protects nothing');
+  if ((t.certFile === undefined) !== (t.keyFile === undefined)) throw new Error('middleboxTls.certFile and keyFile go together');
+  const hosts = endpoints.flatMap((e) => (e.kind === 'unix' ? [] : [e.address]));
+  const names = [...new Set(t.subjectAltNames ?? hosts)];
+  for (const n of names) if (!n || /\s/.test(n)) throw new Error(`middleboxTls.subjectAltNames: ${JSON.stringify(n)} is not a name`);
+  const sni = nonEmpty('sni', t.sni) ?? endpoints.find((e): e is Extract<Endpoint, { kind: 'dns' }> => e.kind === 'dns')?.address;
+  return {
+    caFile: t.caFile,
+    subjectAltNames: names.map((value) => ({ type: isIpLiteral(value) ? 'IP_ADDRESS' : 'DNS', value })),
+    sni,
+    certFile: nonEmpty('certFile', t.certFile),
+    keyFile: nonEmpty('keyFile', t.keyFile),
+  };
+}
+
+function isIpLiteral(text: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(text) || text.includes(':');
 }
 
 function resolveLocalRateLimit(l: LocalRateLimitOptions): LocalRateLimitOptions {
@@ -242,6 +314,7 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
             typed_config: {
               '@type': TYPES.httpConnectionManager,
               stat_prefix: 'inbound_http',
+              ...(o.accessLog ? { access_log: [inboundAccessLog(o.accessLog, o.inboundFilter)] } : {}),
               // The middlebox decides on the real client address: take it from the connection
               // and append it to x-forwarded-for rather than trusting what the client sent.
               use_remote_address: true,
@@ -269,7 +342,8 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
               // costs a middlebox decision.
               http_filters: [
                 o.localRateLimit && httpLocalRateLimitFilter(o.localRateLimit),
-                o.extAuthz && (o.inboundFilter === 'ext_proc' ? httpExtProcFilter(o) : httpExtAuthzFilter(o)),
+                o.extAuthz && o.inboundFilter !== 'ext_proc' && httpExtAuthzFilter(o),
+                o.extAuthz && o.inboundFilter !== 'ext_authz' && httpExtProcFilter(o),
                 routerFilter(),
               ].filter((f): f is Config => Boolean(f)),
             },
@@ -307,6 +381,36 @@ function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config 
  * The middlebox picks the destination; without a NAT rule the request goes where it was headed
  * (the connection's original destination).
  */
+/**
+ * One JSON line per inbound request. `decision` joins it with the middlebox's decision log: the
+ * ext_authz filter's dynamic metadata (set on allow and deny), or with ext_proc the decision header
+ * the middlebox adds to the request (allowed requests) or to its own answer (denied ones).
+ */
+function inboundAccessLog(path: string, filter: InboundFilter): Config {
+  const meta = (key: string) => `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:${key})%`;
+  const decision = filter !== 'ext_proc' ? { decision: meta('decision_id'), verdict: meta('verdict'), reason: meta('reason'), rule: meta('rule') } : { decision: '%REQ(X-MIDDLEBOX-DECISION)%', denied_decision: '%RESP(X-MIDDLEBOX-DECISION)%' };
+  return {
+    name: 'envoy.access_loggers.file',
+    typed_config: {
+      '@type': TYPES.fileAccessLog,
+      path,
+      log_format: {
+        json_format: {
+          start_time: '%START_TIME%',
+          method: '%REQ(:METHOD)%',
+          path: '%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%',
+          status: '%RESPONSE_CODE%',
+          response_flags: '%RESPONSE_FLAGS%',
+          duration_ms: '%DURATION%',
+          client: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%',
+          request_id: '%REQ(X-REQUEST-ID)%',
+          ...decision,
+        },
+      },
+    },
+  };
+}
+
 function outboundListener(o: ResolvedOptions, target: { address: string; port: number }): Config {
   return {
     name: 'outbound_http',
@@ -428,7 +532,7 @@ function middleboxGrpcService(o: ResolvedOptions): Config {
 
 function clusters(o: ResolvedOptions): Config[] {
   return [
-    (o.extAuthz || o.outbound) && middleboxCluster(o.middlebox),
+    (o.extAuthz || o.outbound) && middleboxCluster(o.middlebox, o.middleboxTls),
     o.outbound && outboundCluster(),
     o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort),
     o.inboundTcp && staticCluster(CLUSTERS.appTcp, o.inboundTcp.appAddress, o.inboundTcp.appPort),
@@ -446,7 +550,7 @@ function outboundCluster(): Config {
   };
 }
 
-function middleboxCluster(endpoints: Endpoint[]): Config {
+function middleboxCluster(endpoints: Endpoint[], tls?: ResolvedMiddleboxTls): Config {
   return {
     name: CLUSTERS.middlebox,
     type: middleboxDiscoveryType(endpoints),
@@ -467,6 +571,7 @@ function middleboxCluster(endpoints: Endpoint[]): Config {
         explicit_http_config: { http2_protocol_options: {} },
       },
     },
+    ...(tls ? { transport_socket: middleboxTransportSocket(tls) } : {}),
     // A dead or draining replica leaves the rotation within about two seconds (two failed checks a
     // second apart) and comes back after one good check. no_traffic_interval keeps checking that
     // often before the first request too, instead of Envoy's default of once a minute.
@@ -480,6 +585,33 @@ function middleboxCluster(endpoints: Endpoint[]): Config {
         grpc_health_check: { service_name: AUTHORIZATION_SERVICE },
       },
     ],
+  };
+}
+
+/**
+ * TLS to the replicas (gRPC calls and health checks alike): their certificate must chain to the CA
+ * and carry one of the expected names; with a client certificate, Envoy proves itself too (mTLS).
+ * ALPN says h2, which a gRPC server over TLS insists on.
+ */
+function middleboxTransportSocket(t: ResolvedMiddleboxTls): Config {
+  return {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: {
+      '@type': TYPES.upstreamTlsContext,
+      ...(t.sni ? { sni: t.sni } : {}),
+      common_tls_context: {
+        alpn_protocols: ['h2'],
+        ...(t.certFile && t.keyFile
+          ? { tls_certificates: [{ certificate_chain: { filename: t.certFile }, private_key: { filename: t.keyFile } }] }
+          : {}),
+        validation_context: {
+          trusted_ca: { filename: t.caFile },
+          ...(t.subjectAltNames.length > 0
+            ? { match_typed_subject_alt_names: t.subjectAltNames.map((n) => ({ san_type: n.type, matcher: { exact: n.value } })) }
+            : {}),
+        },
+      },
+    },
   };
 }
 

@@ -56,6 +56,8 @@ export interface CheckResponse {
   status: { code: number; message?: string };
   denied_response?: { status: { code: number }; headers: HeaderValueOption[]; body: string };
   ok_response?: { headers: HeaderValueOption[]; headers_to_remove?: string[]; response_headers_to_add?: HeaderValueOption[] };
+  /** Envoy stores it as the ext_authz filter's dynamic metadata (access logs, later filters). */
+  dynamic_metadata?: ProtoStruct;
 }
 
 // --- ext_proc ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import type { EtcdBreaker } from '../state/resilient/breaker';
 import { AuthorizationService } from './authz/service';
 import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
+import type { DecisionLog } from '../observability/decision-log';
 
 export interface ServerOptions {
   listen: string;
@@ -20,6 +21,28 @@ export interface ServerOptions {
   breaker?: EtcdBreaker;
   /** Told about every decision (count by verdict and reason, latency). */
   metrics?: DecisionMetrics;
+  /** Which decisions get a log line (default: denials, every one). */
+  decisionLog?: DecisionLog;
+  /** Serve TLS (and, with clientCa, require client certificates: mTLS); default plaintext. */
+  tls?: ServerTls;
+}
+
+/** PEM contents of `serve --tls-cert`, `--tls-key` and `--tls-client-ca`. */
+export interface ServerTls {
+  cert: Buffer;
+  key: Buffer;
+  /** CA bundle that client certificates must chain to; given, a client without one is refused. */
+  clientCa?: Buffer;
+}
+
+/** Plaintext by default; TLS with a certificate; mTLS (client certificates required and verified) with a client CA. */
+export function serverCredentials(tls: ServerTls | undefined): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  try {
+    return grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
+  } catch (e) {
+    throw new MiddleboxError('bad_listen_address', `the TLS certificate and key do not load: ${(e as Error).message}`);
+  }
 }
 
 export interface RunningServer {
@@ -56,12 +79,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   const health = new ServerHealth(opts.policies, opts.breaker);
   health.addToServer(server);
-  const deps = { policies: opts.policies, ports: opts.ports, logger: opts.logger, metrics: opts.metrics };
+  const deps = { policies: opts.policies, ports: opts.ports, logger: opts.logger, metrics: opts.metrics, decisionLog: opts.decisionLog };
   new AuthorizationService(deps).addToServer(server);
   new ExternalProcessorService(deps).addToServer(server);
 
+  const credentials = serverCredentials(opts.tls);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(target, credentials, (err, p) => (err ? reject(err) : resolve(p))),
   ).catch((e: Error) => {
     throw new MiddleboxError('bad_listen_address', `cannot listen on ${opts.listen}: ${e.message}`);
   });

@@ -1,5 +1,8 @@
 // A real single-member etcd on loopback, for tests and the demo: free ports, its own data dir,
 // and the failure moves the resilience tests need (kill, freeze, restart on the same data).
+// Optionally its client URL speaks TLS (https://), with client certificates required.
+import fs from 'node:fs';
+import https from 'node:https';
 import { freePort } from './ports';
 import { findExecutable, LabChild, makeTempDir, removeTempDir } from './processes';
 
@@ -10,6 +13,21 @@ export interface EtcdStartOptions {
   name?: string;
   /** Append etcd's output here instead of keeping only its last lines in memory. */
   logFile?: string;
+  /** Serve the client URL over TLS (https://); default plaintext http://. */
+  tls?: EtcdTlsOptions;
+}
+
+/** etcd's client TLS: --cert-file, --key-file, --trusted-ca-file, --client-cert-auth. */
+export interface EtcdTlsOptions {
+  certFile: string;
+  keyFile: string;
+  /** CA that signed the server certificate (the lab's checks trust it) and, with clientCertAuth, client certificates. */
+  trustedCaFile: string;
+  /** Require a client certificate signed by trustedCaFile on every client connection. */
+  clientCertAuth?: boolean;
+  /** The certificate the lab's own checks (health, revision) present; needed with clientCertAuth. */
+  clientCertFile?: string;
+  clientKeyFile?: string;
 }
 
 const HOST = '127.0.0.1';
@@ -25,6 +43,7 @@ export class EtcdProcess {
     private readonly clientPort: number,
     private readonly peerPort: number,
     private readonly logFile: string | undefined,
+    private readonly tls: EtcdTlsOptions | undefined = undefined,
   ) {
     this.child = this.launch();
   }
@@ -42,6 +61,7 @@ export class EtcdProcess {
       clientPort,
       peerPort,
       opts.logFile,
+      opts.tls,
     );
     try {
       await etcd.waitHealthy();
@@ -52,9 +72,9 @@ export class EtcdProcess {
     return etcd;
   }
 
-  /** Client URL, e.g. "http://127.0.0.1:40123". */
+  /** Client URL, e.g. "http://127.0.0.1:40123" (https:// with TLS). */
   get endpoint(): string {
-    return `http://${HOST}:${this.clientPort}`;
+    return `${this.tls ? 'https' : 'http'}://${HOST}:${this.clientPort}`;
   }
 
   get pid(): number {
@@ -96,13 +116,21 @@ export class EtcdProcess {
    * keep-alives do not), so the difference over a run counts etcd writes from outside.
    */
   async revision(): Promise<number> {
-    const res = await fetch(`${this.endpoint}/v3/kv/range`, {
-      method: 'POST',
-      body: JSON.stringify({ key: Buffer.from('\0').toString('base64') }),
-      signal: AbortSignal.timeout(2000),
-    });
-    if (!res.ok) throw new Error(`etcd /v3/kv/range: ${res.status}`);
-    const body = (await res.json()) as { header?: { revision?: string } };
+    const request = JSON.stringify({ key: Buffer.from('\0').toString('base64') });
+    let body: { header?: { revision?: string } };
+    if (this.tls) {
+      const res = await tlsRequest(`${this.endpoint}/v3/kv/range`, this.tls, request);
+      if (res.status !== 200) throw new Error(`etcd /v3/kv/range: ${res.status}`);
+      body = JSON.parse(res.body) as typeof body;
+    } else {
+      const res = await fetch(`${this.endpoint}/v3/kv/range`, {
+        method: 'POST',
+        body: request,
+        signal: AbortSignal.timeout(2000),
+      });
+      if (!res.ok) throw new Error(`etcd /v3/kv/range: ${res.status}`);
+      body = (await res.json()) as typeof body;
+    }
     const revision = Number(body.header?.revision);
     if (!Number.isFinite(revision)) throw new Error(`etcd /v3/kv/range: no revision in ${JSON.stringify(body)}`);
     return revision;
@@ -116,8 +144,16 @@ export class EtcdProcess {
   }
 
   private launch(): LabChild {
-    const client = `http://${HOST}:${this.clientPort}`;
+    const client = this.endpoint;
     const peer = `http://${HOST}:${this.peerPort}`;
+    const tls = this.tls
+      ? [
+          '--cert-file', this.tls.certFile,
+          '--key-file', this.tls.keyFile,
+          '--trusted-ca-file', this.tls.trustedCaFile,
+          ...(this.tls.clientCertAuth ? ['--client-cert-auth'] : []),
+        ]
+      : [];
     return LabChild.spawn({
       name: 'etcd',
       command: findExecutable('etcd', ['/usr/bin/etcd']),
@@ -131,6 +167,7 @@ export class EtcdProcess {
         '--initial-cluster', `${this.name}=${peer}`,
         // etcd 3.4's default logger is deprecated and says so on every start.
         '--logger', 'zap',
+        ...tls,
       ],
       env: etcdEnv(),
       logFile: this.logFile,
@@ -138,8 +175,9 @@ export class EtcdProcess {
   }
 
   private waitHealthy(): Promise<void> {
+    const tls = this.tls;
     return this.child.waitReady(
-      () => isHealthy(this.endpoint),
+      () => (tls ? isHealthyTls(this.endpoint, tls) : isHealthy(this.endpoint)),
       READY_TIMEOUT_MS,
       `etcd to report healthy at ${this.endpoint}/health`,
     );
@@ -163,4 +201,37 @@ export async function isHealthy(endpoint: string): Promise<boolean> {
   if (!res.ok) return false;
   const body = (await res.json()) as { health?: string };
   return body.health === 'true';
+}
+
+/** /health over https, trusting the lab's CA and presenting its client certificate. */
+export async function isHealthyTls(endpoint: string, tls: EtcdTlsOptions): Promise<boolean> {
+  const res = await tlsRequest(`${endpoint}/health`, tls);
+  if (res.status !== 200) return false;
+  return (JSON.parse(res.body) as { health?: string }).health === 'true';
+}
+
+/** A GET (or, with a body, a POST) over https with the lab's TLS material; fails after 2 s. */
+function tlsRequest(url: string, tls: EtcdTlsOptions, body?: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      url,
+      {
+        method: body === undefined ? 'GET' : 'POST',
+        ca: fs.readFileSync(tls.trustedCaFile),
+        cert: tls.clientCertFile ? fs.readFileSync(tls.clientCertFile) : undefined,
+        key: tls.clientKeyFile ? fs.readFileSync(tls.clientKeyFile) : undefined,
+        agent: false,
+        timeout: 2000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within 2000 ms`)));
+    req.on('error', reject);
+    req.end(body);
+  });
 }

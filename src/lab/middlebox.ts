@@ -1,9 +1,11 @@
 // A middlebox replica as a real child process (`middlebox serve`), for tests and the demo, and a
 // gRPC health client to watch it; its admin port (/healthz, /readyz, /metrics) is on a free port.
+import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
+import { quietIpServerNameWarning } from '../state/etcd/client';
 import { freePort } from './ports';
 import { LabChild } from './processes';
 
@@ -15,6 +17,8 @@ export interface MiddleboxStartOptions {
   /** host:port or unix:/path; default a free loopback port. */
   listen?: string;
   logFile?: string;
+  /** More `serve` flags, appended as given. */
+  extraArgs?: string[];
   logLevel?: string;
   shutdownDelayMs?: number;
   drainMs?: number;
@@ -30,6 +34,30 @@ export interface MiddleboxStartOptions {
   waitFor?: HealthStatus | false;
   /** --admin-listen: host:port or 'off'; default a free loopback port. */
   adminListen?: string;
+  /** Serve gRPC over TLS (--tls-cert, --tls-key) and, with clientCaFile, require client certificates (--tls-client-ca). */
+  tls?: { certFile: string; keyFile: string; clientCaFile?: string };
+  /** How the lab's health client connects to a TLS replica: the CA to trust and, for mTLS, its certificate. */
+  healthTls?: ClientTlsFiles;
+  /** TLS to an https:// etcd: --etcd-cacert, --etcd-cert, --etcd-key. */
+  etcdTls?: { caFile?: string; certFile?: string; keyFile?: string };
+  /** etcd user (--etcd-user); the password goes through MIDDLEBOX_ETCD_PASSWORD, as in production. */
+  etcdAuth?: { username: string; password: string };
+}
+
+/** PEM files a gRPC client uses to reach a TLS server: the CA that signed it, and a client certificate for mTLS. */
+export interface ClientTlsFiles {
+  caFile: string;
+  certFile?: string;
+  keyFile?: string;
+}
+
+/** gRPC channel credentials: plaintext, or TLS trusting `tls.caFile` (with a client certificate when given). */
+export function clientCredentials(tls?: ClientTlsFiles): grpc.ChannelCredentials {
+  if (!tls) return grpc.credentials.createInsecure();
+  // The lab dials replicas by IP: see quietIpServerNameWarning.
+  quietIpServerNameWarning();
+  const read = (f: string | undefined) => (f === undefined ? null : fs.readFileSync(f));
+  return grpc.credentials.createSsl(read(tls.caFile), read(tls.keyFile), read(tls.certFile));
 }
 
 export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
@@ -39,9 +67,10 @@ const STATUS_NAMES: Record<number, HealthStatus> = { 0: 'UNKNOWN', 1: 'SERVING',
 export class HealthClient {
   private readonly client: grpc.Client & { Check: Function };
 
-  constructor(readonly address: string) {
+  /** Plaintext by default; `tls` for a replica served with --tls-cert (and a client certificate for mTLS). */
+  constructor(readonly address: string, tls?: ClientTlsFiles) {
     const Ctor = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
-    this.client = new Ctor(address, grpc.credentials.createInsecure()) as never;
+    this.client = new Ctor(address, clientCredentials(tls)) as never;
   }
 
   check(service = '', timeoutMs = 1000): Promise<HealthStatus> {
@@ -66,8 +95,9 @@ export class MiddleboxProcess {
     private readonly child: LabChild,
     /** The admin port's host:port; undefined when started with adminListen 'off'. */
     readonly adminAddress?: string,
+    healthTls?: ClientTlsFiles,
   ) {
-    this.health = new HealthClient(address);
+    this.health = new HealthClient(address, healthTls);
   }
 
   static async start(opts: MiddleboxStartOptions): Promise<MiddleboxProcess> {
@@ -81,8 +111,18 @@ export class MiddleboxProcess {
     if (opts.etcdTimeoutMs !== undefined) args.push('--etcd-timeout-ms', String(opts.etcdTimeoutMs));
     if (opts.stateDir !== undefined) args.push('--state-dir', opts.stateDir);
     if (opts.onNoState !== undefined) args.push('--on-no-state', opts.onNoState);
-    const child = LabChild.spawn({ name: `middlebox ${listen}`, command: process.execPath, args, logFile: opts.logFile });
-    const mb = new MiddleboxProcess(listen, child, adminListen === 'off' ? undefined : adminListen);
+    args.push(...(opts.extraArgs ?? []));
+    if (opts.tls) {
+      args.push('--tls-cert', opts.tls.certFile, '--tls-key', opts.tls.keyFile);
+      if (opts.tls.clientCaFile) args.push('--tls-client-ca', opts.tls.clientCaFile);
+    }
+    if (opts.etcdTls?.caFile) args.push('--etcd-cacert', opts.etcdTls.caFile);
+    if (opts.etcdTls?.certFile) args.push('--etcd-cert', opts.etcdTls.certFile);
+    if (opts.etcdTls?.keyFile) args.push('--etcd-key', opts.etcdTls.keyFile);
+    if (opts.etcdAuth) args.push('--etcd-user', opts.etcdAuth.username);
+    const env = opts.etcdAuth ? { ...process.env, MIDDLEBOX_ETCD_PASSWORD: opts.etcdAuth.password } : undefined;
+    const child = LabChild.spawn({ name: `middlebox ${listen}`, command: process.execPath, args, logFile: opts.logFile, env });
+    const mb = new MiddleboxProcess(listen, child, adminListen === 'off' ? undefined : adminListen, opts.healthTls);
     const want = opts.waitFor ?? 'SERVING';
     if (want) {
       await child.waitReady(async () => (await mb.health.check('')) === want, 15_000, `health ${want} on ${listen}`);

@@ -6,15 +6,22 @@ import os from 'node:os';
 import path from 'node:path';
 import { renderBootstrapYaml, type BootstrapOptions } from '../envoy/bootstrap';
 import type { PolicyDocument } from '../policy/types';
+import type { TestPki } from './certs';
 import { connectEtcd } from '../state/etcd/client';
 import { putPolicies } from '../state/etcd/policies';
 import { EnvoyProcess } from './envoy';
 import { EtcdProcess } from './etcd';
-import { MiddleboxProcess } from './middlebox';
+import { MiddleboxProcess, type MiddleboxStartOptions } from './middlebox';
 import { freePort, waitFor } from './ports';
 import { startHttpUpstream, startTcpEcho, type Upstream } from './upstream';
 
 export interface SidecarLabOptions {
+  /**
+   * Replicas serve gRPC over TLS with the PKI's server certificate (IP:127.0.0.1), and Envoy's
+   * middlebox cluster verifies it against the PKI's CA; with `mtls`, replicas also require a client
+   * certificate (--tls-client-ca) and Envoy presents the PKI's client certificate.
+   */
+  middleboxTls?: { pki: TestPki; mtls?: boolean };
   replicas?: number;
   /** Also start a TCP listener with the network ext_authz filter. */
   tcp?: boolean;
@@ -38,6 +45,8 @@ export interface SidecarLabOptions {
   stateDir?: string;
   /** --on-no-state of every replica. */
   onNoState?: 'fail-closed' | 'fail-open';
+  /** More `serve` flags for every replica. */
+  serveArgs?: string[];
 }
 
 export const LAB_ETCD_TIMEOUT_MS = 300;
@@ -77,6 +86,8 @@ export class SidecarLab {
           logFile: path.join(logDir, `middlebox-${i + 1}.log`),
           stateDir: replicaStateDir(opts, i),
           onNoState: opts.onNoState,
+          ...replicaTls(opts),
+          extraArgs: opts.serveArgs,
         });
         replicas.push(mb);
         started.push(mb);
@@ -98,6 +109,7 @@ export class SidecarLab {
         // Tests and the demo share a small, busy machine: a slow answer must not read as a denial
         // (Envoy's status_on_error). Latency is measured by the benchmarks, not here.
         timeoutMs: 1000,
+        middleboxTls: envoyTls(opts),
         ...opts.bootstrap,
       });
       fs.writeFileSync(path.join(logDir, 'envoy.yaml'), config);
@@ -133,6 +145,7 @@ export class SidecarLab {
       etcdTimeoutMs: this.opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
       stateDir: replicaStateDir(this.opts, i),
       onNoState: this.opts.onNoState,
+      ...replicaTls(this.opts),
     });
     this.replicas[i] = mb;
     return mb;
@@ -160,4 +173,21 @@ export class SidecarLab {
 /** Each replica keeps its own state dir, as each pod would. */
 function replicaStateDir(opts: SidecarLabOptions, i: number): string | undefined {
   return opts.stateDir === undefined ? undefined : path.join(opts.stateDir, `replica-${i + 1}`);
+}
+
+/** The replicas' --tls-* flags and the lab health client's credentials, for SidecarLabOptions.middleboxTls. */
+function replicaTls(opts: SidecarLabOptions): Pick<MiddleboxStartOptions, 'tls' | 'healthTls'> {
+  const t = opts.middleboxTls;
+  if (!t) return {};
+  return {
+    tls: { certFile: t.pki.server.certFile, keyFile: t.pki.server.keyFile, clientCaFile: t.mtls ? t.pki.caFile : undefined },
+    healthTls: { caFile: t.pki.caFile, certFile: t.mtls ? t.pki.client.certFile : undefined, keyFile: t.mtls ? t.pki.client.keyFile : undefined },
+  };
+}
+
+/** Envoy's side of SidecarLabOptions.middleboxTls. */
+function envoyTls(opts: SidecarLabOptions): BootstrapOptions['middleboxTls'] {
+  const t = opts.middleboxTls;
+  if (!t) return undefined;
+  return { caFile: t.pki.caFile, certFile: t.mtls ? t.pki.client.certFile : undefined, keyFile: t.mtls ? t.pki.client.keyFile : undefined };
 }

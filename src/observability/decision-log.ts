@@ -1,11 +1,62 @@
-// One structured line per decision worth reading: every denial and every shadow denial at info,
-// plain allows at debug (they are the bulk of the traffic).
+// One structured line per decision, as configured: which decisions (`denied` by default, `all`, or
+// `off`), a sampling rate, and headers that are never written (credentials). The decision id in the
+// line is the one Envoy gets in the `x-middlebox-decision` header and in the filter's dynamic
+// metadata (`decision_id`), so an access-log line and a decision line can be joined.
 import type { RequestAttributes, Verdict } from '../middlebox/types';
 import type { Logger } from './logger';
 
-export function logDecision(log: Logger, req: RequestAttributes, decisionId: string, verdict: Verdict): void {
-  if (!verdict.allow || verdict.shadowDenials) {
-    log.info(
+export type DecisionLogMode = 'denied' | 'all' | 'off';
+
+export interface DecisionLogSettings {
+  /** `denied`: denials and shadow denials; `all`: every decision; `off`: none. */
+  mode: DecisionLogMode;
+  /** Share of the chosen decisions that get a line, 0 to 1. */
+  sample: number;
+  /** Header names (lower case) whose values are never logged. */
+  redact: ReadonlySet<string>;
+}
+
+/** Credentials in the headers Envoy sends: replaced by REDACTED whatever the settings add. */
+export const ALWAYS_REDACTED = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key'];
+export const REDACTED = '[redacted]';
+
+/** Headers in one line at most, and bytes of one header's value; the rest is cut and counted. */
+const MAX_LOGGED_HEADERS = 32;
+const MAX_LOGGED_VALUE_BYTES = 256;
+
+export const DEFAULT_DECISION_LOG: DecisionLogSettings = { mode: 'denied', sample: 1, redact: new Set(ALWAYS_REDACTED) };
+
+/** Settings from the flag values; throws a message for a bad value. */
+export function decisionLogSettings(mode = 'denied', sample = '1', redact = ''): DecisionLogSettings {
+  if (mode !== 'denied' && mode !== 'all' && mode !== 'off') throw new Error(`decision log must be denied, all or off, got ${JSON.stringify(mode)}`);
+  const rate = Number(sample);
+  if (sample.trim() === '' || !Number.isFinite(rate) || rate < 0 || rate > 1) throw new Error(`decision log sample must be a number from 0 to 1, got ${JSON.stringify(sample)}`);
+  const extra = redact.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
+  return { mode, sample: rate, redact: new Set([...ALWAYS_REDACTED, ...extra]) };
+}
+
+export class DecisionLog {
+  /** Lines written and decisions passed over by the sampler (for tests and metrics). */
+  readonly stats = { written: 0, sampledOut: 0 };
+
+  constructor(
+    private readonly logger: Logger,
+    readonly settings: DecisionLogSettings = DEFAULT_DECISION_LOG,
+    private readonly random: () => number = Math.random,
+  ) {}
+
+  /** Logs one decision if the settings choose it. `latencyMs`: from the request's arrival. */
+  record(req: RequestAttributes, decisionId: string, verdict: Verdict, latencyMs: number): void {
+    const { mode, sample } = this.settings;
+    if (mode === 'off') return;
+    const notable = !verdict.allow || verdict.shadowDenials !== undefined;
+    if (mode === 'denied' && !notable) return;
+    if (sample < 1 && this.random() >= sample) {
+      this.stats.sampledOut += 1;
+      return;
+    }
+    this.stats.written += 1;
+    this.logger.info(
       {
         decision: decisionId,
         protocol: req.protocol,
@@ -13,6 +64,7 @@ export function logDecision(log: Logger, req: RequestAttributes, decisionId: str
         method: req.method,
         host: req.host,
         path: req.path,
+        headers: this.headers(req.headers),
         allow: verdict.allow,
         status: verdict.status,
         middlebox: verdict.middlebox,
@@ -20,10 +72,26 @@ export function logDecision(log: Logger, req: RequestAttributes, decisionId: str
         policy: verdict.policy,
         rule: verdict.rule,
         shadow: verdict.shadowDenials,
+        nat: verdict.nat,
+        latency_ms: Math.round(latencyMs * 1000) / 1000,
+        ...(sample < 1 ? { sample } : {}),
       },
-      verdict.allow ? 'allowed (shadow deny)' : 'denied',
+      verdict.allow ? (notable ? 'allowed (shadow deny)' : 'allowed') : 'denied',
     );
-  } else if (log.isLevelEnabled('debug')) {
-    log.debug({ decision: decisionId, source: req.source.ip?.text, path: req.path, reason: verdict.reason, nat: verdict.nat }, 'allowed');
+  }
+
+  private headers(headers: ReadonlyMap<string, string>): Record<string, string> {
+    const out: Record<string, string> = {};
+    let n = 0;
+    for (const [name, value] of headers) {
+      if (name.startsWith(':')) continue; // method, path, authority: fields of their own
+      if (n++ === MAX_LOGGED_HEADERS) {
+        out['…'] = `${headers.size} headers in all`;
+        break;
+      }
+      if (this.settings.redact.has(name)) out[name] = REDACTED;
+      else out[name] = value.length > MAX_LOGGED_VALUE_BYTES ? `${value.slice(0, MAX_LOGGED_VALUE_BYTES)}… (${value.length} bytes)` : value;
+    }
+    return out;
   }
 }

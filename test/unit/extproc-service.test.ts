@@ -419,7 +419,6 @@ describe('ExternalProcessorService', function () {
 
   describe('messages out of order', () => {
     const cases: Array<[string, Array<Record<string, unknown>>, number, RegExp]> = [
-      ['response_headers first', [responseHeaders({ ':status': '200' })], 0, /response_headers arrived before request_headers/],
       ['request_headers twice', [requestHeaders(GET('vip.local')), requestHeaders(GET('vip.local'))], 1, /request_headers arrived out of order/],
       ['request_body before request_headers', [{ request_body: { body: Buffer.from('x') } }], 0, /request_body arrived out of order/],
       ['response_body before response_headers', [requestHeaders(GET('vip.local')), { response_body: {} }], 1, /response_body arrived out of order/],
@@ -433,6 +432,15 @@ describe('ExternalProcessorService', function () {
         assert.equal(answers.length, answered, 'messages in order before the bad one are answered');
       });
     }
+
+    // Regression: with ext_authz before ext_proc, a request ext_authz denied reached the client as
+    // a 500, because the local reply's response headers ended this stream with an error.
+    it('lets a local reply through untouched when response_headers come first', async () => {
+      const { answers, code } = await exchange([responseHeaders({ ':status': '403', 'x-middlebox-decision': 'd1' })]);
+      assert.equal(code, grpc.status.OK);
+      assert.deepEqual(answers.map((a) => a.response), ['response_headers']);
+      assert.deepEqual(answers[0]!.response_headers.response ?? {}, {});
+    });
 
     it('leaves other streams alone', async () => {
       const [bad, good] = await Promise.all([exchange([{}]), exchange([requestHeaders(GET('vip.local'))])]);

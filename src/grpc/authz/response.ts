@@ -1,7 +1,7 @@
 // Verdict → CheckResponse.
 import type { Verdict } from '../../middlebox/types';
 import { RpcCode } from '../protos';
-import { HeaderAppend, type CheckResponse, type HeaderValueOption } from '../envoy-types';
+import { HeaderAppend, type CheckResponse, type HeaderValueOption, type ProtoStruct, type StructValue } from '../envoy-types';
 
 /** Upstream headers are always overwritten, so a client can never supply its own x-middlebox-*. */
 function overwrite(key: string, value: string): HeaderValueOption {
@@ -38,11 +38,12 @@ export const OWN_HEADER_PREFIX = 'x-middlebox-';
  * are removed before the request goes upstream.
  */
 export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'http' | 'tcp', clientOwnHeaders: readonly string[] = []): CheckResponse {
+  const dynamic_metadata = decisionMetadata(verdict, decisionId);
   if (protocol === 'tcp') {
-    // The network filter only reads the status: anything but OK closes the connection.
+    // The network filter reads the status (anything but OK closes the connection) and the metadata.
     return verdict.allow
-      ? { status: { code: RpcCode.OK } }
-      : { status: { code: RpcCode.PERMISSION_DENIED, message: `${verdict.reason}: ${verdict.policy ?? ''}/${verdict.rule ?? ''}` } };
+      ? { status: { code: RpcCode.OK }, dynamic_metadata }
+      : { status: { code: RpcCode.PERMISSION_DENIED, message: `${verdict.reason}: ${verdict.policy ?? ''}/${verdict.rule ?? ''}` }, dynamic_metadata };
   }
   if (verdict.allow) {
     const headers: HeaderValueOption[] = [overwrite('x-middlebox-decision', decisionId)];
@@ -55,7 +56,7 @@ export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'h
     const remove = clientOwnHeaders.filter((name) => !headers.some((h) => h.header.key === name));
     if (remove.length) ok.headers_to_remove = remove;
     if (verdict.responseHeaders?.length) ok.response_headers_to_add = verdict.responseHeaders.map((h) => overwrite(h.key, h.value));
-    return { status: { code: RpcCode.OK }, ok_response: ok };
+    return { status: { code: RpcCode.OK }, ok_response: ok, dynamic_metadata };
   }
   const headers: HeaderValueOption[] = [
     overwrite('content-type', 'application/json'),
@@ -65,5 +66,23 @@ export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'h
   return {
     status: { code: RpcCode.PERMISSION_DENIED },
     denied_response: { status: { code: verdict.status ?? 403 }, headers, body: denialBody(verdict, decisionId) },
+    dynamic_metadata,
   };
+}
+
+/**
+ * The decision as the filter's dynamic metadata: `decision_id` (the id in the middlebox's decision
+ * log), `verdict`, `reason` and, for a rule's decision, `middlebox`, `policy` and `rule`. Envoy's
+ * access log reads them as %DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%.
+ */
+export function decisionMetadata(verdict: Verdict, decisionId: string): ProtoStruct {
+  const fields: Record<string, StructValue> = {
+    decision_id: { stringValue: decisionId },
+    verdict: { stringValue: verdict.allow ? 'allow' : 'deny' },
+    reason: { stringValue: verdict.reason },
+  };
+  if (verdict.middlebox) fields.middlebox = { stringValue: verdict.middlebox };
+  if (verdict.policy) fields.policy = { stringValue: verdict.policy };
+  if (verdict.rule) fields.rule = { stringValue: verdict.rule };
+  return { fields };
 }

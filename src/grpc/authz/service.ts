@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { RequestAttributes, Verdict } from '../../middlebox/types';
-import { logDecision } from '../../observability/decision-log';
+import { DecisionLog } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
@@ -19,6 +19,8 @@ export interface AuthorizationDeps {
   logger: Logger;
   limits?: TranslationLimits;
   metrics?: DecisionMetrics;
+  /** Which decisions get a log line (default: denials, every one). */
+  decisionLog?: DecisionLog;
 }
 
 export interface CheckOutcome {
@@ -32,9 +34,11 @@ const STATE_UNAVAILABLE: Verdict = { allow: false, status: 503, reason: 'state_u
 
 export class AuthorizationService {
   private readonly limits: TranslationLimits;
+  private readonly decisionLog: DecisionLog;
 
   constructor(private readonly deps: AuthorizationDeps) {
     this.limits = deps.limits ?? DEFAULT_TRANSLATION_LIMITS;
+    this.decisionLog = deps.decisionLog ?? new DecisionLog(deps.logger);
   }
 
   addToServer(server: grpc.Server): void {
@@ -68,8 +72,9 @@ export class AuthorizationService {
   };
 
   private respond(req: RequestAttributes, decisionId: string, verdict: Verdict, started: number): CheckOutcome {
-    logDecision(this.deps.logger, req, decisionId, verdict);
-    this.deps.metrics?.decided('ext_authz', verdict, (performance.now() - started) / 1000);
+    const seconds = (performance.now() - started) / 1000;
+    this.decisionLog.record(req, decisionId, verdict, seconds * 1000);
+    this.deps.metrics?.decided('ext_authz', verdict, seconds);
     return { response: checkResponse(verdict, decisionId, req.protocol, clientOwnHeaders(req.headers)), verdict, decisionId };
   }
 

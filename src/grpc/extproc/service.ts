@@ -16,7 +16,7 @@ import * as grpc from '@grpc/grpc-js';
 import { requestChanges, responseChanges } from '../../middlebox/nat/engine';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { HeaderValue, RequestAttributes, Verdict } from '../../middlebox/types';
-import { logDecision } from '../../observability/decision-log';
+import { DecisionLog } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
@@ -40,6 +40,8 @@ export interface ExternalProcessorDeps {
   logger: Logger;
   limits?: TranslationLimits;
   metrics?: DecisionMetrics;
+  /** Which decisions get a log line (default: denials, every one). */
+  decisionLog?: DecisionLog;
 }
 
 type Phase = 'awaiting_request_headers' | 'request' | 'response' | 'finished';
@@ -60,8 +62,10 @@ const STATE_UNAVAILABLE: Verdict = { allow: false, status: 503, reason: 'state_u
 
 export class ExternalProcessorService {
   private readonly limits: TranslationLimits;
+  private readonly decisionLog: DecisionLog;
 
   constructor(private readonly deps: ExternalProcessorDeps) {
+    this.decisionLog = deps.decisionLog ?? new DecisionLog(deps.logger);
     this.limits = deps.limits ?? DEFAULT_TRANSLATION_LIMITS;
   }
 
@@ -116,7 +120,15 @@ export class ExternalProcessorService {
         expect(state, 'request', kind);
         return { request_trailers: {} };
       case 'response_headers':
-        if (state.phase !== 'request') throw new StreamError(`response_headers arrived ${state.phase === 'response' ? 'twice' : 'before request_headers'}`);
+        if (state.phase === 'awaiting_request_headers') {
+          // A local reply: an earlier filter (ext_authz denying, say) or Envoy itself answered
+          // before the request reached this filter. Nothing was decided here, so nothing is
+          // translated: it goes to the client as it is.
+          state.phase = 'response';
+          state.done = true;
+          return { response_headers: { response: {} } };
+        }
+        if (state.phase !== 'request') throw new StreamError('response_headers arrived twice');
         state.phase = 'response';
         state.done = true;
         return { response_headers: { response: { header_mutation: this.responseMutation(state, msg) } } };
@@ -153,8 +165,9 @@ export class ExternalProcessorService {
       verdict = STATE_UNAVAILABLE;
     }
     state.verdict = verdict;
-    logDecision(this.deps.logger, req, state.decisionId, verdict);
-    this.deps.metrics?.decided('ext_proc', verdict, (performance.now() - started) / 1000);
+    const seconds = (performance.now() - started) / 1000;
+    this.decisionLog.record(req, state.decisionId, verdict, seconds * 1000);
+    this.deps.metrics?.decided('ext_proc', verdict, seconds);
     if (!verdict.allow) {
       state.done = true;
       return immediate(verdict, state.decisionId);

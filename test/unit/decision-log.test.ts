@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import type { Verdict } from '../../src/middlebox/types';
+import { DecisionLog, decisionLogSettings, REDACTED } from '../../src/observability/decision-log';
+import { request } from '../harness/request';
+
+function capture(): { logger: pino.Logger; lines: Array<Record<string, any>> } {
+  const lines: Array<Record<string, any>> = [];
+  const sink = new Writable({
+    write(chunk, _enc, done) {
+      for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
+      done();
+    },
+  });
+  return { logger: pino({ level: 'info' }, sink), lines };
+}
+
+const ALLOW: Verdict = { allow: true, reason: 'allowed' };
+const DENY: Verdict = { allow: false, status: 403, reason: 'firewall_rule_deny', middlebox: 'firewall', policy: 'shop', rule: 'no-admin' };
+const SHADOW: Verdict = { allow: true, reason: 'allowed', shadowDenials: [{ middlebox: 'firewall', policy: 'shop', rule: 'beta' }] } as Verdict;
+
+describe('DecisionLog', () => {
+  it('by default logs every denial and shadow denial, and no plain allow', async () => {
+    const { logger, lines } = capture();
+    const log = new DecisionLog(logger);
+    log.record(request({ path: '/a' }), 'd1', ALLOW, 1);
+    log.record(request({ path: '/admin' }), 'd2', DENY, 2.5);
+    log.record(request({ path: '/beta' }), 'd3', SHADOW, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(lines.map((l) => l.decision), ['d2', 'd3']);
+    assert.equal(lines[0]!.rule, 'no-admin');
+    assert.equal(lines[0]!.latency_ms, 2.5);
+    assert.equal(lines[0]!.msg, 'denied');
+    assert.equal(lines[1]!.msg, 'allowed (shadow deny)');
+  });
+
+  it('"all" logs allows too; "off" logs nothing', async () => {
+    const all = capture();
+    new DecisionLog(all.logger, decisionLogSettings('all')).record(request(), 'd1', ALLOW, 1);
+    const off = capture();
+    new DecisionLog(off.logger, decisionLogSettings('off')).record(request(), 'd2', DENY, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(all.lines.length, 1);
+    assert.equal(all.lines[0]!.msg, 'allowed');
+    assert.equal(off.lines.length, 0);
+  });
+
+  it('keeps the sampled share of lines and says the rate in each', async () => {
+    const { logger, lines } = capture();
+    const draws = [0.1, 0.3, 0.2, 0.9, 0.24, 0.26];
+    const log = new DecisionLog(logger, decisionLogSettings('all', '0.25'), () => draws.shift()!);
+    for (let i = 0; i < 6; i++) log.record(request(), `d${i}`, ALLOW, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(lines.map((l) => l.decision), ['d0', 'd2', 'd4']);
+    assert.equal(lines[0]!.sample, 0.25);
+    assert.deepEqual(log.stats, { written: 3, sampledOut: 3 });
+  });
+
+  it('replaces credentials and configured headers, whatever their case in the flag', async () => {
+    const { logger, lines } = capture();
+    const log = new DecisionLog(logger, decisionLogSettings('denied', '1', ' X-Tenant-Key ,x-other'));
+    const req = request({ headers: { authorization: 'Bearer t', cookie: 'a=b', 'proxy-authorization': 'p', 'x-api-key': 'k', 'x-tenant-key': 'tk', 'x-other': 'o', accept: '*/*' } });
+    log.record(req, 'd1', DENY, 1);
+    await new Promise((r) => setImmediate(r));
+    const h = lines[0]!.headers as Record<string, string>;
+    for (const name of ['authorization', 'cookie', 'proxy-authorization', 'x-api-key', 'x-tenant-key', 'x-other']) assert.equal(h[name], REDACTED, name);
+    assert.equal(h.accept, '*/*');
+    assert.ok(!JSON.stringify(lines[0]).includes('Bearer t'));
+  });
+
+  it('bounds a line: long values are cut, and headers past the cap are counted, not written', async () => {
+    const { logger, lines } = capture();
+    const headers: Record<string, string> = { 'x-long': 'v'.repeat(5000) };
+    for (let i = 0; i < 50; i++) headers[`x-h${i}`] = String(i);
+    new DecisionLog(logger).record(request({ headers }), 'd1', DENY, 1);
+    await new Promise((r) => setImmediate(r));
+    const h = lines[0]!.headers as Record<string, string>;
+    assert.ok(h['x-long']!.length < 300, 'value cut');
+    assert.match(h['x-long']!, /5000 bytes/);
+    assert.ok(Object.keys(h).length <= 33);
+    assert.match(h['…']!, /headers in all/);
+  });
+
+  it('refuses bad settings with a message', () => {
+    assert.throws(() => decisionLogSettings('some'), /denied, all or off/);
+    assert.throws(() => decisionLogSettings('all', '1.5'), /0 to 1/);
+    assert.throws(() => decisionLogSettings('all', 'x'), /0 to 1/);
+    assert.throws(() => decisionLogSettings('all', ''), /0 to 1/);
+  });
+});
