@@ -193,18 +193,8 @@ function rbacFilter(): Filter {
 function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | undefined, rateLimit: number): string {
   let doc: object;
   if (s.kind === 'middlebox') {
-    doc = renderBootstrap({ ...base, middlebox: [middlebox!] });
-    if (s.filters === 'ext_authz + ext_proc') {
-      // Both of the renderer's filters on one listener: ext_authz decides, then ext_proc (which
-      // runs the same pipeline and may rewrite the request), then the router.
-      const extProc = inboundHttpFilters(renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: 'ext_proc' })).find(
-        (f) => f.name === 'envoy.filters.http.ext_proc',
-      );
-      const filters = inboundHttpFilters(doc);
-      const at = filters.findIndex((f) => f.name === 'envoy.filters.http.ext_authz');
-      if (!extProc || at < 0) throw new Error('renderer did not give an ext_authz and an ext_proc filter');
-      filters.splice(at + 1, 0, extProc);
-    }
+    // Both filters: ext_authz decides, then ext_proc (the same pipeline, which may rewrite the request).
+    doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: s.filters === 'ext_authz + ext_proc' ? 'ext_authz+ext_proc' : 'ext_authz' });
   } else if (s.kind === 'envoy-rbac') {
     doc = renderBootstrap({ ...base, extAuthz: false, localRateLimit: { maxTokens: rateLimit, tokensPerFill: rateLimit, fillIntervalMs: 1000 } });
     // The firewall before the rate limit, as in the middlebox: a denied request takes no token.
