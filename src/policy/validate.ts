@@ -365,12 +365,14 @@ function readHost(v: Walk, node: Node, path: string): string | undefined {
   if (host === '*') return host;
   const name = host.startsWith('*.') ? host.slice(2) : host;
   const isName = name.length <= 253 && name.split('.').every((label) => HOST_LABEL.test(label));
-  const isIpv6Literal = host.startsWith('[') && host.endsWith(']') && parseIp(host)?.family === 6;
+  // An IPv6 literal, "[::1]" or "::1" (a host here never has a port, so either is unambiguous).
+  const isIpv6Literal = host.includes(':') && (host.startsWith('[') ? host.endsWith(']') : true) && parseIp(host)?.family === 6;
   if (!isName && !isIpv6Literal) {
     v.report(node, path, `"${host}" is not a host: write a name without port, "*.suffix" or "*"`);
     return undefined;
   }
-  return host;
+  // Requests carry an IPv6 host without brackets, in canonical form: compare like with like.
+  return isIpv6Literal ? parseIp(host)!.text : host;
 }
 
 /** "/exact", "/prefix/*" or { regex }. */

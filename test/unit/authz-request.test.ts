@@ -65,6 +65,8 @@ describe('CheckRequest translation', () => {
 
   it('strips ports from hosts, including IPv6 literals', () => {
     assert.equal(hostWithoutPort('[::1]:8080'), '::1');
+    assert.equal(hostWithoutPort('[0:0:0::1]:8080'), '::1', 'IPv6 literals in canonical form');
+    assert.equal(hostWithoutPort('[2001:DB8:0::1]'), '2001:db8::1');
     assert.equal(hostWithoutPort('example.com.'), 'example.com');
     assert.equal(hostWithoutPort('a.b:1'), 'a.b');
     assert.equal(pathWithoutQuery('/x?y'), '/x');

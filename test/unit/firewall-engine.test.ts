@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { hostWithoutPort } from '../../src/grpc/authz/request';
 import { decideFirewall } from '../../src/middlebox/firewall/engine';
 import { compileSnapshot } from '../../src/policy/compile';
 import { snapshot } from '../harness/policy';
@@ -42,6 +43,17 @@ describe('decideFirewall', () => {
     assert.deepEqual(decideFirewall(snap, request({ path: '/admin/x' })), {
       allow: false, status: 403, middlebox: 'firewall', policy: 'shop', rule: 'no-admin', reason: 'firewall_rule_deny',
     });
+  });
+
+  // Regression: policies wrote IPv6 hosts in brackets, requests carried them without, so such a
+  // rule never matched.
+  it('matches an IPv6 host rule whatever form the request\'s authority takes', () => {
+    const snap = snapshot({ v6: '{ firewall: { rules: [ { name: loopback, action: deny, hosts: ["[0:0::1]"] } ] } }' });
+    for (const authority of ['[::1]:8080', '[0:0:0:0:0:0:0:1]', '[::1]']) {
+      const req = request({ host: hostWithoutPort(authority) });
+      assert.equal(decideFirewall(snap, req).rule, 'loopback', authority);
+    }
+    assert.equal(decideFirewall(snap, request({ host: hostWithoutPort('[::2]:8080') })).allow, true);
   });
 
   it('falls back to the policy default when no rule matches', () => {

@@ -94,7 +94,10 @@ export function hostWithoutPort(authority: string): string {
   let host = authority.trim().toLowerCase();
   if (host.startsWith('[')) {
     const end = host.indexOf(']');
-    return end > 0 ? host.slice(1, end) : host;
+    if (end < 0) return host;
+    // An IPv6 literal, in the canonical form policies are compiled to ("[0:0::1]" is "::1").
+    const inner = host.slice(1, end);
+    return parseIp(inner)?.text ?? inner;
   }
   const colon = host.lastIndexOf(':');
   if (colon >= 0 && host.indexOf(':') === colon) host = host.slice(0, colon);
