@@ -145,6 +145,7 @@ const TYPES = {
   downstreamConnections:
     'type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig',
   fileAccessLog: 'type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog',
+  previousHosts: 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate',
   upstreamTlsContext: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
 } as const;
 
@@ -524,8 +525,21 @@ function routerFilter(): Config {
   return { name: 'envoy.filters.http.router', typed_config: { '@type': TYPES.router } };
 }
 
+/**
+ * A call that could not reach a replica (refused, reset, the replica gone) is sent once more, to
+ * another replica, within the same deadline: a replica that dies takes no decision with it.
+ */
 function middleboxGrpcService(o: ResolvedOptions): Config {
-  return { envoy_grpc: { cluster_name: CLUSTERS.middlebox }, timeout: duration(o.timeoutMs) };
+  return {
+    envoy_grpc: { cluster_name: CLUSTERS.middlebox },
+    timeout: duration(o.timeoutMs),
+    retry_policy: {
+      retry_on: 'connect-failure,refused-stream,reset,unavailable',
+      num_retries: 2,
+      retry_host_predicate: [{ name: 'envoy.retry_host_predicates.previous_hosts', typed_config: { '@type': TYPES.previousHosts } }],
+      host_selection_retry_max_attempts: 3,
+    },
+  };
 }
 
 // ---- clusters -----------------------------------------------------------------------------------
@@ -575,6 +589,22 @@ function middleboxCluster(endpoints: Endpoint[], tls?: ResolvedMiddleboxTls): Co
     // A dead or draining replica leaves the rotation within about two seconds (two failed checks a
     // second apart) and comes back after one good check. no_traffic_interval keeps checking that
     // often before the first request too, instead of Envoy's default of once a minute.
+    // Never "panic" (Envoy's default spreads calls over every listed replica, dead ones included,
+    // once fewer than half are healthy): the healthy ones take all calls, and with none healthy
+    // the filter fails as configured (closed by default).
+    common_lb_config: { healthy_panic_threshold: { value: 0 } },
+    // Retries (above) may be many at once when a busy replica dies: Envoy's default allows 3 in
+    // flight per cluster; a budget scales with the traffic instead.
+    circuit_breakers: { thresholds: [{ priority: 'DEFAULT', retry_budget: { budget_percent: { value: 25 }, min_retry_concurrency: 32 } }] },
+    // A replica whose connections fail is taken out at once, ahead of its health checks.
+    outlier_detection: {
+      split_external_local_origin_errors: true,
+      consecutive_local_origin_failure: 2,
+      consecutive_gateway_failure: 3,
+      interval: '1s',
+      base_ejection_time: '5s',
+      max_ejection_percent: 100,
+    },
     health_checks: [
       {
         timeout: '0.5s',

@@ -206,13 +206,17 @@ spec:
       attributes: { 'envoy.filters.http.ext_proc': { fields: { 'source.address': { stringValue: '127.0.0.1:4000' } } } },
     };
     try {
-      const [outOfOrder, empty, twice, fine] = await Promise.all([
-        run([{ response_headers: { headers: { headers: [] } } }]),
+      const [outOfOrder, empty, twice, fine, localReply] = await Promise.all([
+        run([{ request_body: { body: Buffer.from('x') } }]),
         run([{}]),
         run([good, good]),
         run([good, { response_headers: { headers: { headers: [] } } }]),
+        // Response headers first: a local reply (an earlier filter denied), let through untouched.
+        run([{ response_headers: { headers: { headers: [] } } }]),
       ]);
       assert.equal(outOfOrder.code, grpc.status.INVALID_ARGUMENT);
+      assert.equal(localReply.code, 0);
+      assert.equal(localReply.answers.length, 1);
       assert.equal(empty.code, grpc.status.INVALID_ARGUMENT);
       assert.equal(twice.code, grpc.status.INVALID_ARGUMENT);
       assert.equal(twice.answers.length, 1, 'the first request_headers was answered');

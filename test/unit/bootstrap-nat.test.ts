@@ -73,7 +73,9 @@ describe('renderBootstrap with NAT', () => {
       assert.equal(cfg.processing_mode.response_header_mode, 'SEND');
       assert.equal(cfg.processing_mode.request_body_mode, 'NONE');
       assert.equal(cfg.processing_mode.response_body_mode, 'NONE');
-      assert.deepEqual(cfg.grpc_service, { envoy_grpc: { cluster_name: CLUSTERS.middlebox }, timeout: '0.1s' });
+      assert.deepEqual(cfg.grpc_service.envoy_grpc, { cluster_name: CLUSTERS.middlebox });
+      assert.equal(cfg.grpc_service.timeout, '0.1s');
+      assert.match(cfg.grpc_service.retry_policy.retry_on, /connect-failure/);
       assert.equal(cfg.message_timeout, '0.1s');
       assert.equal(cfg.failure_mode_allow, false, 'fails closed by default');
     });
