@@ -604,7 +604,8 @@ async function runTimeline(p: Params, mode: Consistency): Promise<ModeResult> {
   const timers: NodeJS.Timeout[] = [];
   let poller: HealthPoller | undefined;
   try {
-    lab = await SidecarLab.start({ replicas: p.replicas, bootstrap: { timeoutMs: p.envoyTimeoutMs } });
+    // The production deadline (not the lab's longer default): this bench measures what users get.
+    lab = await SidecarLab.start({ replicas: p.replicas, bootstrap: { timeoutMs: p.envoyTimeoutMs }, etcdTimeoutMs: DEFAULT_BREAKER.timeoutMs });
     const theLab = lab;
     const url = `http://127.0.0.1:${lab.httpPort}/bench`;
     log(`  etcd ${lab.etcd.endpoint}, replicas ${lab.replicas.map((r) => r.address).join(' ')}, Envoy :${lab.httpPort}`);

@@ -46,6 +46,53 @@ export const SERVER_TLS_ENV = {
   clientCa: 'MIDDLEBOX_TLS_CLIENT_CA',
 } as const;
 
+/**
+ * A bound on what one input may cost (bytes, rules, keys). Each is a flag of the commands it
+ * concerns and an environment variable (the flag wins); its default lives with the code it bounds
+ * (policy/limits.ts, grpc/authz/request.ts, grpc/server.ts, state/ratelimit/key-cap.ts).
+ */
+export interface BoundSetting {
+  /** The flag's name without its dashes. */
+  flag: string;
+  env: string;
+  min: number;
+  max: number;
+}
+
+const MIB = 1024 * 1024;
+
+export const BOUNDS = {
+  /** Bytes of one policy file or stored policy (`serve`, `policy validate|apply`). */
+  maxPolicyBytes: { flag: 'max-policy-bytes', env: 'MIDDLEBOX_MAX_POLICY_BYTES', min: 1024, max: 64 * MIB },
+  /** Entries of each of firewall.rules, rateLimits and nat in one policy (`serve`, `policy validate|apply`). */
+  maxRulesPerPolicy: { flag: 'max-rules-per-policy', env: 'MIDDLEBOX_MAX_RULES_PER_POLICY', min: 1, max: 1_000_000 },
+  /** Distinct bucket keys one rate limit tracks per replica (`serve`). */
+  maxKeysPerRateLimit: { flag: 'max-keys-per-rate-limit', env: 'MIDDLEBOX_MAX_KEYS_PER_RATE_LIMIT', min: 1, max: 10_000_000 },
+  /** Bytes of request header names and values examined per request (`serve`). */
+  maxHeaderBytes: { flag: 'max-header-bytes', env: 'MIDDLEBOX_MAX_HEADER_BYTES', min: 1024, max: 64 * MIB },
+  /** Bytes of one gRPC message received or sent (`serve`); gRPC's own int32 limit above. */
+  maxMessageBytes: { flag: 'max-message-bytes', env: 'MIDDLEBOX_MAX_MESSAGE_BYTES', min: 4096, max: 2 ** 31 - 1 },
+} as const satisfies Record<string, BoundSetting>;
+
+/** How errors name a bound's setting: "--max-policy-bytes, env MIDDLEBOX_MAX_POLICY_BYTES". */
+export function settingName(setting: BoundSetting): string {
+  return `--${setting.flag}, env ${setting.env}`;
+}
+
+/**
+ * A bound from its environment variable: undefined when unset or empty; an Error with one clear
+ * line when it is not a whole number in the bound's range.
+ */
+export function boundFromEnv(setting: BoundSetting, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const text = env[setting.env];
+  if (text === undefined || text.trim() === '') return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < setting.min || n > setting.max) {
+    throw new Error(`${setting.env} must be a whole number from ${setting.min} to ${setting.max}, got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
 export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): ServeSettings {
   return {
     listen: env.MIDDLEBOX_LISTEN || DEFAULTS.listen,

@@ -2,11 +2,58 @@
 import { readFileSync } from 'node:fs';
 import YAML from 'yaml';
 import { MiddleboxError } from '../errors';
+import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../policy/limits';
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
 import type { PolicyDocument } from '../policy/types';
+import { BOUNDS, boundFromEnv, type BoundSetting } from '../settings';
 import { deletePolicy, getPolicies, putPolicies } from '../state/etcd/policies';
-import { runGroup, stringOpt, UsageError, type Command } from './command';
+import { intOpt, runGroup, stringOpt, UsageError, type Command, type Options } from './command';
 import { etcdHelp, etcdOptions, withEtcd } from './etcd-flags';
+
+/** A bound's value: its flag, else its environment variable, else `fallback`; out of range is a usage error. */
+export function boundOpt(values: Record<string, unknown>, setting: BoundSetting, fallback: number): number {
+  const flag = intOpt(values, setting.flag, setting.min, setting.max);
+  if (flag !== undefined) return flag;
+  try {
+    return boundFromEnv(setting) ?? fallback;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** --max-policy-bytes and --max-rules-per-policy (or their env vars), shared by `serve` and `policy validate|apply`. */
+export function policyLimitsFrom(values: Record<string, unknown>): PolicyLimits {
+  return {
+    maxPolicyBytes: boundOpt(values, BOUNDS.maxPolicyBytes, DEFAULT_POLICY_LIMITS.maxPolicyBytes),
+    maxRulesPerPolicy: boundOpt(values, BOUNDS.maxRulesPerPolicy, DEFAULT_POLICY_LIMITS.maxRulesPerPolicy),
+  };
+}
+
+export const policyLimitOptions: Options = {
+  [BOUNDS.maxPolicyBytes.flag]: { type: 'string' },
+  [BOUNDS.maxRulesPerPolicy.flag]: { type: 'string' },
+};
+
+/** Help lines for the policy bounds, with the description column at `column` (as etcdHelpLines). */
+export function policyLimitHelp(column = 27): string[] {
+  const pad = ' '.repeat(column);
+  const line = (flag: string, first: string, second: string) => {
+    const head = `  --${flag} N`;
+    return [...(head.length < column ? [`${head.padEnd(column)}${first}`] : [head, `${pad}${first}`]), `${pad}${second}`];
+  };
+  return [
+    ...line(
+      BOUNDS.maxPolicyBytes.flag,
+      'bytes of one policy file, and of one policy as stored in etcd (JSON); past it',
+      `the policy is refused (env ${BOUNDS.maxPolicyBytes.env}, default ${DEFAULT_POLICY_LIMITS.maxPolicyBytes})`,
+    ),
+    ...line(
+      BOUNDS.maxRulesPerPolicy.flag,
+      'firewall rules, rate limits and NAT rules (each) in one policy; past it the',
+      `policy is refused (env ${BOUNDS.maxRulesPerPolicy.env}, default ${DEFAULT_POLICY_LIMITS.maxRulesPerPolicy})`,
+    ),
+  ];
+}
 
 function filesFrom(values: Record<string, unknown>): string[] {
   const f = values.filename;
@@ -16,12 +63,12 @@ function filesFrom(values: Record<string, unknown>): string[] {
 }
 
 /** Reads and validates every file; all errors of all files are reported together. */
-function loadFiles(files: string[], consequence: string): PolicyDocument[] {
+function loadFiles(files: string[], consequence: string, limits: PolicyLimits): PolicyDocument[] {
   const docs: PolicyDocument[] = [];
   const problems: string[] = [];
   const seen = new Map<string, string>();
   for (const file of files) {
-    const result = file === '-' ? parsePolicies(readStdin(), '<stdin>') : parsePolicyFile(file);
+    const result = file === '-' ? parsePolicies(readStdin(), '<stdin>', limits) : parsePolicyFile(file, limits);
     problems.push(...result.errors.map(formatPolicyError));
     for (const d of result.documents) {
       const where = seen.get(d.metadata.name);
@@ -40,12 +87,12 @@ function readStdin(): string {
 
 const validate: Command = {
   name: 'policy validate',
-  summary: 'Check policy files offline. Prints file:line: what is wrong, and exits 1, when a file is bad.',
-  usage: 'middlebox policy validate -f FILE [-f FILE ...]',
-  help: ['  -f, --filename FILE   policy file (YAML or JSON, several documents allowed; - for stdin)'],
-  options: { filename: { type: 'string', short: 'f', multiple: true } },
+  summary: 'Check policy files offline (format, and the size and rule bounds). Prints file:line: what is wrong, and exits 1, when a file is bad.',
+  usage: 'middlebox policy validate -f FILE [-f FILE ...] [--max-policy-bytes N] [--max-rules-per-policy N]',
+  help: ['  -f, --filename FILE      policy file (YAML or JSON, several documents allowed; - for stdin)', ...policyLimitHelp()],
+  options: { filename: { type: 'string', short: 'f', multiple: true }, ...policyLimitOptions },
   async run({ values }) {
-    const docs = loadFiles(filesFrom(values), '');
+    const docs = loadFiles(filesFrom(values), '', policyLimitsFrom(values));
     for (const d of docs) process.stdout.write(`policy/${d.metadata.name} valid\n`);
     return 0;
   },
@@ -54,11 +101,16 @@ const validate: Command = {
 const apply: Command = {
   name: 'policy apply',
   summary: 'Validate policy files and store them in etcd, all or none; every replica applies them at once.',
-  usage: 'middlebox policy apply -f FILE [-f FILE ...] [--etcd URLS] [--prefix PREFIX]',
-  help: ['  -f, --filename FILE   policy file (YAML or JSON, several documents allowed; - for stdin)', ...etcdHelp],
-  options: { filename: { type: 'string', short: 'f', multiple: true }, ...etcdOptions },
+  usage: 'middlebox policy apply -f FILE [-f FILE ...] [--etcd URLS] [--prefix PREFIX] [--max-policy-bytes N] [--max-rules-per-policy N]',
+  help: [
+    '  -f, --filename FILE      policy file (YAML or JSON, several documents allowed; - for stdin)',
+    ...etcdHelp,
+    ...policyLimitHelp(),
+    '                           Give serve the same bounds: a replica refuses a stored policy past its own.',
+  ],
+  options: { filename: { type: 'string', short: 'f', multiple: true }, ...etcdOptions, ...policyLimitOptions },
   async run({ values }) {
-    const docs = loadFiles(filesFrom(values), '; nothing was applied');
+    const docs = loadFiles(filesFrom(values), '; nothing was applied', policyLimitsFrom(values));
     return withEtcd(values, async (client, prefix) => {
       const before = await getPolicies(client, prefix);
       await putPolicies(client, prefix, docs);

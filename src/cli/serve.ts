@@ -3,24 +3,27 @@ import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { Etcd3 } from 'etcd3';
 import { MiddleboxError } from '../errors';
-import { startServer, type RunningServer, type ServerTls } from '../grpc/server';
+import { DEFAULT_TRANSLATION_LIMITS } from '../grpc/authz/request';
+import { DEFAULT_MAX_MESSAGE_BYTES, startServer, type RunningServer, type ServerTls } from '../grpc/server';
 import { ADMIN_OFF, parseAdminListen, startAdminServer } from '../observability/admin';
 import { ALWAYS_REDACTED, DecisionLog, decisionLogSettings } from '../observability/decision-log';
 import { createLogger, type Logger } from '../observability/logger';
 import { MiddleboxMetrics, type EtcdOperation } from '../observability/metrics';
-import { DEFAULTS, SERVER_TLS_ENV, settingsFromEnv } from '../settings';
+import { BOUNDS, DEFAULTS, SERVER_TLS_ENV, settingsFromEnv } from '../settings';
 import { classifyEtcdError, type EtcdErrorContext } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
 import { EtcdNatTable } from '../state/etcd/nat';
 import { EtcdPolicyStore, ON_NO_STATE, type OnNoState } from '../state/etcd/policies';
 import { ensureStateDir } from '../state/disk';
 import { EtcdRateLimitStore } from '../state/etcd/ratelimit';
+import { DEFAULT_MAX_KEYS_PER_RULE, KeyCappedRateLimits } from '../state/ratelimit/key-cap';
 import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/local';
 import { DEFAULT_BREAKER, EtcdBreaker, type BreakerSettings } from '../state/resilient/breaker';
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
 import { intOpt, stringOpt, UsageError, type Command } from './command';
 import { connectFromFlags, etcdConnectionFrom, etcdHelpLines, etcdOptions } from './etcd-flags';
+import { boundOpt, policyLimitHelp, policyLimitOptions, policyLimitsFrom } from './policy';
 
 export const serveCommand: Command = {
   name: 'serve',
@@ -48,6 +51,18 @@ export const serveCommand: Command = {
     `                           deadline, or after repeated failures (env MIDDLEBOX_ETCD_TIMEOUT_MS, default ${DEFAULT_BREAKER.timeoutMs})`,
     `  --max-rate-limit-keys N  rate-limit buckets this replica tracks; least recently used dropped first`,
     `                           (env MIDDLEBOX_MAX_RATE_LIMIT_KEYS, default ${DEFAULT_MAX_BUCKETS})`,
+    `  --max-keys-per-rate-limit N`,
+    `                           distinct keys (\`by\` values) one rate limit tracks on this replica; requests of`,
+    `                           further keys share the limit's one overflow bucket, counted in`,
+    `                           middlebox_ratelimit_keys_overflow_total (env ${BOUNDS.maxKeysPerRateLimit.env},`,
+    `                           default ${DEFAULT_MAX_KEYS_PER_RULE})`,
+    `  --max-header-bytes N     request header bytes (names and values) examined per request; more is`,
+    `                           refused 431 headers_too_large (env ${BOUNDS.maxHeaderBytes.env}, default ${DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes})`,
+    `  --max-message-bytes N    largest gRPC message received or sent; gRPC refuses a bigger one with`,
+    `                           RESOURCE_EXHAUSTED (env ${BOUNDS.maxMessageBytes.env}, default ${DEFAULT_MAX_MESSAGE_BYTES})`,
+    ...policyLimitHelp(),
+    '                           A stored policy past these is refused: the last good version stays, and',
+    '                           health middlebox.policy is NOT_SERVING. Give `policy apply` the same.',
     `  --log-level LEVEL        trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
     '  --decision-log WHICH     a log line per decision: denied (denials and shadow denials), all, or off',
     '                           (env MIDDLEBOX_DECISION_LOG, default denied)',
@@ -81,6 +96,10 @@ export const serveCommand: Command = {
     'member-ttl': { type: 'string' },
     'etcd-timeout-ms': { type: 'string' },
     'max-rate-limit-keys': { type: 'string' },
+    [BOUNDS.maxKeysPerRateLimit.flag]: { type: 'string' },
+    [BOUNDS.maxHeaderBytes.flag]: { type: 'string' },
+    [BOUNDS.maxMessageBytes.flag]: { type: 'string' },
+    ...policyLimitOptions,
     'state-dir': { type: 'string' },
     'on-no-state': { type: 'string' },
     'admin-listen': { type: 'string' },
@@ -98,6 +117,10 @@ export const serveCommand: Command = {
     const memberTtlS = intOpt(values, 'member-ttl', 2, 3600) ?? DEFAULT_MEMBER_TTL_S;
     const etcdTimeoutMs = intOpt(values, 'etcd-timeout-ms', 1, 60_000) ?? Number(process.env.MIDDLEBOX_ETCD_TIMEOUT_MS ?? DEFAULT_BREAKER.timeoutMs);
     const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? Number(process.env.MIDDLEBOX_MAX_RATE_LIMIT_KEYS ?? DEFAULT_MAX_BUCKETS);
+    const maxKeysPerRule = boundOpt(values, BOUNDS.maxKeysPerRateLimit, DEFAULT_MAX_KEYS_PER_RULE);
+    const maxHeaderBytes = boundOpt(values, BOUNDS.maxHeaderBytes, DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes);
+    const maxMessageBytes = boundOpt(values, BOUNDS.maxMessageBytes, DEFAULT_MAX_MESSAGE_BYTES);
+    const policyLimits = policyLimitsFrom(values);
     const onNoState = (stringOpt(values, 'on-no-state') ?? (process.env.MIDDLEBOX_ON_NO_STATE || 'fail-closed')) as OnNoState;
     if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`--on-no-state must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
     const adminListen = stringOpt(values, 'admin-listen') ?? env.adminListen;
@@ -131,7 +154,7 @@ export const serveCommand: Command = {
 
     const client = connectFromFlags(etcdConn);
     const etcdCheck = checkEtcdAccess(client, prefix, etcdConn.context, logger);
-    const policies = EtcdPolicyStore.open({ client, prefix, logger, stateDir, onNoState });
+    const policies = EtcdPolicyStore.open({ client, prefix, logger, stateDir, onNoState, limits: policyLimits });
     metrics.watchPolicies(policies);
     const membership = EtcdMembership.join({ client, prefix, logger, id: stringOpt(values, 'replica-id') ?? process.env.MIDDLEBOX_REPLICA_ID, ttlS: memberTtlS });
     const replicas = () => membership.count();
@@ -146,14 +169,26 @@ export const serveCommand: Command = {
       maxBuckets: maxKeys,
       guard: (op, operation) => breaker.runAs(operation ?? 'cas', op),
     });
-    const rateLimits = new ResilientRateLimitStore(sharedLimits, new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }), breaker, logger);
-    metrics.watchRateLimits({ shared: sharedLimits, resilient: rateLimits });
+    const resilientLimits = new ResilientRateLimitStore(sharedLimits, new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }), breaker, logger);
+    const rateLimits = new KeyCappedRateLimits(resilientLimits, { maxKeysPerRule, logger });
+    metrics.watchRateLimits({ shared: sharedLimits, resilient: resilientLimits, keys: rateLimits });
     const natTable = EtcdNatTable.open({ client, prefix, logger, stateDir });
     const nat = new ResilientNatTable(natTable, breaker, logger);
     metrics.watchNat({ table: natTable, resilient: nat });
-    server = await startServer({ listen, policies, ports: { rateLimits, nat }, logger, breaker, metrics, decisionLog, tls: serverTls });
+    server = await startServer({
+      listen,
+      policies,
+      ports: { rateLimits, nat },
+      logger,
+      breaker,
+      metrics,
+      decisionLog,
+      tls: serverTls,
+      limits: { maxHeaderBytes },
+      maxMessageBytes,
+    });
     const running = server;
-    logger.info({ listen: server.address, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState }, 'middlebox serving');
+    logger.info({ listen: server.address, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState, bounds: { ...policyLimits, maxKeysPerRule, maxHeaderBytes, maxMessageBytes } }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
       let stopping = false;
@@ -166,7 +201,13 @@ export const serveCommand: Command = {
           .shutdown({ delayMs, drainMs })
           .then(() => etcdCheck.stop())
           .then(() => breaker.shutdown())
-          .then(() => Promise.all([policies.close(), membership.leave(), natTable.close()]))
+          // Leaving membership and closing watches need etcd; a frozen or gone etcd must not hold
+          // the exit (the membership lease then expires by itself after --member-ttl).
+          .then(() =>
+            boundedWait(Promise.all([policies.close(), membership.leave(), natTable.close()]), LEAVE_ETCD_MS, () =>
+              logger.warn({ waitedMs: LEAVE_ETCD_MS, memberTtlS }, 'etcd did not answer while leaving: exiting anyway; the membership lease expires by itself'),
+            ),
+          )
           .then(() => client.close())
           .then(() => admin?.close())
           .then(() => {
@@ -180,6 +221,26 @@ export const serveCommand: Command = {
     });
   },
 };
+
+/** How long shutdown waits for etcd to take the replica out of membership. */
+const LEAVE_ETCD_MS = 2000;
+
+/** Resolves when `work` settles or after `ms`, whichever comes first (calling `onTimeout` then). */
+function boundedWait(work: Promise<unknown>, ms: number, onTimeout: () => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      onTimeout();
+      resolve();
+    }, ms);
+    work.then(
+      () => undefined,
+      () => undefined,
+    ).finally(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
 
 /**
  * The breaker, with every etcd operation it runs timed into the metrics by operation. Rate-limit

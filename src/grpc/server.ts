@@ -7,6 +7,7 @@ import type { Logger } from '../observability/logger';
 import type { DecisionMetrics } from '../observability/metrics';
 import type { PolicySource } from '../state/port';
 import type { EtcdBreaker } from '../state/resilient/breaker';
+import type { TranslationLimits } from './authz/request';
 import { AuthorizationService } from './authz/service';
 import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
@@ -25,7 +26,17 @@ export interface ServerOptions {
   decisionLog?: DecisionLog;
   /** Serve TLS (and, with clientCa, require client certificates: mTLS); default plaintext. */
   tls?: ServerTls;
+  /** Header bytes examined per request (ext_authz and ext_proc); past them 431 headers_too_large. */
+  limits?: TranslationLimits;
+  /**
+   * Largest gRPC message received or sent (default DEFAULT_MAX_MESSAGE_BYTES); gRPC refuses a
+   * bigger one with RESOURCE_EXHAUSTED before it is decoded, and the call alone fails.
+   */
+  maxMessageBytes?: number;
 }
+
+/** gRPC's own default, 4 MiB: far above any request header block Envoy sends. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 /** PEM contents of `serve --tls-cert`, `--tls-key` and `--tls-client-ca`. */
 export interface ServerTls {
@@ -73,13 +84,15 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // A socket file left by a killed process would make bind fail.
   if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
 
+  const maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': 4 * 1024 * 1024,
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
     'grpc.keepalive_permit_without_calls': 1,
   });
   const health = new ServerHealth(opts.policies, opts.breaker);
   health.addToServer(server);
-  const deps = { policies: opts.policies, ports: opts.ports, logger: opts.logger, metrics: opts.metrics, decisionLog: opts.decisionLog };
+  const deps = { policies: opts.policies, ports: opts.ports, logger: opts.logger, metrics: opts.metrics, decisionLog: opts.decisionLog, limits: opts.limits };
   new AuthorizationService(deps).addToServer(server);
   new ExternalProcessorService(deps).addToServer(server);
 

@@ -160,6 +160,11 @@ export class MiddleboxProcess {
     this.child.signal(signal);
   }
 
+  /** Resolves with the exit code and signal once the process has ended. */
+  exitStatus(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    return this.child.exited;
+  }
+
   async stop(graceMs = 5000): Promise<void> {
     this.health.close();
     await this.child.stop(graceMs);

@@ -92,7 +92,13 @@ export interface RateLimitSources {
   };
   /** The store that falls back to local counting. */
   resilient?: { readonly owedBuckets: number; readonly reconciled: number };
+  /** The per-limit key cap: requests whose key was past it, by the limit's consistency. */
+  keys?: { readonly overflows: Readonly<Record<RateLimitConsistency, number>> };
 }
+
+/** A rate limit's consistency: the labels of middlebox_ratelimit_keys_overflow_total. */
+export type RateLimitConsistency = 'strict' | 'leased' | 'local';
+export const RATE_LIMIT_CONSISTENCIES: readonly RateLimitConsistency[] = ['strict', 'leased', 'local'];
 
 export interface NatSources {
   /** The replica's watch-fed copy of the shared NAT table. */
@@ -299,7 +305,7 @@ export class MiddleboxMetrics implements DecisionMetrics {
   }
 
   watchRateLimits(sources: RateLimitSources): void {
-    const { shared, resilient } = sources;
+    const { shared, resilient, keys } = sources;
     this.mirrorCounter('middlebox_ratelimit_etcd_writes_total', 'Committed compare-and-swap writes to shared rate-limit buckets.', () => shared.stats.writes);
     this.mirrorCounter('middlebox_ratelimit_etcd_conflicts_total', 'Compare-and-swap attempts that lost to another writer and were retried.', () => shared.stats.conflicts);
     this.mirrorCounter(
@@ -327,6 +333,23 @@ export class MiddleboxMetrics implements DecisionMetrics {
         'Tokens admitted by the local fallback during etcd outages and written back to etcd afterwards.',
         () => resilient.reconciled,
       );
+    }
+    if (keys) {
+      const flushed: Record<RateLimitConsistency, number> = { strict: 0, leased: 0, local: 0 };
+      const overflow = new Counter({
+        name: 'middlebox_ratelimit_keys_overflow_total',
+        help: 'Requests whose rate-limit key was past --max-keys-per-rate-limit distinct keys of their limit on this replica, so counted in the limit\'s shared overflow bucket, by the limit\'s consistency.',
+        labelNames: ['consistency'],
+        registers: [this.registry],
+        collect() {
+          for (const consistency of RATE_LIMIT_CONSISTENCIES) {
+            const now = keys.overflows[consistency];
+            if (now > flushed[consistency]) this.inc({ consistency }, now - flushed[consistency]);
+            flushed[consistency] = now;
+          }
+        },
+      });
+      for (const consistency of RATE_LIMIT_CONSISTENCIES) overflow.inc({ consistency }, 0);
     }
   }
 

@@ -1,7 +1,8 @@
 // Policy files: YAML or JSON (JSON goes through the same YAML 1.2 parser), several documents per
 // file. Every problem comes back located; nothing throws for bad input.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { isScalar, LineCounter, parseAllDocuments } from 'yaml';
+import { DEFAULT_POLICY_LIMITS, storedTooLarge, textTooLarge, type PolicyLimits } from './limits';
 import type { PolicyDocument, PolicyError } from './types';
 import { policyNameNode, validatePolicyDocument } from './validate';
 
@@ -11,8 +12,16 @@ export interface ParsedPolicies {
   errors: PolicyError[];
 }
 
-/** `file` names the source in errors. Empty documents (nothing, or only comments) are skipped. */
-export function parsePolicies(text: string, file: string): ParsedPolicies {
+/**
+ * `file` names the source in errors. Empty documents (nothing, or only comments) are skipped. A
+ * text over `limits.maxPolicyBytes` is refused whole, unparsed; so is each policy whose stored
+ * form (JSON) would be, and each rule list longer than `limits.maxRulesPerPolicy`.
+ */
+export function parsePolicies(text: string, file: string, limits: PolicyLimits = DEFAULT_POLICY_LIMITS): ParsedPolicies {
+  // UTF-8 takes at least one byte per UTF-16 unit: a text longer than the limit is over it.
+  if (text.length > limits.maxPolicyBytes || Buffer.byteLength(text) > limits.maxPolicyBytes) {
+    return { documents: [], errors: [{ file, line: 1, column: 1, message: textTooLarge(Buffer.byteLength(text), limits) }] };
+  }
   const lines = new LineCounter();
   const documents: PolicyDocument[] = [];
   const errors: PolicyError[] = [];
@@ -27,7 +36,7 @@ export function parsePolicies(text: string, file: string): ParsedPolicies {
     const root = document.contents;
     if (problems.length > 0 || root === null || (isScalar(root) && root.value === null)) continue;
 
-    const policy = validatePolicyDocument({ file, lines, document, errors }, root);
+    const policy = validatePolicyDocument({ file, lines, document, errors, limits }, root);
     const nameNode = policyNameNode(root);
     if (isScalar(nameNode) && typeof nameNode.value === 'string') {
       const name = nameNode.value;
@@ -39,22 +48,37 @@ export function parsePolicies(text: string, file: string): ParsedPolicies {
       }
       seenNames.add(name);
     }
-    if (policy !== undefined) documents.push(policy);
+    if (policy === undefined) continue;
+    // What etcd would hold: aliases expanded and defaults filled in, it can outgrow its text.
+    const stored = Buffer.byteLength(JSON.stringify(policy));
+    if (stored > limits.maxPolicyBytes) {
+      const { line, col } = lines.linePos(root.range?.[0] ?? 0);
+      errors.push({ file, line, column: col, message: storedTooLarge(policy.metadata.name, stored, limits) });
+      continue;
+    }
+    documents.push(policy);
   }
   // Validation reports by field; readers of the output expect file order.
   errors.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
   return { documents, errors };
 }
 
-/** Reads and parses a policy file; an unreadable file is reported as an error, not thrown. */
-export function parsePolicyFile(path: string): ParsedPolicies {
+/**
+ * Reads and parses a policy file; an unreadable file is reported as an error, not thrown. A file
+ * over `limits.maxPolicyBytes` is refused without being read.
+ */
+export function parsePolicyFile(path: string, limits: PolicyLimits = DEFAULT_POLICY_LIMITS): ParsedPolicies {
   let text: string;
   try {
+    const stat = statSync(path);
+    if (stat.isFile() && stat.size > limits.maxPolicyBytes) {
+      return { documents: [], errors: [{ file: path, line: 1, column: 1, message: textTooLarge(stat.size, limits) }] };
+    }
     text = readFileSync(path, 'utf8');
   } catch (e) {
     return { documents: [], errors: [{ file: path, message: `cannot read the file: ${readProblem(e)}` }] };
   }
-  return parsePolicies(text, path);
+  return parsePolicies(text, path, limits);
 }
 
 /** "file:line:column: path: message", the form editors and CI annotate from. */

@@ -5,6 +5,7 @@ import { isAlias, isMap, isPair, isScalar, isSeq, Scalar, visit } from 'yaml';
 import type { Alias, Document, LineCounter, Node } from 'yaml';
 import { parseCidr, parseIp } from '../middlebox/ip';
 import { parseDuration } from './duration';
+import { DEFAULT_POLICY_LIMITS, tooManyRules, type PolicyLimits } from './limits';
 import {
   API_VERSION,
   KIND,
@@ -30,6 +31,8 @@ export interface ValidationSource {
   /** Resolves aliases. */
   document: Document;
   errors: PolicyError[];
+  /** Rules per list (maxRulesPerPolicy); default DEFAULT_POLICY_LIMITS. */
+  limits?: PolicyLimits;
 }
 
 export const MAX_REGEX_LENGTH = 1024;
@@ -125,8 +128,8 @@ function readSpec(v: Walk, node: Node, path: string): PolicySpec | undefined {
     selector: v.optional(fields, 'selector', `${path}.selector`, readTrafficMatch(TRAFFIC_FIELDS)),
     shadow: v.optional(fields, 'shadow', `${path}.shadow`, readBoolean),
     firewall: v.optional(fields, 'firewall', `${path}.firewall`, readFirewall),
-    rateLimits: v.optional(fields, 'rateLimits', `${path}.rateLimits`, (v, n, p) => v.namedList(n, p, readRateLimit)),
-    nat: v.optional(fields, 'nat', `${path}.nat`, (v, n, p) => v.namedList(n, p, readNat)),
+    rateLimits: v.optional(fields, 'rateLimits', `${path}.rateLimits`, (v, n, p) => v.namedList(n, p, readRateLimit, 'rate limits')),
+    nat: v.optional(fields, 'nat', `${path}.nat`, (v, n, p) => v.namedList(n, p, readNat, 'NAT rules')),
   });
 }
 
@@ -152,7 +155,7 @@ function readFirewall(v: Walk, node: Node, path: string): FirewallSpec | undefin
   if (fields === undefined) return undefined;
   return {
     default: v.optional(fields, 'default', `${path}.default`, readOneOf(ACTIONS)) ?? 'allow',
-    rules: v.optional(fields, 'rules', `${path}.rules`, (v, n, p) => v.namedList(n, p, readFirewallRule)) ?? [],
+    rules: v.optional(fields, 'rules', `${path}.rules`, (v, n, p) => v.namedList(n, p, readFirewallRule, 'firewall rules')) ?? [],
   };
 }
 
@@ -574,19 +577,28 @@ class Walk {
     return node === undefined ? undefined : read(this, node, path);
   }
 
-  /** The valid items of a list, each with where it was written. */
-  items<T>(node: Node, path: string, read: ItemReader<T>): Item<T>[] {
+  /**
+   * The valid items of a list, each with where it was written. With `bound`, a list longer than
+   * its count is reported at the first entry past it, and the entries past it are not read.
+   */
+  items<T>(node: Node, path: string, read: ItemReader<T>, bound?: { count: number; message: (given: number) => string }): Item<T>[] {
     const seq = this.resolve(node);
     if (!isSeq(seq)) {
       this.report(node, path, `expected a list, got ${describe(seq)}`);
       return [];
     }
     const items: Item<T>[] = [];
-    seq.items.forEach((entry, i) => {
+    const given = seq.items.length;
+    const readable = bound === undefined ? given : Math.min(given, bound.count);
+    for (let i = 0; i < readable; i++) {
+      const entry = seq.items[i] as Node;
       const itemPath = `${path}[${i}]`;
-      const value = read(this, entry as Node, itemPath);
-      if (value !== undefined) items.push({ value, node: entry as Node, path: itemPath });
-    });
+      const value = read(this, entry, itemPath);
+      if (value !== undefined) items.push({ value, node: entry, path: itemPath });
+    }
+    if (bound !== undefined && given > bound.count) {
+      this.report(seq.items[bound.count] as Node, `${path}[${bound.count}]`, bound.message(given));
+    }
     return items;
   }
 
@@ -606,9 +618,13 @@ class Walk {
     return this.matchItems(node, path, read).map((item) => item.value);
   }
 
-  /** A list of entries with a `name` each; names must be unique within the list. */
-  namedList<T extends { name: string }>(node: Node, path: string, read: ItemReader<T>): T[] {
-    const items = this.items(node, path, read);
+  /**
+   * A list of rules with a `name` each (`what` says which, in errors); names must be unique within
+   * the list, and there may be at most maxRulesPerPolicy of them.
+   */
+  namedList<T extends { name: string }>(node: Node, path: string, read: ItemReader<T>, what: string): T[] {
+    const limits = this.source.limits ?? DEFAULT_POLICY_LIMITS;
+    const items = this.items(node, path, read, { count: limits.maxRulesPerPolicy, message: (given) => tooManyRules(what, given, limits) });
     const seen = new Set<string>();
     for (const item of items) {
       const name = item.value.name;

@@ -104,6 +104,76 @@ describe('middlebox policy (real etcd)', function () {
     assert.equal(get.code, 1);
   });
 
+  describe('bounds: policy size and rules per policy', () => {
+    /** `n` firewall rules, one a line from line 8 on. */
+    const rules = (name: string, n: number) =>
+      `apiVersion: middlebox.io/v1alpha1\nkind: Policy\nmetadata: { name: ${name} }\nspec:\n  firewall:\n    default: allow\n    rules:\n${Array.from({ length: n }, (_, i) => `      - { name: r${i}, action: deny, paths: ["/p${i}"] }\n`).join('')}`;
+    const escape = (p: string) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+    it('validate refuses a file over --max-policy-bytes at file:1:1, naming the limit and the setting', async () => {
+      const text = rules('big', 60);
+      const p = file('big.yaml', text);
+      const r = await middlebox(['policy', 'validate', '-f', p, '--max-policy-bytes', '2048']);
+      assert.equal(r.code, 1);
+      assert.equal(
+        r.stderr,
+        `middlebox policy validate: 1 problem found\n${p}:1:1: too large: ${Buffer.byteLength(text)} bytes, more than 2048 (--max-policy-bytes, env MIDDLEBOX_MAX_POLICY_BYTES); split it into smaller policies\n`,
+      );
+      // The same from the environment; the flag wins over it.
+      const env = { MIDDLEBOX_MAX_POLICY_BYTES: '2048' };
+      assert.match((await middlebox(['policy', 'validate', '-f', p], { env })).stderr, /:1:1: too large: \d+ bytes, more than 2048 /);
+      assert.equal((await middlebox(['policy', 'validate', '-f', p, '--max-policy-bytes', '65536'], { env })).code, 0);
+      assert.equal((await middlebox(['policy', 'validate', '-f', p])).code, 0, 'within the default (1 MiB)');
+      // Standard input too.
+      const stdin = await middlebox(['policy', 'validate', '-f', '-', '--max-policy-bytes', '2048'], { input: text });
+      assert.match(stdin.stderr, /^<stdin>:1:1: too large: /m);
+    });
+
+    it('validate refuses the first rule past --max-rules-per-policy, where it is written', async () => {
+      const p = file('rules.yaml', rules('many', 4));
+      const r = await middlebox(['policy', 'validate', '-f', p, '--max-rules-per-policy', '3']);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, new RegExp(`^${escape(p)}:11:9: spec\\.firewall\\.rules\\[3\\]: more than 3 firewall rules in one policy \\(4 given; --max-rules-per-policy, env MIDDLEBOX_MAX_RULES_PER_POLICY\\)`, 'm'));
+      const env = { MIDDLEBOX_MAX_RULES_PER_POLICY: '3' };
+      assert.equal((await middlebox(['policy', 'validate', '-f', p], { env })).code, 1);
+      assert.equal((await middlebox(['policy', 'validate', '-f', p, '--max-rules-per-policy', '4'], { env })).code, 0);
+    });
+
+    it('apply refuses a policy over either bound and stores nothing', async () => {
+      const p = file('apply-big.yaml', `${rules('small', 1)}---\n${rules('toobig', 60)}`);
+      let r = await middlebox(withEtcd('policy', 'apply', '-f', p, '--max-policy-bytes', '2048'));
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /nothing was applied/);
+      assert.match(r.stderr, /:1:1: too large: /);
+      r = await middlebox(withEtcd('policy', 'apply', '-f', p, '--max-rules-per-policy', '10'));
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /nothing was applied\n.*:\d+:9: spec\.firewall\.rules\[10\]: more than 10 firewall rules/);
+      for (const name of ['small', 'toobig']) assert.equal((await middlebox(withEtcd('policy', 'get', name))).code, 1, `${name} is not stored`);
+    });
+
+    it('a bound out of range, by flag or environment, is a usage error (exit 2)', async () => {
+      let r = await middlebox(['policy', 'validate', '-f', file('g.yaml', GOOD), '--max-rules-per-policy', '0']);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /--max-rules-per-policy must be a whole number from 1 to 1000000, got "0"/);
+      r = await middlebox(['policy', 'validate', '-f', file('g.yaml', GOOD)], { env: { MIDDLEBOX_MAX_POLICY_BYTES: 'big' } });
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /MIDDLEBOX_MAX_POLICY_BYTES must be a whole number from 1024 to \d+, got "big"/);
+      r = await middlebox(['serve', '--etcd', 'http://127.0.0.1:1'], { env: { MIDDLEBOX_MAX_HEADER_BYTES: '-1' } });
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /MIDDLEBOX_MAX_HEADER_BYTES must be a whole number/);
+    });
+
+    it('policy and serve --help name every bound', async () => {
+      const policyHelp = (await middlebox(['policy', 'apply', '--help'])).stdout;
+      for (const flag of ['--max-policy-bytes', '--max-rules-per-policy']) assert.match(policyHelp, new RegExp(flag));
+      const serveHelp = (await middlebox(['serve', '--help'])).stdout;
+      for (const flag of ['--max-policy-bytes', '--max-rules-per-policy', '--max-keys-per-rate-limit', '--max-header-bytes', '--max-message-bytes']) {
+        assert.match(serveHelp, new RegExp(`${flag} N`));
+      }
+      assert.match(serveHelp, /MIDDLEBOX_MAX_MESSAGE_BYTES, default 4194304/);
+    });
+  });
+
   it('says clearly when etcd cannot be reached', async () => {
     const r = await middlebox(['policy', 'get', '--etcd', 'http://127.0.0.1:1']);
     assert.equal(r.code, 1);

@@ -1,12 +1,16 @@
 // `middlebox serve` as a process: health per service, SIGTERM drain, malformed CheckRequests,
-// unix sockets, and startup before etcd has any policy.
+// unix sockets, startup before etcd has any policy, and the bounds set by flags.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Etcd3 } from 'etcd3';
 import { EtcdProcess } from '../../src/lab/etcd';
-import { MiddleboxProcess } from '../../src/lab/middlebox';
+import { MiddleboxProcess, sumMetric } from '../../src/lab/middlebox';
 import { waitFor } from '../../src/lab/ports';
+import { formatPolicyError, parsePolicies } from '../../src/policy/parse';
+import { connectEtcd } from '../../src/state/etcd/client';
+import { policyKey, putPolicies } from '../../src/state/etcd/policies';
 import { CheckClient, httpCheck, statusOf } from '../harness/check';
 
 describe('middlebox serve: health, drain and bad input (real etcd)', function () {
@@ -95,6 +99,92 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       await assert.rejects(client.check(httpCheck({ headers: { 'x-huge': 'a'.repeat(5 * 1024 * 1024) } })), /RESOURCE_EXHAUSTED|larger than max/);
       assert.equal(statusOf(await client.check(httpCheck())), 200);
       assert.equal(await m.health.check(''), 'SERVING');
+    });
+  });
+
+  describe('bounds set by flags: each enforced, and the server keeps serving', () => {
+    const PREFIX = '/bounds';
+    const PER_KEY = '{ name: per-key, match: { paths: ["/search"] }, limit: 100, per: 1m, by: ["header:x-key"], consistency: local }';
+    /** A policy with `rules` deny rules on /admin/<i>, and a local limit on /search per x-key header value. */
+    const shop = (rules: number) => {
+      const list = Array.from({ length: rules }, (_, i) => `{ name: admin-${i}, action: deny, paths: ["/admin/${i}"] }`).join(', ');
+      const text = `apiVersion: middlebox.io/v1alpha1\nkind: Policy\nmetadata: { name: shop }\nspec:\n  firewall: { rules: [ ${list} ] }\n  rateLimits: [ ${PER_KEY} ]\n`;
+      const { documents, errors } = parsePolicies(text, 'shop.yaml');
+      assert.deepEqual(errors.map(formatPolicyError), []);
+      return documents[0]!;
+    };
+    let m: MiddleboxProcess;
+    let client: CheckClient;
+    let etcdClient: Etcd3;
+
+    before(async () => {
+      etcdClient = connectEtcd({ endpoints: [etcd.endpoint] });
+      await putPolicies(etcdClient, PREFIX, [shop(1)]);
+      m = await replica({
+        prefix: PREFIX,
+        extraArgs: ['--max-header-bytes', '2048', '--max-message-bytes', '65536', '--max-policy-bytes', '4096', '--max-keys-per-rate-limit', '2'],
+      });
+      client = new CheckClient(m.address);
+    });
+    after(() => {
+      client?.close();
+      etcdClient?.close();
+    });
+
+    it('--max-header-bytes: headers over it → 431 headers_too_large, counted', async () => {
+      assert.equal(statusOf(await client.check(httpCheck({ headers: { 'x-a': 'a'.repeat(1500) } }))), 200);
+      const res = await client.check(httpCheck({ headers: { 'x-a': 'a'.repeat(3000) } }));
+      assert.equal(statusOf(res), 431);
+      assert.equal(JSON.parse(res.denied_response!.body).reason, 'headers_too_large');
+      assert.equal(sumMetric(await m.metrics(), 'middlebox_decisions_total', { reason: 'headers_too_large' }), 1);
+      assert.match(m.output(), /request headers exceed 2048 bytes \(--max-header-bytes\)/);
+    });
+
+    it('--max-message-bytes: a bigger message is refused by gRPC with RESOURCE_EXHAUSTED, and the server lives on', async () => {
+      // 100 KB: within gRPC's default 4 MiB, over the setting.
+      await assert.rejects(client.check(httpCheck({ headers: { 'x-a': 'a'.repeat(100_000) } })), (e: Error & { code?: number }) => {
+        assert.equal(e.code, 8, `RESOURCE_EXHAUSTED, got ${e.message}`);
+        assert.match(e.message, /larger than max \(\d+ vs 65536\)/);
+        return true;
+      });
+      assert.equal(statusOf(await client.check(httpCheck())), 200);
+      assert.equal(await m.health.check(''), 'SERVING');
+    });
+
+    it('--max-keys-per-rate-limit: keys past it share the overflow bucket, counted and logged', async () => {
+      for (const key of ['k1', 'k2', 'k3', 'k4', 'k3']) {
+        assert.equal(statusOf(await client.check(httpCheck({ path: '/search', headers: { 'x-key': key } }))), 200);
+      }
+      assert.equal(sumMetric(await m.metrics(), 'middlebox_ratelimit_keys_overflow_total', { consistency: 'local' }), 3);
+      assert.match(m.output(), /"rule":"shop\/per-key".*more distinct keys than --max-keys-per-rate-limit/);
+    });
+
+    it('--max-policy-bytes: a stored policy over it is refused; the last good one stays in force', async () => {
+      assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/0' }))), 403);
+      assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/50' }))), 200);
+      const big = JSON.stringify(shop(100));
+      assert.ok(big.length > 4096);
+      await etcdClient.put(policyKey(PREFIX, 'shop')).value(big);
+      await waitFor(async () => (await m.health.check('middlebox.policy')) === 'NOT_SERVING', { timeoutMs: 3000, what: 'the oversized policy to be refused' });
+      assert.equal(await m.health.check(''), 'SERVING');
+      assert.match(m.output(), /too large: \d+ bytes, more than 4096 \(--max-policy-bytes, env MIDDLEBOX_MAX_POLICY_BYTES\).*stored policy rejected; the last good version stays in force/);
+      const samples = await m.metrics();
+      assert.equal(sumMetric(samples, 'middlebox_policy_rejected'), 1);
+      assert.equal(sumMetric(samples, 'middlebox_policy_last_reload_success'), 0);
+      // The last good version: /admin/0 denied, /admin/50 (only in the refused one) allowed.
+      assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/0' }))), 403);
+      assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/50' }))), 200);
+      // Within the limit again: accepted.
+      await putPolicies(etcdClient, PREFIX, [shop(2)]);
+      await waitFor(async () => (await m.health.check('middlebox.policy')) === 'SERVING', { timeoutMs: 3000, what: 'the policy within the limit to be accepted' });
+      assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/1' }))), 403);
+    });
+
+    it('refuses a bound out of range as a usage error (exit 2)', async () => {
+      const bad = await MiddleboxProcess.start({ etcd: etcd.endpoint, extraArgs: ['--max-message-bytes', '10'], waitFor: false });
+      started.push(bad);
+      assert.equal((await bad.exited).code, 2);
+      assert.match(bad.output(), /--max-message-bytes must be a whole number from 4096 to 2147483647, got "10"/);
     });
   });
 

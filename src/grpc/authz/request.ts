@@ -9,7 +9,13 @@ export interface TranslationLimits {
   maxHeaderBytes: number;
 }
 
-export const DEFAULT_TRANSLATION_LIMITS: TranslationLimits = { maxHeaderBytes: 64 * 1024 };
+/** 64 KiB: Envoy's own default cap on a request's headers (max_request_headers_kb 60) fits. */
+export const DEFAULT_TRANSLATION_LIMITS: Readonly<TranslationLimits> = { maxHeaderBytes: 64 * 1024 };
+
+/** The detail logged with a 431 headers_too_large refusal (ext_authz and ext_proc alike). */
+export function headersTooLarge(limits: TranslationLimits): string {
+  return `request headers exceed ${limits.maxHeaderBytes} bytes (--max-header-bytes)`;
+}
 
 export type Translation =
   | { ok: true; request: RequestAttributes }
@@ -37,7 +43,7 @@ export function translateCheckRequest(msg: CheckRequest, limits: TranslationLimi
     return { ok: true, request: { protocol: 'tcp', source, destination, headers: NO_HEADERS } };
   }
   const headers = headerMap(http, limits.maxHeaderBytes);
-  if (!headers) return refuse(431, 'headers_too_large', `request headers exceed ${limits.maxHeaderBytes} bytes`);
+  if (!headers) return refuse(431, 'headers_too_large', headersTooLarge(limits));
   const authority = http.host || headers.get(':authority') || headers.get('host') || '';
   const rawPath = http.path || headers.get(':path') || '/';
   return {

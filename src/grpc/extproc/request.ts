@@ -2,7 +2,7 @@
 // (configured as request_attributes in the filter) with the first message.
 import { parseIp } from '../../middlebox/ip';
 import type { Endpoint, RequestAttributes } from '../../middlebox/types';
-import { hostWithoutPort, pathWithoutQuery, type Translation, type TranslationLimits } from '../authz/request';
+import { headersTooLarge, hostWithoutPort, pathWithoutQuery, type Translation, type TranslationLimits } from '../authz/request';
 import type { ProcessingRequest, ProtoStruct } from '../envoy-types';
 import { HeaderCollector } from '../headers';
 
@@ -22,7 +22,7 @@ export const REQUEST_ATTRIBUTES = [
 export function translateRequestHeaders(msg: ProcessingRequest, limits: TranslationLimits): Translation {
   const collector = new HeaderCollector(limits.maxHeaderBytes);
   if (!collector.addAll(msg.request_headers?.headers?.headers)) {
-    return { ok: false, status: 431, reason: 'headers_too_large', message: `request headers exceed ${limits.maxHeaderBytes} bytes` };
+    return { ok: false, status: 431, reason: 'headers_too_large', message: headersTooLarge(limits) };
   }
   const headers = collector.map;
   const attrs = msg.attributes?.[ATTRIBUTES_KEY];

@@ -51,6 +51,22 @@ export function peek(params: LimitParams, state: BucketState | undefined, now: n
   return take(params, state, 0, now);
 }
 
+/**
+ * How long after its last take a bucket's state still matters: later, it grants as a new bucket
+ * would (a fixed window has ended; a sliding window's previous window no longer overlaps; a token
+ * bucket has refilled from empty). A bucket charged into debt may take longer.
+ */
+export function stateLifetimeMs(params: LimitParams): number {
+  switch (params.algorithm) {
+    case 'fixed-window':
+      return params.perMs;
+    case 'sliding-window':
+      return 2 * params.perMs;
+    case 'token-bucket':
+      return Math.ceil(((params.burst ?? params.limit) / params.limit) * params.perMs);
+  }
+}
+
 /** Index of the window `now` falls in; windows are aligned to the epoch so every replica agrees. */
 export function windowIndex(perMs: number, now: number): number {
   return Math.floor(now / perMs);

@@ -13,6 +13,7 @@
 import type { Etcd3, IKeyValue } from 'etcd3';
 import type { Logger } from '../../observability/logger';
 import { compileSnapshot } from '../../policy/compile';
+import type { PolicyLimits } from '../../policy/limits';
 import { parsePolicies } from '../../policy/parse';
 import type { PolicyDocument, PolicyError, PolicySnapshot } from '../../policy/types';
 import type { PolicySource, PolicyStatus, RejectedPolicy } from '../port';
@@ -38,6 +39,11 @@ export interface EtcdPolicyStoreOptions {
   stateDir?: string;
   /** With neither etcd nor a state file (default fail-closed). */
   onNoState?: OnNoState;
+  /**
+   * Bounds on one policy (bytes, rules per list); a stored policy past them is refused like any
+   * invalid one. Default DEFAULT_POLICY_LIMITS.
+   */
+  limits?: PolicyLimits;
 }
 
 /** What decisions do while a replica has neither etcd nor a state file. */
@@ -141,7 +147,7 @@ export class EtcdPolicyStore implements PolicySource {
       logger.info({ file }, 'no policy state file yet; it is written once policies load from etcd');
       return;
     }
-    const state = isCorruptSnapshot(value) ? { error: value.message } : readPolicyState(value, file);
+    const state = isCorruptSnapshot(value) ? { error: value.message } : readPolicyState(value, file, this.opts.limits);
     if ('error' in state) {
       logger.error({ file, err: state.error }, 'policy state file is corrupt or invalid; ignored');
       return;
@@ -229,7 +235,7 @@ export class EtcdPolicyStore implements PolicySource {
   private accept(kv: IKeyValue, lastGood?: ReadonlyMap<string, PolicyDocument>): void {
     const key = kv.key.toString();
     const name = nameOf(key, this.opts.prefix);
-    const { document, errors } = readStored(key, name, kv.value.toString());
+    const { document, errors } = readStored(key, name, kv.value.toString(), undefined, this.opts.limits);
     if (document) {
       this.documents.set(name, document);
       this.rejected.delete(key);
@@ -271,9 +277,15 @@ function nameOf(key: string, prefix: string): string {
   return key.slice(policiesPrefix(prefix).length);
 }
 
-/** A stored value must be exactly one valid policy whose name matches its key. */
-export function readStored(key: string, name: string, text: string, file = `etcd:${key}`): { document?: PolicyDocument; errors: PolicyError[] } {
-  const { documents, errors } = parsePolicies(text, file);
+/** A stored value must be exactly one valid policy, within `limits`, whose name matches its key. */
+export function readStored(
+  key: string,
+  name: string,
+  text: string,
+  file = `etcd:${key}`,
+  limits?: PolicyLimits,
+): { document?: PolicyDocument; errors: PolicyError[] } {
+  const { documents, errors } = parsePolicies(text, file, limits);
   if (errors.length) return { errors };
   if (documents.length !== 1) return { errors: [{ file, message: `expected exactly one policy document, found ${documents.length}` }] };
   const document = documents[0]!;
@@ -291,6 +303,7 @@ export function readStored(key: string, name: string, text: string, file = `etcd
 export function readPolicyState(
   value: unknown,
   file: string,
+  limits?: PolicyLimits,
 ): { documents: PolicyDocument[]; revision: string; savedAt: string } | { error: string } {
   const v = value as Partial<PolicyStateFile> | null;
   if (typeof v !== 'object' || v === null || v.version !== 1 || !Array.isArray(v.policies)) {
@@ -303,7 +316,7 @@ export function readPolicyState(
     if (typeof name !== 'string') return { error: `policies[${i}] has no metadata.name` };
     if (names.has(name)) return { error: `policy ${JSON.stringify(name)} appears twice` };
     names.add(name);
-    const { document, errors } = readStored(name, name, JSON.stringify(item), `${file}#${name}`);
+    const { document, errors } = readStored(name, name, JSON.stringify(item), `${file}#${name}`, limits);
     if (!document) return { error: `policy ${JSON.stringify(name)} is invalid: ${errors.map((e) => e.message).join('; ')}` };
     documents.push(document);
   }
