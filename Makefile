@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency bench-soak bench-scaling bench-report clean
 
 all: build
 
@@ -91,8 +91,28 @@ bench-faults: deps build
 bench-latency: deps deps-bench build
 	@node dist/bench/latency.js $(BENCH_ARGS)
 
-# Every benchmark; each writes its table under bench/results/.
-bench: bench-ratelimit bench-nat bench-faults bench-latency
+# Soak: 10 minutes of steady mixed traffic through Envoy over 2 replicas (firewall, rate limits in
+# every consistency mode with tens of thousands of keys, NAT, TCP, large and malformed requests, a
+# policy re-apply every minute), sampling every process's memory and file descriptors;
+# bench/results/soak.{json,md,svg}. BENCH_ARGS=--quick for 1 minute (soak.quick.*), --minutes N for
+# another length. Not part of `bench` below: it takes 10+ minutes.
+bench-soak: deps deps-bench build
+	@node dist/bench/soak.js $(BENCH_ARGS)
+
+# Middlebox replicas added, stopped (SIGTERM) and killed (SIGKILL) and etcd frozen under load through one
+# Envoy, leased and strict: admitted rate, p99, failures, breakers and Envoy's healthy endpoints over
+# time; bench/results/scaling.{json,md,svg}. BENCH_ARGS=--quick for the short variant (scaling.quick.*).
+bench-scaling: deps build
+	@node dist/bench/scaling.js $(BENCH_ARGS)
+
+# bench/REPORT.md from every bench/results/*.json (quick runs left out): the issue's targets with
+# ✔/✘ and each experiment's headline table. Every bench also regenerates it when it writes results.
+bench-report: build
+	@node dist/bench/report.js
+
+# Every benchmark; each writes its table under bench/results/, then the report over all of them.
+bench: bench-ratelimit bench-nat bench-faults bench-latency bench-scaling
+	@node dist/bench/report.js
 
 clean:
 	rm -rf dist

@@ -13,15 +13,22 @@ export function log(line: string): void {
   process.stdout.write(`[${s}s] ${line}\n`);
 }
 
-/** The repository's bench/results, whether run from dist/bench or elsewhere. */
-export function resultsDir(): string {
+/** The repository's root (where package.json is), whether run from dist/bench or elsewhere. */
+export function repoRoot(): string {
   let dir = __dirname;
   while (!fs.existsSync(path.join(dir, 'package.json'))) {
     const parent = path.dirname(dir);
     if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
     dir = parent;
   }
-  return path.join(dir, 'bench', 'results');
+  return dir;
+}
+
+/** The repository's bench/results, or the directory in the environment variable BENCH_RESULTS_DIR. */
+export function resultsDir(): string {
+  const override = process.env.BENCH_RESULTS_DIR;
+  if (override) return path.resolve(override);
+  return path.join(repoRoot(), 'bench', 'results');
 }
 
 export function versionOf(cmd: string, args: string[]): Promise<string> {
@@ -53,6 +60,21 @@ export function writeResults(name: string, json: object, markdown: string): void
   fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(json, null, 2)}\n`);
   fs.writeFileSync(path.join(dir, `${name}.md`), markdown);
   log(`wrote ${path.relative(process.cwd(), path.join(dir, name))}.{json,md}`);
+  refreshReport();
+}
+
+/**
+ * Regenerates REPORT.md (next to the results directory) from every result file, so that it is fresh
+ * after every bench; a failure is logged, never fatal to the bench that just measured.
+ */
+export function refreshReport(): void {
+  try {
+    // At call time: report.ts imports this module.
+    const report = require('./report') as typeof import('./report');
+    log(`regenerated ${path.relative(process.cwd(), report.writeReport())}`);
+  } catch (e) {
+    log(`could not regenerate the report: ${(e as Error).message}`);
+  }
 }
 
 /** The one flag every bench takes: --quick for a short run. Anything else is a usage error (exit 2). */
@@ -75,7 +97,7 @@ export interface CodeIdentity {
 }
 
 export function codeIdentity(): CodeIdentity {
-  const root = path.dirname(resultsDir());
+  const root = repoRoot();
   const git = (args: string[]) => {
     try {
       return execFileSync('git', args, { cwd: root, timeout: 10_000, encoding: 'utf8' }).trim();

@@ -20,6 +20,7 @@ Commands:
   inject             print Kubernetes objects with the middlebox sidecar injected (offline)
   inject serve       run the sidecar injector as a Kubernetes admission webhook (HTTPS)
   demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
+  bench              run a benchmark (ratelimit, nat, faults, latency, scaling) or regenerate bench/REPORT.md
   version            print the version
 
 Run 'middlebox <command> --help' for a command's flags.
@@ -45,6 +46,7 @@ export async function main(argv: string[]): Promise<number> {
       return natCommand(rest);
     case 'demo':
       return runCommand(demoCommand, rest);
+    case 'bench': return (await import('./bench')).benchMain(rest);
     case 'explain':
       return runCommand((await import('./explain')).explainCommand, rest);
     case 'version':
