@@ -116,6 +116,12 @@ class FakeSharedRateLimits {
     if ('k' in s) return (req.rule.burst ?? req.rule.limit) - s.k;
     return s.w === windowIndex(req.rule.perMs, now) ? s.c : 0;
   }
+
+  /** As EtcdRateLimitStore: the window's count as last seen (here: as it is). */
+  sharedUsed(req: RateLimitRequest): number | undefined {
+    if (req.rule.algorithm === 'token-bucket' || !this.buckets.has(bucketId(req))) return undefined;
+    return this.used(req, req.now);
+  }
 }
 
 /** The etcd NAT table: create-if-absent / replace-if-`replacing`, in memory. */
@@ -306,6 +312,18 @@ describe('ResilientRateLimitStore', () => {
       }
     });
 
+    // Regression: the fallback counted the window from zero, so the window an outage began in
+    // admitted what etcd had counted plus every replica's whole share (1.5 x the limit in the
+    // fault bench).
+    it('starts the window at its share of what etcd had already counted', async () => {
+      assert.equal(await admitted(store, () => ask(STRICT), 15), 15, 'half the limit of 30, through etcd');
+      await outage();
+      // 15 left for 3 replicas: this one's share is 5, not 10.
+      assert.equal(await admitted(store, () => ask(STRICT), 10), 5);
+      await recovery();
+      assert.equal(shared.used(ask(STRICT)), 20);
+    });
+
     it('keeps each key and each rule on its own local share', async () => {
       await outage();
       assert.equal(await admitted(store, () => ask(STRICT, 'a'), 15), 10);
@@ -361,18 +379,19 @@ describe('ResilientRateLimitStore', () => {
     it('charges the tokens admitted locally to the shared store exactly once', async () => {
       assert.equal(await admitted(store, () => ask(STRICT), 5), 5, 'before the outage, shared');
       await outage();
-      assert.equal(await admitted(store, () => ask(STRICT), 15), 10);
+      // This replica's share of the 25 left: 30/3 less its part of the 5 counted (5/3), so 8.
+      assert.equal(await admitted(store, () => ask(STRICT), 15), 8);
       assert.equal(shared.chargeAttempts, 0, 'nothing written while etcd is down');
       assert.equal(store.reconciled, 0);
 
       await recovery();
       assert.deepEqual(
         shared.charges.map((c) => [c.id, c.n]),
-        [[bucketId(ask(STRICT)), 10]],
+        [[bucketId(ask(STRICT)), 8]],
       );
-      assert.equal(store.reconciled, 10);
+      assert.equal(store.reconciled, 8);
       assert.equal(store.owedBuckets, 0);
-      assert.equal(shared.used(ask(STRICT)), 15);
+      assert.equal(shared.used(ask(STRICT)), 13);
       assert.equal(breaker.stats.closed, 1);
 
       // Another outage and recovery, with nothing admitted locally: nothing is charged again.
@@ -381,10 +400,10 @@ describe('ResilientRateLimitStore', () => {
       assert.equal(breaker.stats.closed, 2);
       assert.equal(shared.charges.length, 1);
       assert.equal(shared.chargeAttempts, 1);
-      assert.equal(store.reconciled, 10);
+      assert.equal(store.reconciled, 8);
 
       // Decisions are the shared store's again, and it counts what the fallback admitted.
-      assert.equal(await admitted(store, () => ask(STRICT), 30), 15);
+      assert.equal(await admitted(store, () => ask(STRICT), 30), 17);
     });
 
     it('charges each bucket its own tokens', async () => {

@@ -130,6 +130,17 @@ export class EtcdRateLimitStore implements RateLimitPort {
     });
   }
 
+  /**
+   * Tokens the shared bucket had counted in the current window when this replica last saw it (all
+   * replicas together; a leased pool's unspent tokens included), or undefined if it has not seen it.
+   * Token buckets: undefined.
+   */
+  sharedUsed(req: RateLimitRequest): number | undefined {
+    const b = this.buckets.get(bucketId(req));
+    if (!b?.state || b.params.algorithm === 'token-bucket') return undefined;
+    return Math.max(0, b.rule.limit - peek(b.params, b.state, req.now).remaining);
+  }
+
   refund(req: RateLimitRequest): void {
     const b = this.bucket(req);
     if (req.rule.consistency === 'leased') {

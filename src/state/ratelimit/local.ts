@@ -1,7 +1,7 @@
 // Consistency `local`: each replica counts in memory against its share of the limit (limit ÷ live
 // replicas), so N replicas together admit about the limit with no etcd traffic at all. Also the
 // fallback when etcd cannot be asked.
-import { giveBack, take, type BucketState, type LimitParams } from '../../middlebox/ratelimit/algorithms';
+import { charge, giveBack, take, windowIndex, type BucketState, type LimitParams } from '../../middlebox/ratelimit/algorithms';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
 import { BoundedMap } from './bounded-map';
 
@@ -36,6 +36,21 @@ export class LocalRateLimitStore implements RateLimitPort {
     const t = take(params, this.buckets.get(id), 1, req.now);
     this.buckets.set(id, t.state);
     return { allowed: t.granted === 1, limit: req.rule.limit, remaining: t.remaining, resetMs: t.resetMs, retryAfterMs: t.retryAfterMs };
+  }
+
+  /**
+   * Starts this window's count of a window limit at this replica's part of `used`, the tokens the
+   * shared bucket had already counted in it (all replicas together): a fallback that begins mid-window
+   * then admits a share of what is left, not a share of the whole limit on top of it. Does nothing
+   * when the bucket already counts this window, or for a token bucket.
+   */
+  seed(req: RateLimitRequest, used: number): void {
+    if (req.rule.algorithm === 'token-bucket' || used <= 0) return;
+    const id = bucketId(req);
+    const state = this.buckets.get(id);
+    if (state && 'w' in state && state.w === windowIndex(req.rule.perMs, req.now)) return;
+    const n = Math.max(1, this.opts.replicas());
+    this.buckets.set(id, charge(this.share(req), state, used / n, req.now));
   }
 
   refund(req: RateLimitRequest): void {

@@ -80,6 +80,9 @@ export class ResilientRateLimitStore implements RateLimitPort {
     this.breaker.fellBack();
     // A single failed call need not open the breaker; its debt is then written back shortly.
     if (!this.breaker.isDegraded) this.reconcileSoon();
+    // The window's count so far, as last seen in etcd, so the fallback's share is of what is left.
+    const used = this.shared.sharedUsed(req);
+    if (used) this.local.seed(req, used);
     const grant = this.local.consume(req);
     if (grant.allowed) {
       const id = owedId(req);
