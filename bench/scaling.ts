@@ -1193,8 +1193,8 @@ function observations(p: Params, r: ModeResult): string[] {
       const answered = e.responsesUntilEnvoy;
       out.push(
         `SIGKILL of replica ${e.replica}: ${e.failedUntilNext} requests failed, the last in the bucket at t=${fmt(last?.t ?? null, 2)} s; ` +
-          `Envoy kept calling the endpoint healthy until ${after(e.envoyAt, e.t)} after the kill (gRPC health checks every 1 s, unhealthy after 2 failures; the bootstrap has no outlier detection nor retry for ext_authz), ` +
-          `and every ext_authz call it sent there meanwhile failed: fail closed, 403` +
+          `Envoy kept calling the endpoint healthy until ${after(e.envoyAt, e.t)} after the kill (gRPC health checks every 1 s, unhealthy after 2 failures; calls that could not reach it are retried on another replica and outlier detection ejects it, within the same 250 ms deadline), ` +
+          `and a call that neither a retry nor its deadline could save failed closed (403)` +
           (inWindow !== null && answered ? ` (${inWindow} of the ${answered} responses from the kill until then + ${p.envoyTimeoutMs} ms, ${Math.round((100 * inWindow) / answered)} %)` : ''),
       );
     }

@@ -116,4 +116,20 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal(answers.filter((g) => g.allowed).length, 3);
     assert.ok(etcd.commits <= 6, `${etcd.commits} commits`);
   });
+
+  it('assumes, for a fallback, that each other replica holds a block as large as its own', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 3 });
+    const rule = { ...LEASED, limit: 300, perMs: 3_600_000 } as CompiledRateLimit;
+    const now = Date.now();
+    for (let i = 0; i < 10; i++) assert.equal((await store.consume({ rule, key: 'k', now })).allowed, true);
+    // It has seen 10 counted (its own blocks) and took 10: two others are assumed to hold 10 each.
+    assert.equal(store.sharedUsed({ rule, key: 'k', now }), 30);
+    // (The fake holds one key: a strict bucket gets a store of its own.)
+    const strictStore = new EtcdRateLimitStore({ client: new FakeEtcd().client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 3 });
+    const strict = { ...rule, id: 'p/strict', name: 'strict', consistency: 'strict' } as CompiledRateLimit;
+    for (let i = 0; i < 10; i++) await strictStore.consume({ rule: strict, key: 'k', now });
+    assert.equal(strictStore.sharedUsed({ rule: strict, key: 'k', now }), 10, 'strict: exactly what it saw');
+    assert.equal(store.sharedUsed({ rule, key: 'unseen', now }), undefined);
+  });
 });

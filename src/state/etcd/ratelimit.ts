@@ -70,6 +70,8 @@ interface Bucket {
   // leased
   pool: number;
   poolEpoch: number;
+  /** Tokens etcd granted this replica's pool in the pool's epoch. */
+  pooled: number;
   arrivals: number;
   rateSince: number;
   /** Observed arrivals per millisecond on this replica (smoothed). */
@@ -133,12 +135,19 @@ export class EtcdRateLimitStore implements RateLimitPort {
   /**
    * Tokens the shared bucket had counted in the current window when this replica last saw it (all
    * replicas together; a leased pool's unspent tokens included), or undefined if it has not seen it.
-   * Token buckets: undefined.
+   * Token buckets: undefined. Leased: this replica last saw the count when it took its own block,
+   * and the others take blocks of about the same size after it, so each of them is assumed to hold
+   * as many tokens as this one took in the window (at most the limit in all): an outage then costs
+   * some of the window's tokens rather than admitting the others' blocks twice.
    */
   sharedUsed(req: RateLimitRequest): number | undefined {
     const b = this.buckets.get(bucketId(req));
     if (!b?.state || b.params.algorithm === 'token-bucket') return undefined;
-    return Math.max(0, b.rule.limit - peek(b.params, b.state, req.now).remaining);
+    const seen = Math.max(0, b.rule.limit - peek(b.params, b.state, req.now).remaining);
+    if (b.rule.consistency !== 'leased') return seen;
+    this.rollPool(b, req.now);
+    const others = Math.max(0, this.opts.replicas() - 1) * b.pooled;
+    return Math.min(b.rule.limit, seen + others);
   }
 
   refund(req: RateLimitRequest): void {
@@ -179,6 +188,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
         busy: false,
         pool: 0,
         poolEpoch: -1,
+        pooled: 0,
         arrivals: 0,
         rateSince: req.now,
         rate: 0,
@@ -229,6 +239,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       const t = await this.takeShared(b, asked, now);
       this.rollPool(b, now);
       b.pool += t.granted;
+      b.pooled += t.granted;
       // etcd granted less than asked: the shared bucket has nothing more for this window.
       exhausted = t.granted < asked;
     }
@@ -259,6 +270,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
     const epoch = b.params.algorithm === 'token-bucket' ? Math.floor(now / BUCKET_POOL_MS) : windowIndex(b.params.perMs, now);
     if (epoch !== b.poolEpoch) {
       b.pool = 0;
+      b.pooled = 0;
       b.poolEpoch = epoch;
     }
   }
