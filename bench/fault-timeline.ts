@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Etcd3, Watcher } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import { sleep, waitFor } from '../src/lab/ports';
 import { SidecarLab } from '../src/lab/sidecar';
 import type { Consistency } from '../src/policy/types';
@@ -22,11 +22,11 @@ import { renderSvg, type VegaLiteSpec } from './chart';
 import { codeIdentity, log, quickFlag, resultsDir, runMetadata, writeResults, type CodeIdentity } from './common';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
+import { BucketWriteLog, cpuSnapshot, fmt, isFailure, latencyOf, othersCpuPct, percentile, round, statsDelta, WINDOW_MS, windowOf, type BucketWrite } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
 const MODES: Consistency[] = ['leased', 'strict'];
-const WINDOW_MS = 1000;
 
 interface Params {
   quick: boolean;
@@ -137,14 +137,6 @@ interface WindowRow {
   etcdWrites: number;
 }
 
-interface BucketWrite {
-  revision: number;
-  /** Seconds from the load's start to the watch event's arrival here. */
-  t: number;
-  /** Window index and count of the fixed-window state written. */
-  w: number;
-  c: number;
-}
 
 interface Interval {
   replica: number;
@@ -236,16 +228,8 @@ interface ModeResult {
 
 // ---- helpers ----------------------------------------------------------------------------------------
 
-const windowOf = (at: number): number => Math.floor(at / WINDOW_MS);
-const round = (n: number, digits = 3): number => Number(n.toFixed(digits));
 
-function percentile(sorted: number[], p: number): number | null {
-  if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
 
-const latencyOf = (s: Sample): number => s.at - s.sent;
-const isFailure = (s: Sample): boolean => s.status !== 200 && s.status !== 429;
 
 /** Asks every replica's `middlebox.etcd` health every pollMs until stopped. */
 class HealthPoller {
@@ -298,45 +282,6 @@ class HealthPoller {
   }
 }
 
-/** Every fixed-window state written under the lab's rate-limit prefix, as etcd's watch reports it. */
-class BucketWriteLog {
-  readonly writes: BucketWrite[] = [];
-  private maxRevision = 0;
-
-  private constructor(private readonly watcher: Watcher, rateLimitPrefix: string, private readonly t0: () => number) {
-    watcher.on('data', (res) => {
-      for (const e of res.events) {
-        const revision = Number(e.kv.mod_revision);
-        this.maxRevision = Math.max(this.maxRevision, revision);
-        if (e.type !== 'Put' || !e.kv.key.toString().startsWith(rateLimitPrefix)) continue;
-        try {
-          const v = JSON.parse(e.kv.value.toString()) as { w?: unknown; c?: unknown };
-          if (typeof v.w === 'number' && typeof v.c === 'number') this.writes.push({ revision, t: round((Date.now() - this.t0()) / 1000), w: v.w, c: v.c });
-        } catch {
-          // not a fixed-window state
-        }
-      }
-    });
-  }
-
-  static async start(client: Etcd3, prefix: string, fromRevision: number, t0: () => number): Promise<BucketWriteLog> {
-    // The whole prefix, so that the last revision of the run is seen whatever wrote it.
-    const watcher = await client.watch().prefix(`${prefix}/`).startRevision(String(fromRevision)).create();
-    return new BucketWriteLog(watcher, `${prefix}/ratelimit/`, t0);
-  }
-
-  /** Waits (bounded) until the watch has delivered the writes up to `revision`; false if it did not. */
-  async caughtUp(revision: number, timeoutMs: number): Promise<boolean> {
-    return waitFor(() => this.maxRevision >= revision, { timeoutMs, intervalMs: 20, what: `the etcd watch to reach revision ${revision}` }).then(
-      () => true,
-      () => false,
-    );
-  }
-
-  async stop(): Promise<void> {
-    await this.watcher.cancel().catch(() => undefined);
-  }
-}
 
 /** Degraded intervals per replica, from the polls (a no-answer poll changes nothing). */
 function degradedIntervals(polls: Poll[], replicas: number): Interval[] {
@@ -500,66 +445,9 @@ function phaseSummary(p: Params, phase: Phase, samples: Sample[], rows: Bucket[]
   };
 }
 
-function statsDelta(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [name, value] of after) {
-    const d = value - (before.get(name) ?? 0);
-    if (d !== 0) out[name] = d;
-  }
-  return out;
-}
 
-/**
- * CPU time of the whole machine and of this bench's own process tree (the bench, etcd, the replicas,
- * Envoy, the app), from /proc: the difference between two snapshots says how much of the machine
- * other processes (a test suite, a build) took meanwhile. Undefined where /proc is not Linux's.
- */
-interface CpuSnapshot {
-  busy: number;
-  total: number;
-  ours: number;
-}
 
-function cpuSnapshot(): CpuSnapshot | undefined {
-  try {
-    const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-    const [user, nice, system, idle, iowait, irq, softirq, steal] = fields as [number, number, number, number, number, number, number, number];
-    const busy = user + nice + system + irq + softirq + (steal ?? 0);
-    const children = new Map<number, number[]>();
-    const cpu = new Map<number, number>();
-    for (const entry of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      let stat: string;
-      try {
-        stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      } catch {
-        continue; // gone meanwhile
-      }
-      // "pid (comm) state ppid ... utime stime": comm may hold spaces and parentheses.
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const pid = Number(entry);
-      const ppid = Number(rest[1]);
-      cpu.set(pid, Number(rest[11]) + Number(rest[12]));
-      children.set(ppid, [...(children.get(ppid) ?? []), pid]);
-    }
-    let ours = 0;
-    const stack = [process.pid];
-    while (stack.length > 0) {
-      const pid = stack.pop()!;
-      ours += cpu.get(pid) ?? 0;
-      stack.push(...(children.get(pid) ?? []));
-    }
-    return { busy, total: busy + idle + iowait, ours };
-  } catch {
-    return undefined;
-  }
-}
 
-/** Share of the machine (percent of all CPUs) used by processes outside this bench between two snapshots. */
-function othersCpuPct(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): number | null {
-  if (!a || !b || b.total <= a.total) return null;
-  return round((Math.max(0, b.busy - a.busy - (b.ours - a.ours)) / (b.total - a.total)) * 100, 1);
-}
 
 const maxOrNull = (xs: Array<number | null>): number | null => (xs.some((x) => x === null) || xs.length === 0 ? null : Math.max(...(xs as number[])));
 
@@ -767,9 +655,6 @@ async function runTimeline(p: Params, mode: Consistency): Promise<ModeResult> {
 
 // ---- the report -------------------------------------------------------------------------------------
 
-function fmt(n: number | null | undefined, digits = 3): string {
-  return n === null || n === undefined || Number.isNaN(n) ? '–' : n.toFixed(digits);
-}
 
 const ms = (n: number | null): string => (n === null ? 'never' : `${(n / 1000).toFixed(2)} s`);
 

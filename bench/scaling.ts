@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import type { Etcd3, Watcher } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import { service as healthService } from 'grpc-health-check';
 import { stringify } from 'yaml';
 import { CLUSTERS, renderBootstrap, type BootstrapOptions } from '../src/envoy/bootstrap';
@@ -37,11 +37,11 @@ import { renderSvg, type VegaLiteSpec } from './chart';
 import { codeIdentity, log, quickFlag, resultsDir, runMetadata, writeResults, type CodeIdentity } from './common';
 import { openLoop, type Sample } from './load';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
+import { BucketWriteLog, cpuSnapshot, fmt, isFailure, latencyOf, othersCpuPct, percentile, round, statsDelta, WINDOW_MS, windowOf, type BucketWrite } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
 const MODES: Consistency[] = ['leased', 'strict'];
-const WINDOW_MS = 1000;
 const PREFIX = '/middlebox';
 
 /** One step of the script, at `atMs` after the load started. Replicas are numbered from 1 (their address slot). */
@@ -287,12 +287,6 @@ interface ReplicaLog {
   warnings: Record<string, number>;
 }
 
-interface BucketWrite {
-  revision: number;
-  t: number;
-  w: number;
-  c: number;
-}
 
 interface ModeResult {
   consistency: Consistency;
@@ -336,15 +330,7 @@ interface PanicCheck {
 
 // ---- helpers ----------------------------------------------------------------------------------------
 
-const windowOf = (at: number): number => Math.floor(at / WINDOW_MS);
-const round = (n: number, digits = 3): number => Number(n.toFixed(digits));
-const latencyOf = (s: Sample): number => s.at - s.sent;
-const isFailure = (s: Sample): boolean => s.status !== 200 && s.status !== 429;
 
-function percentile(sorted: number[], q: number): number | null {
-  if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor((q / 100) * sorted.length))]!;
-}
 
 function countStatuses(samples: Sample[]): Record<string, number> {
   const out: Record<string, number> = {};
@@ -511,43 +497,6 @@ export function parseClusters(text: string, addresses: string[]): Omit<EnvoyPoll
   return { healthy: hosts.filter((h) => h.healthy).length, hosts };
 }
 
-/** Every fixed-window state written under the rate-limit prefix, as etcd's watch reports it. */
-class BucketWriteLog {
-  readonly writes: BucketWrite[] = [];
-  private maxRevision = 0;
-
-  private constructor(private readonly watcher: Watcher, rateLimitPrefix: string, private readonly t0: () => number) {
-    watcher.on('data', (res) => {
-      for (const e of res.events) {
-        const revision = Number(e.kv.mod_revision);
-        this.maxRevision = Math.max(this.maxRevision, revision);
-        if (e.type !== 'Put' || !e.kv.key.toString().startsWith(rateLimitPrefix)) continue;
-        try {
-          const v = JSON.parse(e.kv.value.toString()) as { w?: unknown; c?: unknown };
-          if (typeof v.w === 'number' && typeof v.c === 'number') this.writes.push({ revision, t: round((Date.now() - this.t0()) / 1000), w: v.w, c: v.c });
-        } catch {
-          // not a fixed-window state
-        }
-      }
-    });
-  }
-
-  static async start(client: Etcd3, prefix: string, fromRevision: number, t0: () => number): Promise<BucketWriteLog> {
-    const watcher = await client.watch().prefix(`${prefix}/`).startRevision(String(fromRevision)).create();
-    return new BucketWriteLog(watcher, `${prefix}/ratelimit/`, t0);
-  }
-
-  async caughtUp(revision: number, timeoutMs: number): Promise<boolean> {
-    return waitFor(() => this.maxRevision >= revision, { timeoutMs, intervalMs: 20, what: `the etcd watch to reach revision ${revision}` }).then(
-      () => true,
-      () => false,
-    );
-  }
-
-  async stop(): Promise<void> {
-    await this.watcher.cancel().catch(() => undefined);
-  }
-}
 
 /** Breaker transitions, tokens written back and warnings from a replica's JSON log (lines after t0). */
 function readReplicaLog(replica: number, file: string, t0: number): ReplicaLog {
@@ -575,61 +524,9 @@ function readReplicaLog(replica: number, file: string, t0: number): ReplicaLog {
   return out;
 }
 
-/** CPU time of the machine and of this bench's process tree, from /proc (undefined elsewhere). */
-interface CpuSnapshot {
-  busy: number;
-  total: number;
-  ours: number;
-}
 
-function cpuSnapshot(): CpuSnapshot | undefined {
-  try {
-    const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-    const [user, nice, system, idle, iowait, irq, softirq, steal] = fields as [number, number, number, number, number, number, number, number];
-    const busy = user + nice + system + irq + softirq + (steal ?? 0);
-    const children = new Map<number, number[]>();
-    const cpu = new Map<number, number>();
-    for (const entry of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      let stat: string;
-      try {
-        stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      } catch {
-        continue;
-      }
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const pid = Number(entry);
-      cpu.set(pid, Number(rest[11]) + Number(rest[12]));
-      const ppid = Number(rest[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), pid]);
-    }
-    let ours = 0;
-    const stack = [process.pid];
-    while (stack.length > 0) {
-      const pid = stack.pop()!;
-      ours += cpu.get(pid) ?? 0;
-      stack.push(...(children.get(pid) ?? []));
-    }
-    return { busy, total: busy + idle + iowait, ours };
-  } catch {
-    return undefined;
-  }
-}
 
-/** Share of the machine (percent of all CPUs) used by processes outside this bench between two snapshots. */
-function othersCpuPct(a: CpuSnapshot | undefined, b: CpuSnapshot | undefined): number | null {
-  if (!a || !b || b.total <= a.total) return null;
-  return round((Math.max(0, b.busy - a.busy - (b.ours - a.ours)) / (b.total - a.total)) * 100, 1);
-}
 
-function statsDelta(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [name, value] of after) {
-    const d = value - (before.get(name) ?? 0);
-    if (d !== 0) out[name] = d;
-  }
-  return out;
-}
 
 /**
  * The product's bootstrap for one Envoy in front of every replica address. With `panicThreshold` the
@@ -1141,9 +1038,6 @@ async function runScript(p: Params, mode: Consistency, withPanicCheck: boolean):
 
 // ---- the report -------------------------------------------------------------------------------------
 
-function fmt(n: number | null | undefined, digits = 3): string {
-  return n === null || n === undefined || Number.isNaN(n) ? '–' : n.toFixed(digits);
-}
 
 /** "+0.62 s" after `from`, or "never". */
 const after = (at: number | null, from: number): string => (at === null ? 'never' : `+${(at - from).toFixed(2)} s`);
