@@ -121,3 +121,27 @@ export function codeIdentity(): CodeIdentity {
     distSrcSha256: hash.digest('hex').slice(0, 16),
   };
 }
+
+/** pino's JSON lines at warn (40) and above, counted by message. */
+export function readWarnings(file: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  let text = '';
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return counts;
+  }
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: number; msg?: string; err?: unknown };
+      if ((entry.level ?? 0) < 40) continue;
+      const err = typeof entry.err === 'string' ? entry.err : (entry.err as { message?: string } | undefined)?.message;
+      const key = err ? `${entry.msg ?? '?'}: ${err}` : (entry.msg ?? '?');
+      counts[key] = (counts[key] ?? 0) + 1;
+    } catch {
+      // a line cut short: not a log entry
+    }
+  }
+  return counts;
+}

@@ -27,7 +27,7 @@ import type { Consistency, PolicyDocument } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { putPolicies } from '../src/state/etcd/policies';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { codeIdentity, log, quickFlag, resultsDir, runMetadata, versionOf, writeResults, type CodeIdentity } from './common';
+import { type CodeIdentity, codeIdentity, log, quickFlag, readWarnings, resultsDir, runMetadata, versionOf, writeResults } from './common';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -535,29 +535,6 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
   return result;
 }
 
-/** pino's JSON lines at warn (40) and above, counted by message. */
-function readWarnings(file: string): Record<string, number> {
-  const counts: Record<string, number> = {};
-  let text = '';
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return counts;
-  }
-  for (const line of text.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      const entry = JSON.parse(line) as { level?: number; msg?: string; err?: unknown };
-      if ((entry.level ?? 0) < 40) continue;
-      const err = typeof entry.err === 'string' ? entry.err : (entry.err as { message?: string } | undefined)?.message;
-      const key = err ? `${entry.msg ?? '?'}: ${err}` : (entry.msg ?? '?');
-      counts[key] = (counts[key] ?? 0) + 1;
-    } catch {
-      // a line cut short by the stop: not a log entry
-    }
-  }
-  return counts;
-}
 
 // ---- comparison and targets -------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { parsePolicies } from '../src/policy/parse';
 import type { PolicyDocument } from '../src/policy/types';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { codeIdentity, log, resultsDir, runMetadata, writeResults, type CodeIdentity } from './common';
+import { type CodeIdentity, codeIdentity, log, readWarnings, resultsDir, runMetadata, writeResults } from './common';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -955,29 +955,6 @@ function envoyFailures(samples: Sample[]): Record<string, number> {
 
 // ---- replica logs -------------------------------------------------------------------------------------
 
-/** pino's JSON lines at warn (40) and above, counted by message. */
-function readWarnings(file: string): Record<string, number> {
-  const counts: Record<string, number> = {};
-  let text = '';
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return counts;
-  }
-  for (const line of text.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      const entry = JSON.parse(line) as { level?: number; msg?: string; err?: unknown };
-      if ((entry.level ?? 0) < 40) continue;
-      const err = typeof entry.err === 'string' ? entry.err : (entry.err as { message?: string } | undefined)?.message;
-      const key = err ? `${entry.msg ?? '?'}: ${err}` : (entry.msg ?? '?');
-      counts[key] = (counts[key] ?? 0) + 1;
-    } catch {
-      // a line cut short: not a log entry
-    }
-  }
-  return counts;
-}
 
 // ---- output -------------------------------------------------------------------------------------------
 
