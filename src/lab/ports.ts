@@ -2,7 +2,25 @@
 import net from 'node:net';
 
 /** A port that was free a moment ago: the OS picks it for a socket bound to port 0, then we close it. */
-export function freePort(host = '127.0.0.1'): Promise<number> {
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  // The kernel may hand a port out again as soon as the probe closes it, so two calls before either
+  // port is bound (a replica's gRPC and admin ports, say) could get the same one: never return a
+  // port this process was given recently.
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await probePort(host);
+    if (!recentlyGiven.includes(port)) {
+      recentlyGiven.push(port);
+      if (recentlyGiven.length > RECENT_PORTS) recentlyGiven.shift();
+      return port;
+    }
+  }
+  throw new Error(`no free port on ${host} that this process was not given recently`);
+}
+
+const RECENT_PORTS = 256;
+const recentlyGiven: number[] = [];
+
+function probePort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.unref();
