@@ -145,3 +145,19 @@ export function readWarnings(file: string): Record<string, number> {
   }
   return counts;
 }
+
+/** Ends the bench (exit 1, every lab child killed on exit) if it is still running after `ms`. */
+export function hardTimeLimit(ms: number): void {
+  const limit = ms >= 120_000 ? `${ms / 60_000} min` : `${ms / 1000} s`;
+  setTimeout(() => {
+    log(`bench still running after ${limit}: giving up (children are killed on exit)`);
+    process.exit(1);
+  }, ms).unref();
+}
+
+/** The "code:" line of a result header: the commit, uncommitted src/ changes, the dist hash. */
+export function describeCode(code: CodeIdentity): string {
+  const uncommitted = code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : '';
+  const changed = code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : '';
+  return `commit ${code.head}${uncommitted}; dist/src sha256 ${code.distSrcSha256}${changed}`;
+}

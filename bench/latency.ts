@@ -27,7 +27,7 @@ import type { Consistency, PolicyDocument } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { putPolicies } from '../src/state/etcd/policies';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, log, quickFlag, readWarnings, resultsDir, runMetadata, versionOf, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, runMetadata, versionOf, writeResults } from './common';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -655,7 +655,7 @@ function markdown(
   lines.push(`- machine: ${meta.machine}`);
   lines.push(`- versions: ${meta.versions}`);
   lines.push(
-    `- code: commit ${code.head}${code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : ''}; dist/src sha256 ${code.distSrcSha256}${code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : ''}`,
+    `- code: ${describeCode(code)}`,
   );
   lines.push(
     `- load: h2load, HTTP/1.1 keep-alive, GET ${ALLOWED_PATH} (allowed by the policy). Fixed rates: ${p.fixedConnections} connections opened 1/rate s apart, each paced at rate ÷ ${p.fixedConnections}; ` +
@@ -814,11 +814,7 @@ async function main(): Promise<number> {
   const p = params(process.argv.slice(2));
   // Whatever happens, the bench ends and leaves nothing running: exit() SIGKILLs every child started
   // through src/lab/processes.ts (etcd, Envoy, replicas, h2load); a signal goes through exit() too.
-  const hard = setTimeout(() => {
-    log(`bench still running after ${p.hardLimitMs / 60_000} min: giving up (children are killed on exit)`);
-    process.exit(1);
-  }, p.hardLimitMs);
-  hard.unref();
+  hardTimeLimit(p.hardLimitMs);
   for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.once(signal, () => {
       log(`${signal}: stopping (children are killed on exit)`);

@@ -16,7 +16,7 @@ import { SidecarLab } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import type { Consistency } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
-import { log, quickFlag, runMetadata, startedAt, writeResults } from './common';
+import { hardTimeLimit, log, quickFlag, runMetadata, startedAt, writeResults } from './common';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
 
@@ -525,11 +525,7 @@ function markdown(p: Params, results: RunResult[], meta: Record<string, string>)
 async function main(): Promise<number> {
   const p = params(process.argv.slice(2));
   // Whatever happens, the bench ends: exit() SIGKILLs every lab child (src/lab/processes.ts).
-  const hard = setTimeout(() => {
-    log(`bench still running after ${p.hardLimitMs / 1000} s: giving up (children are killed on exit)`);
-    process.exit(1);
-  }, p.hardLimitMs);
-  hard.unref();
+  hardTimeLimit(p.hardLimitMs);
 
   const plan: Array<{ label: string; run: () => Promise<RunResult> }> = [];
   for (const replicas of REPLICAS) {

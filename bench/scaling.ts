@@ -34,7 +34,7 @@ import { DEFAULT_MEMBER_TTL_S } from '../src/state/etcd/membership';
 import { putPolicies } from '../src/state/etcd/policies';
 import { DEFAULT_BREAKER } from '../src/state/resilient/breaker';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { codeIdentity, log, quickFlag, resultsDir, runMetadata, writeResults, type CodeIdentity } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, resultsDir, runMetadata, writeResults } from './common';
 import { openLoop, type Sample } from './load';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { BucketWriteLog, cpuSnapshot, fmt, isFailure, latencyOf, othersCpuPct, percentile, round, statsDelta, WINDOW_MS, windowOf, type BucketWrite } from './timeline';
@@ -1185,7 +1185,7 @@ function markdown(p: Params, results: ModeResult[], panic: PanicCheck | undefine
   lines.push(`- machine: ${meta.machine}`);
   lines.push(`- versions: ${meta.versions}`);
   lines.push(
-    `- code: commit ${code.head}${code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : ''}; dist/src sha256 ${code.distSrcSha256}${code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : ''}; ` +
+    `- code: ${describeCode(code)}; ` +
       `load average before each mode: ${results.map((r) => `${r.consistency} ${r.loadAverage.before.join(' ')}`).join(', ')} (${os.cpus().length} CPUs); ` +
       `CPU used by other processes during the load: ${results.map((r) => `${r.consistency} ${r.othersCpuPct ?? '?'} %`).join(', ')}`,
   );
@@ -1452,11 +1452,7 @@ function chartSpec(p: Params, results: ModeResult[]): VegaLiteSpec {
 async function main(): Promise<number> {
   const p = params(process.argv.slice(2));
   // Whatever happens, the bench ends: exit() SIGKILLs every lab child (src/lab/processes.ts), a frozen etcd included.
-  const hard = setTimeout(() => {
-    log(`bench still running after ${p.hardLimitMs / 1000} s: giving up (children are killed on exit)`);
-    process.exit(1);
-  }, p.hardLimitMs);
-  hard.unref();
+  hardTimeLimit(p.hardLimitMs);
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
       log(`${signal}: stopping (children are killed on exit)`);

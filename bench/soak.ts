@@ -28,7 +28,7 @@ import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { parsePolicies } from '../src/policy/parse';
 import type { PolicyDocument } from '../src/policy/types';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, log, readWarnings, resultsDir, runMetadata, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, readWarnings, resultsDir, runMetadata, writeResults } from './common';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -1036,7 +1036,7 @@ function markdown(r: Report): string {
   lines.push(`- machine: ${meta.machine}`);
   lines.push(`- versions: ${meta.versions}`);
   lines.push(
-    `- code: commit ${code.head}${code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : ''}; dist/src sha256 ${code.distSrcSha256}${code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : ''}`,
+    `- code: ${describeCode(code)}`,
   );
   lines.push(
     `- setup: SidecarLab — one etcd, ${p.replicas} replicas (--max-rate-limit-keys ${p.maxRateLimitKeys}, --etcd-timeout-ms ${LAB_ETCD_TIMEOUT_MS}), one Envoy (inbound HTTP with ext_authz, TCP with network ext_authz, outbound with ext_proc NAT); the app, 3 NAT backends and the load of the odd kinds in the bench's own Node process`,
@@ -1300,11 +1300,7 @@ async function main(): Promise<number> {
     return 1;
   }
   // Whatever happens, the bench ends: exit() SIGKILLs every lab child (src/lab/processes.ts).
-  const hard = setTimeout(() => {
-    log(`bench still running after ${p.hardLimitMs / 60_000} min: giving up (children are killed on exit)`);
-    process.exit(1);
-  }, p.hardLimitMs);
-  hard.unref();
+  hardTimeLimit(p.hardLimitMs);
   // Set once the lab's log dir exists: an interrupted run leaves nothing behind.
   let logDirOnExit: string | undefined;
   for (const s of ['SIGINT', 'SIGTERM'] as const) {
