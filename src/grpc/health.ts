@@ -8,6 +8,7 @@
 //                                         etcd breaker is not closed: the replica is degraded, deciding
 //                                         from local state (the server itself stays SERVING)
 import type * as grpc from '@grpc/grpc-js';
+import type { ServiceHost } from './transport';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import type { PolicySource } from '../state/port';
 import type { EtcdBreaker } from '../state/resilient/breaker';
@@ -30,8 +31,10 @@ export class ServerHealth {
     breaker?.onTransition(() => this.refresh());
   }
 
-  addToServer(server: grpc.Server): void {
-    this.impl.addToServer(server);
+  addToServer(server: ServiceHost): void {
+    // HealthImplementation only calls addService (check: unary, watch: server-streaming), which
+    // every ServiceHost has; its signature names grpc-js's Server.
+    this.impl.addToServer(server as grpc.Server);
   }
 
   /** SIGTERM: every service NOT_SERVING so that Envoy and Kubernetes stop sending new work. */

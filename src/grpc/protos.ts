@@ -56,4 +56,4 @@ export function externalProcessorClient(): grpc.ServiceClientConstructor {
 }
 
 /** google.rpc.Code values used in responses. */
-export const RpcCode = { OK: 0, INVALID_ARGUMENT: 3, PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, UNAVAILABLE: 14 } as const;
+export const RpcCode = { OK: 0, INVALID_ARGUMENT: 3, PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, INTERNAL: 13, UNAVAILABLE: 14 } as const;

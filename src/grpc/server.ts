@@ -1,6 +1,6 @@
 // The gRPC server: binds, registers the services, and shuts down gracefully.
 import { existsSync, unlinkSync } from 'node:fs';
-import * as grpc from '@grpc/grpc-js';
+import { createSecureContext } from 'node:tls';
 import { MiddleboxError } from '../errors';
 import type { DecisionPorts } from '../middlebox/pipeline';
 import type { Logger } from '../observability/logger';
@@ -11,6 +11,7 @@ import type { TranslationLimits } from './authz/request';
 import { AuthorizationService } from './authz/service';
 import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
+import { GrpcTransport, type TransportTls } from './transport';
 import type { DecisionLog } from '../observability/decision-log';
 
 export interface ServerOptions {
@@ -47,13 +48,15 @@ export interface ServerTls {
 }
 
 /** Plaintext by default; TLS with a certificate; mTLS (client certificates required and verified) with a client CA. */
-export function serverCredentials(tls: ServerTls | undefined): grpc.ServerCredentials {
-  if (!tls) return grpc.ServerCredentials.createInsecure();
+export function transportTls(tls: ServerTls | undefined): TransportTls | undefined {
+  if (!tls) return undefined;
   try {
-    return grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
+    // Loads them as the server will, so that a bad file is a clear error before anything listens.
+    createSecureContext({ cert: tls.cert, key: tls.key, ...(tls.clientCa ? { ca: tls.clientCa } : {}) });
   } catch (e) {
     throw new MiddleboxError('bad_listen_address', `the TLS certificate and key do not load: ${(e as Error).message}`);
   }
+  return { cert: tls.cert, key: tls.key, clientCa: tls.clientCa };
 }
 
 export interface RunningServer {
@@ -65,7 +68,7 @@ export interface RunningServer {
 }
 
 /** Validates and normalises a listen address: host:port, [v6]:port, or unix:/absolute/path. */
-export function parseListen(listen: string): { target: string; unixPath?: string } {
+export function parseListen(listen: string): { target: string; unixPath?: string; host?: string; port?: number } {
   if (listen.startsWith('unix:')) {
     const p = listen.slice('unix:'.length);
     if (!p.startsWith('/')) throw new MiddleboxError('bad_listen_address', `listen address ${listen}: a unix socket path must be absolute (unix:/path)`);
@@ -76,19 +79,22 @@ export function parseListen(listen: string): { target: string; unixPath?: string
   if (!m || port > 65535) {
     throw new MiddleboxError('bad_listen_address', `listen address ${JSON.stringify(listen)} is not host:port, [ipv6]:port or unix:/path`);
   }
-  return { target: listen };
+  return { target: listen, host: m[1]!, port };
 }
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
-  const { target, unixPath } = parseListen(opts.listen);
+  const { target, unixPath, host, port: wantedPort } = parseListen(opts.listen);
+  const tls = transportTls(opts.tls);
   // A socket file left by a killed process would make bind fail.
   if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
 
   const maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': maxMessageBytes,
-    'grpc.max_send_message_length': maxMessageBytes,
-    'grpc.keepalive_permit_without_calls': 1,
+  const server = new GrpcTransport({
+    maxReceiveMessageBytes: maxMessageBytes,
+    maxSendMessageBytes: maxMessageBytes,
+    // Peers resetting streams (Envoy at its deadline, ext_proc at the end of every request) and
+    // connections dropped are routine; they cost the call, not the server.
+    onError: (e) => opts.logger.debug({ err: e.message }, 'gRPC stream or connection error'),
   });
   const health = new ServerHealth(opts.policies, opts.breaker);
   health.addToServer(server);
@@ -96,10 +102,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   new AuthorizationService(deps).addToServer(server);
   new ExternalProcessorService(deps).addToServer(server);
 
-  const credentials = serverCredentials(opts.tls);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(target, credentials, (err, p) => (err ? reject(err) : resolve(p))),
-  ).catch((e: Error) => {
+  const port = await server.listen(unixPath ? { path: unixPath } : { host: host!, port: wantedPort! }, tls).catch((e: Error) => {
     throw new MiddleboxError('bad_listen_address', `cannot listen on ${opts.listen}: ${e.message}`);
   });
   const address = unixPath ? target : target.replace(/:\d+$/, `:${port}`);

@@ -19,6 +19,8 @@ export interface MiddleboxStartOptions {
   logFile?: string;
   /** More `serve` flags, appended as given. */
   extraArgs?: string[];
+  /** Flags for node itself, before the script (e.g. --cpu-prof to profile the replica). */
+  nodeArgs?: string[];
   logLevel?: string;
   shutdownDelayMs?: number;
   drainMs?: number;
@@ -103,7 +105,7 @@ export class MiddleboxProcess {
   static async start(opts: MiddleboxStartOptions): Promise<MiddleboxProcess> {
     const listen = opts.listen ?? `127.0.0.1:${await freePort()}`;
     const adminListen = opts.adminListen ?? `127.0.0.1:${await freePort()}`;
-    const args = [CLI, 'serve', '--listen', listen, '--etcd', opts.etcd, '--log-level', opts.logLevel ?? 'info', '--admin-listen', adminListen];
+    const args = [...(opts.nodeArgs ?? []), CLI, 'serve', '--listen', listen, '--etcd', opts.etcd, '--log-level', opts.logLevel ?? 'info', '--admin-listen', adminListen];
     if (opts.prefix) args.push('--prefix', opts.prefix);
     args.push('--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0));
     if (opts.drainMs !== undefined) args.push('--drain-ms', String(opts.drainMs));

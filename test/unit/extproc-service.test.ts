@@ -1,11 +1,12 @@
-// ExternalProcessor/Process over a real grpc-js server on a loopback port: the per-stream state
-// machine as Envoy drives it, without Envoy.
+// ExternalProcessor/Process over the server's own gRPC transport on a loopback port, with a grpc-js
+// client: the per-stream state machine as Envoy drives it, without Envoy.
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { ExternalProcessorService, type ExternalProcessorDeps } from '../../src/grpc/extproc/service';
 import { ATTRIBUTES_KEY } from '../../src/grpc/extproc/request';
 import type { ProcessingRequest } from '../../src/grpc/envoy-types';
 import { externalProcessorClient } from '../../src/grpc/protos';
+import { GrpcTransport } from '../../src/grpc/transport';
 import { rendezvous } from '../../src/middlebox/nat/rendezvous';
 import { silentLogger } from '../../src/observability/logger';
 import { MemoryNatTable } from '../../src/state/nat/memory';
@@ -81,19 +82,17 @@ function sets(mutation: Answer | undefined): Map<string, string> {
   return out;
 }
 
-/** A grpc-js server on a loopback port serving only ExternalProcessor, and a client of it. */
-async function start(deps: ExternalProcessorDeps): Promise<{ server: grpc.Server; client: grpc.Client & Record<string, any> }> {
-  const server = new grpc.Server();
+/** The production transport on a loopback port serving only ExternalProcessor, and a client of it. */
+async function start(deps: ExternalProcessorDeps): Promise<{ server: GrpcTransport; client: grpc.Client & Record<string, any> }> {
+  const server = new GrpcTransport({ maxReceiveMessageBytes: 4 << 20, maxSendMessageBytes: 4 << 20 });
   new ExternalProcessorService(deps).addToServer(server);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const port = await server.listen({ host: '127.0.0.1', port: 0 });
   const Client = externalProcessorClient();
   return { server, client: new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, any> };
 }
 
 describe('ExternalProcessorService', function () {
-  let server: grpc.Server;
+  let server: GrpcTransport;
   let client: grpc.Client & Record<string, any>;
 
   before(async () => {
@@ -387,7 +386,7 @@ describe('ExternalProcessorService', function () {
   });
 
   describe('when shared state does not answer', () => {
-    let failing: { server: grpc.Server; client: grpc.Client & Record<string, any> };
+    let failing: { server: GrpcTransport; client: grpc.Client & Record<string, any> };
 
     before(async () => {
       const nat = new MemoryNatTable();

@@ -1,7 +1,6 @@
 // envoy.service.auth.v3.Authorization/Check: translate → decide → respond → one decision log line.
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import * as grpc from '@grpc/grpc-js';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { RequestAttributes, Verdict } from '../../middlebox/types';
 import { DecisionLog } from '../../observability/decision-log';
@@ -9,7 +8,8 @@ import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
-import { authorizationService } from '../protos';
+import { authorizationService, RpcCode } from '../protos';
+import type { ServiceHost, UnaryCall, UnaryCallbackOf } from '../transport';
 import { checkResponse, OWN_HEADER_PREFIX } from './response';
 import { DEFAULT_TRANSLATION_LIMITS, translateCheckRequest, type TranslationLimits } from './request';
 
@@ -41,7 +41,7 @@ export class AuthorizationService {
     this.decisionLog = deps.decisionLog ?? new DecisionLog(deps.logger);
   }
 
-  addToServer(server: grpc.Server): void {
+  addToServer(server: ServiceHost): void {
     server.addService(authorizationService(), { Check: this.check });
   }
 
@@ -80,13 +80,13 @@ export class AuthorizationService {
 
 
   private readonly check = (
-    call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>,
-    callback: grpc.sendUnaryData<CheckResponse>,
+    call: UnaryCall<CheckRequest>,
+    callback: UnaryCallbackOf<CheckResponse>,
   ): void => {
     const fail = (e: unknown) => {
       // A bug must cost one request a clear error, never the process.
       this.deps.logger.error({ err: e }, 'check failed');
-      callback({ code: grpc.status.INTERNAL, details: 'internal error deciding the request' });
+      callback({ code: RpcCode.INTERNAL, details: 'internal error deciding the request' });
     };
     try {
       const outcome = this.decideCheck(call.request);

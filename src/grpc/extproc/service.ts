@@ -12,7 +12,6 @@
 // protection and have new streams refused.
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import * as grpc from '@grpc/grpc-js';
 import { requestChanges, responseChanges } from '../../middlebox/nat/engine';
 import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { HeaderValue, RequestAttributes, Verdict } from '../../middlebox/types';
@@ -31,7 +30,8 @@ import {
   type ProcessingResponse,
 } from '../envoy-types';
 import { HeaderCollector } from '../headers';
-import { externalProcessorService } from '../protos';
+import { externalProcessorService, RpcCode } from '../protos';
+import type { DuplexCall, ServiceHost } from '../transport';
 import { translateRequestHeaders } from './request';
 
 export interface ExternalProcessorDeps {
@@ -69,11 +69,11 @@ export class ExternalProcessorService {
     this.limits = deps.limits ?? DEFAULT_TRANSLATION_LIMITS;
   }
 
-  addToServer(server: grpc.Server): void {
+  addToServer(server: ServiceHost): void {
     server.addService(externalProcessorService(), { Process: this.process });
   }
 
-  private readonly process = (call: grpc.ServerDuplexStream<ProcessingRequest, ProcessingResponse>): void => {
+  private readonly process = (call: DuplexCall<ProcessingRequest, ProcessingResponse>): void => {
     const state: StreamState = { phase: 'awaiting_request_headers' };
     // Answers must leave in the order the messages came, though a decision may wait for etcd.
     let queue: Promise<void> = Promise.resolve();
@@ -92,7 +92,7 @@ export class ExternalProcessorService {
           const refused = e instanceof StreamError;
           this.deps.logger[refused ? 'warn' : 'error']({ decision: state.decisionId, err: (e as Error).message }, 'ext_proc stream ended');
           call.emit('error', {
-            code: refused ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL,
+            code: refused ? RpcCode.INVALID_ARGUMENT : RpcCode.INTERNAL,
             details: refused ? (e as Error).message : 'internal error processing the request',
           });
         }
