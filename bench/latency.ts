@@ -88,19 +88,22 @@ type Transport = 'tcp' | 'unix';
 interface Setup {
   id: string;
   label: string;
-  kind: 'app' | 'envoy' | 'envoy-rbac' | 'middlebox';
+  kind: 'app' | 'envoy' | 'envoy-rbac' | 'null-authz' | 'middlebox';
   consistency?: Consistency;
   filters?: Filters;
   transport?: Transport;
 }
 
 const BASELINE_ID = 'envoy';
+const NULL_AUTHZ_ID = 'ext-authz-floor';
 
 function setups(): Setup[] {
   const list: Setup[] = [
     { id: 'app', label: 'app direct (no proxy)', kind: 'app' },
     { id: BASELINE_ID, label: 'Envoy, no filter', kind: 'envoy' },
     { id: 'envoy-rbac-ratelimit', label: 'Envoy RBAC + local_ratelimit', kind: 'envoy-rbac' },
+    // The floor of any ext_authz server here: Envoy's side of the call and a gRPC stream in Node.
+    { id: NULL_AUTHZ_ID, label: 'ext_authz to a server answering OK unread (floor)', kind: 'null-authz' },
   ];
   const middlebox: Array<[Consistency, Filters]> = [
     ['local', 'ext_authz'],
@@ -192,7 +195,9 @@ function rbacFilter(): Filter {
 
 function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | undefined, rateLimit: number): string {
   let doc: object;
-  if (s.kind === 'middlebox') {
+  if (s.kind === 'null-authz') {
+    doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: 'ext_authz' });
+  } else if (s.kind === 'middlebox') {
     // Both filters: ext_authz decides, then ext_proc (the same pipeline, which may rewrite the request).
     doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: s.filters === 'ext_authz + ext_proc' ? 'ext_authz+ext_proc' : 'ext_authz' });
   } else if (s.kind === 'envoy-rbac') {
@@ -227,6 +232,19 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
   if (s.kind === 'app') return { port: ctx.app.port, stop: async () => undefined };
   let replica: MiddleboxProcess | undefined;
   let replicaLog: string | undefined;
+  let floor: LabChild | undefined;
+  let authzAddress: string | undefined;
+  if (s.kind === 'null-authz') {
+    authzAddress = `127.0.0.1:${await freePort()}`;
+    const server = LabChild.spawn({
+      name: 'null ext_authz server',
+      command: process.execPath,
+      args: [path.join(__dirname, 'null-authz.js'), authzAddress],
+      logFile: path.join(ctx.tmp, `${s.id}.server.log`),
+    });
+    floor = server;
+    await server.waitReady(async () => server.output().includes('listening'), 10_000, 'the null ext_authz server to listen');
+  }
   if (s.kind === 'middlebox') {
     // The policy is in etcd before the replica starts, so it is in force once the replica is SERVING.
     const prefix = `/latency/${s.id}`;
@@ -240,13 +258,14 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
     const listen = s.transport === 'unix' ? `unix:${path.join(ctx.tmp, `${s.id}.sock`)}` : `127.0.0.1:${await freePort()}`;
     // The product's defaults (etcd operation timeout, log level): what a deployment would run.
     replica = await MiddleboxProcess.start({ etcd: ctx.etcd.endpoint, prefix, listen, logFile: replicaLog, logLevel: 'info' });
+    authzAddress = replica.address;
   }
   try {
     const port = await freePort();
     const adminPort = await freePort();
     // The production bootstrap otherwise: ext_authz deadline 250 ms, fail closed.
     const base: BootstrapOptions = { adminPort, inboundHttp: { address: '127.0.0.1', port, appAddress: '127.0.0.1', appPort: ctx.app.port } };
-    const config = envoyBootstrap(s, base, replica?.address, ctx.p.rateLimit);
+    const config = envoyBootstrap(s, base, authzAddress, ctx.p.rateLimit);
     fs.writeFileSync(path.join(ctx.tmp, `${s.id}.envoy.yaml`), config);
     const envoy = await EnvoyProcess.start({ config, adminPort, logFile: path.join(ctx.tmp, `${s.id}.envoy.log`) });
     const target: Target = {
@@ -257,9 +276,10 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
       stop: async () => {
         await envoy.stop().catch(() => undefined);
         await replica?.stop(3000).catch(() => undefined);
+        await floor?.stop(3000).catch(() => undefined);
       },
     };
-    if (replica) {
+    if (authzAddress) {
       await waitFor(async () => (await envoy.clusterHealthy('middlebox')) === 1, {
         timeoutMs: 15_000,
         what: 'Envoy to see the middlebox replica healthy',
@@ -268,6 +288,7 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
     return target;
   } catch (e) {
     await replica?.stop(3000).catch(() => undefined);
+    await floor?.stop(3000).catch(() => undefined);
     throw e;
   }
 }

@@ -35,6 +35,23 @@ export function parseIp(text: string): IpAddress | undefined {
 }
 
 /**
+ * parseIp for addresses on the request path (the peers Envoy reports): a client sends many
+ * requests, so each distinct text is parsed once. At most REQUEST_IP_CACHE entries; a full cache
+ * starts over, which costs only re-parsing. Parsed addresses are shared: never modify one.
+ */
+export function parseRequestIp(text: string): IpAddress | undefined {
+  const hit = requestIps.get(text);
+  if (hit !== undefined) return hit ?? undefined;
+  const ip = parseIp(text);
+  if (requestIps.size >= REQUEST_IP_CACHE) requestIps.clear();
+  requestIps.set(text, ip ?? null);
+  return ip;
+}
+
+const REQUEST_IP_CACHE = 4096;
+const requestIps = new Map<string, IpAddress | null>();
+
+/**
  * Parses "address/prefix" or a bare address (a single-host range). Host bits are cleared, as routers
  * do. An IPv4-mapped IPv6 range of /96 or narrower is the IPv4 range it maps, because request
  * addresses are unmapped before matching.

@@ -48,6 +48,8 @@ function withNat(v: Verdict, nat: NatDecision): Verdict {
 }
 
 function merge(firewall: Verdict, limited: Verdict): Verdict {
+  // The common case, allowed with nothing to add: no new object per request.
+  if (limited.allow && !limited.responseHeaders && !limited.shadowDenials) return firewall;
   const shadowDenials =
     firewall.shadowDenials && limited.shadowDenials
       ? [...firewall.shadowDenials, ...limited.shadowDenials]

@@ -1,5 +1,5 @@
 // CheckRequest → RequestAttributes. Bad input becomes a located refusal, never an exception.
-import { parseIp } from '../../middlebox/ip';
+import { parseIp, parseRequestIp } from '../../middlebox/ip';
 import type { Endpoint, RequestAttributes } from '../../middlebox/types';
 import type { Address, CheckRequest, HttpRequestAttributes, Peer } from '../envoy-types';
 import { HeaderCollector } from '../headers';
@@ -75,7 +75,7 @@ function endpoint(peer: Peer | undefined): Endpoint | undefined {
   if (peer?.principal) result.principal = peer.principal;
   const sock = peer?.address?.socket_address;
   if (sock && (sock.address || sock.port_value)) {
-    const ip = parseIp(sock.address ?? '');
+    const ip = parseRequestIp(sock.address ?? '');
     if (!ip) return undefined;
     result.ip = ip;
     if (sock.port_value) result.port = sock.port_value;

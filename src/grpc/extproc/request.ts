@@ -1,6 +1,6 @@
 // ProcessingRequest (request headers) → RequestAttributes. Envoy sends the connection's attributes
 // (configured as request_attributes in the filter) with the first message.
-import { parseIp } from '../../middlebox/ip';
+import { parseRequestIp } from '../../middlebox/ip';
 import type { Endpoint, RequestAttributes } from '../../middlebox/types';
 import { headersTooLarge, hostWithoutPort, pathWithoutQuery, type Translation, type TranslationLimits } from '../authz/request';
 import type { ProcessingRequest, ProtoStruct } from '../envoy-types';
@@ -66,7 +66,7 @@ function endpoint(attrs: ProtoStruct | undefined, side: 'source' | 'destination'
   const address = text(attrs, `${side}.address`);
   if (!address) return {};
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(address) ?? /^([^:]+):(\d+)$/.exec(address);
-  const ip = parseIp(m ? m[1]! : address);
+  const ip = parseRequestIp(m ? m[1]! : address);
   if (!ip) return undefined;
   const port = Number(text(attrs, `${side}.port`) ?? (m ? m[2] : undefined));
   return Number.isInteger(port) && port > 0 ? { ip, port } : { ip };
