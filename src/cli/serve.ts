@@ -196,6 +196,12 @@ export const serveCommand: Command = {
         if (stopping) return;
         stopping = true;
         logger.info({ signal, delayMs, drainMs }, 'shutting down: NOT_SERVING, draining in-flight calls');
+        // Calls keep coming until Envoy sees NOT_SERVING; leased limits stop taking blocks now and
+        // hand what their pools hold back to etcd, so the replicas that stay can admit it.
+        void sharedLimits.leave().then(
+          (tokens) => tokens > 0 && logger.info({ tokens }, 'gave unspent leased tokens back to etcd'),
+          (e: Error) => logger.warn({ err: e.message }, 'could not give leased tokens back to etcd: they lapse with their window'),
+        );
         // The admin port stays up while draining (/readyz answers 503) and closes last.
         void running
           .shutdown({ delayMs, drainMs })

@@ -117,6 +117,31 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.ok(etcd.commits <= 6, `${etcd.commits} commits`);
   });
 
+  it('leave(): gives the unspent pool back to etcd, then takes only what each request needs', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit: 10_000, perMs: 3_600_000 } as CompiledRateLimit;
+    // Windows of an hour: the test's requests all fall in the window of t0 (it starts at its beginning).
+    const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
+    const counted = () => (JSON.parse(etcd.value!) as { c: number }).c;
+    // 20 requests in a burst, then one 100 ms later: the observed rate makes the next block large.
+    for (let i = 0; i < 20; i++) assert.equal((await store.consume({ rule, key: 'k', now: t0 })).allowed, true);
+    assert.equal((await store.consume({ rule, key: 'k', now: t0 + 100 })).allowed, true);
+    const held = store.heldTokens(t0 + 100);
+    assert.ok(held >= 50, `a block in the pool (${held} tokens held)`);
+    assert.equal(counted(), 21 + held, 'etcd counts the admitted requests and the pool');
+
+    assert.equal(await store.leave(t0 + 150), held);
+    assert.equal(store.heldTokens(t0 + 150), 0);
+    assert.equal(counted(), 21, 'etcd counts only what was admitted');
+
+    const commits = etcd.commits;
+    for (let i = 0; i < 5; i++) assert.equal((await store.consume({ rule, key: 'k', now: t0 + 200 + i * 100 })).allowed, true);
+    assert.equal(etcd.commits - commits, 5, 'one token per request, no block');
+    assert.equal(counted(), 26);
+    assert.equal(store.heldTokens(t0 + 700), 0);
+  });
+
   it('assumes, for a fallback, that each other replica holds a block as large as its own', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 3 });

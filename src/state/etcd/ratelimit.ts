@@ -95,6 +95,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
   readonly stats: EtcdRateLimitStats = { writes: 0, conflicts: 0, cachedDenials: 0 };
   private readonly buckets: BoundedMap<Bucket>;
   private readonly leases: SharedLeases;
+  /** Set by leave(): leased limits take no blocks any more. */
+  private leaving = false;
 
   constructor(private readonly opts: EtcdRateLimitOptions) {
     this.buckets = new BoundedMap(opts.maxBuckets ?? DEFAULT_MAX_BUCKETS);
@@ -114,6 +116,27 @@ export class EtcdRateLimitStore implements RateLimitPort {
       if (epoch === b.poolEpoch) held += Math.floor(b.pool);
     }
     return held;
+  }
+
+  /**
+   * The replica is leaving (SIGTERM). Leased limits from now on take from etcd only what waiting
+   * requests need, so that no block is stranded with a replica that Envoy is about to stop calling,
+   * and the tokens its pools hold unspent in windows still running go back to etcd, for the
+   * replicas that stay. Resolves to the number of tokens given back.
+   */
+  async leave(now = Date.now()): Promise<number> {
+    this.leaving = true;
+    let returned = 0;
+    for (const b of [...this.buckets.values()]) {
+      if (b.rule.consistency !== 'leased') continue;
+      this.rollPool(b, now);
+      const n = Math.floor(b.pool);
+      if (n < 1) continue;
+      b.pool -= n;
+      b.pooled -= n;
+      if (await this.giveBackShared(b, now, n)) returned += n;
+    }
+    return returned;
   }
 
   consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant> {
@@ -277,6 +300,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   /** How many tokens a leased replica asks for: see the header comment. */
   private blockSize(b: Bucket, needed: number, now: number): number {
+    if (this.leaving) return needed;
     const elapsed = now - b.rateSince;
     if (elapsed >= 50) {
       const observed = b.arrivals / elapsed;
@@ -310,11 +334,13 @@ export class EtcdRateLimitStore implements RateLimitPort {
     throw new NotAnEtcdFailure(`rate limit ${b.rule.id}: ${MAX_CAS_ATTEMPTS} compare-and-swap attempts lost to other writers`);
   }
 
-  private async giveBackShared(b: Bucket, now: number): Promise<void> {
+  /** Gives `n` tokens back to the shared bucket; false if its state is unknown or every attempt lost. */
+  private async giveBackShared(b: Bucket, now: number, n = 1): Promise<boolean> {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      if (!b.state) return;
-      if (await this.compareAndSwap(b, giveBack(b.params, b.state, 1, now), now)) return;
+      if (!b.state) return false;
+      if (await this.compareAndSwap(b, giveBack(b.params, b.state, n, now), now)) return true;
     }
+    return false;
   }
 
   /** Writes `next` if the key is still at the revision we last saw; otherwise learns the current one. */
