@@ -28,6 +28,7 @@ import { connectEtcd } from '../src/state/etcd/client';
 import { putPolicies } from '../src/state/etcd/policies';
 import { renderSvg, type VegaLiteSpec } from './chart';
 import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, runMetadata, versionOf, writeResults } from './common';
+import { processCpuSeconds } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -222,6 +223,8 @@ interface Context {
 
 interface Target {
   port: number;
+  /** The process answering ext_authz (replica or floor server), for its CPU time. */
+  authzPid?: number;
   envoy?: EnvoyProcess;
   replica?: MiddleboxProcess;
   replicaLog?: string;
@@ -270,6 +273,7 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
     const envoy = await EnvoyProcess.start({ config, adminPort, logFile: path.join(ctx.tmp, `${s.id}.envoy.log`) });
     const target: Target = {
       port,
+      authzPid: replica?.pid ?? floor?.pid,
       envoy,
       replica,
       replicaLog,
@@ -406,6 +410,12 @@ interface SaturationRun extends LatencyStats {
   rps: number;
   /** h2load's own figure (every response, whatever its status). */
   h2loadRps: number | null;
+  /**
+   * CPU time per 200 response during the measured seconds, by process (µs): Envoy, the ext_authz
+   * server (replica or floor), and the bench itself with the app inside it. From /proc; ticks of
+   * 10 ms, so about ±1 µs here.
+   */
+  cpuUsPerRequest: Record<string, number>;
 }
 
 function latencyStats(rows: Row[]): LatencyStats {
@@ -463,17 +473,30 @@ async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProc
   };
 }
 
-async function saturate(ctx: Context, url: string): Promise<SaturationRun> {
+async function saturate(ctx: Context, url: string, pids: Record<string, number>): Promise<SaturationRun> {
   const { p } = ctx;
   const args = ['--h1', '-c', String(p.saturationConnections), '-D', `${p.saturationS * 1000}ms`, '--warm-up-time', `${p.saturationWarmS * 1000}ms`, url];
+  const cpu = () => Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, processCpuSeconds(pid)]));
+  // CPU is counted over the measured seconds: from the end of h2load's warm-up to its exit.
+  let atWarm: Record<string, number | undefined> = {};
+  const warmTimer = setTimeout(() => (atWarm = cpu()), p.saturationWarmS * 1000);
   // h2load logs the measured duration only, not its warm-up.
   const { stdout, rows } = await runH2load(ctx, args, p.saturationWarmS + p.saturationS, 'saturation');
+  clearTimeout(warmTimer);
+  const atEnd = cpu();
+  const ok = rows.filter((r) => r.status === 200).length;
+  const cpuUsPerRequest: Record<string, number> = {};
+  for (const [name, end] of Object.entries(atEnd)) {
+    const start = atWarm[name];
+    if (end !== undefined && start !== undefined && ok > 0) cpuUsPerRequest[name] = Math.round(((end - start) * 1e6) / ok);
+  }
   return {
     connections: p.saturationConnections,
     seconds: p.saturationS,
     ...latencyStats(rows),
-    rps: Math.round(rows.filter((r) => r.status === 200).length / p.saturationS),
+    rps: Math.round(ok / p.saturationS),
     h2loadRps: h2loadRps(stdout),
+    cpuUsPerRequest,
   };
 }
 
@@ -538,7 +561,10 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
       );
     }
 
-    const sat = await saturate(ctx, url);
+    const pids: Record<string, number> = { bench: process.pid };
+    if (target.envoy) pids.envoy = target.envoy.pid;
+    if (target.authzPid !== undefined) pids.authz = target.authzPid;
+    const sat = await saturate(ctx, url, pids);
     result.saturation = sat;
     log(`  saturation, ${sat.connections} connections: ${sat.rps} req/s, p50 ${ms(sat.p50Ms)} / p99 ${ms(sat.p99Ms)} ms (${statusText(sat.statuses)})`);
 
@@ -690,11 +716,11 @@ function markdown(
   lines.push(`- chart: [${svgName}](${svgName}); every number: the JSON beside this file`);
   lines.push('');
   const rateCols = p.rates.map((r) => `${r} req/s: p50 / p90 / p99 ms`);
-  lines.push(`| configuration | ${rateCols.join(' | ')} | added p99 at ${p.targetRate} req/s (ms) | saturation req/s | ÷ Envoy, no filter | saturation p50 / p99 ms |`);
-  lines.push(`|---|${rateCols.map(() => '---').join('|')}|---|---|---|---|`);
+  lines.push(`| configuration | ${rateCols.join(' | ')} | added p99 at ${p.targetRate} req/s (ms) | saturation req/s | ÷ Envoy, no filter | saturation p50 / p99 ms | CPU µs per request at saturation: Envoy / ext_authz server |`);
+  lines.push(`|---|${rateCols.map(() => '---').join('|')}|---|---|---|---|---|`);
   for (const r of results) {
     if (r.error && r.fixed.length === 0) {
-      lines.push(`| ${r.label} | ${rateCols.map(() => 'failed').join(' | ')} | – | – | – | – |`);
+      lines.push(`| ${r.label} | ${rateCols.map(() => 'failed').join(' | ')} | – | – | – | – | – |`);
       continue;
     }
     const c = comparisons.get(r.id)!;
@@ -705,7 +731,9 @@ function markdown(
     const added = r.id === BASELINE_ID ? '(baseline)' : c.addedP99Ms === null ? '–' : `${c.addedP99Ms >= 0 ? '+' : ''}${fmt(c.addedP99Ms)}`;
     const ratio = r.id === BASELINE_ID ? '1 (baseline)' : fmt(c.saturationRatio);
     const sat = r.saturation;
-    lines.push(`| ${r.label} | ${cells.join(' | ')} | ${added} | ${sat ? sat.rps : '–'} | ${ratio} | ${sat ? `${ms(sat.p50Ms)} / ${ms(sat.p99Ms)}` : '–'} |`);
+    const cpu = sat?.cpuUsPerRequest;
+    const cpuCell = cpu?.envoy === undefined ? '–' : `${cpu.envoy} / ${cpu.authz ?? '–'}`;
+    lines.push(`| ${r.label} | ${cells.join(' | ')} | ${added} | ${sat ? sat.rps : '–'} | ${ratio} | ${sat ? `${ms(sat.p50Ms)} / ${ms(sat.p99Ms)}` : '–'} | ${cpuCell} |`);
   }
   lines.push('');
   lines.push(`Targets (benchmarks issue), against "${baseline?.label ?? 'Envoy, no filter'}" measured at the start of this run:`);

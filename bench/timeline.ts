@@ -60,11 +60,9 @@ export function cpuSnapshot(): CpuSnapshot | undefined {
       } catch {
         continue; // gone meanwhile
       }
-      // "pid (comm) state ppid ... utime stime": comm may hold spaces and parentheses.
-      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const { ppid, ticks } = parseStat(stat);
       const pid = Number(entry);
-      const ppid = Number(rest[1]);
-      cpu.set(pid, Number(rest[11]) + Number(rest[12]));
+      cpu.set(pid, ticks);
       children.set(ppid, [...(children.get(ppid) ?? []), pid]);
     }
     let ours = 0;
@@ -75,6 +73,24 @@ export function cpuSnapshot(): CpuSnapshot | undefined {
       stack.push(...(children.get(pid) ?? []));
     }
     return { busy, total: busy + idle + iowait, ours };
+  } catch {
+    return undefined;
+  }
+}
+
+/** "pid (comm) state ppid ... utime stime": comm may hold spaces and parentheses. */
+function parseStat(stat: string): { ppid: number; ticks: number } {
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { ppid: Number(rest[1]), ticks: Number(rest[11]) + Number(rest[12]) };
+}
+
+/** Linux reports process CPU times in USER_HZ ticks, 100 a second. */
+const TICKS_PER_S = 100;
+
+/** CPU seconds (user + system) a process has used so far; undefined if /proc cannot tell (gone, not Linux). */
+export function processCpuSeconds(pid: number): number | undefined {
+  try {
+    return parseStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')).ticks / TICKS_PER_S;
   } catch {
     return undefined;
   }
