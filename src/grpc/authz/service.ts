@@ -8,7 +8,7 @@ import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
-import { authorizationService, RpcCode } from '../protos';
+import { fastAuthorizationService, RpcCode } from '../protos';
 import type { ServiceHost, UnaryCall, UnaryCallbackOf } from '../transport';
 import { checkResponse, OWN_HEADER_PREFIX } from './response';
 import { DEFAULT_TRANSLATION_LIMITS, translateCheckRequest, type TranslationLimits } from './request';
@@ -42,7 +42,7 @@ export class AuthorizationService {
   }
 
   addToServer(server: ServiceHost): void {
-    server.addService(authorizationService(), { Check: this.check });
+    server.addService(fastAuthorizationService(), { Check: this.check });
   }
 
   /** The whole decision for one CheckRequest; synchronous unless a limit asks shared state. */
