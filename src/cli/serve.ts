@@ -36,6 +36,9 @@ export const serveCommand: Command = {
     `  --tls-key FILE           the certificate's private key (env ${SERVER_TLS_ENV.key})`,
     '  --tls-client-ca FILE     mTLS: require a client certificate signed by this CA bundle on every',
     `                           connection (Envoy's, health checks included) (env ${SERVER_TLS_ENV.clientCa})`,
+    '                           The three files are checked every second and read again when they change',
+    '                           (a rotated certificate serves new connections; one that does not load is',
+    '                           logged and the current one kept)',
     ...etcdHelpLines(27),
     '  --admin-listen ADDR      admin HTTP port: GET /healthz (liveness), /readyz (readiness: 200 when health',
     '                           "" is SERVING, 503 while starting, without policy or draining), /metrics',
@@ -294,7 +297,13 @@ function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv =
       throw new MiddleboxError('file_not_found', `${flag} ${file}: cannot read it (${err.code ?? err.message})`);
     }
   };
-  const tls: ServerTls = { cert: read('--tls-cert', certFile), key: read('--tls-key', keyFile), clientCa: caFile === undefined ? undefined : read('--tls-client-ca', caFile) };
+  const tls: ServerTls = {
+    cert: read('--tls-cert', certFile),
+    key: read('--tls-key', keyFile),
+    clientCa: caFile === undefined ? undefined : read('--tls-client-ca', caFile),
+    // Watched: a rotated certificate is served to new connections without a restart.
+    files: { cert: certFile, key: keyFile, clientCa: caFile },
+  };
   try {
     createSecureContext({ cert: tls.cert, key: tls.key, ca: tls.clientCa });
   } catch (e) {

@@ -1,5 +1,6 @@
 // The gRPC server: binds, registers the services, and shuts down gracefully.
-import { existsSync, unlinkSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { MiddleboxError } from '../errors';
 import type { DecisionPorts } from '../middlebox/pipeline';
@@ -12,6 +13,7 @@ import { AuthorizationService } from './authz/service';
 import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
 import { GrpcTransport, type TransportTls } from './transport';
+import { watchFiles } from '../file-watch';
 import type { DecisionLog } from '../observability/decision-log';
 
 export interface ServerOptions {
@@ -34,6 +36,8 @@ export interface ServerOptions {
    * bigger one with RESOURCE_EXHAUSTED before it is decoded, and the call alone fails.
    */
   maxMessageBytes?: number;
+  /** How often TLS files (tls.files) are checked for a change; default DEFAULT_CERT_CHECK_MS. */
+  certCheckMs?: number;
 }
 
 /** gRPC's own default, 4 MiB: far above any request header block Envoy sends. */
@@ -45,7 +49,16 @@ export interface ServerTls {
   key: Buffer;
   /** CA bundle that client certificates must chain to; given, a client without one is refused. */
   clientCa?: Buffer;
+  /**
+   * The files they came from: given, they are watched and read again when they change (a rotated
+   * certificate), for connections made from then on. A set that does not load is logged and the
+   * current one kept.
+   */
+  files?: { cert: string; key: string; clientCa?: string };
 }
+
+/** How often the TLS files are checked for a change. */
+export const DEFAULT_CERT_CHECK_MS = 1000;
 
 /** Plaintext by default; TLS with a certificate; mTLS (client certificates required and verified) with a client CA. */
 export function transportTls(tls: ServerTls | undefined): TransportTls | undefined {
@@ -106,11 +119,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     throw new MiddleboxError('bad_listen_address', `cannot listen on ${opts.listen}: ${e.message}`);
   });
   const address = unixPath ? target : target.replace(/:\d+$/, `:${port}`);
+  const certWatch = opts.tls?.files && watchCertificate(server, opts.tls.files, opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS, opts.logger);
 
   return {
     address,
     health,
     async shutdown({ delayMs, drainMs }) {
+      certWatch?.stop();
       health.drain();
       if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
       await new Promise<void>((resolve) => {
@@ -127,4 +142,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
     },
   };
+}
+
+/** Reloads the server's certificate, key and client CA when their files change. */
+function watchCertificate(server: GrpcTransport, files: NonNullable<ServerTls['files']>, intervalMs: number, logger: Logger): { stop(): void } {
+  const list = [files.cert, files.key, ...(files.clientCa ? [files.clientCa] : [])];
+  return watchFiles(list, intervalMs, () => {
+    try {
+      const read = (f: string) => readFileSync(f);
+      const next = transportTls({ cert: read(files.cert), key: read(files.key), clientCa: files.clientCa ? read(files.clientCa) : undefined })!;
+      server.setSecureContext(next);
+      logger.info({ cert: files.cert, fingerprint256: new X509Certificate(next.cert).fingerprint256 }, 'TLS certificate reloaded');
+    } catch (e) {
+      logger.warn({ cert: files.cert, err: (e as Error).message }, 'TLS certificate reload failed; keeping the current certificate');
+    }
+  });
 }

@@ -323,6 +323,13 @@ export class GrpcTransport implements ServiceHost {
     return typeof address === 'object' && address ? address.port : 0;
   }
 
+  /** Replaces the certificate, key and client CA for connections made from now on (TLS only). */
+  setSecureContext(tls: TransportTls): void {
+    const server = this.server;
+    if (!server || !('setSecureContext' in server)) throw new Error('setSecureContext: the server does not serve TLS');
+    server.setSecureContext({ cert: tls.cert, key: tls.key, ...(tls.clientCa ? { ca: tls.clientCa } : {}) });
+  }
+
   /** Stops accepting, sends GOAWAY so peers open no new streams, and calls back once every stream has finished. */
   tryShutdown(callback: () => void): void {
     const server = this.server;

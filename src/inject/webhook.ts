@@ -17,6 +17,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { MiddleboxError } from '../errors';
+import { watchFiles } from '../file-watch';
 import type { Logger } from '../observability/logger';
 import { ANNOTATIONS, type InjectConfig } from './config';
 import { injectionRequired } from './decide';
@@ -305,24 +306,8 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
     send(res, 200, JSON.stringify(out), 'application/json');
   }
 
-  // Reload: poll the files' identity (a Kubernetes Secret volume swaps a symlink, which a watch
-  // on the old file would miss); a pair that does not load is logged and the current one kept.
-  const signature = () =>
-    [opts.certFile, opts.keyFile]
-      .map((f) => {
-        try {
-          const s = fs.statSync(f);
-          return `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
-        } catch (e) {
-          return `missing:${(e as NodeJS.ErrnoException).code}`;
-        }
-      })
-      .join('|');
-  let seen = signature();
+  // Reload when the files change; a pair that does not load is logged and the current one kept.
   const checkCertificate = () => {
-    const now = signature();
-    if (now === seen) return;
-    seen = now;
     try {
       const next = loadKeyPair(opts.certFile, opts.keyFile);
       if (next.fingerprint256 === pair.fingerprint256 && next.key.equals(pair.key)) return;
@@ -333,8 +318,7 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
       logger.warn({ err: (e as Error).message, current: pair.fingerprint256 }, 'TLS certificate reload failed; keeping the current certificate');
     }
   };
-  const timer = setInterval(checkCertificate, opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS);
-  timer.unref();
+  const watcher = watchFiles([opts.certFile, opts.keyFile], opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS, checkCertificate);
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -343,7 +327,7 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
       resolve();
     });
   }).catch((e: Error) => {
-    clearInterval(timer);
+    watcher.stop();
     throw new MiddleboxError('bad_listen_address', `cannot listen on ${opts.listen}: ${e.message}`);
   });
   server.on('error', (err) => logger.error({ err }, 'webhook server error'));
@@ -356,7 +340,7 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
     port: bound,
     shutdown(drainMs: number) {
       stopping = true;
-      clearInterval(timer);
+      watcher.stop();
       return new Promise<void>((resolve) => {
         const cut = setTimeout(() => {
           logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off');
