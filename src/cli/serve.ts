@@ -8,7 +8,8 @@ import { DEFAULT_MAX_MESSAGE_BYTES, startServer, type RunningServer, type Server
 import { ADMIN_OFF, parseAdminListen, startAdminServer } from '../observability/admin';
 import { ALWAYS_REDACTED, DecisionLog, decisionLogSettings } from '../observability/decision-log';
 import { createLogger, type Logger } from '../observability/logger';
-import { MiddleboxMetrics, type EtcdOperation } from '../observability/metrics';
+import { MeteredBreaker } from '../observability/metered-breaker';
+import { MiddleboxMetrics } from '../observability/metrics';
 import { BOUNDS, DEFAULTS, SERVER_TLS_ENV, settingsFromEnv } from '../settings';
 import { classifyEtcdError, type EtcdErrorContext } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
@@ -18,7 +19,7 @@ import { ensureStateDir } from '../state/disk';
 import { EtcdRateLimitStore } from '../state/etcd/ratelimit';
 import { DEFAULT_MAX_KEYS_PER_RULE, KeyCappedRateLimits } from '../state/ratelimit/key-cap';
 import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/local';
-import { DEFAULT_BREAKER, EtcdBreaker, type BreakerSettings } from '../state/resilient/breaker';
+import { DEFAULT_BREAKER } from '../state/resilient/breaker';
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
 import { intOpt, stringOpt, UsageError, type Command } from './command';
@@ -249,30 +250,6 @@ function boundedWait(work: Promise<unknown>, ms: number, onTimeout: () => void):
       resolve();
     });
   });
-}
-
-/**
- * The breaker, with every etcd operation it runs timed into the metrics by operation. Rate-limit
- * calls name their operation through the store's guard (runAs); the half-open probe is known by
- * identity; NAT's create-if-absent transactions are the only other caller of run().
- */
-class MeteredBreaker extends EtcdBreaker {
-  constructor(
-    logger: Logger,
-    settings: BreakerSettings,
-    private readonly probeRead: () => Promise<unknown>,
-    private readonly metrics: MiddleboxMetrics,
-  ) {
-    super(logger, settings, probeRead);
-  }
-
-  override run<T>(op: () => Promise<T>): Promise<T> {
-    return this.runAs(op === this.probeRead ? 'probe' : 'nat_assign', op);
-  }
-
-  runAs<T>(operation: EtcdOperation, op: () => Promise<T>): Promise<T> {
-    return this.metrics.timeEtcd(operation, () => super.run(op));
-  }
 }
 
 /**

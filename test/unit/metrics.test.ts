@@ -7,6 +7,8 @@ import type { Verdict } from '../../src/middlebox/types';
 import { parseAdminListen, startAdminServer, type AdminServer, type Readiness } from '../../src/observability/admin';
 import { silentLogger } from '../../src/observability/logger';
 import { DECISION_REASONS, MiddleboxMetrics, type BreakerStateName } from '../../src/observability/metrics';
+import { MeteredBreaker } from '../../src/observability/metered-breaker';
+import { DEFAULT_BREAKER } from '../../src/state/resilient/breaker';
 
 const allow: Verdict = { allow: true, reason: 'allowed' };
 const firewallDeny: Verdict = { allow: false, status: 403, middlebox: 'firewall', policy: 'p', rule: 'r', reason: 'firewall_rule_deny' };
@@ -264,5 +266,23 @@ describe('admin server', () => {
       startAdminServer({ listen: admin.address, metrics: m, readiness: () => readiness, logger: silentLogger() }),
       /cannot listen on admin address/,
     );
+  });
+});
+
+describe('MeteredBreaker', () => {
+  it('counts each etcd operation under the name its caller gives, the probe as probe, an unnamed one as other', async () => {
+    const seen: string[] = [];
+    const metrics = { timeEtcd: <T>(operation: string, run: () => Promise<T>) => (seen.push(operation), run()) };
+    const probe = () => Promise.resolve('read');
+    const breaker = new MeteredBreaker(silentLogger(), DEFAULT_BREAKER, probe, metrics as never);
+    try {
+      await breaker.run(() => Promise.resolve(1), 'nat_assign');
+      await breaker.runAs('cas', () => Promise.resolve(2));
+      await breaker.run(probe);
+      await breaker.run(() => Promise.resolve(3));
+      assert.deepEqual(seen, ['nat_assign', 'cas', 'probe', 'other']);
+    } finally {
+      breaker.shutdown();
+    }
   });
 });

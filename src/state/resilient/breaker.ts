@@ -6,6 +6,9 @@ import CircuitBreaker from 'opossum';
 import type { Logger } from '../../observability/logger';
 import { NotAnEtcdFailure } from '../etcd/client';
 
+/** What an etcd operation run through the breaker is, for metrics; the breaker's own probe is 'probe'. */
+export type BreakerOperation = 'cas' | 'lease_grant' | 'nat_assign' | 'probe';
+
 export interface BreakerSettings {
   /** One etcd operation may take this long before it counts as failed and the fallback answers. */
   timeoutMs: number;
@@ -125,8 +128,9 @@ export class EtcdBreaker {
   /**
    * Runs an etcd operation through the breaker; rejects at once while open, and when the breaker
    * opens while the operation waits (its caller falls back then rather than at its own timeout).
+   * `operation` names it for whoever measures operations (a subclass); the breaker ignores it.
    */
-  run<T>(op: () => Promise<T>): Promise<T> {
+  run<T>(op: () => Promise<T>, _operation?: BreakerOperation): Promise<T> {
     const fired = this.breaker.fire(op) as Promise<T>;
     if (!this.breaker.closed) return fired;
     return new Promise<T>((resolve, reject) => {

@@ -41,7 +41,7 @@ export class ResilientNatTable implements NatTablePort {
 
   assign(rule: CompiledNatRule, flow: string, backend: string, replacing: string | undefined, now: number): string | Promise<string> {
     if (this.breaker.isDegraded) return this.remember(rule, flow, backend);
-    return this.breaker.run(() => this.shared.assign(rule, flow, backend, replacing, now)).catch(() => this.remember(rule, flow, backend));
+    return this.breaker.run(() => this.shared.assign(rule, flow, backend, replacing, now), 'nat_assign').catch(() => this.remember(rule, flow, backend));
   }
 
   touch(rule: CompiledNatRule, flow: string, now: number): void {
@@ -66,7 +66,7 @@ export class ResilientNatTable implements NatTablePort {
     let moved = 0;
     for (const [id, p] of [...this.pending]) {
       try {
-        const inForce = await this.breaker.run(() => this.shared.assign(p.rule, p.flow, p.backend, undefined, Date.now()));
+        const inForce = await this.breaker.run(() => this.shared.assign(p.rule, p.flow, p.backend, undefined, Date.now()), 'nat_assign');
         this.pending.delete(id);
         if (inForce !== p.backend) moved += 1;
       } catch (e) {
