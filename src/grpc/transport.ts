@@ -80,6 +80,8 @@ const {
 const GRPC_CONTENT_TYPE = 'application/grpc';
 const OK_TRAILERS = Object.freeze({ 'grpc-status': '0' });
 const FRAME_HEADER_BYTES = 5;
+/** Per connection (Node's maxSessionMemory, in megabytes). */
+const SESSION_MEMORY_MB = 64;
 
 interface Method {
   path: string;
@@ -292,14 +294,19 @@ export class GrpcTransport implements ServiceHost {
 
   /** Listens on host:port (port 0: a free one) or a unix socket path; resolves to the bound port (0 for a socket). */
   async listen(where: { host: string; port: number } | { path: string }, tls?: TransportTls): Promise<number> {
+    // Node refuses new streams on a connection once it holds 10 MB (its default) of stream state
+    // and buffers; one Envoy connection may carry hundreds of calls at once while etcd is slow,
+    // each up to the message limit.
+    const sessionOptions = { maxSessionMemory: SESSION_MEMORY_MB };
     const server = tls
       ? http2.createSecureServer({
+          ...sessionOptions,
           cert: tls.cert,
           key: tls.key,
           ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
           ALPNProtocols: ['h2'],
         })
-      : http2.createServer();
+      : http2.createServer(sessionOptions);
     this.server = server;
     // Answers are small and go at once; Nagle's algorithm would hold them for the peer's ACK.
     server.on(tls ? 'secureConnection' : 'connection', (socket: Socket | TLSSocket) => socket.setNoDelay(true));
