@@ -5,9 +5,9 @@
 // HTTP/2 stream underneath it (per-call interceptor chain, metadata objects, stream pipelines), and
 // adds about a millisecond of median latency; measured side by side in bench/latency.ts. The wire
 // protocol a server needs is small (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
-// length-prefixed messages in DATA frames, a status in trailers. Messages are still encoded and
-// decoded by the service definitions @grpc/proto-loader makes, and clients (the lab, the tests,
-// etcd3) still use grpc-js.
+// length-prefixed messages in DATA frames, a status in trailers. Messages are encoded and decoded
+// by the service definitions registered (@grpc/proto-loader's; Check's by protobufjs directly, see
+// protos.ts), and clients (the lab, the tests, etcd3) still use grpc-js.
 //
 // What it does: unary, server-streaming and bidirectional-streaming methods; services registered
 // as grpc-js ones are (addService takes a grpc-js ServiceDefinition and the same handlers);
