@@ -150,33 +150,29 @@ class MessageReader {
 
   constructor(private readonly maxBytes: number) {}
 
-  /** The complete messages `chunk` finishes, or the status that ends the call. */
+  /**
+   * The complete messages `chunk` finishes, or the status that ends the call. A message that spans
+   * chunks is joined once, when its last byte arrives (not on every chunk: a 4 MiB message comes in
+   * 16 KiB frames).
+   */
   push(chunk: Buffer): Buffer[] | StatusObject {
-    let buf: Buffer;
-    if (this.pendingBytes === 0) buf = chunk;
-    else {
-      this.pending.push(chunk);
-      buf = Buffer.concat(this.pending, this.pendingBytes + chunk.length);
-      this.pending = [];
-      this.pendingBytes = 0;
-    }
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
     const out: Buffer[] = [];
-    let offset = 0;
-    while (buf.length - offset >= FRAME_HEADER_BYTES) {
-      const compressed = buf[offset]!;
-      const length = buf.readUInt32BE(offset + 1);
-      if (compressed !== 0) return { code: Status.UNIMPLEMENTED, details: 'compressed messages are not supported' };
+    while (this.pendingBytes >= FRAME_HEADER_BYTES) {
+      if (this.pending[0]!.length < FRAME_HEADER_BYTES) this.pending = [Buffer.concat(this.pending, this.pendingBytes)];
+      const head = this.pending[0]!;
+      const length = head.readUInt32BE(1);
+      if (head[0] !== 0) return { code: Status.UNIMPLEMENTED, details: 'compressed messages are not supported' };
       if (length > this.maxBytes) {
         return { code: Status.RESOURCE_EXHAUSTED, details: `Received message larger than max (${length} vs ${this.maxBytes})` };
       }
-      if (buf.length - offset - FRAME_HEADER_BYTES < length) break;
-      out.push(buf.subarray(offset + FRAME_HEADER_BYTES, offset + FRAME_HEADER_BYTES + length));
-      offset += FRAME_HEADER_BYTES + length;
-    }
-    if (offset < buf.length) {
-      const rest = buf.subarray(offset);
-      this.pending.push(rest);
-      this.pendingBytes = rest.length;
+      const end = FRAME_HEADER_BYTES + length;
+      if (this.pendingBytes < end) break;
+      const buf = head.length >= end ? head : Buffer.concat(this.pending, this.pendingBytes);
+      out.push(buf.subarray(FRAME_HEADER_BYTES, end));
+      this.pending = buf.length > end ? [buf.subarray(end)] : [];
+      this.pendingBytes = buf.length - end;
     }
     return out;
   }
@@ -210,7 +206,7 @@ export class StreamingCall extends EventEmitter {
   }
 
   write(message: unknown): boolean {
-    if (this.writableEnded || this.cancelled || this.stream.destroyed) return false;
+    if (this.writableEnded || this.cancelled || gone(this.stream)) return false;
     let bytes: Buffer;
     try {
       bytes = this.method.serialize(message);
@@ -222,8 +218,13 @@ export class StreamingCall extends EventEmitter {
       this.finish({ code: Status.RESOURCE_EXHAUSTED, details: `Sent message larger than max (${bytes.length} vs ${this.maxSendBytes})` });
       return false;
     }
-    this.sendHeaders();
-    return this.stream.write(frame(bytes));
+    try {
+      this.sendHeaders();
+      return this.stream.write(frame(bytes));
+    } catch {
+      // The stream went between the check and the write (a reset): the call is over.
+      return false;
+    }
   }
 
   end(): void {
@@ -241,19 +242,23 @@ export class StreamingCall extends EventEmitter {
     if (this.headersSent) return;
     this.headersSent = true;
     this.stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: GRPC_CONTENT_TYPE }, { waitForTrailers: true });
-    this.stream.once('wantTrailers', () => this.stream.sendTrailers(statusTrailers(this.finalStatus)));
+    this.stream.once('wantTrailers', () => sendTrailers(this.stream, statusTrailers(this.finalStatus)));
   }
 
   private finish(status: StatusObject): void {
     if (this.writableEnded) return;
     this.writableEnded = true;
-    if (this.cancelled || this.stream.destroyed) return;
+    if (this.cancelled || gone(this.stream)) return;
     if (!this.headersSent) {
       respondTrailersOnly(this.stream, status);
       return;
     }
     this.finalStatus = status;
-    this.stream.end();
+    try {
+      this.stream.end();
+    } catch {
+      // Reset meanwhile: nothing left to end.
+    }
   }
 }
 
@@ -262,12 +267,33 @@ function statusTrailers(status: StatusObject): http2.OutgoingHttpHeaders {
   return { 'grpc-status': String(status.code), 'grpc-message': encodeGrpcMessage(status.details ?? '') };
 }
 
+/**
+ * The stream can take no more frames: destroyed, or closed by the peer. A peer's RST_STREAM with
+ * NO_ERROR (Envoy resets its streams so) closes a stream without destroying it, and Node throws on
+ * respond() or write() then.
+ */
+function gone(stream: http2.ServerHttp2Stream): boolean {
+  return stream.destroyed || stream.closed;
+}
+
+function sendTrailers(stream: http2.ServerHttp2Stream, trailers: http2.OutgoingHttpHeaders): void {
+  try {
+    stream.sendTrailers(trailers);
+  } catch {
+    // Reset while the last frame was going out.
+  }
+}
+
 function respondTrailersOnly(stream: http2.ServerHttp2Stream, status: StatusObject): void {
-  if (stream.destroyed || stream.headersSent) return;
-  stream.respond(
-    { [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: GRPC_CONTENT_TYPE, ...statusTrailers(status) },
-    { endStream: true },
-  );
+  if (gone(stream) || stream.headersSent) return;
+  try {
+    stream.respond(
+      { [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: GRPC_CONTENT_TYPE, ...statusTrailers(status) },
+      { endStream: true },
+    );
+  } catch {
+    // Reset between the check and the answer: nobody is left to read it.
+  }
 }
 
 /** A gRPC server on node:http2. Register services, listen, shut down. */
@@ -275,6 +301,7 @@ export class GrpcTransport implements ServiceHost {
   private readonly methods = new Map<string, Method>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private server: http2.Http2Server | http2.Http2SecureServer | undefined;
+  private closing = false;
 
   constructor(private readonly opts: TransportOptions) {}
 
@@ -314,6 +341,8 @@ export class GrpcTransport implements ServiceHost {
     server.on(tls ? 'secureConnection' : 'connection', (socket: Socket | TLSSocket) => socket.setNoDelay(true));
     server.on('session', (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
+      // A connection whose TLS handshake ends after shutdown began gets its GOAWAY too.
+      if (this.closing) session.close();
       session.on('close', () => this.sessions.delete(session));
       session.on('error', (e: Error) => this.opts.onError?.(e));
     });
@@ -341,6 +370,7 @@ export class GrpcTransport implements ServiceHost {
 
   /** Stops accepting, sends GOAWAY so peers open no new streams, and calls back once every stream has finished. */
   tryShutdown(callback: () => void): void {
+    this.closing = true;
     const server = this.server;
     if (!server) return callback();
     let pending = 1 + this.sessions.size;
@@ -405,7 +435,8 @@ export class GrpcTransport implements ServiceHost {
       }
     });
     stream.on('end', () => {
-      if (failed) return;
+      // Reset by the peer (RST_STREAM NO_ERROR also ends the readable side): nobody to answer.
+      if (failed || gone(stream)) return;
       if (message === undefined || reader.leftover > 0) {
         return fail({ code: Status.UNIMPLEMENTED, details: `${method.path} takes one request message, got ${message === undefined ? 'none' : 'a truncated one'}` });
       }
@@ -432,7 +463,7 @@ export class GrpcTransport implements ServiceHost {
     const callback: UnaryCallback = (err, value) => {
       if (answered) return;
       answered = true;
-      if (stream.destroyed || stream.closed) return;
+      if (gone(stream)) return;
       if (err) return respondTrailersOnly(stream, asStatus(err));
       let bytes: Buffer;
       try {
@@ -443,9 +474,14 @@ export class GrpcTransport implements ServiceHost {
       if (bytes.length > this.opts.maxSendMessageBytes) {
         return respondTrailersOnly(stream, { code: Status.RESOURCE_EXHAUSTED, details: `Sent message larger than max (${bytes.length} vs ${this.opts.maxSendMessageBytes})` });
       }
-      stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: GRPC_CONTENT_TYPE }, { waitForTrailers: true });
-      stream.once('wantTrailers', () => stream.sendTrailers(OK_TRAILERS));
-      stream.end(frame(bytes));
+      try {
+        stream.respond({ [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: GRPC_CONTENT_TYPE }, { waitForTrailers: true });
+        stream.once('wantTrailers', () => sendTrailers(stream, OK_TRAILERS));
+        stream.end(frame(bytes));
+      } catch (e) {
+        // Reset between the check and the answer.
+        this.opts.onError?.(e as Error);
+      }
     };
     try {
       (method.handler as (call: unknown, cb: UnaryCallback) => void)(call, callback);
@@ -486,7 +522,11 @@ export class GrpcTransport implements ServiceHost {
       }
     });
     stream.on('end', () => {
-      if (!failed) call.emit('end');
+      if (failed) return;
+      // A reset is not a half-close: the call is cancelled, not asked to finish.
+      if (gone(stream)) call.markCancelled();
+      else if (reader.leftover > 0) call.emit('error', { code: Status.INTERNAL, details: 'the stream ended inside a message' });
+      else call.emit('end');
     });
     stream.once('close', () => call.markCancelled());
     this.run(method, call);

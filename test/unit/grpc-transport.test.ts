@@ -2,6 +2,7 @@
 // the protocol details a gRPC server owes its callers.
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -89,6 +90,41 @@ async function rawCall(port: number, p: string, chunks: Buffer[], headers: http2
   } finally {
     session.close();
   }
+}
+
+/** One HTTP/2 frame: 9-byte header (length, type, flags, stream id), then the payload. */
+function h2frame(type: number, flags: number, streamId: number, payload: Buffer): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(streamId, 5);
+  return Buffer.concat([head, payload]);
+}
+
+/** HPACK "literal header field without indexing, new name", no Huffman coding (short strings only). */
+function hpack(headers: Array<[string, string]>): Buffer {
+  return Buffer.concat(headers.flatMap(([k, v]) => [Buffer.from([0, k.length]), Buffer.from(k), Buffer.from([v.length]), Buffer.from(v)]));
+}
+
+/** Opens stream 1 (HEADERS without END_STREAM), sends `data`, then RST_STREAM(NO_ERROR), on a raw socket. */
+async function resetWithNoError(port: number, p: string, data: Buffer): Promise<void> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  socket.on('data', () => undefined);
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  const headers = hpack([[':method', 'POST'], [':scheme', 'http'], [':path', p], [':authority', 'localhost'], ['content-type', 'application/grpc'], ['te', 'trailers']]);
+  socket.write(
+    Buffer.concat([
+      Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
+      h2frame(0x4, 0, 0, Buffer.alloc(0)), // SETTINGS
+      h2frame(0x1, 0x4, 1, headers), // HEADERS, END_HEADERS
+      ...(data.length > 0 ? [h2frame(0x0, 0, 1, data)] : []), // DATA, no END_STREAM
+      h2frame(0x3, 0, 1, Buffer.alloc(4)), // RST_STREAM, NO_ERROR
+    ]),
+  );
+  await new Promise((r) => setTimeout(r, 100));
+  socket.destroy();
 }
 
 describe('gRPC transport (node:http2)', function () {
@@ -218,6 +254,35 @@ describe('gRPC transport (node:http2)', function () {
     await new Promise((r) => setTimeout(r, 400));
     assert.equal(seen.cancelledSlow, true);
     assert.equal((await unary('Echo', Buffer.from('after'))).toString(), 'after');
+  });
+
+  it('a stream the peer resets with NO_ERROR before it half-closes is dropped, and the server lives on', async () => {
+    // Envoy resets its streams with NO_ERROR; Node then closes the stream without destroying it and
+    // still ends its readable side, where answering would throw. Node's own client cannot send such
+    // a reset (its close() half-closes first), so the frames are written by hand.
+    const sent = [Buffer.alloc(0), frame(Buffer.from('half a message')).subarray(0, 9), frame(Buffer.from('a whole message'))];
+    for (const name of ['Echo', 'Chat']) {
+      for (const data of sent) await resetWithNoError(port, `/test.Bytes/${name}`, data);
+    }
+    assert.equal((await unary('Echo', Buffer.from('alive'))).toString(), 'alive');
+  });
+
+  it('reassembles a message of megabytes sent in many DATA frames', async () => {
+    const s = new GrpcTransport({ maxReceiveMessageBytes: 4 << 20, maxSendMessageBytes: 4 << 20 });
+    s.addService(SERVICE, handlers({ Echo: (call: { request: Buffer }, cb: (e: unknown, v?: Buffer) => void) => cb(null, call.request) }));
+    const p = await s.listen({ host: '127.0.0.1', port: 0 });
+    const c = new grpc.Client(`127.0.0.1:${p}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 4 << 20 });
+    try {
+      const big = Buffer.alloc(3 << 20);
+      for (let i = 0; i < big.length; i += 4096) big[i] = i % 251;
+      const back = await new Promise<Buffer>((resolve, reject) =>
+        c.makeUnaryRequest('/test.Bytes/Echo', identity, identity, big, (e, v) => (e ? reject(e) : resolve(v!))),
+      );
+      assert.equal(back.equals(big), true);
+    } finally {
+      c.close();
+      s.forceShutdown();
+    }
   });
 
   it('grpc-message is percent-encoded as the protocol asks', () => {

@@ -131,7 +131,7 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.ok(held >= 50, `a block in the pool (${held} tokens held)`);
     assert.equal(counted(), 21 + held, 'etcd counts the admitted requests and the pool');
 
-    assert.equal(await store.leave(t0 + 150), held);
+    assert.equal(await store.leave(() => t0 + 150), held);
     assert.equal(store.heldTokens(t0 + 150), 0);
     assert.equal(counted(), 21, 'etcd counts only what was admitted');
 

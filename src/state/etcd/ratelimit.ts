@@ -124,11 +124,14 @@ export class EtcdRateLimitStore implements RateLimitPort {
    * and the tokens its pools hold unspent in windows still running go back to etcd, for the
    * replicas that stay. Resolves to the number of tokens given back.
    */
-  async leave(now = Date.now()): Promise<number> {
+  async leave(clock: () => number = Date.now): Promise<number> {
     this.leaving = true;
     let returned = 0;
     for (const b of [...this.buckets.values()]) {
       if (b.rule.consistency !== 'leased') continue;
+      // Each bucket at its own moment: the loop waits on etcd, and a stale time would roll a pool
+      // that is still serving back into an epoch it has left.
+      const now = clock();
       this.rollPool(b, now);
       const n = Math.floor(b.pool);
       if (n < 1) continue;
