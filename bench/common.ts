@@ -42,6 +42,11 @@ export function versionOf(cmd: string, args: string[]): Promise<string> {
   });
 }
 
+/** The run's header lines for a results markdown file: command, date, machine, versions. */
+export function metadataLines(meta: Record<string, string>): string[] {
+  return [`- command: \`${meta.command}\``, `- date: ${meta.date}`, `- machine: ${meta.machine}`, `- versions: ${meta.versions}`];
+}
+
 /** Command, date, machine and versions: the header of every result file. */
 export async function runMetadata(command: string): Promise<Record<string, string>> {
   const [envoy, etcd] = await Promise.all([versionOf('envoy', ['--version']), versionOf('etcd', ['--version'])]);

@@ -19,7 +19,7 @@ import type { Consistency } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { DEFAULT_BREAKER } from '../src/state/resilient/breaker';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, resultsDir, runMetadata, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, resultsDir, metadataLines, runMetadata, writeResults } from './common';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
 import { BucketWriteLog, cpuSnapshot, fmt, isFailure, latencyOf, othersCpuPct, percentile, round, statsDelta, WINDOW_MS, windowOf, type BucketWrite } from './timeline';
@@ -731,10 +731,7 @@ function markdown(p: Params, results: ModeResult[], meta: Record<string, string>
   const row = (label: string, f: (r: ModeResult) => string) => lines.push(`| ${label} | ${results.map((r) => (r.error ? '–' : f(r))).join(' | ')} |`);
   lines.push(`# Fault timeline${p.quick ? ' (quick)' : ''}`);
   lines.push('');
-  lines.push(`- command: \`${meta.command}\``);
-  lines.push(`- date: ${meta.date}`);
-  lines.push(`- machine: ${meta.machine}`);
-  lines.push(`- versions: ${meta.versions}`);
+  lines.push(...metadataLines(meta));
   lines.push(
     `- code: ${describeCode(code)}; ` +
       `load average before each mode: ${results.map((r) => `${r.consistency} ${r.loadAverage.before.join(' ')}`).join(', ')} (${os.cpus().length} CPUs); ` +

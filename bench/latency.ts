@@ -27,7 +27,7 @@ import type { Consistency, PolicyDocument } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { putPolicies } from '../src/state/etcd/policies';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, runMetadata, versionOf, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, metadataLines, runMetadata, versionOf, writeResults } from './common';
 import { processCpuSeconds } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
@@ -697,10 +697,7 @@ function markdown(
   const baseline = results.find((r) => r.id === BASELINE_ID);
   lines.push(`# Latency and throughput per configuration${p.quick ? ' (quick: checks the bench, not a result)' : ''}`);
   lines.push('');
-  lines.push(`- command: \`${meta.command}\``);
-  lines.push(`- date: ${meta.date}`);
-  lines.push(`- machine: ${meta.machine}`);
-  lines.push(`- versions: ${meta.versions}`);
+  lines.push(...metadataLines(meta));
   lines.push(
     `- code: ${describeCode(code)}`,
   );

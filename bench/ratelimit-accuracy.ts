@@ -16,7 +16,7 @@ import { SidecarLab } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import type { Consistency } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
-import { hardTimeLimit, log, quickFlag, runMetadata, startedAt, writeResults } from './common';
+import { hardTimeLimit, log, quickFlag, metadataLines, runMetadata, startedAt, writeResults } from './common';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
 
@@ -454,10 +454,7 @@ function markdown(p: Params, results: RunResult[], meta: Record<string, string>)
   const lines: string[] = [];
   lines.push('# Rate-limit accuracy');
   lines.push('');
-  lines.push(`- command: \`${meta.command}\``);
-  lines.push(`- date: ${meta.date}`);
-  lines.push(`- machine: ${meta.machine}`);
-  lines.push(`- versions: ${meta.versions}`);
+  lines.push(...metadataLines(meta));
   lines.push(
     `- limit: ${p.limit} per 1s, fixed-window, one global bucket; offered load ${p.loadFactor}× the limit (${p.limit * p.loadFactor} req/s) ` +
       `open loop (Envoy baseline: also ${p.loadFactor}× N × the limit, so that N instances can reach their ceiling); ` +

@@ -34,7 +34,7 @@ import { DEFAULT_MEMBER_TTL_S } from '../src/state/etcd/membership';
 import { putPolicies } from '../src/state/etcd/policies';
 import { DEFAULT_BREAKER } from '../src/state/resilient/breaker';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, resultsDir, runMetadata, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, resultsDir, metadataLines, runMetadata, writeResults } from './common';
 import { openLoop, type Sample } from './load';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { BucketWriteLog, cpuSnapshot, fmt, isFailure, latencyOf, othersCpuPct, percentile, round, statsDelta, WINDOW_MS, windowOf, type BucketWrite } from './timeline';
@@ -1180,10 +1180,7 @@ function markdown(p: Params, results: ModeResult[], panic: PanicCheck | undefine
   const slots = slotCount(p);
   lines.push(`# Dynamic scaling${p.quick ? ' (quick: checks the bench, not a result)' : ''}`);
   lines.push('');
-  lines.push(`- command: \`${meta.command}\``);
-  lines.push(`- date: ${meta.date}`);
-  lines.push(`- machine: ${meta.machine}`);
-  lines.push(`- versions: ${meta.versions}`);
+  lines.push(...metadataLines(meta));
   lines.push(
     `- code: ${describeCode(code)}; ` +
       `load average before each mode: ${results.map((r) => `${r.consistency} ${r.loadAverage.before.join(' ')}`).join(', ')} (${os.cpus().length} CPUs); ` +

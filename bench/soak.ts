@@ -28,7 +28,7 @@ import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { parsePolicies } from '../src/policy/parse';
 import type { PolicyDocument } from '../src/policy/types';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, readWarnings, resultsDir, runMetadata, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, readWarnings, resultsDir, metadataLines, runMetadata, writeResults } from './common';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -1031,10 +1031,7 @@ function markdown(r: Report): string {
   lines.push('');
   lines.push(`**${r.passed ? 'PASS' : 'FAIL'}**: ${r.passed ? 'every target met' : 'see the ✘ lines'} (targets: resident memory of each replica grows < ${p.rssGrowthTarget * 100} % after the warm-up; no process of the lab leaks file descriptors).`);
   lines.push('');
-  lines.push(`- command: \`${meta.command}\``);
-  lines.push(`- date: ${meta.date}`);
-  lines.push(`- machine: ${meta.machine}`);
-  lines.push(`- versions: ${meta.versions}`);
+  lines.push(...metadataLines(meta));
   lines.push(
     `- code: ${describeCode(code)}`,
   );
