@@ -8,7 +8,8 @@ import type { Logger } from '../observability/logger';
 import type { DecisionMetrics } from '../observability/metrics';
 import type { PolicySource } from '../state/port';
 import type { EtcdBreaker } from '../state/resilient/breaker';
-import type { TranslationLimits } from './authz/request';
+import { startHttpAuthzListener, type HttpAuthzListener } from './authz/http';
+import { DEFAULT_TRANSLATION_LIMITS, type TranslationLimits } from './authz/request';
 import { AuthorizationService } from './authz/service';
 import { ExternalProcessorService } from './extproc/service';
 import { ServerHealth } from './health';
@@ -38,6 +39,11 @@ export interface ServerOptions {
   maxMessageBytes?: number;
   /** How often TLS files (tls.files) are checked for a change; default DEFAULT_CERT_CHECK_MS. */
   certCheckMs?: number;
+  /**
+   * Also answer Envoy's ext_authz filter over plain HTTP (its http_service) here: host:port,
+   * [v6]:port or unix:/path, with the same TLS as the gRPC listener. Default: off.
+   */
+  httpAuthzListen?: string;
 }
 
 /** gRPC's own default, 4 MiB: far above any request header block Envoy sends. */
@@ -75,6 +81,8 @@ export function transportTls(tls: ServerTls | undefined): TransportTls | undefin
 export interface RunningServer {
   /** The bound address: host:port with the real port, or unix:/path. */
   address: string;
+  /** The HTTP ext_authz listener's bound address, when one was asked for. */
+  httpAuthzAddress?: string;
   health: ServerHealth;
   /** NOT_SERVING, wait `delayMs` for health checkers to notice, then finish in-flight calls (cut after `drainMs`). */
   shutdown(opts: { delayMs: number; drainMs: number }): Promise<void>;
@@ -112,22 +120,29 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const health = new ServerHealth(opts.policies, opts.breaker);
   health.addToServer(server);
   const deps = { policies: opts.policies, ports: opts.ports, logger: opts.logger, metrics: opts.metrics, decisionLog: opts.decisionLog, limits: opts.limits };
-  new AuthorizationService(deps).addToServer(server);
+  const authorization = new AuthorizationService(deps);
+  authorization.addToServer(server);
   new ExternalProcessorService(deps).addToServer(server);
 
   const port = await server.listen(unixPath ? { path: unixPath } : { host: host!, port: wantedPort! }, tls).catch((e: Error) => {
     throw new MiddleboxError('bad_listen_address', `cannot listen on ${opts.listen}: ${e.message}`);
   });
   const address = unixPath ? target : target.replace(/:\d+$/, `:${port}`);
-  const certWatch = opts.tls?.files && watchCertificate(server, opts.tls.files, opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS, opts.logger);
+  const httpAuthz = opts.httpAuthzListen === undefined ? undefined : await startHttpAuthz(opts.httpAuthzListen, tls, authorization, health, deps.limits ?? DEFAULT_TRANSLATION_LIMITS, opts.logger).catch(async (e: unknown) => {
+    server.forceShutdown();
+    throw e;
+  });
+  const certWatch = opts.tls?.files && watchCertificate([server, ...(httpAuthz ? [httpAuthz.listener] : [])], opts.tls.files, opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS, opts.logger);
 
   return {
     address,
+    ...(httpAuthz ? { httpAuthzAddress: httpAuthz.address } : {}),
     health,
     async shutdown({ delayMs, drainMs }) {
       certWatch?.stop();
       health.drain();
       if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+      const httpClosed = httpAuthz?.close(drainMs);
       await new Promise<void>((resolve) => {
         const cut = setTimeout(() => {
           opts.logger.warn({ drainMs }, 'in-flight calls did not finish in time; cutting them off');
@@ -139,19 +154,50 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           resolve();
         });
       });
+      await httpClosed;
+      if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
+    },
+  };
+}
+
+async function startHttpAuthz(
+  listen: string,
+  tls: TransportTls | undefined,
+  authorization: AuthorizationService,
+  health: ServerHealth,
+  limits: TranslationLimits,
+  logger: Logger,
+): Promise<{ address: string; listener: HttpAuthzListener; close(drainMs: number): Promise<void> }> {
+  const { target, unixPath, host, port: wantedPort } = parseListen(listen);
+  if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
+  const listener = await startHttpAuthzListener({
+    where: unixPath ? { path: unixPath } : { host: host!, port: wantedPort! },
+    tls,
+    limits,
+    decide: (t) => authorization.decideTranslated(t),
+    readiness: () => health.readiness(),
+    logger,
+  }).catch((e: Error) => {
+    throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen} (HTTP ext_authz): ${e.message}`);
+  });
+  return {
+    address: unixPath ? target : target.replace(/:\d+$/, `:${listener.port}`),
+    listener,
+    async close(drainMs) {
+      await listener.close(drainMs);
       if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
     },
   };
 }
 
 /** Reloads the server's certificate, key and client CA when their files change. */
-function watchCertificate(server: GrpcTransport, files: NonNullable<ServerTls['files']>, intervalMs: number, logger: Logger): { stop(): void } {
+function watchCertificate(servers: Array<{ setSecureContext(tls: TransportTls): void }>, files: NonNullable<ServerTls['files']>, intervalMs: number, logger: Logger): { stop(): void } {
   const list = [files.cert, files.key, ...(files.clientCa ? [files.clientCa] : [])];
   return watchFiles(list, intervalMs, () => {
     try {
       const read = (f: string) => readFileSync(f);
       const next = transportTls({ cert: read(files.cert), key: read(files.key), clientCa: files.clientCa ? read(files.clientCa) : undefined })!;
-      server.setSecureContext(next);
+      for (const server of servers) server.setSecureContext(next);
       logger.info({ cert: files.cert, fingerprint256: new X509Certificate(next.cert).fingerprint256 }, 'TLS certificate reloaded');
     } catch (e) {
       logger.warn({ cert: files.cert, err: (e as Error).message }, 'TLS certificate reload failed; keeping the current certificate');

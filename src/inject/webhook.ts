@@ -18,6 +18,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { MiddleboxError } from '../errors';
 import { watchFiles } from '../file-watch';
+import { drainHttpServer } from '../http-drain';
 import type { Logger } from '../observability/logger';
 import { ANNOTATIONS, type InjectConfig } from './config';
 import { injectionRequired } from './decide';
@@ -341,20 +342,7 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
     shutdown(drainMs: number) {
       stopping = true;
       watcher.stop();
-      return new Promise<void>((resolve) => {
-        const cut = setTimeout(() => {
-          logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off');
-          server.closeAllConnections();
-        }, drainMs);
-        // Keep-alive connections that sit idle between requests would hold close() up.
-        const idle = setInterval(() => server.closeIdleConnections(), 100);
-        server.close(() => {
-          clearTimeout(cut);
-          clearInterval(idle);
-          resolve();
-        });
-        server.closeIdleConnections();
-      });
+      return drainHttpServer(server, drainMs, () => logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off'));
     },
   };
 }

@@ -16,6 +16,8 @@ export interface MiddleboxStartOptions {
   prefix?: string;
   /** host:port or unix:/path; default a free loopback port. */
   listen?: string;
+  /** --http-authz-listen: also answer Envoy's HTTP ext_authz here ('auto': a free loopback port). */
+  httpAuthzListen?: string | 'auto';
   logFile?: string;
   /** More `serve` flags, appended as given. */
   extraArgs?: string[];
@@ -98,6 +100,8 @@ export class MiddleboxProcess {
     /** The admin port's host:port; undefined when started with adminListen 'off'. */
     readonly adminAddress?: string,
     healthTls?: ClientTlsFiles,
+    /** The HTTP ext_authz listener, when started with one. */
+    readonly httpAuthzAddress?: string,
   ) {
     this.health = new HealthClient(address, healthTls);
   }
@@ -107,6 +111,8 @@ export class MiddleboxProcess {
     const adminListen = opts.adminListen ?? `127.0.0.1:${await freePort()}`;
     const args = [...(opts.nodeArgs ?? []), CLI, 'serve', '--listen', listen, '--etcd', opts.etcd, '--log-level', opts.logLevel ?? 'info', '--admin-listen', adminListen];
     if (opts.prefix) args.push('--prefix', opts.prefix);
+    const httpAuthz = opts.httpAuthzListen === 'auto' ? `127.0.0.1:${await freePort()}` : opts.httpAuthzListen;
+    if (httpAuthz !== undefined) args.push('--http-authz-listen', httpAuthz);
     args.push('--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0));
     if (opts.drainMs !== undefined) args.push('--drain-ms', String(opts.drainMs));
     if (opts.memberTtlS !== undefined) args.push('--member-ttl', String(opts.memberTtlS));
@@ -124,7 +130,7 @@ export class MiddleboxProcess {
     if (opts.etcdAuth) args.push('--etcd-user', opts.etcdAuth.username);
     const env = opts.etcdAuth ? { ...process.env, MIDDLEBOX_ETCD_PASSWORD: opts.etcdAuth.password } : undefined;
     const child = LabChild.spawn({ name: `middlebox ${listen}`, command: process.execPath, args, logFile: opts.logFile, env });
-    const mb = new MiddleboxProcess(listen, child, adminListen === 'off' ? undefined : adminListen, opts.healthTls);
+    const mb = new MiddleboxProcess(listen, child, adminListen === 'off' ? undefined : adminListen, opts.healthTls, httpAuthz);
     const want = opts.waitFor ?? 'SERVING';
     if (want) {
       await child.waitReady(async () => (await mb.health.check('')) === want, 15_000, `health ${want} on ${listen}`);

@@ -47,6 +47,11 @@ export interface SidecarLabOptions {
   onNoState?: 'fail-closed' | 'fail-open';
   /** More `serve` flags for every replica. */
   serveArgs?: string[];
+  /**
+   * Replicas also serve HTTP ext_authz (--http-authz-listen on a free port) and Envoy's HTTP
+   * ext_authz filter asks them over HTTP/1.1 (bootstrap middleboxHttp) instead of gRPC.
+   */
+  httpAuthz?: boolean;
 }
 
 export const LAB_ETCD_TIMEOUT_MS = 300;
@@ -88,6 +93,7 @@ export class SidecarLab {
           onNoState: opts.onNoState,
           ...replicaTls(opts),
           extraArgs: opts.serveArgs,
+          httpAuthzListen: opts.httpAuthz ? 'auto' : undefined,
         });
         replicas.push(mb);
         started.push(mb);
@@ -106,6 +112,7 @@ export class SidecarLab {
         inboundTcp: tcpApp && tcpPort ? { address: '127.0.0.1', port: tcpPort, appAddress: '127.0.0.1', appPort: tcpApp.port } : undefined,
         outbound: outboundPort ? { address: '127.0.0.1', port: outboundPort } : undefined,
         middlebox: replicas.map((r) => r.address),
+        middleboxHttp: opts.httpAuthz ? replicas.map((r) => r.httpAuthzAddress!) : undefined,
         // Tests and the demo share a small, busy machine: a slow answer must not read as a denial
         // (Envoy's status_on_error). Latency is measured by the benchmarks, not here.
         timeoutMs: 1000,
@@ -124,12 +131,18 @@ export class SidecarLab {
     }
   }
 
-  /** Waits until Envoy's gRPC health checks see `n` healthy replicas. */
+  /** Waits until Envoy's health checks see `n` healthy replicas (over HTTP too, with httpAuthz). */
   async waitMiddleboxHealthy(n: number, timeoutMs = 15_000): Promise<void> {
     await waitFor(async () => (await this.envoy.clusterHealthy('middlebox')) === n, {
       timeoutMs,
       what: `Envoy to see ${n} healthy middlebox replicas`,
     });
+    if (this.opts.httpAuthz) {
+      await waitFor(async () => (await this.envoy.clusterHealthy('middlebox_http')) === n, {
+        timeoutMs,
+        what: `Envoy to see ${n} healthy middlebox HTTP ext_authz listeners`,
+      });
+    }
   }
 
   /** Stops replica i (SIGTERM) and starts a new process on the same address. */
@@ -146,6 +159,7 @@ export class SidecarLab {
       stateDir: replicaStateDir(this.opts, i),
       onNoState: this.opts.onNoState,
       ...replicaTls(this.opts),
+      httpAuthzListen: old.httpAuthzAddress,
     });
     this.replicas[i] = mb;
     return mb;

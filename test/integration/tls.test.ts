@@ -4,6 +4,7 @@
 // bootstrap. Every failure the CLI reports must be one clear line, never a stack trace.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import https from 'node:https';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Etcd3, Range } from 'etcd3';
@@ -337,15 +338,15 @@ describe('TLS and authentication', function () {
       for (const l of labs) await l.stop().catch(() => undefined);
     });
 
-    async function startLab(mtls: boolean): Promise<SidecarLab> {
-      const lab = await SidecarLab.start({ replicas: 1, middleboxTls: { pki, mtls } });
+    async function startLab(mtls: boolean, httpAuthz = false): Promise<SidecarLab> {
+      const lab = await SidecarLab.start({ replicas: 1, middleboxTls: { pki, mtls }, httpAuthz });
       labs.push(lab);
       await lab.applyPolicies(parsePolicies(POLICY, 'test').documents);
       await waitFor(async () => (await httpRequest({ port: lab.httpPort, path: '/admin/x' })).status === 403, { timeoutMs: 10_000, what: 'the policy to be in force' });
       return lab;
     }
 
-    async function assertVerdicts(lab: SidecarLab): Promise<void> {
+    async function assertVerdicts(lab: SidecarLab, cluster = 'middlebox'): Promise<void> {
       const denied = await httpRequest({ port: lab.httpPort, path: '/admin/users' });
       assert.equal(denied.status, 403);
       assert.equal(JSON.parse(denied.body).rule, 'no-admin', 'the middlebox decided, not Envoy failing closed');
@@ -353,8 +354,8 @@ describe('TLS and authentication', function () {
       assert.equal(allowed.status, 200);
       assert.match(JSON.parse(allowed.body).headers['x-middlebox-decision'], /\S+/);
       // Calls and health checks really went over TLS.
-      const stats = await lab.envoy.stats('^cluster\\.middlebox\\.ssl\\.handshake$');
-      assert.ok((stats.get('cluster.middlebox.ssl.handshake') ?? 0) > 0, 'Envoy completed TLS handshakes with the middlebox');
+      const stats = await lab.envoy.stats(`^cluster\\.${cluster}\\.ssl\\.handshake$`);
+      assert.ok((stats.get(`cluster.${cluster}.ssl.handshake`) ?? 0) > 0, `Envoy completed TLS handshakes with the middlebox (${cluster})`);
     }
 
     it('the rendered TLS and mTLS bootstraps pass envoy --mode validate', async () => {
@@ -423,6 +424,24 @@ describe('TLS and authentication', function () {
       }
       // The first Envoy, with its certificate, is unaffected.
       await assertVerdicts(lab);
+    });
+
+    it('HTTP ext_authz over mTLS: the same certificates, verdicts over HTTP/1.1; no client certificate, no answer', async () => {
+      const lab = await startLab(true, true);
+      await assertVerdicts(lab, 'middlebox_http');
+      const [host, port] = lab.replicas[0]!.httpAuthzAddress!.split(':');
+      const ask = (tls: { cert?: Buffer; key?: Buffer }) =>
+        new Promise<number>((resolve, reject) => {
+          const req = https.request({ host, port: Number(port), path: '/healthz', ca: fs.readFileSync(pki.caFile), ...tls, timeout: 3000 }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          });
+          req.on('error', reject);
+          req.on('timeout', () => req.destroy(new Error('timeout')));
+          req.end();
+        });
+      assert.equal(await ask({ cert: fs.readFileSync(pki.client.certFile), key: fs.readFileSync(pki.client.keyFile) }), 200);
+      await assert.rejects(ask({}), 'a client without a certificate is refused at the handshake');
     });
 
     it('serve refuses incomplete or broken TLS flags with one line', async () => {

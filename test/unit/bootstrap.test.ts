@@ -28,6 +28,16 @@ const GOLDEN_CASES: { file: string; options: BootstrapOptions }[] = [
       statusOnError: 503,
     },
   },
+  {
+    file: 'bootstrap-http-authz.yaml',
+    options: {
+      nodeId: 'sidecar-shop-2',
+      cluster: 'shop',
+      inboundTcp: { address: '0.0.0.0', port: 15107, appAddress: '127.0.0.1', appPort: 9091 },
+      middlebox: ['10.0.0.11:9001', '10.0.0.12:9001'],
+      middleboxHttp: ['10.0.0.11:9003', '10.0.0.12:9003'],
+    },
+  },
 ];
 
 /** A rendered document, inspected loosely: the golden files pin its exact shape. */
@@ -46,6 +56,19 @@ describe('envoy bootstrap', () => {
         assertGolden(file, renderBootstrapYaml(options));
       });
     }
+  });
+
+  it('over HTTP ext_authz, the access log takes the decision id from the answer\'s header', () => {
+    const doc = renderBootstrap({ middleboxHttp: ['127.0.0.1:9003'], accessLog: '/dev/stdout' }) as Doc;
+    const hcm = doc.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+    const format = hcm.access_log[0].typed_config.log_format.json_format;
+    assert.equal(format.decision, '%DYNAMIC_METADATA(envoy.filters.http.ext_authz:x-middlebox-decision)%');
+    const authz = (hcm.http_filters as Doc[]).find((f) => f.name === 'envoy.filters.http.ext_authz')!.typed_config;
+    assert.deepEqual(authz.http_service.authorization_response.dynamic_metadata_from_headers, { patterns: [{ exact: 'x-middlebox-decision' }] });
+    assert.equal(authz.grpc_service, undefined);
+    // The TCP listener and ext_proc keep the gRPC cluster; HTTP ext_authz gets its own.
+    assert.deepEqual((doc.static_resources.clusters as Doc[]).map((c) => c.name).slice(0, 2), ['middlebox', 'middlebox_http']);
+    assert.throws(() => renderBootstrap({ middleboxHttp: [] }), /middleboxHttp needs at least one endpoint/);
   });
 
   it('round-trips through YAML unchanged', () => {

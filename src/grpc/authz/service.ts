@@ -11,7 +11,7 @@ import type { CheckRequest, CheckResponse } from '../envoy-types';
 import { fastAuthorizationService, RpcCode } from '../protos';
 import type { ServiceHost, UnaryCall, UnaryCallbackOf } from '../transport';
 import { checkResponse, OWN_HEADER_PREFIX } from './response';
-import { DEFAULT_TRANSLATION_LIMITS, translateCheckRequest, type TranslationLimits } from './request';
+import { DEFAULT_TRANSLATION_LIMITS, translateCheckRequest, type Translation, type TranslationLimits } from './request';
 
 export interface AuthorizationDeps {
   policies: PolicySource;
@@ -21,6 +21,13 @@ export interface AuthorizationDeps {
   metrics?: DecisionMetrics;
   /** Which decisions get a log line (default: denials, every one). */
   decisionLog?: DecisionLog;
+}
+
+/** One decision: the request as translated (absent when it was refused untranslated), the verdict, its id. */
+export interface Decision {
+  request?: RequestAttributes;
+  verdict: Verdict;
+  decisionId: string;
 }
 
 export interface CheckOutcome {
@@ -47,37 +54,44 @@ export class AuthorizationService {
 
   /** The whole decision for one CheckRequest; synchronous unless a limit asks shared state. */
   readonly decideCheck = (msg: CheckRequest): CheckOutcome | Promise<CheckOutcome> => {
+    const decision = this.decideTranslated(translateCheckRequest(msg, this.limits));
+    return decision instanceof Promise ? decision.then(checkOutcome) : checkOutcome(decision);
+  };
+
+  /**
+   * Decides a request already translated from its protocol (gRPC Check, or the HTTP ext_authz
+   * call in ./http): one decision log line and one metrics sample whatever carried it.
+   */
+  decideTranslated(translation: Translation): Decision | Promise<Decision> {
     const started = performance.now();
-    const translation = translateCheckRequest(msg, this.limits);
     if (!translation.ok) {
       const decisionId = randomUUID();
       const verdict: Verdict = { allow: false, status: translation.status, reason: translation.reason };
       this.deps.logger.info({ decision: decisionId, reason: translation.reason, detail: translation.message }, 'request refused');
       this.deps.metrics?.decided('ext_authz', verdict, (performance.now() - started) / 1000);
-      return { response: checkResponse(verdict, decisionId, 'http'), verdict, decisionId };
+      return { verdict, decisionId };
     }
     const req = translation.request;
     const decisionId = req.requestId || randomUUID();
     const verdict = decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now());
     if (verdict instanceof Promise) {
       return verdict.then(
-        (v) => this.respond(req, decisionId, v, started),
+        (v) => this.record(req, decisionId, v, started),
         (e: Error) => {
           this.deps.logger.error({ decision: decisionId, err: e.message }, 'shared state did not answer');
-          return this.respond(req, decisionId, STATE_UNAVAILABLE, started);
+          return this.record(req, decisionId, STATE_UNAVAILABLE, started);
         },
       );
     }
-    return this.respond(req, decisionId, verdict, started);
-  };
+    return this.record(req, decisionId, verdict, started);
+  }
 
-  private respond(req: RequestAttributes, decisionId: string, verdict: Verdict, started: number): CheckOutcome {
+  private record(req: RequestAttributes, decisionId: string, verdict: Verdict, started: number): Decision {
     const seconds = (performance.now() - started) / 1000;
     this.decisionLog.record(req, decisionId, verdict, seconds * 1000);
     this.deps.metrics?.decided('ext_authz', verdict, seconds);
-    return { response: checkResponse(verdict, decisionId, req.protocol, clientOwnHeaders(req.headers)), verdict, decisionId };
+    return { request: req, verdict, decisionId };
   }
-
 
   private readonly check = (
     call: UnaryCall<CheckRequest>,
@@ -98,9 +112,17 @@ export class AuthorizationService {
   };
 }
 
+function checkOutcome({ request, verdict, decisionId }: Decision): CheckOutcome {
+  const response = request
+    ? checkResponse(verdict, decisionId, request.protocol, clientOwnHeaders(request.headers))
+    : checkResponse(verdict, decisionId, 'http');
+  return { response, verdict, decisionId };
+}
+
 const NONE: readonly string[] = [];
 
-function clientOwnHeaders(headers: ReadonlyMap<string, string>): readonly string[] {
+/** x-middlebox-* names the client sent: those the verdict does not set are removed upstream. */
+export function clientOwnHeaders(headers: ReadonlyMap<string, string>): readonly string[] {
   let found: string[] | undefined;
   for (const name of headers.keys()) {
     if (name.startsWith(OWN_HEADER_PREFIX)) (found ??= []).push(name);

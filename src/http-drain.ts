@@ -1,0 +1,23 @@
+// Graceful close of a node:http(s) server, shared by the HTTP ext_authz listener and the webhook.
+import type { Server } from 'node:http';
+
+/**
+ * Stops accepting, closes keep-alive connections as soon as they sit idle, lets requests in flight
+ * finish, and after `drainMs` cuts what is left (calling `onCut` first).
+ */
+export function drainHttpServer(server: Server, drainMs: number, onCut: () => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const cut = setTimeout(() => {
+      onCut();
+      server.closeAllConnections();
+    }, drainMs);
+    // Keep-alive connections that sit idle between requests would hold close() up.
+    const idle = setInterval(() => server.closeIdleConnections(), 100);
+    server.close(() => {
+      clearTimeout(cut);
+      clearInterval(idle);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}

@@ -1,0 +1,170 @@
+// Envoy's ext_authz over HTTP (http_service, `serve --http-authz-listen`) end to end: real etcd,
+// two real replicas, a real Envoy rendered with `middleboxHttp`, real HTTP traffic. The same
+// decisions as over gRPC: firewall, rate limits and their headers, the real client address, and
+// nothing a client sends can stand in for what Envoy fills in.
+import assert from 'node:assert/strict';
+import { httpRequest, type HttpResult } from '../../src/lab/client';
+import { SidecarLab } from '../../src/lab/sidecar';
+import { waitFor } from '../../src/lab/ports';
+import { parsePolicies } from '../../src/policy/parse';
+import type { PolicyDocument } from '../../src/policy/types';
+import { HTTP_AUTHZ_PEER_HEADER } from '../../src/grpc/authz/http';
+
+const POLICY = `
+apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: shop }
+spec:
+  firewall:
+    default: allow
+    rules:
+      - { name: no-admin, action: deny, paths: ["/admin/*"] }
+      - { name: blocked-client, action: deny, from: ["127.0.0.66/32"] }
+      - { name: orders-read-only, action: deny, paths: ["/orders/*"], methods: [DELETE] }
+      - { name: no-debug, action: deny, headers: [{ name: x-debug, value: "1" }] }
+      - { name: beta, action: deny, shadow: true, paths: ["/beta/*"] }
+  rateLimits:
+    - { name: exact, match: { paths: ["/strict/*"] }, limit: 20, per: 1m, algorithm: fixed-window, consistency: strict, headers: true }
+    - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1m, by: ["header:x-api-key"], algorithm: fixed-window, consistency: strict }
+`;
+
+function policy(text: string): PolicyDocument {
+  const { documents, errors } = parsePolicies(text, 'test');
+  assert.deepEqual(errors, []);
+  return documents[0]!;
+}
+
+describe('ext_authz over HTTP through a real Envoy with two replicas and etcd', function () {
+  this.timeout(90_000);
+  let lab: SidecarLab;
+
+  before(async () => {
+    lab = await SidecarLab.start({ replicas: 2, httpAuthz: true });
+    await lab.applyPolicies([policy(POLICY)]);
+    await waitFor(async () => (await httpRequest({ port: lab.httpPort, path: '/admin/x' })).status === 403, {
+      timeoutMs: 5000,
+      what: 'the policy to be in force',
+    });
+  });
+
+  after(async () => {
+    await lab?.stop();
+  });
+
+  const get = (path: string, extra: { method?: string; from?: string; headers?: Record<string, string> } = {}) =>
+    httpRequest({ port: lab.httpPort, path, method: extra.method, localAddress: extra.from, headers: extra.headers, timeoutMs: 10_000 });
+
+  it('Envoy asks the replicas over HTTP, not gRPC', async () => {
+    const before = await authzCalls(lab);
+    assert.equal((await get('/products/1')).status, 200);
+    const after = await authzCalls(lab);
+    assert.equal(after.http - before.http, 1, 'one HTTP ext_authz call');
+    assert.equal(after.grpc, before.grpc, 'no gRPC Check');
+  });
+
+  it('lets an allowed request reach the app, with the decision id upstream and the call header gone', async () => {
+    const r = await get('/products/1?x=1', { method: 'POST', headers: { 'x-api-key': 'k' } });
+    assert.equal(r.status, 200);
+    const echo = JSON.parse(r.body);
+    assert.equal(echo.upstream, 'app');
+    assert.equal(echo.method, 'POST');
+    assert.equal(echo.path, '/products/1?x=1', 'the app sees the path without the call prefix');
+    assert.match(echo.headers['x-middlebox-decision'], /\S+/);
+    assert.equal(echo.headers[HTTP_AUTHZ_PEER_HEADER], undefined);
+  });
+
+  it('denies by path with 403, a JSON body naming policy and rule, and the decision id', async () => {
+    const r = await get('/admin/users');
+    assert.equal(r.status, 403);
+    assert.equal(r.headers['content-type'], 'application/json');
+    assert.match(String(r.headers['x-middlebox-decision']), /\S+/);
+    const body = JSON.parse(r.body);
+    assert.deepEqual([body.policy, body.rule, body.middlebox, body.reason], ['shop', 'no-admin', 'firewall', 'firewall_rule_deny']);
+    assert.equal(body.decision, r.headers['x-middlebox-decision']);
+  });
+
+  it('a path rule cannot be dodged with dot segments or doubled slashes', async () => {
+    for (const p of ['/x/../admin/users', '//admin/users', '/admin//users', '/%61dmin/users']) {
+      assert.equal((await get(p)).status, 403, p);
+    }
+  });
+
+  it('denies by method and by header value, not by other methods or values', async () => {
+    const del = await get('/orders/7', { method: 'DELETE' });
+    assert.equal(del.status, 403);
+    assert.equal(JSON.parse(del.body).rule, 'orders-read-only');
+    assert.equal((await get('/orders/7')).status, 200);
+    assert.equal((await get('/products/1', { headers: { 'x-debug': '1' } })).status, 403);
+    assert.equal((await get('/products/1', { headers: { 'x-debug': '0' } })).status, 200);
+  });
+
+  it('decides on the real client address: neither x-forwarded-for nor a forged call header changes it', async () => {
+    assert.equal((await get('/products/1', { from: '127.0.0.66' })).status, 403);
+    assert.equal((await get('/products/1', { from: '127.0.0.65' })).status, 200);
+    assert.equal((await get('/products/1', { headers: { 'x-forwarded-for': '127.0.0.66' } })).status, 200);
+    // Envoy replaces the client's header of that name with what it knows of the connection.
+    const forgedBlocked = await get('/products/1', { from: '127.0.0.66', headers: { [HTTP_AUTHZ_PEER_HEADER]: 'src=127.0.0.1:1 dst=127.0.0.1:2 uri=' } });
+    assert.equal(forgedBlocked.status, 403);
+    const forgedOther = await get('/products/1', { headers: { [HTTP_AUTHZ_PEER_HEADER]: 'src=127.0.0.66:1 dst=127.0.0.1:2 uri=spiffe://forged' } });
+    assert.equal(forgedOther.status, 200);
+  });
+
+  it('a shadow rule lets the request through and says so; a client cannot forge the middlebox headers', async () => {
+    const shadow = await get('/beta/feature');
+    assert.equal(shadow.status, 200);
+    assert.equal(JSON.parse(shadow.body).headers['x-middlebox-shadow-deny'], 'firewall/shop/beta');
+    const forged = JSON.parse((await get('/products/1', { headers: { 'x-middlebox-shadow-deny': 'forged', 'x-middlebox-decision': 'forged', 'x-middlebox-nat': 'forged' } })).body);
+    assert.equal(forged.headers['x-middlebox-shadow-deny'], undefined);
+    assert.equal(forged.headers['x-middlebox-nat'], undefined);
+    assert.notEqual(forged.headers['x-middlebox-decision'], 'forged');
+  });
+
+  it('strict: a burst of 60 admits exactly the limit (20); 429s carry retry-after and ratelimit-*, 200s ratelimit-*', async () => {
+    const rs = await Promise.all(Array.from({ length: 60 }, () => get('/strict/a')));
+    assert.equal(rs.filter((r) => r.status === 200).length, 20, statuses(rs));
+    assert.equal(rs.filter((r) => r.status === 429).length, 40, statuses(rs));
+    const denied = rs.find((r) => r.status === 429)!;
+    assert.match(String(denied.headers['retry-after']), /^\d+$/);
+    assert.equal(denied.headers['ratelimit-limit'], '20');
+    assert.equal(denied.headers['ratelimit-remaining'], '0');
+    assert.equal(JSON.parse(denied.body).rule, 'exact');
+    const allowed = rs.find((r) => r.status === 200)!;
+    assert.equal(allowed.headers['ratelimit-limit'], '20');
+    assert.match(String(allowed.headers['ratelimit-remaining']), /^\d+$/);
+  });
+
+  it('keys from `by` count separately, read from the client\'s headers', async () => {
+    const a = [await get('/keys/1', { headers: { 'x-api-key': 'a' } }), await get('/keys/1', { headers: { 'x-api-key': 'a' } }), await get('/keys/1', { headers: { 'x-api-key': 'a' } })];
+    assert.deepEqual(a.map((r) => r.status), [200, 200, 429]);
+    assert.equal((await get('/keys/1', { headers: { 'x-api-key': 'b' } })).status, 200);
+  });
+
+  it('a replica stopped under load costs no request: it drains, Envoy\'s HTTP health checks take it out', async () => {
+    const results: HttpResult[] = [];
+    let running = true;
+    const load = (async () => {
+      for (let i = 0; running && i < 2000; i++) results.push(await get('/products/1'));
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    await lab.replicas[0]!.stop();
+    await waitFor(async () => (await lab.envoy.clusterHealthy('middlebox_http')) === 1, { timeoutMs: 10_000, what: 'Envoy to see one healthy HTTP listener' });
+    await new Promise((r) => setTimeout(r, 300));
+    running = false;
+    await load;
+    assert.ok(results.length > 20, `only ${results.length} requests ran`);
+    assert.equal(results.filter((r) => r.status !== 200).length, 0, statuses(results));
+  });
+});
+
+/** Calls Envoy made to the replicas over HTTP (cluster middlebox_http) and over gRPC (middlebox). */
+async function authzCalls(lab: SidecarLab): Promise<{ http: number; grpc: number }> {
+  const stats = await lab.envoy.stats('^cluster\\.middlebox(_http)?\\.upstream_rq_total$');
+  return { http: stats.get('cluster.middlebox_http.upstream_rq_total') ?? NaN, grpc: stats.get('cluster.middlebox.upstream_rq_total') ?? 0 };
+}
+
+function statuses(rs: HttpResult[]): string {
+  const counts = new Map<number, number>();
+  for (const r of rs) counts.set(r.status, (counts.get(r.status) ?? 0) + 1);
+  return [...counts].map(([s, n]) => `${s}×${n}`).join(' ');
+}
+

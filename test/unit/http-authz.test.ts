@@ -1,0 +1,186 @@
+// The HTTP ext_authz listener (src/grpc/authz/http.ts) on loopback, asked as Envoy's http_service
+// asks it, with the real decision (AuthorizationService) behind it: what it reads from the call,
+// what it answers, and what it refuses. Envoy's side is tested in test/integration/http-authz-envoy.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import {
+  HTTP_AUTHZ_PATH_PREFIX,
+  HTTP_AUTHZ_PEER_HEADER,
+  parsePeer,
+  startHttpAuthzListener,
+  type HttpAuthzListener,
+} from '../../src/grpc/authz/http';
+import type { Translation } from '../../src/grpc/authz/request';
+import { AuthorizationService } from '../../src/grpc/authz/service';
+import { silentLogger } from '../../src/observability/logger';
+import { StaticPolicySource } from '../../src/state/port';
+import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
+import { MemoryNatTable } from '../../src/state/nat/memory';
+import { parsePolicies } from '../../src/policy/parse';
+import { compileSnapshot } from '../../src/policy/compile';
+
+const POLICY = `apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: shop }
+spec:
+  firewall:
+    default: allow
+    rules:
+      - { name: no-admin, action: deny, paths: ["/admin/*"] }
+      - { name: office, action: allow, paths: ["/office/*"], from: ["2001:db8::/32"], ports: [8443] }
+      - { name: office-only, action: deny, paths: ["/office/*"], from: ["0.0.0.0/0", "::/0"] }
+      - { name: payments, action: deny, paths: ["/pay/*"], principals: ["spiffe://evil/*"] }
+      - { name: pseudo, action: deny, headers: [{ name: ":authority", value: "blocked.local" }] }
+  rateLimits:
+    - { name: tight, match: { paths: ["/limited/*"] }, limit: 1, per: 1m, algorithm: fixed-window, consistency: local, headers: true }
+`;
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+describe('HTTP ext_authz listener', () => {
+  let listener: HttpAuthzListener;
+  let ready = true;
+  let seen: Translation | undefined;
+
+  before(async () => {
+    const { documents, errors } = parsePolicies(POLICY, 'test');
+    assert.deepEqual(errors, []);
+    const service = new AuthorizationService({
+      policies: new StaticPolicySource(compileSnapshot(documents, 1)),
+      ports: { rateLimits: new LocalRateLimitStore({ replicas: () => 1 }), nat: new MemoryNatTable() },
+      logger: silentLogger(),
+    });
+    listener = await startHttpAuthzListener({
+      where: { host: '127.0.0.1', port: 0 },
+      limits: { maxHeaderBytes: 2048 },
+      decide: (t) => {
+        seen = t;
+        return service.decideTranslated(t);
+      },
+      readiness: () => (ready ? { ready: true } : { ready: false, reason: 'draining' }),
+      logger: silentLogger(),
+    });
+  });
+
+  after(() => listener?.close(1000));
+
+  /** One call as Envoy makes it: prefix + path, the client's headers, the peer header. */
+  function ask(path: string, opts: { method?: string; headers?: Record<string, string>; peer?: string | null; raw?: boolean } = {}): Promise<Answer> {
+    const headers: Record<string, string> = { host: 'shop.local', 'x-request-id': 'req-1', ...opts.headers };
+    if (opts.peer !== null) headers[HTTP_AUTHZ_PEER_HEADER] = opts.peer ?? 'src=10.0.0.7:40000 dst=10.0.0.1:8080 uri=';
+    return new Promise((resolve, reject) => {
+      const req = http.request(
+        { host: '127.0.0.1', port: listener.port, method: opts.method ?? 'GET', path: opts.raw ? path : HTTP_AUTHZ_PATH_PREFIX + path, headers, timeout: 5000 },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('no answer in 5 s')));
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  function request() {
+    assert.ok(seen?.ok, `translation refused: ${JSON.stringify(seen)}`);
+    return seen.request;
+  }
+
+  it('allows with 200, the decision id (the request id) and nothing else to copy', async () => {
+    const r = await ask('/products/1?q=2', { method: 'POST', headers: { 'x-api-key': 'k' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['x-middlebox-decision'], 'req-1');
+    assert.equal(r.headers['x-envoy-auth-headers-to-remove'], undefined);
+    assert.equal(r.body, '');
+    const req = request();
+    assert.deepEqual([req.method, req.host, req.path, req.requestId], ['POST', 'shop.local', '/products/1', 'req-1']);
+    assert.deepEqual([req.source.ip?.text, req.source.port, req.destination.ip?.text, req.destination.port], ['10.0.0.7', 40000, '10.0.0.1', 8080]);
+    assert.equal(req.source.principal, undefined);
+    assert.equal(req.headers.get('x-api-key'), 'k');
+    assert.equal(req.headers.get(':path'), '/products/1?q=2');
+    assert.equal(req.headers.get(':method'), 'POST');
+    for (const callHeader of [HTTP_AUTHZ_PEER_HEADER, 'content-length']) assert.equal(req.headers.has(callHeader), false, callHeader);
+  });
+
+  it('denies with the rule\'s status, JSON body and decision id', async () => {
+    const r = await ask('/admin/x');
+    assert.equal(r.status, 403);
+    assert.equal(r.headers['content-type'], 'application/json');
+    const body = JSON.parse(r.body);
+    assert.deepEqual([body.rule, body.policy, body.decision], ['no-admin', 'shop', 'req-1']);
+  });
+
+  it('reads IPv6 addresses, destination ports and the peer certificate\'s URI from the peer header', async () => {
+    assert.equal((await ask('/office/a', { peer: 'src=[2001:db8::5]:1234 dst=[2001:db8::1]:8443 uri=' })).status, 200);
+    assert.equal(request().source.ip?.text, '2001:db8::5');
+    assert.equal((await ask('/office/a', { peer: 'src=[2001:db8::5]:1234 dst=[2001:db8::1]:8080 uri=' })).status, 403, 'another port');
+    assert.equal((await ask('/office/a', { peer: 'src=[2001:dead::5]:1234 dst=[2001:db8::1]:8443 uri=' })).status, 403, 'another network');
+    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 uri=spiffe://evil/ns/x' })).status, 403);
+    assert.equal(request().source.principal, 'spiffe://evil/ns/x');
+    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 uri=spiffe://good/ns/x' })).status, 200);
+  });
+
+  it('a rule on a pseudo-header means what it means over gRPC', async () => {
+    assert.equal((await ask('/x', { headers: { host: 'blocked.local' } })).status, 403);
+    assert.equal((await ask('/x', { headers: { host: 'open.local' } })).status, 200);
+  });
+
+  it('rate-limit headers go on allowed answers; a denial carries retry-after', async () => {
+    const first = await ask('/limited/a');
+    assert.equal(first.status, 200);
+    assert.equal(first.headers['ratelimit-limit'], '1');
+    const second = await ask('/limited/a');
+    assert.equal(second.status, 429);
+    assert.match(String(second.headers['retry-after']), /^\d+$/);
+  });
+
+  it('names the client\'s own x-middlebox-* headers for Envoy to remove', async () => {
+    const r = await ask('/products/1', { headers: { 'x-middlebox-nat': 'forged', 'x-middlebox-decision': 'forged' } });
+    assert.equal(r.status, 200);
+    // x-middlebox-decision is overwritten by the answer, so only the other is removed.
+    assert.equal(r.headers['x-envoy-auth-headers-to-remove'], 'x-middlebox-nat');
+  });
+
+  it('refuses a call without a valid peer header, or with an address that is not an IP, with 400', async () => {
+    for (const peer of [null, 'garbage', 'src=10.0.0.7:1']) {
+      const r = await ask('/products/1', { peer });
+      assert.equal(r.status, 400, String(peer));
+      assert.equal(JSON.parse(r.body).reason, 'missing_attributes');
+    }
+    const bad = await ask('/products/1', { peer: 'src=not-an-ip:1 dst=10.0.0.1:2 uri=' });
+    assert.deepEqual([bad.status, JSON.parse(bad.body).reason], [400, 'invalid_source_address']);
+  });
+
+  it('refuses headers past --max-header-bytes with 431 headers_too_large', async () => {
+    const r = await ask('/products/1', { headers: { 'x-big': 'a'.repeat(3000) } });
+    assert.deepEqual([r.status, JSON.parse(r.body).reason], [431, 'headers_too_large']);
+  });
+
+  it('/healthz says SERVING (200) or why not (503); other paths are 404, never a decision', async () => {
+    const ok = await ask('/healthz', { raw: true });
+    assert.deepEqual([ok.status, JSON.parse(ok.body).status], [200, 'SERVING']);
+    ready = false;
+    try {
+      const draining = await ask('/healthz', { raw: true });
+      assert.deepEqual([draining.status, JSON.parse(draining.body).reason], [503, 'draining']);
+    } finally {
+      ready = true;
+    }
+    seen = undefined;
+    assert.equal((await ask('/admin/x', { raw: true })).status, 404);
+    assert.equal(seen, undefined);
+  });
+
+  it('parsePeer takes the URI as the rest of the value and refuses anything else', () => {
+    assert.deepEqual(parsePeer('src=1.2.3.4:5 dst= uri=spiffe://a/b c'), { src: '1.2.3.4:5', dst: '', uri: 'spiffe://a/b c' });
+    assert.deepEqual(parsePeer('src= dst= uri='), { src: '', dst: '', uri: '' });
+    for (const v of [undefined, '', 'dst=1 src=2 uri=', 'src=1 uri=2 dst=3', ['src= dst= uri=']]) assert.equal(parsePeer(v), undefined, JSON.stringify(v));
+  });
+});
