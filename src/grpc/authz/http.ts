@@ -51,7 +51,13 @@ export function translateHttpCheck(req: IncomingMessage, limits: TranslationLimi
   if (!url.startsWith(HTTP_AUTHZ_PATH_PREFIX)) {
     return { ok: false, status: 400, reason: 'missing_attributes', message: `path ${JSON.stringify(url.slice(0, 100))} is not under ${HTTP_AUTHZ_PATH_PREFIX}` };
   }
-  const peer = parsePeer(req.headers[HTTP_AUTHZ_PEER_HEADER]);
+  // One pass over the raw headers: Node's req.headers object is never built.
+  const raw = req.rawHeaders;
+  let peerValue: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i]!.length === HTTP_AUTHZ_PEER_HEADER.length && raw[i]!.toLowerCase() === HTTP_AUTHZ_PEER_HEADER) peerValue = raw[i + 1];
+  }
+  const peer = parsePeer(peerValue);
   if (!peer) {
     return { ok: false, status: 400, reason: 'missing_attributes', message: `no valid ${HTTP_AUTHZ_PEER_HEADER} header: is Envoy's http_service rendered by \`middlebox envoy bootstrap\`?` };
   }
@@ -63,7 +69,6 @@ export function translateHttpCheck(req: IncomingMessage, limits: TranslationLimi
   const path = url.slice(HTTP_AUTHZ_PATH_PREFIX.length) || '/';
   const method = req.method ?? 'GET';
   const collector = new HeaderCollector(limits.maxHeaderBytes);
-  const raw = req.rawHeaders;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     if (CALL_HEADERS.has(name)) continue;
@@ -138,14 +143,24 @@ export function writeHttpCheckResponse(res: ServerResponse, verdict: Verdict, de
     const remove = clientOwnHeaders.filter((name) => !setsHeader(headers, name));
     if (remove.length) headers.push(HEADERS_TO_REMOVE, remove.join(','));
     headers.push('content-length', '0');
-    res.writeHead(200, headers);
+    writeHead(res, 200, headers);
     res.end();
     return;
   }
   const body = denialBody(verdict, decisionId);
   headers.push('content-type', 'application/json', 'content-length', String(Buffer.byteLength(body)));
-  res.writeHead(verdict.status ?? 403, headers);
+  writeHead(res, verdict.status ?? 403, headers);
   res.end(body);
+}
+
+/**
+ * Only the headers Envoy reads: no Date, and no Connection or Keep-Alive (HTTP/1.1 connections
+ * persist without them), which Envoy would otherwise parse and match on every call.
+ */
+function writeHead(res: ServerResponse, status: number, headers: string[]): void {
+  res.sendDate = false;
+  res.removeHeader('connection');
+  res.writeHead(status, headers);
 }
 
 function setsHeader(flat: readonly string[], name: string): boolean {
