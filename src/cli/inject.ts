@@ -27,6 +27,7 @@ const ENABLED_LABEL = `${NAMESPACE_LABEL}=${NAMESPACE_LABEL_ENABLED}`;
 const injectOptions: Options = {
   'namespace-labels': { type: 'string' },
   middlebox: { type: 'string' },
+  'middlebox-http': { type: 'string' },
   'envoy-image': { type: 'string' },
   'init-image': { type: 'string' },
 };
@@ -35,6 +36,8 @@ function injectHelp(namespaceLabels: string[]): string[] {
   return [
     ...namespaceLabels,
     `  --middlebox HOST:PORT      the middlebox Service Envoy asks (default ${d.middleboxAddress})`,
+    '  --middlebox-http HOST:PORT the Service\'s HTTP ext_authz port (replicas run with --http-authz-listen):',
+    '                             Envoy\'s HTTP ext_authz asks it over HTTP/1.1 instead of gRPC (default: gRPC)',
     `  --envoy-image IMAGE        (default ${d.envoyImage})`,
     `  --init-image IMAGE         image with iptables and sh for the init container (default ${d.initImage})`,
   ];
@@ -49,16 +52,19 @@ export interface InjectSettings {
 export function injectSettings(values: Record<string, unknown>, defaultLabels = ''): InjectSettings {
   const namespaceLabels = parseLabels(stringOpt(values, 'namespace-labels') ?? defaultLabels);
   const middleboxAddress = stringOpt(values, 'middlebox');
-  if (middleboxAddress !== undefined) {
+  const middleboxHttpAddress = stringOpt(values, 'middlebox-http');
+  for (const [flag, address] of [['--middlebox', middleboxAddress], ['--middlebox-http', middleboxHttpAddress]] as const) {
+    if (address === undefined) continue;
     try {
-      portOf(middleboxAddress);
+      portOf(address);
     } catch {
-      throw new UsageError(`--middlebox must be host:port, got ${JSON.stringify(middleboxAddress)}`);
+      throw new UsageError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
     }
   }
   const config = injectConfig(
     definedOnly({
       middleboxAddress,
+      middleboxHttpAddress,
       envoyImage: stringOpt(values, 'envoy-image'),
       initImage: stringOpt(values, 'init-image'),
     }),
@@ -71,7 +77,7 @@ export function injectSettings(values: Record<string, unknown>, defaultLabels = 
 export const injectCommand: Command = {
   name: 'inject',
   summary: 'Print Kubernetes objects with the middlebox sidecar (iptables init container + Envoy) injected into their pods.',
-  usage: 'middlebox inject -f FILE [--namespace-labels K=V,...] [--middlebox HOST:PORT] [-o yaml|json]\n       middlebox inject serve --tls-cert FILE --tls-key FILE [flags]   (the admission webhook; see its --help)',
+  usage: 'middlebox inject -f FILE [--namespace-labels K=V,...] [--middlebox HOST:PORT] [--middlebox-http HOST:PORT] [-o yaml|json]\n       middlebox inject serve --tls-cert FILE --tls-key FILE [flags]   (the admission webhook; see its --help)',
   help: [
     '  -f, --filename FILE        YAML or JSON, one or more documents; "-" reads stdin',
     `                             Pods and the pod templates of ${TEMPLATE_KINDS.join(', ')} and CronJob`,
@@ -108,7 +114,7 @@ export const injectCommand: Command = {
 export const injectServeCommand: Command = {
   name: 'inject serve',
   summary: 'Run the sidecar injector as a Kubernetes mutating admission webhook (HTTPS, AdmissionReview admission.k8s.io/v1).',
-  usage: 'middlebox inject serve --tls-cert FILE --tls-key FILE [--listen HOST:PORT] [--namespace-labels K=V,...] [--middlebox HOST:PORT]',
+  usage: 'middlebox inject serve --tls-cert FILE --tls-key FILE [--listen HOST:PORT] [--namespace-labels K=V,...] [--middlebox HOST:PORT] [--middlebox-http HOST:PORT]',
   help: [
     `  --listen HOST:PORT         where to serve HTTPS, host:port or [ipv6]:port (default ${DEFAULT_WEBHOOK_LISTEN})`,
     '  --tls-cert FILE            PEM certificate (chain) the API server verifies; required',

@@ -54,6 +54,11 @@ export interface InjectConfig {
   initImage: string;
   /** The middlebox Service as Envoy dials it, "host:port". */
   middleboxAddress: string;
+  /**
+   * The middlebox Service's HTTP ext_authz port, "host:port" (replicas run with
+   * `serve --http-authz-listen`): given, injected Envoys ask it over HTTP/1.1 instead of gRPC.
+   */
+  middleboxHttpAddress?: string;
   /** Envoy runs as this UID; its own traffic is never captured (no loops). */
   envoyUid: number;
   /** Envoy's inbound listener: captured inbound traffic is redirected here. */

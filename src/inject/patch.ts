@@ -75,6 +75,7 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
   const excludeInboundPorts = ports(ANNOTATIONS.excludeInboundPorts, a[ANNOTATIONS.excludeInboundPorts]);
   const excludeOutboundPorts = unique([
     portOf(config.middleboxAddress),
+    ...(config.middleboxHttpAddress ? [portOf(config.middleboxHttpAddress)] : []),
     ...config.excludeOutboundPorts,
     ...ports(ANNOTATIONS.excludeOutboundPorts, a[ANNOTATIONS.excludeOutboundPorts]),
   ]);
@@ -141,6 +142,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
     // REDIRECT from OUTPUT lands on 127.0.0.1, so the outbound listener need not face the network.
     outbound: { address: '127.0.0.1', port: config.outboundPort },
     middlebox: [config.middleboxAddress],
+    middleboxHttp: config.middleboxHttpAddress ? [config.middleboxHttpAddress] : undefined,
     failureModeAllow: failureMode === 'open',
   });
   // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.

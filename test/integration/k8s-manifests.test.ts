@@ -19,7 +19,7 @@ import { AUTHORIZATION_SERVICE, EXTERNAL_PROCESSOR_SERVICE } from '../../src/grp
 import { ANNOTATIONS, NAMES, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, STATUS_INJECTED } from '../../src/inject/config';
 import { admit, INJECT_PATH } from '../../src/inject/webhook';
 import { EtcdProcess } from '../../src/lab/etcd';
-import { HealthClient } from '../../src/lab/middlebox';
+import { adminGet, HealthClient } from '../../src/lab/middlebox';
 import { freePort, waitFor } from '../../src/lab/ports';
 import { findExecutable, LabChild, makeTempDir, removeTempDir } from '../../src/lab/processes';
 import { CLI, middlebox } from '../harness/cli';
@@ -515,6 +515,11 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       const port = (svc.spec.ports as Doc[])[0]!;
       assert.equal(portNumber(c, port.targetPort), listenPort);
       assert.equal(`${svc.metadata.name}.${svc.metadata.namespace}.svc:${port.port}`, flagValue(container(find(base, 'Deployment', 'middlebox-webhook'), 'webhook').args, 'middlebox'));
+      // The HTTP ext_authz port: served by the replicas, exposed by the Service, given to the injector.
+      const httpPort = portOfListen(String(values['http-authz-listen']));
+      const httpSvcPort = (svc.spec.ports as Doc[]).find((p) => portNumber(c, p.targetPort) === httpPort);
+      assert.ok(httpSvcPort, `the Service exposes --http-authz-listen's port ${httpPort}`);
+      assert.equal(`${svc.metadata.name}.${svc.metadata.namespace}.svc:${httpSvcPort.port}`, flagValue(container(find(base, 'Deployment', 'middlebox-webhook'), 'webhook').args, 'middlebox-http'));
     });
 
     it('native gRPC probes on the server port, none on a component that etcd trouble turns NOT_SERVING', () => {
@@ -678,7 +683,10 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
     const children: LabChild[] = [];
 
     /** Ports the manifests leave at a fixed default (fine in a pod, shared on this machine) made free ones. */
-    const localOnly = async (): Promise<string[]> => ('admin-listen' in serveCommand.options ? [`--admin-listen=127.0.0.1:${await freePort()}`] : []);
+    const localOnly = async (httpPort?: number): Promise<string[]> => [
+      `--admin-listen=127.0.0.1:${await freePort()}`,
+      `--http-authz-listen=127.0.0.1:${httpPort ?? (await freePort())}`,
+    ];
 
     before(async () => {
       etcd = await EtcdProcess.start();
@@ -697,11 +705,14 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       const stateDir = path.join(dir, 'state');
       let args = kubeletExpand(c.args.slice(1), c, { MIDDLEBOX_ETCD: etcd.endpoint, POD_NAME: 'middlebox-7d9f-abcde' });
       args = setFlag(setFlag(args, 'listen', `127.0.0.1:${port}`), 'state-dir', stateDir);
-      const child = LabChild.spawn({ name: 'middlebox serve', command: process.execPath, args: [CLI, 'serve', ...args, ...(await localOnly())] });
+      const httpPort = await freePort();
+      const child = LabChild.spawn({ name: 'middlebox serve', command: process.execPath, args: [CLI, 'serve', ...args, ...(await localOnly(httpPort))] });
       children.push(child);
       const health = new HealthClient(`127.0.0.1:${port}`);
       try {
         await child.waitReady(async () => (await health.check(c.readinessProbe.grpc.service)) === 'SERVING', 15_000, 'the readiness probe\'s service SERVING');
+        // The HTTP ext_authz listener answers Envoy's HTTP health check.
+        assert.equal((await adminGet(`127.0.0.1:${httpPort}`, '/healthz')).status, 200);
         for (const kind of ['startupProbe', 'livenessProbe', 'readinessProbe']) {
           assert.equal(await health.check(c[kind].grpc.service), 'SERVING', `${kind} service ${JSON.stringify(c[kind].grpc.service)}`);
         }

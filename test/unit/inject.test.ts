@@ -229,6 +229,16 @@ describe('inject', () => {
       assert.equal(open.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.failure_mode_allow, true);
     });
 
+    it('with middleboxHttpAddress, Envoy asks that port over HTTP and the init container leaves it alone', () => {
+      const http = injectPod(pod({}), { ...config, middleboxHttpAddress: 'middlebox.middlebox-system.svc:9003' });
+      const b = bootstrapOf(http);
+      const authz = (b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters as Doc[])[0]!.typed_config;
+      assert.equal(authz.http_service.server_uri.cluster, 'middlebox_http');
+      const cluster = (b.static_resources.clusters as Doc[]).find((c) => c.name === 'middlebox_http')!;
+      assert.deepEqual(cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, { address: 'middlebox.middlebox-system.svc', port_value: 9003 });
+      assert.equal(http.metadata!.annotations![ANNOTATIONS.excludedOutboundPorts], '9001,9003,2379,2380');
+    });
+
     it('records what it captured and excluded in annotations', () => {
       const a = out.metadata!.annotations!;
       assert.equal(a[ANNOTATIONS.status], 'injected');
