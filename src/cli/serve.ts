@@ -34,9 +34,10 @@ export const serveCommand: Command = {
     `  --listen ADDR            host:port, [ipv6]:port or unix:/path (env MIDDLEBOX_LISTEN, default ${DEFAULTS.listen})`,
     '  --http-authz-listen ADDR also answer Envoy\'s ext_authz filter over plain HTTP/1.1 (its http_service,',
     '                           as `envoy bootstrap --middlebox-http` renders it) on host:port, [ipv6]:port or',
-    '                           unix:/path; same decisions, about half the CPU in Envoy per request',
+    '                           unix:/path; the same decisions for about half of Envoy\'s CPU per request',
+    '                           (differences: README, "The Envoy side")',
     '                           (env MIDDLEBOX_HTTP_AUTHZ_LISTEN, default off)',
-    `  --tls-cert FILE          serve gRPC over TLS with this certificate (chain), with --tls-key (env ${SERVER_TLS_ENV.cert});`,
+    `  --tls-cert FILE          serve gRPC (and HTTP ext_authz) over TLS with this certificate (chain), with --tls-key (env ${SERVER_TLS_ENV.cert});`,
     '                           default plaintext: see docs/security.md for when that is fine',
     `  --tls-key FILE           the certificate's private key (env ${SERVER_TLS_ENV.key})`,
     '  --tls-client-ca FILE     mTLS: require a client certificate signed by this CA bundle on every',
@@ -84,9 +85,9 @@ export const serveCommand: Command = {
     '                           NOT_SERVING; fail-open allows everything, SERVING, with a warning every',
     '                           minute (env MIDDLEBOX_ON_NO_STATE, default fail-closed)',
     '',
-    'Decisions fail closed (503) until the policies are loaded from etcd or the state dir (unless',
-    '--on-no-state fail-open). SIGTERM or SIGINT: health goes NOT_SERVING, in-flight calls finish, the',
-    'process exits 0.',
+    'Decisions fail closed (503; over HTTP ext_authz Envoy turns a 5xx into its status_on_error, 403)',
+    'until the policies are loaded from etcd or the state dir (unless --on-no-state fail-open).',
+    'SIGTERM or SIGINT: health goes NOT_SERVING, in-flight calls finish, the process exits 0.',
   ],
   options: {
     listen: { type: 'string' },
@@ -117,7 +118,10 @@ export const serveCommand: Command = {
     const env = settingsFromEnv();
     const listen = stringOpt(values, 'listen') ?? env.listen;
     const httpAuthzListen = stringOpt(values, 'http-authz-listen') ?? (process.env.MIDDLEBOX_HTTP_AUTHZ_LISTEN || undefined);
-    if (httpAuthzListen !== undefined) parseListen(httpAuthzListen);
+    if (httpAuthzListen !== undefined) {
+      parseListen(httpAuthzListen);
+      if (httpAuthzListen === listen) throw new UsageError(`--http-authz-listen must differ from --listen (both ${listen})`);
+    }
     // The etcd flags are the ones every command shares; their files are read (and refused) now.
     const etcdConn = etcdConnectionFrom(values);
     const etcd = etcdConn.settings.endpoints;

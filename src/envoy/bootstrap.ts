@@ -241,6 +241,9 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
   if (opts.accessLog !== undefined && opts.accessLog.trim() === '') throw new Error('accessLog must be a file path');
   const middleboxHttp = opts.middleboxHttp?.map(parseEndpoint);
   if (middleboxHttp && middleboxHttp.length === 0) throw new Error('middleboxHttp needs at least one endpoint');
+  if (middleboxHttp && (!extAuthz || opts.inboundHttp === false || opts.inboundFilter === 'ext_proc')) {
+    throw new Error('middleboxHttp is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
+  }
   return {
     accessLog: opts.accessLog,
     nodeId: opts.nodeId ?? d.nodeId,
@@ -668,11 +671,21 @@ function middleboxHttpCluster(endpoints: Endpoint[], tls?: ResolvedMiddleboxTls)
     },
     transportSocket: tls && middleboxTransportSocket(tls, 'http/1.1'),
     healthCheck: { http_health_check: { path: HTTP_AUTHZ_HEALTH_PATH } },
+    // A 503 from the middlebox is its answer (state_unavailable, policy_not_loaded), not a broken
+    // replica: five in a row must not eject it, as Envoy's consecutive_5xx default would.
+    outlierOverrides: { enforcing_consecutive_5xx: 0 },
   });
 }
 
 /** What both replica clusters share: discovery, load balancing, retry budget, outlier detection, health check timing. */
-function replicaCluster(c: { name: string; endpoints: Endpoint[]; protocolOptions: Config; transportSocket: Config | undefined; healthCheck: Config }): Config {
+function replicaCluster(c: {
+  name: string;
+  endpoints: Endpoint[];
+  protocolOptions: Config;
+  transportSocket: Config | undefined;
+  healthCheck: Config;
+  outlierOverrides?: Config;
+}): Config {
   return {
     name: c.name,
     type: middleboxDiscoveryType(c.endpoints),
@@ -703,6 +716,7 @@ function replicaCluster(c: { name: string; endpoints: Endpoint[]; protocolOption
       interval: '1s',
       base_ejection_time: '5s',
       max_ejection_percent: 100,
+      ...c.outlierOverrides,
     },
     health_checks: [
       {

@@ -130,6 +130,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const address = unixPath ? target : target.replace(/:\d+$/, `:${port}`);
   const httpAuthz = opts.httpAuthzListen === undefined ? undefined : await startHttpAuthz(opts.httpAuthzListen, tls, authorization, health, deps.limits ?? DEFAULT_TRANSLATION_LIMITS, opts.logger).catch(async (e: unknown) => {
     server.forceShutdown();
+    if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
     throw e;
   });
   const certWatch = opts.tls?.files && watchCertificate([server, ...(httpAuthz ? [httpAuthz.listener] : [])], opts.tls.files, opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS, opts.logger);

@@ -18,6 +18,8 @@ export interface HttpRequestOptions {
   /** Source address to send from (any 127.x.y.z works on Linux loopback). */
   localAddress?: string;
   timeoutMs?: number;
+  /** A request body, sent with its content-length. */
+  body?: string;
 }
 
 export function httpRequest(opts: HttpRequestOptions): Promise<HttpResult> {
@@ -42,7 +44,7 @@ export function httpRequest(opts: HttpRequestOptions): Promise<HttpResult> {
     );
     req.on('timeout', () => req.destroy(new Error(`no answer from 127.0.0.1:${opts.port} within ${opts.timeoutMs ?? 5000} ms`)));
     req.on('error', reject);
-    req.end();
+    req.end(opts.body);
   });
 }
 

@@ -23,6 +23,7 @@ spec:
       - { name: orders-read-only, action: deny, paths: ["/orders/*"], methods: [DELETE] }
       - { name: no-debug, action: deny, headers: [{ name: x-debug, value: "1" }] }
       - { name: beta, action: deny, shadow: true, paths: ["/beta/*"] }
+      - { name: no-big-uploads, action: deny, paths: ["/upload/*"], headers: [{ name: content-length, regex: "[0-9]{4,}" }] }
   rateLimits:
     - { name: exact, match: { paths: ["/strict/*"] }, limit: 20, per: 1m, algorithm: fixed-window, consistency: strict, headers: true }
     - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1m, by: ["header:x-api-key"], algorithm: fixed-window, consistency: strict }
@@ -60,6 +61,14 @@ describe('ext_authz over HTTP through a real Envoy with two replicas and etcd', 
     const after = await authzCalls(lab);
     assert.equal(after.http - before.http, 1, 'one HTTP ext_authz call');
     assert.equal(after.grpc, before.grpc, 'no gRPC Check');
+  });
+
+  it('a rule on content-length sees the client request\'s, which Envoy passes in the peer header', async () => {
+    const small = await httpRequest({ port: lab.httpPort, path: '/upload/1', method: 'POST', body: 'x'.repeat(10), timeoutMs: 10_000 });
+    assert.equal(small.status, 200, small.body);
+    const big = await httpRequest({ port: lab.httpPort, path: '/upload/1', method: 'POST', body: 'x'.repeat(2000), timeoutMs: 10_000 });
+    assert.equal(big.status, 403, big.body);
+    assert.equal(JSON.parse(big.body).rule, 'no-big-uploads');
   });
 
   it('lets an allowed request reach the app, with the decision id upstream and the call header gone', async () => {
@@ -103,10 +112,12 @@ describe('ext_authz over HTTP through a real Envoy with two replicas and etcd', 
     assert.equal((await get('/products/1', { from: '127.0.0.65' })).status, 200);
     assert.equal((await get('/products/1', { headers: { 'x-forwarded-for': '127.0.0.66' } })).status, 200);
     // Envoy replaces the client's header of that name with what it knows of the connection.
-    const forgedBlocked = await get('/products/1', { from: '127.0.0.66', headers: { [HTTP_AUTHZ_PEER_HEADER]: 'src=127.0.0.1:1 dst=127.0.0.1:2 uri=' } });
+    const forgedBlocked = await get('/products/1', { from: '127.0.0.66', headers: { [HTTP_AUTHZ_PEER_HEADER]: 'src=127.0.0.1:1 dst=127.0.0.1:2 len= uri=' } });
     assert.equal(forgedBlocked.status, 403);
-    const forgedOther = await get('/products/1', { headers: { [HTTP_AUTHZ_PEER_HEADER]: 'src=127.0.0.66:1 dst=127.0.0.1:2 uri=spiffe://forged' } });
+    const forgedOther = await get('/products/1', { headers: { [HTTP_AUTHZ_PEER_HEADER]: 'src=127.0.0.66:1 dst=127.0.0.1:2 len= uri=spiffe://forged' } });
     assert.equal(forgedOther.status, 200);
+    // Nor does the forged header reach the app, which may trust every x-middlebox-* it gets.
+    assert.equal(JSON.parse(forgedOther.body).headers[HTTP_AUTHZ_PEER_HEADER], undefined);
   });
 
   it('a shadow rule lets the request through and says so; a client cannot forge the middlebox headers', async () => {

@@ -197,6 +197,20 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
     assert.doesNotMatch(m.output(), /at .*\.js:\d+/, 'no stack trace');
   });
 
+  it('refuses --http-authz-listen that is not an address or is the gRPC listener\'s, with one line each', async () => {
+    const sock = `unix:${path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-sock-')), 'mb.sock')}`;
+    for (const [args, code, message] of [
+      [['--http-authz-listen', 'nope'], 1, /listen address "nope" is not host:port/],
+      [['--listen', sock, '--http-authz-listen', sock], 2, /--http-authz-listen must differ from --listen/],
+    ] as const) {
+      const m = await MiddleboxProcess.start({ etcd: etcd.endpoint, extraArgs: [...args], waitFor: false });
+      started.push(m);
+      assert.equal((await m.exited).code, code, m.output());
+      assert.match(m.output(), message);
+      assert.doesNotMatch(m.output(), /at .*\.js:\d+/, 'no stack trace');
+    }
+  });
+
   it('fails closed (503) and NOT_SERVING while etcd is unreachable at startup', async () => {
     const m = await MiddleboxProcess.start({ etcd: 'http://127.0.0.1:1', waitFor: 'NOT_SERVING' });
     started.push(m);

@@ -2,6 +2,7 @@
 // restart, and a replacement that does not load leaves the current one in force.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import https from 'node:https';
 import path from 'node:path';
 import { startServer, type RunningServer } from '../../src/grpc/server';
 import { makeTestPki, type TestPki } from '../../src/lab/certs';
@@ -37,6 +38,23 @@ describe('gRPC server certificate reload', function () {
     }
   }
 
+  /** The same over the HTTP ext_authz listener: its /healthz status, or the error. */
+  function askHttp(pki: TestPki): Promise<string> {
+    const at = server!.httpAuthzAddress!.lastIndexOf(':');
+    return new Promise((resolve) => {
+      const req = https.request(
+        { host: '127.0.0.1', port: Number(server!.httpAuthzAddress!.slice(at + 1)), path: '/healthz', ca: fs.readFileSync(pki.caFile), agent: false, timeout: 2000 },
+        (res) => {
+          res.resume();
+          resolve(String(res.statusCode));
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', (e) => resolve(`error: ${e.message}`));
+      req.end();
+    });
+  }
+
   before(async () => {
     first = makeTestPki({ caName: 'first CA' });
     second = makeTestPki({ caName: 'second CA' });
@@ -52,6 +70,7 @@ describe('gRPC server certificate reload', function () {
       logger: silentLogger(),
       tls: { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile), files: { cert: certFile, key: keyFile } },
       certCheckMs: 100,
+      httpAuthzListen: '127.0.0.1:0',
     });
   });
 
@@ -66,6 +85,8 @@ describe('gRPC server certificate reload', function () {
   it('serves the certificate it started with', async () => {
     assert.equal(await ask(first), 'SERVING');
     assert.match(await ask(second), /^error/);
+    assert.equal(await askHttp(first), '200', 'the HTTP ext_authz listener serves the same certificate');
+    assert.match(await askHttp(second), /^error/);
   });
 
   it('serves a replaced certificate to new connections, without a restart', async () => {
@@ -76,6 +97,8 @@ describe('gRPC server certificate reload', function () {
     fs.renameSync(`${certFile}.new`, certFile);
     await waitFor(async () => (await ask(second)) === 'SERVING', { timeoutMs: 5000, intervalMs: 100, what: 'the second certificate to be served' });
     assert.match(await ask(first), /^error/, 'the first CA no longer verifies the server');
+    assert.equal(await askHttp(second), '200', 'the HTTP ext_authz listener got the new certificate too');
+    assert.match(await askHttp(first), /^error/);
   });
 
   it('keeps the current certificate when the new files do not load', async () => {

@@ -69,6 +69,13 @@ describe('envoy bootstrap', () => {
     // The TCP listener and ext_proc keep the gRPC cluster; HTTP ext_authz gets its own.
     assert.deepEqual((doc.static_resources.clusters as Doc[]).map((c) => c.name).slice(0, 2), ['middlebox', 'middlebox_http']);
     assert.throws(() => renderBootstrap({ middleboxHttp: [] }), /middleboxHttp needs at least one endpoint/);
+    // Nothing would use it: an error, not a silently ignored flag.
+    for (const o of [{ inboundFilter: 'ext_proc' as const }, { extAuthz: false }, { inboundHttp: false as const, inboundTcp: { address: '0.0.0.0', port: 1, appAddress: '127.0.0.1', appPort: 2 } }]) {
+      assert.throws(() => renderBootstrap({ ...o, middleboxHttp: ['127.0.0.1:9003'] }), /middleboxHttp is for the inbound HTTP listener/);
+    }
+    // The middlebox's 503 answers (state_unavailable) are decisions, not a failing replica.
+    const http = (doc.static_resources.clusters as Doc[]).find((c) => c.name === 'middlebox_http')!;
+    assert.equal(http.outlier_detection.enforcing_consecutive_5xx, 0);
   });
 
   it('round-trips through YAML unchanged', () => {

@@ -71,7 +71,7 @@ describe('HTTP ext_authz listener', () => {
   /** One call as Envoy makes it: prefix + path, the client's headers, the peer header. */
   function ask(path: string, opts: { method?: string; headers?: Record<string, string>; peer?: string | null; raw?: boolean } = {}): Promise<Answer> {
     const headers: Record<string, string> = { host: 'shop.local', 'x-request-id': 'req-1', ...opts.headers };
-    if (opts.peer !== null) headers[HTTP_AUTHZ_PEER_HEADER] = opts.peer ?? 'src=10.0.0.7:40000 dst=10.0.0.1:8080 uri=';
+    if (opts.peer !== null) headers[HTTP_AUTHZ_PEER_HEADER] = opts.peer ?? 'src=10.0.0.7:40000 dst=10.0.0.1:8080 len= uri=';
     return new Promise((resolve, reject) => {
       const req = http.request(
         { host: '127.0.0.1', port: listener.port, method: opts.method ?? 'GET', path: opts.raw ? path : HTTP_AUTHZ_PATH_PREFIX + path, headers, timeout: 5000 },
@@ -97,7 +97,10 @@ describe('HTTP ext_authz listener', () => {
     const r = await ask('/products/1?q=2', { method: 'POST', headers: { 'x-api-key': 'k' } });
     assert.equal(r.status, 200);
     assert.equal(r.headers['x-middlebox-decision'], 'req-1');
-    assert.equal(r.headers['x-envoy-auth-headers-to-remove'], undefined);
+    // The peer header, as a client may have sent it on the request itself, is always removed.
+    assert.equal(r.headers['x-envoy-auth-headers-to-remove'], HTTP_AUTHZ_PEER_HEADER);
+    assert.equal(r.headers.date, undefined);
+    assert.equal(r.headers['keep-alive'], undefined);
     assert.equal(r.body, '');
     const req = request();
     assert.deepEqual([req.method, req.host, req.path, req.requestId], ['POST', 'shop.local', '/products/1', 'req-1']);
@@ -106,7 +109,14 @@ describe('HTTP ext_authz listener', () => {
     assert.equal(req.headers.get('x-api-key'), 'k');
     assert.equal(req.headers.get(':path'), '/products/1?q=2');
     assert.equal(req.headers.get(':method'), 'POST');
-    for (const callHeader of [HTTP_AUTHZ_PEER_HEADER, 'content-length']) assert.equal(req.headers.has(callHeader), false, callHeader);
+    assert.equal(req.headers.get(':authority'), 'shop.local');
+    for (const callHeader of [HTTP_AUTHZ_PEER_HEADER, 'content-length', 'host']) assert.equal(req.headers.has(callHeader), false, callHeader);
+  });
+
+  it('takes the client request\'s content-length from the peer header, not the call\'s, and header values as UTF-8', async () => {
+    await ask('/upload', { method: 'POST', peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 len=1234 uri=', headers: { 'x-name': Buffer.from('café', 'utf8').toString('latin1') } });
+    assert.equal(request().headers.get('content-length'), '1234');
+    assert.equal(request().headers.get('x-name'), 'café');
   });
 
   it('denies with the rule\'s status, JSON body and decision id', async () => {
@@ -118,13 +128,16 @@ describe('HTTP ext_authz listener', () => {
   });
 
   it('reads IPv6 addresses, destination ports and the peer certificate\'s URI from the peer header', async () => {
-    assert.equal((await ask('/office/a', { peer: 'src=[2001:db8::5]:1234 dst=[2001:db8::1]:8443 uri=' })).status, 200);
+    assert.equal((await ask('/office/a', { peer: 'src=[2001:db8::5]:1234 dst=[2001:db8::1]:8443 len= uri=' })).status, 200);
     assert.equal(request().source.ip?.text, '2001:db8::5');
-    assert.equal((await ask('/office/a', { peer: 'src=[2001:db8::5]:1234 dst=[2001:db8::1]:8080 uri=' })).status, 403, 'another port');
-    assert.equal((await ask('/office/a', { peer: 'src=[2001:dead::5]:1234 dst=[2001:db8::1]:8443 uri=' })).status, 403, 'another network');
-    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 uri=spiffe://evil/ns/x' })).status, 403);
+    assert.equal((await ask('/office/a', { peer: 'src=[2001:db8::5]:1234 dst=[2001:db8::1]:8080 len= uri=' })).status, 403, 'another port');
+    assert.equal((await ask('/office/a', { peer: 'src=[2001:dead::5]:1234 dst=[2001:db8::1]:8443 len= uri=' })).status, 403, 'another network');
+    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 len= uri=spiffe://evil/ns/x' })).status, 403);
     assert.equal(request().source.principal, 'spiffe://evil/ns/x');
-    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 uri=spiffe://good/ns/x' })).status, 200);
+    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 len= uri=spiffe://good/ns/x' })).status, 200);
+    // Several URI SANs: the first, as Envoy's gRPC Check reports the principal.
+    assert.equal((await ask('/pay/1', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 len= uri=spiffe://good/ns/x,spiffe://evil/ns/x' })).status, 200);
+    assert.equal(request().source.principal, 'spiffe://good/ns/x');
   });
 
   it('a rule on a pseudo-header means what it means over gRPC', async () => {
@@ -145,22 +158,24 @@ describe('HTTP ext_authz listener', () => {
     const r = await ask('/products/1', { headers: { 'x-middlebox-nat': 'forged', 'x-middlebox-decision': 'forged' } });
     assert.equal(r.status, 200);
     // x-middlebox-decision is overwritten by the answer, so only the other is removed.
-    assert.equal(r.headers['x-envoy-auth-headers-to-remove'], 'x-middlebox-nat');
+    assert.equal(r.headers['x-envoy-auth-headers-to-remove'], `${HTTP_AUTHZ_PEER_HEADER},x-middlebox-nat`);
   });
 
   it('refuses a call without a valid peer header, or with an address that is not an IP, with 400', async () => {
-    for (const peer of [null, 'garbage', 'src=10.0.0.7:1']) {
+    for (const peer of [null, 'garbage', 'src=10.0.0.7:1 dst=10.0.0.1:2 uri=']) {
       const r = await ask('/products/1', { peer });
       assert.equal(r.status, 400, String(peer));
       assert.equal(JSON.parse(r.body).reason, 'missing_attributes');
     }
-    const bad = await ask('/products/1', { peer: 'src=not-an-ip:1 dst=10.0.0.1:2 uri=' });
+    const bad = await ask('/products/1', { peer: 'src=not-an-ip:1 dst=10.0.0.1:2 len= uri=' });
     assert.deepEqual([bad.status, JSON.parse(bad.body).reason], [400, 'invalid_source_address']);
   });
 
-  it('refuses headers past --max-header-bytes with 431 headers_too_large', async () => {
+  it('refuses headers past --max-header-bytes with 431 headers_too_large, and past the parser\'s limit with 431 too', async () => {
     const r = await ask('/products/1', { headers: { 'x-big': 'a'.repeat(3000) } });
     assert.deepEqual([r.status, JSON.parse(r.body).reason], [431, 'headers_too_large']);
+    const huge = await ask('/products/1', { headers: { 'x-huge': 'a'.repeat(40 * 1024) } });
+    assert.equal(huge.status, 431);
   });
 
   it('/healthz says SERVING (200) or why not (503); other paths are 404, never a decision', async () => {
@@ -179,8 +194,10 @@ describe('HTTP ext_authz listener', () => {
   });
 
   it('parsePeer takes the URI as the rest of the value and refuses anything else', () => {
-    assert.deepEqual(parsePeer('src=1.2.3.4:5 dst= uri=spiffe://a/b c'), { src: '1.2.3.4:5', dst: '', uri: 'spiffe://a/b c' });
-    assert.deepEqual(parsePeer('src= dst= uri='), { src: '', dst: '', uri: '' });
-    for (const v of [undefined, '', 'dst=1 src=2 uri=', 'src=1 uri=2 dst=3', ['src= dst= uri=']]) assert.equal(parsePeer(v), undefined, JSON.stringify(v));
+    assert.deepEqual(parsePeer('src=1.2.3.4:5 dst= len=12 uri=spiffe://a/b c'), { src: '1.2.3.4:5', dst: '', len: '12', uri: 'spiffe://a/b c' });
+    assert.deepEqual(parsePeer('src= dst= len= uri='), { src: '', dst: '', len: '', uri: '' });
+    for (const v of [undefined, '', 'dst=1 src=2 len= uri=', 'src=1 len= uri=2 dst=3', 'src= dst= uri=', 'src= dst= len=x uri=', ['src= dst= len= uri=']]) {
+      assert.equal(parsePeer(v), undefined, JSON.stringify(v));
+    }
   });
 });

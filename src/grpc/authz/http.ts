@@ -23,13 +23,15 @@ export const HTTP_AUTHZ_PATH_PREFIX = '/ext_authz';
 export const HTTP_AUTHZ_HEALTH_PATH = '/healthz';
 
 /**
- * The connection's attributes, which the call's headers cannot carry otherwise. Envoy renders it
- * from the HTTP_AUTHZ_PEER_VALUE template and it replaces any header of that name the client sent.
- * The fixed `src=`, `dst=` and `uri=` parts keep the value from ever being empty: Envoy drops an
- * empty header to add, which would let the client's own through.
+ * What the call's headers cannot carry otherwise: the connection's addresses, the client request's
+ * own content-length (the call has its own) and the peer certificate's URI SAN. Envoy renders it
+ * from the HTTP_AUTHZ_PEER_VALUE template and it replaces any header of that name the client sent
+ * (on the call; on the request itself the answer has Envoy remove it). The fixed `src=`, `dst=`,
+ * `len=` and `uri=` parts keep the value from ever being empty: Envoy drops an empty header to add,
+ * which would let the client's own through.
  */
 export const HTTP_AUTHZ_PEER_HEADER = 'x-middlebox-ext-authz-peer';
-export const HTTP_AUTHZ_PEER_VALUE = 'src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS% uri=%DOWNSTREAM_PEER_URI_SAN%';
+export const HTTP_AUTHZ_PEER_VALUE = 'src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS% len=%REQ(CONTENT-LENGTH)% uri=%DOWNSTREAM_PEER_URI_SAN%';
 
 /**
  * Response headers Envoy must copy: to the request going upstream when allowed, to the client's
@@ -42,8 +44,15 @@ export const HTTP_AUTHZ_DENIAL_HEADERS = ['content-type', 'retry-after'];
 /** Envoy's header that names request headers to remove before the request goes upstream. */
 const HEADERS_TO_REMOVE = 'x-envoy-auth-headers-to-remove';
 
-/** Headers of the call itself rather than of the client's request. */
-const CALL_HEADERS = new Set([HTTP_AUTHZ_PEER_HEADER, 'content-length', 'x-envoy-internal', 'x-envoy-expected-rq-timeout-ms']);
+/**
+ * Headers of the call itself rather than of the client's request (Envoy's HTTP client adds
+ * x-envoy-internal and x-envoy-expected-rq-timeout-ms; the client's content-length comes in the
+ * peer header). Host becomes :authority, as Envoy's gRPC Check has it.
+ */
+const CALL_HEADERS = new Set([HTTP_AUTHZ_PEER_HEADER, 'content-length', 'x-envoy-internal', 'x-envoy-expected-rq-timeout-ms', 'host']);
+
+/** Any byte outside ASCII: Node reads header bytes as latin1, Envoy's gRPC Check as UTF-8. */
+const NON_ASCII = /[^\x00-\x7f]/;
 
 /** The HTTP ext_authz call → RequestAttributes, as translateCheckRequest does for a CheckRequest. */
 export function translateHttpCheck(req: IncomingMessage, limits: TranslationLimits): Translation {
@@ -69,15 +78,19 @@ export function translateHttpCheck(req: IncomingMessage, limits: TranslationLimi
   const path = url.slice(HTTP_AUTHZ_PATH_PREFIX.length) || '/';
   const method = req.method ?? 'GET';
   const collector = new HeaderCollector(limits.maxHeaderBytes);
+  let authority = '';
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
+    let value = raw[i + 1]!;
+    if (NON_ASCII.test(value)) value = Buffer.from(value, 'latin1').toString('utf8');
+    if (name === 'host') authority = value;
     if (CALL_HEADERS.has(name)) continue;
-    if (!collector.add(name, raw[i + 1]!)) return { ok: false, status: 431, reason: 'headers_too_large', message: headersTooLarge(limits) };
+    if (!collector.add(name, value)) return { ok: false, status: 431, reason: 'headers_too_large', message: headersTooLarge(limits) };
   }
   const headers = collector.map;
-  const authority = headers.get('host') ?? '';
+  if (peer.len) headers.set('content-length', peer.len);
   // The pseudo-headers Envoy's gRPC Check carries in its header map, so that a rule on them means
-  // the same over either protocol.
+  // the same over either protocol (:scheme excepted: use x-forwarded-proto).
   headers.set(':authority', authority);
   headers.set(':method', method);
   headers.set(':path', path);
@@ -99,16 +112,25 @@ export function translateHttpCheck(req: IncomingMessage, limits: TranslationLimi
 interface Peer {
   src: string;
   dst: string;
+  /** The client request's content-length ('' without one). */
+  len: string;
+  /** The peer certificate's first URI SAN, as Envoy's gRPC Check gives it ('' without one). */
   uri: string;
 }
 
-/** `src=ADDR dst=ADDR uri=SAN` (addresses may be empty; the SAN is the rest of the value). */
+/** `src=ADDR dst=ADDR len=N uri=SANS` (each may be empty; the SANs are the rest of the value). */
 export function parsePeer(value: string | string[] | undefined): Peer | undefined {
   if (typeof value !== 'string' || !value.startsWith('src=')) return undefined;
   const dst = value.indexOf(' dst=');
-  const uri = value.indexOf(' uri=', dst);
-  if (dst < 0 || uri < 0) return undefined;
-  return { src: value.slice(4, dst), dst: value.slice(dst + 5, uri), uri: value.slice(uri + 5) };
+  const len = value.indexOf(' len=', dst);
+  const uri = value.indexOf(' uri=', len);
+  if (dst < 0 || len < 0 || uri < 0) return undefined;
+  const length = value.slice(len + 5, uri);
+  if (length !== '' && !/^\d{1,15}$/.test(length)) return undefined;
+  // Envoy joins several URI SANs with ",", which a URI cannot contain unescaped.
+  const sans = value.slice(uri + 5);
+  const comma = sans.indexOf(',');
+  return { src: value.slice(4, dst), dst: value.slice(dst + 5, len), len: length, uri: comma < 0 ? sans : sans.slice(0, comma) };
 }
 
 /** host:port or [v6]:port; empty for no address. Undefined when present but not an IP. */
@@ -131,7 +153,7 @@ function endpoint(address: string, principal: string): Endpoint | undefined {
  * client's response headers (ratelimit-*) and the client's own x-middlebox-* names to remove.
  * Denied: the denial's status, headers and JSON body, as the gRPC Check's denied_response.
  */
-export function writeHttpCheckResponse(res: ServerResponse, verdict: Verdict, decisionId: string, clientOwnHeaders: readonly string[]): void {
+export function writeHttpCheckResponse(res: ServerResponse, verdict: Verdict, decisionId: string, clientOwnHeaders: readonly string[], closing = false): void {
   const headers: string[] = ['x-middlebox-decision', decisionId];
   for (const h of verdict.headers ?? []) headers.push(h.key, h.value);
   if (verdict.allow) {
@@ -140,26 +162,31 @@ export function writeHttpCheckResponse(res: ServerResponse, verdict: Verdict, de
       headers.push('x-middlebox-shadow-deny', `${d.middlebox}/${d.policy}/${d.rule}`);
     }
     for (const h of verdict.responseHeaders ?? []) headers.push(h.key, h.value);
-    const remove = clientOwnHeaders.filter((name) => !setsHeader(headers, name));
-    if (remove.length) headers.push(HEADERS_TO_REMOVE, remove.join(','));
+    // The peer header as the client may have sent it rides on the request itself (Envoy replaced
+    // it on the call only): always removed, like every x-middlebox-* name the answer does not set.
+    const remove = [HTTP_AUTHZ_PEER_HEADER];
+    for (const name of clientOwnHeaders) if (!setsHeader(headers, name)) remove.push(name);
+    headers.push(HEADERS_TO_REMOVE, remove.join(','));
     headers.push('content-length', '0');
-    writeHead(res, 200, headers);
+    writeHead(res, 200, headers, closing);
     res.end();
     return;
   }
   const body = denialBody(verdict, decisionId);
   headers.push('content-type', 'application/json', 'content-length', String(Buffer.byteLength(body)));
-  writeHead(res, verdict.status ?? 403, headers);
+  writeHead(res, verdict.status ?? 403, headers, closing);
   res.end(body);
 }
 
 /**
  * Only the headers Envoy reads: no Date, and no Connection or Keep-Alive (HTTP/1.1 connections
- * persist without them), which Envoy would otherwise parse and match on every call.
+ * persist without them), which Envoy would otherwise parse and match on every call. While the
+ * listener drains, `connection: close` tells Envoy not to send another call on the connection.
  */
-function writeHead(res: ServerResponse, status: number, headers: string[]): void {
+function writeHead(res: ServerResponse, status: number, headers: string[], closing: boolean): void {
   res.sendDate = false;
-  res.removeHeader('connection');
+  if (closing) headers.push('connection', 'close');
+  else res.removeHeader('connection');
   res.writeHead(status, headers);
 }
 
@@ -199,19 +226,29 @@ export async function startHttpAuthzListener(opts: HttpAuthzListenerOptions): Pr
   // Node refuses headers past maxHeaderSize with a bare 431 before any handler runs; leave room
   // so that --max-header-bytes decides, with the same 431 headers_too_large as over gRPC.
   const common = { maxHeaderSize: opts.limits.maxHeaderBytes + 16 * 1024, keepAliveTimeout: HTTP_AUTHZ_KEEP_ALIVE_MS, noDelay: true };
-  const handler = (req: IncomingMessage, res: ServerResponse) => handle(req, res, opts);
+  const state = { closing: false };
+  const handler = (req: IncomingMessage, res: ServerResponse) => handle(req, res, opts, state);
   const server = opts.tls
     ? https.createServer(
-        { ...common, cert: opts.tls.cert, key: opts.tls.key, ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}) },
+        {
+          ...common,
+          cert: opts.tls.cert,
+          key: opts.tls.key,
+          ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+          // A connection stuck in its handshake would hold a shutdown up (Node's default is 120 s).
+          handshakeTimeout: 5000,
+        },
         handler,
       )
     : http.createServer(common, handler);
   // No request may sit half-sent forever; Envoy sends a whole call at once.
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
-  server.on('clientError', (e: Error, socket: Duplex) => {
+  server.on('clientError', (e: Error & { code?: string }, socket: Duplex) => {
     opts.logger.debug({ err: e.message }, 'HTTP ext_authz connection error');
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+    // Headers past Node's parser limit (a URL longer than it, say) are too large, as past --max-header-bytes.
+    const status = e.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : e.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
     else socket.destroy();
   });
   await new Promise<void>((resolve, reject) => {
@@ -232,12 +269,13 @@ export async function startHttpAuthzListener(opts: HttpAuthzListenerOptions): Pr
       server.setSecureContext({ cert: tls.cert, key: tls.key, ...(tls.clientCa ? { ca: tls.clientCa } : {}) });
     },
     close(drainMs) {
+      state.closing = true;
       return drainHttpServer(server, drainMs, () => opts.logger.warn({ drainMs }, 'HTTP ext_authz calls did not finish in time; cutting them off'));
     },
   };
 }
 
-function handle(req: IncomingMessage, res: ServerResponse, opts: HttpAuthzListenerOptions): void {
+function handle(req: IncomingMessage, res: ServerResponse, opts: HttpAuthzListenerOptions, state: { closing: boolean }): void {
   const url = req.url ?? '';
   if (url === HTTP_AUTHZ_HEALTH_PATH || !url.startsWith(HTTP_AUTHZ_PATH_PREFIX)) {
     // Only Envoy's health checks come here; anything else is a misconfigured caller.
@@ -256,13 +294,13 @@ function handle(req: IncomingMessage, res: ServerResponse, opts: HttpAuthzListen
   };
   try {
     const decision = opts.decide(translateHttpCheck(req, opts.limits));
-    if (decision instanceof Promise) decision.then((d) => answer(res, d), fail);
-    else answer(res, decision);
+    if (decision instanceof Promise) decision.then((d) => answer(res, d, state.closing)).catch(fail);
+    else answer(res, decision, state.closing);
   } catch (e) {
     fail(e);
   }
 }
 
-function answer(res: ServerResponse, { request, verdict, decisionId }: Decision): void {
-  writeHttpCheckResponse(res, verdict, decisionId, request ? clientOwnHeaders(request.headers) : []);
+function answer(res: ServerResponse, { request, verdict, decisionId }: Decision, closing: boolean): void {
+  writeHttpCheckResponse(res, verdict, decisionId, request ? clientOwnHeaders(request.headers) : [], closing);
 }
