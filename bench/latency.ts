@@ -93,7 +93,11 @@ interface Setup {
   consistency?: Consistency;
   filters?: Filters;
   transport?: Transport;
+  /** How Envoy's HTTP ext_authz filter asks: gRPC Check (default) or plain HTTP (http_service). */
+  authzProtocol?: AuthzProtocol;
 }
+
+type AuthzProtocol = 'grpc' | 'http';
 
 const BASELINE_ID = 'envoy';
 const NULL_AUTHZ_ID = 'ext-authz-floor';
@@ -105,6 +109,8 @@ function setups(): Setup[] {
     { id: 'envoy-rbac-ratelimit', label: 'Envoy RBAC + local_ratelimit', kind: 'envoy-rbac' },
     // The floor of any ext_authz server here: Envoy's side of the call and a gRPC stream in Node.
     { id: NULL_AUTHZ_ID, label: 'ext_authz to a server answering OK unread (floor)', kind: 'null-authz' },
+    // The same over HTTP/1.1 (http_service): a bare Node HTTP server answering 200.
+    { id: 'ext-authz-http-floor', label: 'ext_authz over HTTP to a server answering 200 unread (floor)', kind: 'null-authz', authzProtocol: 'http' },
   ];
   const middlebox: Array<[Consistency, Filters]> = [
     ['local', 'ext_authz'],
@@ -121,6 +127,20 @@ function setups(): Setup[] {
         consistency,
         filters,
         transport,
+      });
+    }
+  }
+  // ext_authz over HTTP (serve --http-authz-listen, bootstrap middleboxHttp): the modes the targets name.
+  for (const consistency of ['local', 'leased'] as const) {
+    for (const transport of ['tcp', 'unix'] as const) {
+      list.push({
+        id: `middlebox-${consistency}-authz-http-${transport}`,
+        label: `middlebox ${consistency}, ext_authz over HTTP, ${transport === 'tcp' ? 'TCP' : 'unix socket'}`,
+        kind: 'middlebox',
+        consistency,
+        filters: 'ext_authz',
+        transport,
+        authzProtocol: 'http',
       });
     }
   }
@@ -194,13 +214,14 @@ function rbacFilter(): Filter {
   };
 }
 
-function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | undefined, rateLimit: number): string {
+function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | undefined, middleboxHttp: string | undefined, rateLimit: number): string {
   let doc: object;
+  const overHttp = middleboxHttp ? { middleboxHttp: [middleboxHttp] } : {};
   if (s.kind === 'null-authz') {
-    doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: 'ext_authz' });
+    doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: 'ext_authz', ...overHttp });
   } else if (s.kind === 'middlebox') {
     // Both filters: ext_authz decides, then ext_proc (the same pipeline, which may rewrite the request).
-    doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: s.filters === 'ext_authz + ext_proc' ? 'ext_authz+ext_proc' : 'ext_authz' });
+    doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: s.filters === 'ext_authz + ext_proc' ? 'ext_authz+ext_proc' : 'ext_authz', ...overHttp });
   } else if (s.kind === 'envoy-rbac') {
     doc = renderBootstrap({ ...base, extAuthz: false, localRateLimit: { maxTokens: rateLimit, tokensPerFill: rateLimit, fillIntervalMs: 1000 } });
     // The firewall before the rate limit, as in the middlebox: a denied request takes no token.
@@ -237,12 +258,15 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
   let replicaLog: string | undefined;
   let floor: LabChild | undefined;
   let authzAddress: string | undefined;
+  let httpAuthzAddress: string | undefined;
+  const overHttp = s.authzProtocol === 'http';
   if (s.kind === 'null-authz') {
     authzAddress = `127.0.0.1:${await freePort()}`;
+    if (overHttp) httpAuthzAddress = `127.0.0.1:${await freePort()}`;
     const server = LabChild.spawn({
       name: 'null ext_authz server',
       command: process.execPath,
-      args: [path.join(__dirname, 'null-authz.js'), authzAddress],
+      args: [path.join(__dirname, 'null-authz.js'), authzAddress, ...(httpAuthzAddress ? ['--http', httpAuthzAddress] : [])],
       logFile: path.join(ctx.tmp, `${s.id}.server.log`),
     });
     floor = server;
@@ -260,15 +284,17 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
     replicaLog = path.join(ctx.tmp, `${s.id}.middlebox.log`);
     const listen = s.transport === 'unix' ? `unix:${path.join(ctx.tmp, `${s.id}.sock`)}` : `127.0.0.1:${await freePort()}`;
     // The product's defaults (etcd operation timeout, log level): what a deployment would run.
-    replica = await MiddleboxProcess.start({ etcd: ctx.etcd.endpoint, prefix, listen, logFile: replicaLog, logLevel: 'info' });
+    const httpAuthzListen = !overHttp ? undefined : s.transport === 'unix' ? `unix:${path.join(ctx.tmp, `${s.id}.http.sock`)}` : 'auto';
+    replica = await MiddleboxProcess.start({ etcd: ctx.etcd.endpoint, prefix, listen, logFile: replicaLog, logLevel: 'info', httpAuthzListen });
     authzAddress = replica.address;
+    httpAuthzAddress = replica.httpAuthzAddress;
   }
   try {
     const port = await freePort();
     const adminPort = await freePort();
     // The production bootstrap otherwise: ext_authz deadline 250 ms, fail closed.
     const base: BootstrapOptions = { adminPort, inboundHttp: { address: '127.0.0.1', port, appAddress: '127.0.0.1', appPort: ctx.app.port } };
-    const config = envoyBootstrap(s, base, authzAddress, ctx.p.rateLimit);
+    const config = envoyBootstrap(s, base, authzAddress, httpAuthzAddress, ctx.p.rateLimit);
     fs.writeFileSync(path.join(ctx.tmp, `${s.id}.envoy.yaml`), config);
     const envoy = await EnvoyProcess.start({ config, adminPort, logFile: path.join(ctx.tmp, `${s.id}.envoy.log`) });
     const target: Target = {
@@ -284,9 +310,10 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
       },
     };
     if (authzAddress) {
-      await waitFor(async () => (await envoy.clusterHealthy('middlebox')) === 1, {
+      const cluster = httpAuthzAddress ? 'middlebox_http' : 'middlebox';
+      await waitFor(async () => (await envoy.clusterHealthy(cluster)) === 1, {
         timeoutMs: 15_000,
-        what: 'Envoy to see the middlebox replica healthy',
+        what: `Envoy to see the middlebox replica healthy (cluster ${cluster})`,
       });
     }
     return target;
@@ -509,6 +536,7 @@ interface ConfigResult {
   consistency?: Consistency;
   filters?: Filters;
   transport?: Transport;
+  authzProtocol?: AuthzProtocol;
   loadAverageBefore: number[];
   warmup: { rps: number | null; statuses: Record<string, number> } | null;
   fixed: FixedRateRun[];
@@ -532,6 +560,7 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     consistency: s.consistency,
     filters: s.filters,
     transport: s.transport,
+    authzProtocol: s.authzProtocol,
     loadAverageBefore: os.loadavg().map((x) => round(x, 2)),
     warmup: null,
     fixed: [],
@@ -615,18 +644,24 @@ function compare(p: Params, r: ConfigResult, baseline: ConfigResult | undefined)
 
 function targets(p: Params, results: ConfigResult[], comparisons: Map<string, Comparison>): TargetCheck[] {
   const checks: TargetCheck[] = [];
-  for (const transport of ['tcp', 'unix'] as const) {
-    const r = results.find((x) => x.consistency === 'leased' && x.filters === 'ext_authz' && x.transport === transport);
-    if (!r) continue;
-    const v = comparisons.get(r.id)?.saturationRatio ?? null;
-    checks.push({ target: `saturation ≥ ${TARGET_SATURATION_RATIO} × Envoy, no filter`, config: r.label, value: v, met: v === null ? null : v >= TARGET_SATURATION_RATIO });
-  }
-  for (const consistency of ['local', 'leased'] as const) {
+  const authzOnly = (consistency: Consistency, transport: Transport, protocol: AuthzProtocol) =>
+    results.find((x) => x.kind === 'middlebox' && x.consistency === consistency && x.filters === 'ext_authz' && x.transport === transport && (x.authzProtocol ?? 'grpc') === protocol);
+  for (const protocol of ['grpc', 'http'] as const) {
     for (const transport of ['tcp', 'unix'] as const) {
-      const r = results.find((x) => x.consistency === consistency && x.filters === 'ext_authz' && x.transport === transport);
+      const r = authzOnly('leased', transport, protocol);
       if (!r) continue;
-      const v = comparisons.get(r.id)?.addedP99Ms ?? null;
-      checks.push({ target: `added p99 at ${p.targetRate} req/s ≤ ${TARGET_ADDED_P99_MS} ms`, config: r.label, value: v, met: v === null ? null : v <= TARGET_ADDED_P99_MS });
+      const v = comparisons.get(r.id)?.saturationRatio ?? null;
+      checks.push({ target: `saturation ≥ ${TARGET_SATURATION_RATIO} × Envoy, no filter`, config: r.label, value: v, met: v === null ? null : v >= TARGET_SATURATION_RATIO });
+    }
+  }
+  for (const protocol of ['grpc', 'http'] as const) {
+    for (const consistency of ['local', 'leased'] as const) {
+      for (const transport of ['tcp', 'unix'] as const) {
+        const r = authzOnly(consistency, transport, protocol);
+        if (!r) continue;
+        const v = comparisons.get(r.id)?.addedP99Ms ?? null;
+        checks.push({ target: `added p99 at ${p.targetRate} req/s ≤ ${TARGET_ADDED_P99_MS} ms`, config: r.label, value: v, met: v === null ? null : v <= TARGET_ADDED_P99_MS });
+      }
     }
   }
   return checks;

@@ -1,8 +1,11 @@
 // A gRPC Authorization server that answers every Check with OK without reading it: the floor of
 // ext_authz on this machine (Envoy's side of the call plus a gRPC stream in Node), against which
 // the middlebox's own cost shows. Same transport as `middlebox serve`; no decoding, no decision.
+// With --http, also a bare Node HTTP/1.1 server answering every call 200: the floor of ext_authz
+// over HTTP (Envoy's http_service), as `serve --http-authz-listen` is asked.
 //
-//   node dist/bench/null-authz.js <host:port>      (started by bench/latency.ts; prints "listening")
+//   node dist/bench/null-authz.js <host:port> [--http <host:port>]   (started by bench/latency.ts; prints "listening")
+import http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { authorizationService, AUTHORIZATION_SERVICE, RpcCode } from '../src/grpc/protos';
@@ -10,8 +13,9 @@ import { GrpcTransport } from '../src/grpc/transport';
 
 function main(argv: string[]): void {
   const m = /^([\d.]+):(\d+)$/.exec(argv[0] ?? '');
-  if (!m || argv.includes('--help')) {
-    process.stderr.write('usage: node dist/bench/null-authz.js <ipv4:port>\n');
+  const httpAt = argv.includes('--http') ? /^([\d.]+):(\d+)$/.exec(argv[argv.indexOf('--http') + 1] ?? '') : undefined;
+  if (!m || httpAt === null || argv.includes('--help')) {
+    process.stderr.write('usage: node dist/bench/null-authz.js <ipv4:port> [--http <ipv4:port>]\n');
     process.exit(argv.includes('--help') ? 0 : 2);
   }
   const check = authorizationService().Check!;
@@ -23,7 +27,18 @@ function main(argv: string[]): void {
   };
   server.addService(unread, { Check: (_call: unknown, cb: (e: null, v: Buffer) => void) => cb(null, ok) } as grpc.UntypedServiceImplementation);
   new HealthImplementation({ '': 'SERVING', [AUTHORIZATION_SERVICE]: 'SERVING' }).addToServer(server as unknown as grpc.Server);
-  server.listen({ host: m[1]!, port: Number(m[2]) }).then(
+  const httpListening = httpAt
+    ? new Promise<void>((resolve, reject) => {
+        // Keep-alive longer than Envoy's idle timeout, as the middlebox's HTTP listener does.
+        const h = http.createServer({ keepAliveTimeout: 10 * 60_000, noDelay: true }, (_req, res) => {
+          res.writeHead(200, ['content-length', '0']);
+          res.end();
+        });
+        h.once('error', reject);
+        h.listen(Number(httpAt[2]), httpAt[1]!, resolve);
+      })
+    : Promise.resolve();
+  Promise.all([server.listen({ host: m[1]!, port: Number(m[2]) }), httpListening]).then(
     () => process.stdout.write('listening\n'),
     (e: Error) => {
       process.stderr.write(`null-authz: cannot listen on ${argv[0]}: ${e.message}\n`);

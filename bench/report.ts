@@ -73,6 +73,8 @@ interface LatencyRow {
   consistency?: string;
   filters?: string;
   transport?: string;
+  /** 'http' for ext_authz over HTTP (http_service); absent (gRPC) in results before it existed. */
+  authzProtocol?: string;
   fixed?: Array<{ rate?: number; p50Ms?: number | null; p99Ms?: number | null }>;
   saturation?: { rps?: number } | null;
   saturationRatio?: number | null;
@@ -165,11 +167,19 @@ export function checkTargets(data: Loaded): TargetCheck[] {
     missing(added, 'latency.json');
   } else {
     const baseline = lat.results.find((r) => r.id === 'envoy' && !r.error) ?? lat.results.find((r) => r.kind === 'envoy' && !r.error);
-    const row = (consistency: string, transport: string) =>
-      lat.results!.find((r) => r.kind === 'middlebox' && r.consistency === consistency && r.filters === 'ext_authz' && r.transport === transport);
+    const row = (consistency: string, transport: string, protocol: string) =>
+      lat.results!.find(
+        (r) => r.kind === 'middlebox' && r.consistency === consistency && r.filters === 'ext_authz' && r.transport === transport && (r.authzProtocol ?? 'grpc') === protocol,
+      );
     const where = (transport: string) => (transport === 'unix' ? 'unix socket' : 'TCP');
-    for (const transport of ['tcp', 'unix']) {
-      const r = row('leased', transport);
+    // gRPC rows are always expected; HTTP ext_authz rows are reported when the run has them.
+    const cases = (consistencies: string[]) =>
+      ['grpc', 'http'].flatMap((protocol) =>
+        consistencies.flatMap((consistency) =>
+          ['tcp', 'unix'].map((transport) => ({ consistency, transport, protocol, r: row(consistency, transport, protocol) })),
+        ),
+      ).filter((c) => c.protocol === 'grpc' || c.r !== undefined);
+    for (const { transport, r } of cases(['leased'])) {
       const config = r?.label ?? `middlebox leased, ext_authz, ${where(transport)}`;
       const base = baseline?.saturation?.rps;
       const ratio = r && !r.error && num(r.saturation?.rps) && num(base) && base > 0 ? r.saturation!.rps! / base : r && num(r.saturationRatio) ? r.saturationRatio : null;
@@ -181,21 +191,18 @@ export function checkTargets(data: Loaded): TargetCheck[] {
         source: 'latency.json',
       });
     }
-    for (const consistency of ['local', 'leased']) {
-      for (const transport of ['tcp', 'unix']) {
-        const r = row(consistency, transport);
-        const config = r?.label ?? `middlebox ${consistency}, ext_authz, ${where(transport)}`;
-        const mine = r && !r.error ? p99At(r, TARGETS.addedP99Rate) : null;
-        const base = p99At(baseline, TARGETS.addedP99Rate);
-        const diff = mine !== null && base !== null ? mine - base : null;
-        checks.push({
-          target: added,
-          configuration: config,
-          measured: diff === null ? (r?.error ? 'the run failed' : `not measured at ${TARGETS.addedP99Rate} req/s`) : `${diff >= 0 ? '+' : ''}${diff.toFixed(2)} ms (p99 ${mine!.toFixed(2)} vs ${base!.toFixed(2)} ms)`,
-          met: diff === null ? null : diff <= TARGETS.addedP99Ms + EPS,
-          source: 'latency.json',
-        });
-      }
+    for (const { consistency, transport, r } of cases(['local', 'leased'])) {
+      const config = r?.label ?? `middlebox ${consistency}, ext_authz, ${where(transport)}`;
+      const mine = r && !r.error ? p99At(r, TARGETS.addedP99Rate) : null;
+      const base = p99At(baseline, TARGETS.addedP99Rate);
+      const diff = mine !== null && base !== null ? mine - base : null;
+      checks.push({
+        target: added,
+        configuration: config,
+        measured: diff === null ? (r?.error ? 'the run failed' : `not measured at ${TARGETS.addedP99Rate} req/s`) : `${diff >= 0 ? '+' : ''}${diff.toFixed(2)} ms (p99 ${mine!.toFixed(2)} vs ${base!.toFixed(2)} ms)`,
+        met: diff === null ? null : diff <= TARGETS.addedP99Ms + EPS,
+        source: 'latency.json',
+      });
     }
   }
 
