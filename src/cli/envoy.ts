@@ -13,7 +13,7 @@ const bootstrap: Command = {
     `  --middlebox ADDRS        comma-separated replicas: host:port, [v6]:port or unix:/path (default ${d.middlebox.join(',')})`,
     '  --middlebox-http ADDRS   the replicas\' HTTP ext_authz listeners (serve --http-authz-listen), same forms:',
     '                           the HTTP ext_authz filter asks them over HTTP/1.1 instead of gRPC (same',
-    '                           decisions, about a third less CPU per request); ext_proc and the TCP',
+    '                           decisions, a quarter to a third less CPU per request); ext_proc and the TCP',
     '                           listener still use --middlebox (default: gRPC only)',
     `  --node-id ID             Envoy node id (default ${d.nodeId})`,
     `  --admin-port N           admin listener on ${d.adminAddress} (default ${d.adminPort})`,

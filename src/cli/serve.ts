@@ -34,7 +34,7 @@ export const serveCommand: Command = {
     `  --listen ADDR            host:port, [ipv6]:port or unix:/path (env MIDDLEBOX_LISTEN, default ${DEFAULTS.listen})`,
     '  --http-authz-listen ADDR also answer Envoy\'s ext_authz filter over plain HTTP/1.1 (its http_service,',
     '                           as `envoy bootstrap --middlebox-http` renders it) on host:port, [ipv6]:port or',
-    '                           unix:/path; the same decisions for about a third less CPU per request',
+    '                           unix:/path; the same decisions for a quarter to a third less CPU per request',
     '                           (differences: README, "The Envoy side")',
     '                           (env MIDDLEBOX_HTTP_AUTHZ_LISTEN, default off)',
     `  --tls-cert FILE          serve gRPC (and HTTP ext_authz) over TLS with this certificate (chain), with --tls-key (env ${SERVER_TLS_ENV.cert});`,

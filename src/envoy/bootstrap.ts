@@ -41,7 +41,7 @@ export interface BootstrapOptions {
   /**
    * The replicas' HTTP ext_authz listeners (`serve --http-authz-listen`), in the same forms. Given,
    * the inbound HTTP listener's ext_authz filter asks them over HTTP/1.1 (http_service, cluster
-   * `middlebox_http`) instead of gRPC: the same decisions for about a third less CPU per request.
+   * `middlebox_http`) instead of gRPC: the same decisions for a quarter to a third less CPU per request.
    * The network ext_authz filter and ext_proc still use `middlebox`. Default: gRPC only.
    */
   middleboxHttp?: string[];

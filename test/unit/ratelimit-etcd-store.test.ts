@@ -142,6 +142,58 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal(store.heldTokens(t0 + 700), 0);
   });
 
+  it('takes the next block in the background before the pool runs dry, while the budget is far from spent', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit: 1_000_000 } as CompiledRateLimit;
+    const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
+    // 20 requests, then one 100 ms later: a rate of 0.21 per ms, a block of about 210 tokens.
+    for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
+    await store.consume({ rule, key: 'k', now: t0 + 100 });
+    const block = store.heldTokens(t0 + 100);
+    assert.ok(block > 100, `a block in the pool (${block})`);
+    await new Promise((r) => setImmediate(r)); // the take that served them has finished
+
+    etcd.held = [];
+    const commits = etcd.commits;
+    // Spend the pool; every answer comes at once, from the pool, with no etcd call waited for.
+    for (let i = 0; i < block; i++) {
+      const g = store.consume({ rule, key: 'k', now: t0 + 200 });
+      assert.ok(!(g instanceof Promise), `request ${i} answered from the pool`);
+      assert.equal(g.allowed, true);
+    }
+    // The next block was asked for once the pool fell below 50 ms of traffic (about 10 tokens).
+    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.held.length, 1, 'one block take in flight');
+    assert.equal(store.heldTokens(t0 + 200), 0);
+    // A request that finds the pool empty waits for that same take, not another one.
+    const waiting = store.consume({ rule, key: 'k', now: t0 + 200 });
+    assert.ok(waiting instanceof Promise);
+    await etcd.release();
+    assert.equal((await waiting).allowed, true);
+    assert.equal(etcd.commits - commits, 1, 'one transaction for the next block');
+    assert.ok(store.heldTokens(t0 + 200) > 100, 'the pool refilled');
+    etcd.openAll();
+  });
+
+  it('near the end of the budget, takes a block only when a request needs it (no tokens stranded early)', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit: 300 } as CompiledRateLimit;
+    const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
+    for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
+    await store.consume({ rule, key: 'k', now: t0 + 100 });
+    const block = store.heldTokens(t0 + 100);
+    await new Promise((r) => setImmediate(r));
+    const commits = etcd.commits;
+    for (let i = 0; i < block; i++) assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 200 }) instanceof Promise));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.commits, commits, 'no background take: what is left of the budget is less than two blocks');
+    const next = store.consume({ rule, key: 'k', now: t0 + 200 });
+    assert.ok(next instanceof Promise, 'the next request waits for its block');
+    assert.equal((await next).allowed, true);
+  });
+
   it('assumes, for a fallback, that each other replica holds a block as large as its own', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 3 });

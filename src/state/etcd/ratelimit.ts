@@ -10,6 +10,10 @@
 //         window's budget runs out (at most what is left divided by the live replicas).
 //         Every token was granted by etcd, so the replicas together never admit more than the
 //         limit; they admit less by at most the tokens still unspent in pools when a window ends.
+//         While the window's budget is far from spent, the next block is taken in the background
+//         when the pool falls to PREFETCH_LEAD_MS of traffic, so that requests do not wait for
+//         it; near the end of the budget a block is taken only when requests need it, so that
+//         no more tokens than before are left stranded in pools.
 //
 // A bucket whose last known shared state has no token left is denied without asking etcd (the
 // state can only have been consumed further since, until time refills it). Keys are bound to leases
@@ -87,6 +91,8 @@ const MAX_CAS_ATTEMPTS = 100;
 const MAX_LEASED_ROUNDS = 4;
 /** A leased block aims at this much of the replica's traffic. */
 const BLOCK_TARGET_MS = 1000;
+/** The next leased block is taken in the background when the pool holds less than this much traffic. */
+const PREFETCH_LEAD_MS = 50;
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
 const BUCKET_POOL_MS = 250;
 const KEY_TTL_SLACK_MS = 2000;
@@ -149,7 +155,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
       b.arrivals += 1;
       if (b.pool >= 1 && b.waiting.length === 0) {
         b.pool -= 1;
-        return this.pooledGrant(b, req.now);
+        const grant = this.pooledGrant(b, req.now);
+        if (!b.busy && this.wantsPrefetch(b, req.now)) void this.prefetch(b, req.now);
+        return grant;
       }
     }
     return new Promise((resolve, reject) => {
@@ -284,6 +292,39 @@ export class EtcdRateLimitStore implements RateLimitPort {
       }
     }
     if (again.length) b.waiting.unshift(...again);
+  }
+
+  /**
+   * Whether to take the next block now, in the background: the pool holds less than
+   * PREFETCH_LEAD_MS of this replica's traffic, the window has longer than that to run, and the
+   * shared budget last seen could give every replica two such blocks (near its end, blocks are
+   * taken only for requests that wait, as before).
+   */
+  private wantsPrefetch(b: Bucket, now: number): boolean {
+    if (this.leaving || b.rate <= 0 || b.params.algorithm === 'token-bucket') return false;
+    const lead = b.rate * PREFETCH_LEAD_MS;
+    if (b.pool >= lead) return false;
+    const epochLeftMs = (windowIndex(b.params.perMs, now) + 1) * b.params.perMs - now;
+    if (epochLeftMs <= 2 * PREFETCH_LEAD_MS) return false;
+    const block = b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs);
+    return peek(b.params, b.state, now).remaining >= 2 * block * Math.max(1, this.opts.replicas());
+  }
+
+  /** Takes the next block while the pool still serves; requests that run out meanwhile wait for it. */
+  private async prefetch(b: Bucket, now: number): Promise<void> {
+    b.busy = true;
+    try {
+      const t = await this.takeShared(b, this.blockSize(b, 1, now), now);
+      this.rollPool(b, now);
+      b.pool += t.granted;
+      b.pooled += t.granted;
+    } catch (e) {
+      // The requests are not waiting on it: a failed take costs them nothing but the lead.
+      this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'background leased block take failed');
+    } finally {
+      b.busy = false;
+      if (b.waiting.length > 0) void this.drain(b);
+    }
   }
 
   private pooledGrant(b: Bucket, now: number): RateLimitGrant {
