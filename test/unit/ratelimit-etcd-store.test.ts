@@ -176,6 +176,26 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     etcd.openAll();
   });
 
+  it('when the background take fails, requests that ran out meanwhile fail with it at once (their fallback answers)', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit: 1_000_000 } as CompiledRateLimit;
+    const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
+    for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
+    await store.consume({ rule, key: 'k', now: t0 + 100 });
+    await new Promise((r) => setImmediate(r));
+    const block = store.heldTokens(t0 + 100);
+    etcd.held = [];
+    for (let i = 0; i < block; i++) store.consume({ rule, key: 'k', now: t0 + 200 });
+    const waiting = store.consume({ rule, key: 'k', now: t0 + 200 });
+    assert.ok(waiting instanceof Promise);
+    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    const commits = etcd.commits;
+    etcd.held.shift()!.reject(new Error('etcd timed out'));
+    await assert.rejects(waiting, /etcd timed out/);
+    assert.equal(etcd.commits, commits, 'no second transaction for the waiting request');
+  });
+
   it('near the end of the budget, takes a block only when a request needs it (no tokens stranded early)', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
