@@ -142,10 +142,10 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal(store.heldTokens(t0 + 700), 0);
   });
 
-  it('takes the next block in the background before the pool runs dry, while the budget is far from spent', async () => {
+  it('takes the next block in the background before the pool runs dry, where traffic stays far below the limit', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
-    const rule = { ...LEASED, limit: 1_000_000 } as CompiledRateLimit;
+    const rule = { ...LEASED, limit: 1_000_000_000 } as CompiledRateLimit;
     const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
     // 20 requests, then one 100 ms later: a rate of 0.21 per ms, a block of about 210 tokens.
     for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
@@ -179,7 +179,7 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
   it('when the background take fails, requests that ran out meanwhile fail with it at once (their fallback answers)', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
-    const rule = { ...LEASED, limit: 1_000_000 } as CompiledRateLimit;
+    const rule = { ...LEASED, limit: 1_000_000_000 } as CompiledRateLimit;
     const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
     for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
     await store.consume({ rule, key: 'k', now: t0 + 100 });
@@ -196,7 +196,30 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal(etcd.commits, commits, 'no second transaction for the waiting request');
   });
 
-  it('near the end of the budget, takes a block only when a request needs it (no tokens stranded early)', async () => {
+  it('a background take that completes after leave() began gives its block back too', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit: 1_000_000_000 } as CompiledRateLimit;
+    const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
+    let admitted = 0;
+    for (let i = 0; i < 20; i++) admitted += Number((await store.consume({ rule, key: 'k', now: t0 })).allowed);
+    admitted += Number((await store.consume({ rule, key: 'k', now: t0 + 100 })).allowed);
+    await new Promise((r) => setImmediate(r));
+    const block = store.heldTokens(t0 + 100);
+    etcd.held = [];
+    // Spend all but a few tokens: the background take starts and is held.
+    for (let i = 0; i < block - 3; i++) admitted += Number((store.consume({ rule, key: 'k', now: t0 + 200 }) as RateLimitGrant).allowed);
+    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.held.length, 1, 'the background take is in flight');
+    const leaving = store.leave(() => t0 + 250);
+    etcd.openAll();
+    await leaving;
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(store.heldTokens(t0 + 250), 0, 'nothing left in the pool');
+    assert.equal((JSON.parse(etcd.value!) as { c: number }).c, admitted, 'etcd counts only what was admitted');
+  });
+
+  it('a limit that the traffic can reach takes a block only when a request needs it (no tokens stranded early)', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
     const rule = { ...LEASED, limit: 300 } as CompiledRateLimit;
@@ -208,7 +231,7 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     const commits = etcd.commits;
     for (let i = 0; i < block; i++) assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 200 }) instanceof Promise));
     await new Promise((r) => setImmediate(r));
-    assert.equal(etcd.commits, commits, 'no background take: what is left of the budget is less than two blocks');
+    assert.equal(etcd.commits, commits, 'no background take: at this rate the window could use the whole limit');
     const next = store.consume({ rule, key: 'k', now: t0 + 200 });
     assert.ok(next instanceof Promise, 'the next request waits for its block');
     assert.equal((await next).allowed, true);

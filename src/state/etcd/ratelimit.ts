@@ -10,10 +10,10 @@
 //         window's budget runs out (at most what is left divided by the live replicas).
 //         Every token was granted by etcd, so the replicas together never admit more than the
 //         limit; they admit less by at most the tokens still unspent in pools when a window ends.
-//         While the window's budget is far from spent, the next block is taken in the background
-//         when the pool falls to PREFETCH_LEAD_MS of traffic, so that requests do not wait for
-//         it; near the end of the budget a block is taken only when requests need it, so that
-//         no more tokens than before are left stranded in pools.
+//         Where traffic stays far below the limit, the next block is taken in the background when
+//         the pool falls to PREFETCH_LEAD_MS of traffic, so that requests do not wait for it; a
+//         limit that traffic can reach (or a budget near its end) takes a block only when requests
+//         need it, so that no more tokens than before are left stranded in pools.
 //
 // A bucket whose last known shared state has no token left is denied without asking etcd (the
 // state can only have been consumed further since, until time refills it). Keys are bound to leases
@@ -296,18 +296,22 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   /**
    * Whether to take the next block now, in the background: the pool holds less than
-   * PREFETCH_LEAD_MS of this replica's traffic, the window has longer than that to run, and the
-   * shared budget last seen could give every replica two such blocks (near its end, blocks are
-   * taken only for requests that wait, as before).
+   * PREFETCH_LEAD_MS of this replica's traffic, the window has longer than that to run, the
+   * replicas' traffic at this replica's rate would use at most half of the limit in a window, and
+   * the shared budget last seen could give every replica two such blocks. A limit that traffic
+   * can reach takes blocks only for requests that wait, as before, so that no token is stranded
+   * in a pool while another replica is refused.
    */
   private wantsPrefetch(b: Bucket, now: number): boolean {
     if (this.leaving || b.rate <= 0 || b.params.algorithm === 'token-bucket') return false;
     const lead = b.rate * PREFETCH_LEAD_MS;
     if (b.pool >= lead) return false;
+    const replicas = Math.max(1, this.opts.replicas());
+    if (2 * b.rate * b.params.perMs * replicas > b.rule.limit) return false;
     const epochLeftMs = (windowIndex(b.params.perMs, now) + 1) * b.params.perMs - now;
     if (epochLeftMs <= 2 * PREFETCH_LEAD_MS) return false;
     const block = b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs);
-    return peek(b.params, b.state, now).remaining >= 2 * block * Math.max(1, this.opts.replicas());
+    return peek(b.params, b.state, now).remaining >= 2 * block * replicas;
   }
 
   /** Takes the next block while the pool still serves; requests that run out meanwhile wait for it. */
@@ -316,8 +320,13 @@ export class EtcdRateLimitStore implements RateLimitPort {
     try {
       const t = await this.takeShared(b, this.blockSize(b, 1, now), now);
       this.rollPool(b, now);
-      b.pool += t.granted;
-      b.pooled += t.granted;
+      if (this.leaving) {
+        // leave() began while the block was being taken: it goes back, as leave() gave the pool back.
+        if (t.granted > 0) await this.giveBackShared(b, now, t.granted);
+      } else {
+        b.pool += t.granted;
+        b.pooled += t.granted;
+      }
     } catch (e) {
       this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'background leased block take failed');
       // Requests that ran out of tokens meanwhile are refused with it, as drain() does, so that
