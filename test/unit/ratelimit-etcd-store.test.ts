@@ -186,10 +186,12 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     await new Promise((r) => setImmediate(r));
     const block = store.heldTokens(t0 + 100);
     etcd.held = [];
-    for (let i = 0; i < block; i++) store.consume({ rule, key: 'k', now: t0 + 200 });
+    for (let i = 0; i < block; i++) assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 200 }) instanceof Promise));
+    // The held commit is the background take, started before any request ran out.
+    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.held.length, 1, 'the background take is in flight');
     const waiting = store.consume({ rule, key: 'k', now: t0 + 200 });
     assert.ok(waiting instanceof Promise);
-    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
     const commits = etcd.commits;
     etcd.held.shift()!.reject(new Error('etcd timed out'));
     await assert.rejects(waiting, /etcd timed out/);
@@ -219,10 +221,30 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal((JSON.parse(etcd.value!) as { c: number }).c, admitted, 'etcd counts only what was admitted');
   });
 
+  it('the pool never goes back to an earlier window: a late refund does not empty the current pool', async () => {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit: 1_000_000_000, perMs: 1000 } as CompiledRateLimit;
+    const w0 = Math.floor(Date.now() / 1000) * 1000 + 10_000;
+    // Another replica has already moved the key to the next window.
+    etcd.value = JSON.stringify({ w: w0 / 1000 + 1, c: 5 });
+    etcd.mod = 7;
+    const g = await store.consume({ rule, key: 'k', now: w0 + 900 });
+    assert.equal(g.allowed, true);
+    // Its token was counted in the next window: a request of that window finds the pool current.
+    assert.equal((JSON.parse(etcd.value) as { w: number }).w, w0 / 1000 + 1);
+    store.refund({ rule, key: 'k', now: w0 + 1000 }); // a refund in the new window: one token in its pool
+    assert.equal(store.heldTokens(w0 + 1000), 1);
+    store.refund({ rule, key: 'k', now: w0 + 900 }); // a late refund, of the window before
+    assert.equal(store.heldTokens(w0 + 1000), 1, 'the refund of an earlier window neither empties nor adds to the pool');
+  });
+
   it('a limit that the traffic can reach takes a block only when a request needs it (no tokens stranded early)', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
-    const rule = { ...LEASED, limit: 300 } as CompiledRateLimit;
+    // 0.21 requests per ms would use 12,600 of a minute's 10,000: reachable, though far from spent
+    // yet (the budget left could give two blocks), so only the rate keeps the take from the background.
+    const rule = { ...LEASED, limit: 10_000, perMs: 60_000 } as CompiledRateLimit;
     const t0 = Math.floor(Date.now() / rule.perMs) * rule.perMs;
     for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
     await store.consume({ rule, key: 'k', now: t0 + 100 });

@@ -188,7 +188,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
     const b = this.bucket(req);
     if (req.rule.consistency === 'leased') {
       this.rollPool(b, req.now);
-      b.pool += 1;
+      // A token of a window the pool has left lapses with it.
+      if (this.epochAt(b, req.now) === b.poolEpoch) b.pool += 1;
       return;
     }
     void this.giveBackShared(b, req.now).catch((e) =>
@@ -271,9 +272,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
     if (b.pool < batch.length) {
       const asked = this.blockSize(b, batch.length - b.pool, now);
       const t = await this.takeShared(b, asked, now);
-      this.rollPool(b, now);
-      b.pool += t.granted;
-      b.pooled += t.granted;
+      this.addToPool(b, t, t.granted, now);
       // etcd granted less than asked: the shared bucket has nothing more for this window.
       exhausted = t.granted < asked;
     }
@@ -296,7 +295,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   /**
    * Whether to take the next block now, in the background: the pool holds less than
-   * PREFETCH_LEAD_MS of this replica's traffic, the window has longer than that to run, the
+   * PREFETCH_LEAD_MS of this replica's traffic, the window has more than twice that to run, the
    * replicas' traffic at this replica's rate would use at most half of the limit in a window, and
    * the shared budget last seen could give every replica two such blocks. A limit that traffic
    * can reach takes blocks only for requests that wait, as before, so that no token is stranded
@@ -319,14 +318,11 @@ export class EtcdRateLimitStore implements RateLimitPort {
     b.busy = true;
     try {
       const t = await this.takeShared(b, this.blockSize(b, 1, now), now);
-      this.rollPool(b, now);
-      if (this.leaving) {
-        // leave() began while the block was being taken: it goes back, as leave() gave the pool back.
-        if (t.granted > 0) await this.giveBackShared(b, now, t.granted);
-      } else {
-        b.pool += t.granted;
-        b.pooled += t.granted;
-      }
+      // leave() began while the block was being taken: what the requests waiting now need is kept,
+      // the rest goes back to etcd, as leave() gave the pool back.
+      const keep = this.leaving ? Math.min(t.granted, b.waiting.length) : t.granted;
+      this.addToPool(b, t, keep, now);
+      if (keep < t.granted) void this.giveBackLater(b, now, t.granted - keep);
     } catch (e) {
       this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'background leased block take failed');
       // Requests that ran out of tokens meanwhile are refused with it, as drain() does, so that
@@ -343,13 +339,46 @@ export class EtcdRateLimitStore implements RateLimitPort {
     return { allowed: true, limit: b.rule.limit, remaining: p.remaining + Math.floor(b.pool), resetMs: p.resetMs, retryAfterMs: 0 };
   }
 
-  /** Pool tokens belong to a window (or, for a token bucket, a short epoch) and end with it. */
+  /**
+   * Pool tokens belong to a window (or, for a token bucket, a short epoch) and end with it. The
+   * pool only moves forward: a late caller with an earlier time (a refund, a batch that waited on
+   * etcd across the boundary) never empties the current window's pool.
+   */
   private rollPool(b: Bucket, now: number): void {
-    const epoch = b.params.algorithm === 'token-bucket' ? Math.floor(now / BUCKET_POOL_MS) : windowIndex(b.params.perMs, now);
-    if (epoch !== b.poolEpoch) {
+    this.rollPoolTo(b, this.epochAt(b, now));
+  }
+
+  private rollPoolTo(b: Bucket, epoch: number): void {
+    if (epoch > b.poolEpoch) {
       b.pool = 0;
       b.pooled = 0;
       b.poolEpoch = epoch;
+    }
+  }
+
+  private epochAt(b: Bucket, now: number): number {
+    return b.params.algorithm === 'token-bucket' ? Math.floor(now / BUCKET_POOL_MS) : windowIndex(b.params.perMs, now);
+  }
+
+  /**
+   * Adds `n` tokens of take `t` to the pool of the window etcd counted them in: a take that started
+   * before a boundary may be counted after it (another replica had moved the key on), and its
+   * tokens must not be dropped with the old window's pool, nor spent in it.
+   */
+  private addToPool(b: Bucket, t: Take, n: number, now: number): void {
+    const epoch = b.params.algorithm === 'token-bucket' ? this.epochAt(b, now) : (t.state as { w: number }).w;
+    this.rollPoolTo(b, epoch);
+    if (epoch !== b.poolEpoch) return; // the pool has already moved past it: the tokens lapse
+    b.pool += n;
+    b.pooled += n;
+  }
+
+  /** Gives tokens back to etcd without holding anyone up; a failure only leaves them to lapse. */
+  private async giveBackLater(b: Bucket, now: number, n: number): Promise<void> {
+    try {
+      await this.giveBackShared(b, now, n);
+    } catch (e) {
+      this.opts.logger.warn({ limit: b.rule.id, tokens: n, err: (e as Error).message }, 'could not give leased tokens back to etcd: they lapse with their window');
     }
   }
 
