@@ -259,6 +259,64 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal((await next).allowed, true);
   });
 
+  /** A store that has seen 0.21 requests per ms early in window w0 (of 1 s) and holds a block for it. */
+  async function warmedUp(limit: number) {
+    const etcd = new FakeEtcd();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const rule = { ...LEASED, limit, perMs: 1000 } as CompiledRateLimit;
+    const t0 = Math.floor(Date.now() / 1000) * 1000 + 10_000;
+    for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
+    await store.consume({ rule, key: 'k', now: t0 + 100 });
+    await new Promise((r) => setImmediate(r));
+    const state = () => JSON.parse(etcd.value!) as { w: number; c: number };
+    return { etcd, store, rule, t0, w0: t0 / 1000, state };
+  }
+
+  it('takes the next window\'s first block before the window begins: its first requests wait for no etcd call', async () => {
+    const { etcd, store, rule, t0, w0, state } = await warmedUp(1_000_000_000);
+    const inPool = store.heldTokens(t0 + 100);
+    assert.ok(inPool > 100, `a block in the pool (${inPool})`);
+    etcd.held = [];
+    // 50 ms before the window ends, a request served from the pool starts the look-ahead take.
+    const g = store.consume({ rule, key: 'k', now: t0 + 950 });
+    assert.ok(!(g instanceof Promise) && g.allowed);
+    await etcd.release();
+    assert.equal(state().w, w0 + 1, 'the block is counted in the next window');
+    const ahead = state().c;
+    assert.ok(ahead > 100, `a block of about a second of traffic (${ahead})`);
+    assert.equal(store.heldTokens(t0 + 950), inPool - 1 + ahead);
+    // The next window opens: its requests are answered from that block at once, with etcd held.
+    etcd.held = [];
+    const commits = etcd.commits;
+    for (let i = 0; i < 5; i++) {
+      const next = store.consume({ rule, key: 'k', now: t0 + 1000 + i });
+      assert.ok(!(next instanceof Promise), `request ${i} of the new window answered from the block taken ahead`);
+      assert.equal(next.allowed, true);
+    }
+    assert.equal(store.heldTokens(t0 + 1004), ahead - 5, 'the old window\'s pool lapsed; the block taken ahead is the pool');
+    assert.equal(etcd.commits, commits);
+    etcd.openAll();
+  });
+
+  it('no look-ahead where traffic can reach the limit; leave() gives a block taken ahead back', async () => {
+    // 0.21 per ms is 210 a second: a limit of 400 could be reached by it, 100,000 not.
+    const reachable = await warmedUp(400);
+    assert.ok(!(reachable.store.consume({ rule: reachable.rule, key: 'k', now: reachable.t0 + 950 }) instanceof Promise));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(reachable.state().w, reachable.w0, 'nothing taken for the next window');
+
+    const { store, rule, t0, w0, state } = await warmedUp(100_000);
+    store.consume({ rule, key: 'k', now: t0 + 950 });
+    for (let i = 0; i < 20 && state().w === w0; i++) await new Promise((r) => setImmediate(r));
+    const ahead = state().c;
+    assert.equal(state().w, w0 + 1);
+    const held = store.heldTokens(t0 + 960);
+    assert.equal(await store.leave(() => t0 + 960), ahead, 'the block of the next window goes back (the old window\'s pool lapses)');
+    assert.equal(state().c, 0, 'etcd counts nothing in the next window');
+    assert.ok(held > ahead);
+    assert.equal(store.heldTokens(t0 + 960), 0);
+  });
+
   it('assumes, for a fallback, that each other replica holds a block as large as its own', async () => {
     const etcd = new FakeEtcd();
     const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 3 });

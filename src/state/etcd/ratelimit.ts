@@ -13,7 +13,12 @@
 //         Where traffic stays far below the limit, the next block is taken in the background when
 //         the pool falls to PREFETCH_LEAD_MS of traffic, so that requests do not wait for it; a
 //         limit that traffic can reach (or a budget near its end) takes a block only when requests
-//         need it, so that no more tokens than before are left stranded in pools.
+//         need it, so that no more tokens than before are left stranded in pools. Under the same
+//         condition the first block of the next window is taken ahead, in the window's last
+//         LOOKAHEAD_MS, and counted in etcd in that next window: the requests that open a window
+//         find their tokens already pooled instead of all waiting on one etcd round trip. (Until
+//         the window ends, other replicas' takes count in the next window too, which is never more
+//         than the limit allows.)
 //
 // A bucket whose last known shared state has no token left is denied without asking etcd (the
 // state can only have been consumed further since, until time refills it). Keys are bound to leases
@@ -80,6 +85,9 @@ interface Bucket {
   rateSince: number;
   /** Observed arrivals per millisecond on this replica (smoothed). */
   rate: number;
+  /** Tokens etcd granted this replica for a later window (aheadEpoch), taken ahead of it. */
+  ahead: number;
+  aheadEpoch: number;
 }
 
 /**
@@ -93,6 +101,8 @@ const MAX_LEASED_ROUNDS = 4;
 const BLOCK_TARGET_MS = 1000;
 /** The next leased block is taken in the background when the pool holds less than this much traffic. */
 const PREFETCH_LEAD_MS = 50;
+/** In a window's last this many ms (at most a quarter of the window), the next window's first block is taken. */
+const LOOKAHEAD_MS = 100;
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
 const BUCKET_POOL_MS = 250;
 const KEY_TTL_SLACK_MS = 2000;
@@ -117,9 +127,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
   heldTokens(now = Date.now()): number {
     let held = 0;
     for (const b of this.buckets.values()) {
-      if (b.pool < 1) continue;
-      const epoch = b.params.algorithm === 'token-bucket' ? Math.floor(now / BUCKET_POOL_MS) : windowIndex(b.params.perMs, now);
-      if (epoch === b.poolEpoch) held += Math.floor(b.pool);
+      const epoch = this.epochAt(b, now);
+      if (epoch === b.poolEpoch && b.pool >= 1) held += Math.floor(b.pool);
+      if (b.aheadEpoch > epoch) held += Math.floor(b.ahead);
     }
     return held;
   }
@@ -145,6 +155,14 @@ export class EtcdRateLimitStore implements RateLimitPort {
       b.pooled -= n;
       if (await this.giveBackShared(b, now, n)) returned += n;
     }
+    for (const b of [...this.buckets.values()]) {
+      if (b.rule.consistency !== 'leased') continue;
+      const n = Math.floor(b.ahead);
+      if (n < 1 || b.aheadEpoch <= this.epochAt(b, clock())) continue;
+      b.ahead = 0;
+      // Given back as of the window the tokens were counted in.
+      if (await this.giveBackShared(b, b.aheadEpoch * b.params.perMs, n)) returned += n;
+    }
     return returned;
   }
 
@@ -156,7 +174,10 @@ export class EtcdRateLimitStore implements RateLimitPort {
       if (b.pool >= 1 && b.waiting.length === 0) {
         b.pool -= 1;
         const grant = this.pooledGrant(b, req.now);
-        if (!b.busy && this.wantsPrefetch(b, req.now)) void this.prefetch(b, req.now);
+        if (!b.busy) {
+          if (this.wantsPrefetch(b, req.now)) void this.prefetch(b, req.now);
+          else if (this.wantsLookahead(b, req.now)) void this.lookahead(b, req.now);
+        }
         return grant;
       }
     }
@@ -227,6 +248,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
         arrivals: 0,
         rateSince: req.now,
         rate: 0,
+        ahead: 0,
+        aheadEpoch: -1,
       };
     }
     this.buckets.set(id, b);
@@ -302,15 +325,35 @@ export class EtcdRateLimitStore implements RateLimitPort {
    * in a pool while another replica is refused.
    */
   private wantsPrefetch(b: Bucket, now: number): boolean {
-    if (this.leaving || b.rate <= 0 || b.params.algorithm === 'token-bucket') return false;
-    const lead = b.rate * PREFETCH_LEAD_MS;
-    if (b.pool >= lead) return false;
-    const replicas = Math.max(1, this.opts.replicas());
-    if (2 * b.rate * b.params.perMs * replicas > b.rule.limit) return false;
+    if (b.pool >= b.rate * PREFETCH_LEAD_MS) return false;
     const epochLeftMs = (windowIndex(b.params.perMs, now) + 1) * b.params.perMs - now;
     if (epochLeftMs <= 2 * PREFETCH_LEAD_MS) return false;
-    const block = b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs);
-    return peek(b.params, b.state, now).remaining >= 2 * block * replicas;
+    return this.roomForBackgroundBlocks(b, now, epochLeftMs);
+  }
+
+  /**
+   * Whether to take the next window's first block now: the window ends within LOOKAHEAD_MS (or a
+   * quarter of the window), no block is held for the next window yet, and the traffic stays as far
+   * below the limit as wantsPrefetch asks, measured against the next window's budget.
+   */
+  private wantsLookahead(b: Bucket, now: number): boolean {
+    const next = windowIndex(b.params.perMs, now) + 1;
+    if (b.aheadEpoch >= next || b.poolEpoch >= next) return false;
+    if (next * b.params.perMs - now > Math.min(LOOKAHEAD_MS, b.params.perMs / 4)) return false;
+    return this.roomForBackgroundBlocks(b, next * b.params.perMs, b.params.perMs);
+  }
+
+  /**
+   * What background takes (prefetch, look-ahead) ask: a known rate, a window (not a token bucket),
+   * the replicas' traffic at this replica's rate using at most half of the limit in a window, and a
+   * budget at `at` that could give every replica two blocks of `windowLeftMs` of traffic.
+   */
+  private roomForBackgroundBlocks(b: Bucket, at: number, windowLeftMs: number): boolean {
+    if (this.leaving || b.rate <= 0 || b.params.algorithm === 'token-bucket') return false;
+    const replicas = Math.max(1, this.opts.replicas());
+    if (2 * b.rate * b.params.perMs * replicas > b.rule.limit) return false;
+    const block = b.rate * Math.min(BLOCK_TARGET_MS, windowLeftMs);
+    return peek(b.params, b.state, at).remaining >= 2 * block * replicas;
   }
 
   /** Takes the next block while the pool still serves; requests that run out meanwhile wait for it. */
@@ -334,6 +377,31 @@ export class EtcdRateLimitStore implements RateLimitPort {
     }
   }
 
+  /**
+   * Takes the first block of the next window, counted in etcd in that window, and holds it until
+   * the window begins. Requests that run out of the current pool meanwhile wait for this take, then
+   * take their own block (which etcd, already in the next window, counts there).
+   */
+  private async lookahead(b: Bucket, now: number): Promise<void> {
+    b.busy = true;
+    const start = (windowIndex(b.params.perMs, now) + 1) * b.params.perMs;
+    try {
+      const t = await this.takeShared(b, this.blockSize(b, 1, now, start), start);
+      const epoch = (t.state as { w: number }).w;
+      if (this.leaving) void this.giveBackLater(b, epoch * b.params.perMs, t.granted);
+      else if (epoch > b.poolEpoch && t.granted > 0) {
+        b.ahead = epoch === b.aheadEpoch ? b.ahead + t.granted : t.granted;
+        b.aheadEpoch = epoch;
+      }
+    } catch (e) {
+      this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'leased look-ahead block take failed');
+      for (const w of b.waiting.splice(0)) w.reject(e);
+    } finally {
+      b.busy = false;
+      if (b.waiting.length > 0) void this.drain(b);
+    }
+  }
+
   private pooledGrant(b: Bucket, now: number): RateLimitGrant {
     const p = peek(b.params, b.state, now);
     return { allowed: true, limit: b.rule.limit, remaining: p.remaining + Math.floor(b.pool), resetMs: p.resetMs, retryAfterMs: 0 };
@@ -350,9 +418,15 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   private rollPoolTo(b: Bucket, epoch: number): void {
     if (epoch > b.poolEpoch) {
-      b.pool = 0;
-      b.pooled = 0;
+      // A block taken ahead for this window becomes its pool; one for a window already gone lapses.
+      const carried = b.aheadEpoch === epoch ? b.ahead : 0;
+      b.pool = carried;
+      b.pooled = carried;
       b.poolEpoch = epoch;
+      if (b.aheadEpoch <= epoch) {
+        b.ahead = 0;
+        b.aheadEpoch = -1;
+      }
     }
   }
 
@@ -382,8 +456,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
     }
   }
 
-  /** How many tokens a leased replica asks for: see the header comment. */
-  private blockSize(b: Bucket, needed: number, now: number): number {
+  /** How many tokens a leased replica asks for (see the header comment), for the window of `at`. */
+  private blockSize(b: Bucket, needed: number, now: number, at = now): number {
     if (this.leaving) return needed;
     const elapsed = now - b.rateSince;
     if (elapsed >= 50) {
@@ -394,10 +468,10 @@ export class EtcdRateLimitStore implements RateLimitPort {
     }
     const epochLeftMs =
       b.params.algorithm === 'token-bucket'
-        ? BUCKET_POOL_MS - (now % BUCKET_POOL_MS)
-        : (windowIndex(b.params.perMs, now) + 1) * b.params.perMs - now;
+        ? BUCKET_POOL_MS - (at % BUCKET_POOL_MS)
+        : (windowIndex(b.params.perMs, at) + 1) * b.params.perMs - at;
     const wanted = Math.ceil(b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs));
-    const available = peek(b.params, b.state, now).remaining;
+    const available = peek(b.params, b.state, at).remaining;
     const fairShare = Math.floor(available / Math.max(1, this.opts.replicas()));
     return Math.max(needed, Math.min(wanted, fairShare));
   }
@@ -422,7 +496,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
   private async giveBackShared(b: Bucket, now: number, n = 1): Promise<boolean> {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
       if (!b.state) return false;
-      if (await this.compareAndSwap(b, giveBack(b.params, b.state, n, now), now)) return true;
+      const next = giveBack(b.params, b.state, n, now);
+      if (next === b.state) return false; // counted in a window that is over: nothing to give back
+      if (await this.compareAndSwap(b, next, now)) return true;
     }
     return false;
   }
