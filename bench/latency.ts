@@ -2,7 +2,7 @@
 // filter, Envoy's own RBAC + local_ratelimit, and Envoy asking the middlebox (ext_authz, or
 // ext_authz + ext_proc) in each consistency mode, over TCP and over a unix socket.
 //
-//   node dist/bench/latency.js [--quick]        (make bench-latency; the load comes from h2load: make deps-bench)
+//   node dist/bench/latency.js [--quick] [--only ID,...]   (make bench-latency; the load comes from h2load: make deps-bench)
 //
 // Real processes on loopback: one etcd for the whole run, one app (src/lab/upstream.ts), and for each
 // configuration a fresh Envoy (bootstrap from src/envoy/bootstrap.ts) and, where asked, a fresh
@@ -34,6 +34,8 @@ import { processCpuSeconds } from './timeline';
 
 interface Params {
   quick: boolean;
+  /** --only: the configurations measured (by id), beside the baseline; undefined: all. */
+  only?: string[];
   /** Fixed request rates (req/s), each measured on its own. */
   rates: number[];
   /** The rate at which the issue's added-p99 target is read. */
@@ -55,10 +57,30 @@ interface Params {
   hardLimitMs: number;
 }
 
+const USAGE = 'usage: node dist/bench/latency.js [--quick] [--only ID[,ID...]]';
+
 function params(argv: string[]): Params {
-  const quick = quickFlag(argv, 'latency');
+  const rest = [...argv];
+  let only: string[] | undefined;
+  const at = rest.indexOf('--only');
+  if (at >= 0) {
+    only = (rest[at + 1] ?? '').split(',').filter(Boolean);
+    const known = new Set(setups().map((s) => s.id));
+    const unknown = only.filter((id) => !known.has(id));
+    if (only.length === 0 || unknown.length > 0) {
+      process.stderr.write(`--only: ${only.length === 0 ? 'no configuration named' : `unknown configuration ${unknown.join(', ')}`}; one of:\n  ${[...known].join('\n  ')}\n${USAGE}\n`);
+      process.exit(2);
+    }
+    rest.splice(at, 2);
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${USAGE}\n  --quick    a few seconds per point: checks the bench, not a result\n  --only     measure these configurations (and the baseline, Envoy with no filter) only; results go to latency.only.*\n`);
+    process.exit(0);
+  }
+  const quick = quickFlag(rest, 'latency');
   return {
     quick,
+    only,
     rates: [500, 1000],
     targetRate: 1000,
     fixedConnections: 50,
@@ -905,7 +927,7 @@ async function main(): Promise<number> {
 
   const h2load = h2loadExecutable();
   const h2loadVersion = await versionOf(h2load, ['--version']);
-  const list = setups();
+  const list = setups().filter((s) => !p.only || s.id === BASELINE_ID || p.only.includes(s.id));
   log(
     `latency${p.quick ? ' (quick)' : ''}: ${list.length} configurations; fixed rates ${p.rates.join(', ')} req/s (${p.fixedConnections} connections, ` +
       `${p.fixedWarmS} + ${p.fixedS} s), saturation ${p.saturationConnections} connections ${p.saturationS} s; h2load ${h2loadVersion}; ` +
@@ -937,9 +959,10 @@ async function main(): Promise<number> {
   const baseline = results.find((r) => r.id === BASELINE_ID && !r.error);
   const comparisons = new Map(results.map((r) => [r.id, compare(p, r, baseline)]));
   const checks = targets(p, results, comparisons);
-  const meta = await runMetadata(`node dist/bench/latency.js${p.quick ? ' --quick' : ''}`);
+  const meta = await runMetadata(`node dist/bench/latency.js${p.quick ? ' --quick' : ''}${p.only ? ` --only ${p.only.join(',')}` : ''}`);
   meta.versions = `${meta.versions}, h2load ${h2loadVersion}`;
-  const name = p.quick ? 'latency.quick' : 'latency';
+  // A partial run never replaces the full results that the report and the README quote.
+  const name = `latency${p.only ? '.only' : ''}${p.quick ? '.quick' : ''}`;
   const svgName = `${name}.svg`;
   const md = markdown(p, results, comparisons, checks, meta, code, svgName);
   process.stdout.write(`\n${md}`);
