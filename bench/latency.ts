@@ -8,7 +8,9 @@
 // configuration a fresh Envoy (bootstrap from src/envoy/bootstrap.ts) and, where asked, a fresh
 // `middlebox serve` replica with its own etcd prefix. Every configuration is measured the same way:
 // a closed-loop warm-up, then fixed request rates (latency percentiles), then saturation (closed
-// loop, fixed connections). Results: bench/results/latency.{json,md,svg} (latency.quick.* with
+// loop, fixed connections). A full run measures every configuration twice, the second round in
+// reverse order, and pools both rounds' responses: a machine that drifts during the run (it does,
+// here) then favours no configuration for where it stands in the list. Results: bench/results/latency.{json,md,svg} (latency.quick.* with
 // --quick). bench/README.md says how to read them and why h2load.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -34,6 +36,8 @@ import { processCpuSeconds } from './timeline';
 
 interface Params {
   quick: boolean;
+  /** Rounds over the configurations, every other one in reverse order; responses pooled over them. */
+  rounds: number;
   /** --only: the configurations measured (by id), beside the baseline; undefined: all. */
   only?: string[];
   /** Fixed request rates (req/s), each measured on its own. */
@@ -74,24 +78,25 @@ function params(argv: string[]): Params {
     rest.splice(at, 2);
   }
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(`${USAGE}\n  --quick    a few seconds per point: checks the bench, not a result\n  --only     measure these configurations (and the baseline, Envoy with no filter) only; results go to latency.only.*\n`);
+    process.stdout.write(`${USAGE}\n  --quick    a few seconds per point: checks the bench, not a result\n  --only     measure these configurations only, in this order, after the baseline (Envoy, no filter); results go to latency.only.*\n`);
     process.exit(0);
   }
   const quick = quickFlag(rest, 'latency');
   return {
     quick,
+    rounds: quick ? 1 : 2,
     only,
     rates: [500, 1000],
     targetRate: 1000,
     fixedConnections: 50,
     fixedWarmS: quick ? 0.5 : 1,
-    fixedS: quick ? 3 : 10,
+    fixedS: quick ? 3 : 6,
     saturationConnections: 32,
     saturationWarmS: 1,
-    saturationS: quick ? 3 : 10,
+    saturationS: quick ? 3 : 6,
     warmupS: quick ? 1 : 2,
     rateLimit: 100_000,
-    hardLimitMs: quick ? 8 * 60_000 : 20 * 60_000,
+    hardLimitMs: quick ? 8 * 60_000 : 35 * 60_000,
   };
 }
 
@@ -124,7 +129,7 @@ type AuthzProtocol = 'grpc' | 'http';
 const BASELINE_ID = 'envoy';
 const NULL_AUTHZ_ID = 'ext-authz-floor';
 
-function setups(): Setup[] {
+function setups(rounds = 1): Setup[] {
   const list: Setup[] = [
     { id: 'app', label: 'app direct (no proxy)', kind: 'app' },
     { id: BASELINE_ID, label: 'Envoy, no filter', kind: 'envoy' },
@@ -166,8 +171,9 @@ function setups(): Setup[] {
       });
     }
   }
-  // The baseline once more at the end: how far the machine drifted during the run.
-  list.push({ id: 'envoy-again', label: 'Envoy, no filter (again, at the end)', kind: 'envoy' });
+  // The baseline once more at the end: how far the machine drifted during the run. (Two rounds
+  // measure the baseline first and last anyway.)
+  if (rounds === 1) list.push({ id: 'envoy-again', label: 'Envoy, no filter (again, at the end)', kind: 'envoy' });
   return list;
 }
 
@@ -427,6 +433,21 @@ function h2loadRps(stdout: string): number | null {
 
 // ---- measurements -----------------------------------------------------------------------------------
 
+/** What pooling rounds needs beyond a run's summary; kept out of the results file. */
+interface FixedRaw {
+  durationsUs: number[];
+  /** Every request of the run (warm-up included) and the etcd writes meanwhile. */
+  requests: number;
+  etcdWrites: number | null;
+}
+interface SaturationRaw {
+  durationsUs: number[];
+  ok: number;
+  cpuSeconds: Record<string, number>;
+}
+const fixedRaw = new WeakMap<FixedRateRun, FixedRaw>();
+const saturationRaw = new WeakMap<SaturationRun, SaturationRaw>();
+
 interface LatencyStats {
   /** Responses the percentiles are taken over (failed streams counted in statuses only). */
   requests: number;
@@ -473,7 +494,12 @@ function latencyStats(rows: Row[]): LatencyStats {
     const key = r.status < 0 ? 'failed' : String(r.status);
     statuses[key] = (statuses[key] ?? 0) + 1;
   }
-  const d = rows.filter((r) => r.status >= 0).map((r) => r.durationUs).sort((a, b) => a - b);
+  return durationStats(rows.filter((r) => r.status >= 0).map((r) => r.durationUs), statuses);
+}
+
+/** Percentiles of response times (µs) with the statuses they came with. */
+function durationStats(durationsUs: number[], statuses: Record<string, number>): LatencyStats {
+  const d = [...durationsUs].sort((a, b) => a - b);
   // Nearest rank, in ms with µs precision.
   const pct = (q: number) => (d.length ? d[Math.max(0, Math.ceil(q * d.length) - 1)]! / 1000 : null);
   return {
@@ -511,7 +537,7 @@ async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProc
   const lastStart = Math.max(...measured.map((r) => r.startUs));
   const spanS = (lastStart - edge) / 1e6 + 1 / rate;
   const intervalMs = (1000 * c) / rate;
-  return {
+  const run: FixedRateRun = {
     rate,
     connections: c,
     intervalMs,
@@ -520,6 +546,12 @@ async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProc
     slowerThanInterval: measured.filter((r) => r.durationUs > intervalMs * 1000).length,
     etcdWritesPerRequest: before !== undefined && after !== undefined ? round((after - before) / rows.length, 4) : null,
   };
+  fixedRaw.set(run, {
+    durationsUs: measured.filter((r) => r.status >= 0).map((r) => r.durationUs),
+    requests: rows.length,
+    etcdWrites: before !== undefined && after !== undefined ? after - before : null,
+  });
+  return run;
 }
 
 async function saturate(ctx: Context, url: string, pids: Record<string, number>): Promise<SaturationRun> {
@@ -534,18 +566,86 @@ async function saturate(ctx: Context, url: string, pids: Record<string, number>)
   clearTimeout(warmTimer);
   const atEnd = cpu();
   const ok = rows.filter((r) => r.status === 200).length;
-  const cpuUsPerRequest: Record<string, number> = {};
+  const cpuSeconds: Record<string, number> = {};
   for (const [name, end] of Object.entries(atEnd)) {
     const start = atWarm[name];
-    if (end !== undefined && start !== undefined && ok > 0) cpuUsPerRequest[name] = Math.round(((end - start) * 1e6) / ok);
+    if (end !== undefined && start !== undefined) cpuSeconds[name] = end - start;
   }
-  return {
+  const run: SaturationRun = {
     connections: p.saturationConnections,
     seconds: p.saturationS,
     ...latencyStats(rows),
     rps: Math.round(ok / p.saturationS),
     h2loadRps: h2loadRps(stdout),
-    cpuUsPerRequest,
+    cpuUsPerRequest: cpuPerRequest(cpuSeconds, ok),
+  };
+  saturationRaw.set(run, { durationsUs: rows.filter((r) => r.status >= 0).map((r) => r.durationUs), ok, cpuSeconds });
+  return run;
+}
+
+function cpuPerRequest(cpuSeconds: Record<string, number>, ok: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (ok > 0) for (const [name, sec] of Object.entries(cpuSeconds)) out[name] = Math.round((sec * 1e6) / ok);
+  return out;
+}
+
+function sumStatuses(list: Array<Record<string, number>>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const st of list) for (const [k, v] of Object.entries(st)) out[k] = (out[k] ?? 0) + v;
+  return out;
+}
+
+/**
+ * One configuration's rounds as one result: percentiles over every response of every round,
+ * saturation as all 200s over all measured seconds, CPU over both, counts summed. A round that
+ * failed adds its error and nothing else.
+ */
+function poolRounds(runs: ConfigResult[]): ConfigResult {
+  if (runs.length === 1) return runs[0]!;
+  const first = runs[0]!;
+  const fixed = (first.fixed.length ? first.fixed : runs.find((r) => r.fixed.length)?.fixed ?? []).map((f): FixedRateRun => {
+    const same = runs.map((r) => fixedAt(r, f.rate)).filter((x): x is FixedRateRun => x !== undefined);
+    const raws = same.map((x) => fixedRaw.get(x)!);
+    const writes = raws.every((r) => r.etcdWrites !== null) ? raws.reduce((n, r) => n + r.etcdWrites!, 0) : null;
+    const requests = raws.reduce((n, r) => n + r.requests, 0);
+    return {
+      ...f,
+      ...durationStats(raws.flatMap((r) => r.durationsUs), sumStatuses(same.map((x) => x.statuses))),
+      sentPerS: Math.round(same.reduce((n, x) => n + x.sentPerS, 0) / same.length),
+      slowerThanInterval: same.reduce((n, x) => n + x.slowerThanInterval, 0),
+      etcdWritesPerRequest: writes === null || requests === 0 ? null : round(writes / requests, 4),
+    };
+  });
+  const sats = runs.map((r) => r.saturation).filter((x): x is SaturationRun => x !== null);
+  let saturation: SaturationRun | null = null;
+  if (sats.length > 0) {
+    const raws = sats.map((x) => saturationRaw.get(x)!);
+    const ok = raws.reduce((n, r) => n + r.ok, 0);
+    const seconds = sats.reduce((n, x) => n + x.seconds, 0);
+    const names = Object.keys(raws[0]!.cpuSeconds).filter((n) => raws.every((r) => r.cpuSeconds[n] !== undefined));
+    const cpu = Object.fromEntries(names.map((n) => [n, raws.reduce((t, r) => t + r.cpuSeconds[n]!, 0)]));
+    const h2 = sats.map((x) => x.h2loadRps).filter((x): x is number => x !== null);
+    saturation = {
+      ...sats[0]!,
+      seconds,
+      ...durationStats(raws.flatMap((r) => r.durationsUs), sumStatuses(sats.map((x) => x.statuses))),
+      rps: Math.round(ok / seconds),
+      h2loadRps: h2.length ? round(h2.reduce((a, b) => a + b, 0) / h2.length, 1) : null,
+      cpuUsPerRequest: cpuPerRequest(cpu, ok),
+    };
+  }
+  const warnings: Record<string, number> = {};
+  for (const r of runs) for (const [k, v] of Object.entries(r.replicaWarnings)) warnings[k] = (warnings[k] ?? 0) + v;
+  const errors = runs.map((r, i) => (r.error ? `round ${i + 1}: ${r.error}` : undefined)).filter((e): e is string => e !== undefined);
+  return {
+    ...first,
+    fixed,
+    saturation,
+    envoyStats: sumStatuses(runs.map((r) => r.envoyStats)),
+    checkFindings: [...new Set(runs.flatMap((r) => r.checkFindings))],
+    replicaWarnings: warnings,
+    durationMs: runs.reduce((n, r) => n + r.durationMs, 0),
+    ...(errors.length ? { error: errors.join('\n') } : {}),
   };
 }
 
@@ -571,6 +671,8 @@ interface ConfigResult {
   replicaWarnings: Record<string, number>;
   durationMs: number;
   error?: string;
+  /** Runs of two or more rounds: each round's p99 at the target rate and saturation, against that round's baseline. */
+  rounds?: Array<{ p99Ms: number | null; saturationRps: number | null } & Comparison>;
 }
 
 async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
@@ -711,6 +813,10 @@ function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undef
     if (/\.(error|streams_failed|failure_mode_allowed|message_timeouts|rate_limited)$/.test(name) && v > 0) obs.push(`Envoy ${name} = ${v}`);
   }
   for (const [msg, n] of Object.entries(r.replicaWarnings)) obs.push(`replica logged "${msg}" ×${n}`);
+  const sats = (r.rounds ?? []).map((x) => x.saturationRps).filter((x): x is number => x !== null);
+  if (r.id === BASELINE_ID && sats.length > 1 && Math.max(...sats) / Math.min(...sats) > 1.1) {
+    obs.push(`saturation ${sats.join(' and ')} req/s in its rounds (first and last of the run): the machine's load changed during the run`);
+  }
   if (r.id === 'envoy-again' && baseline?.saturation && r.saturation) {
     const drift = r.saturation.rps / baseline.saturation.rps - 1;
     if (Math.abs(drift) > 0.1) obs.push(`saturation ${fmt(drift * 100, 0)} % from the same setup at the start of the run: the machine's load changed during the run`);
@@ -761,7 +867,10 @@ function markdown(
   lines.push(
     `- load: h2load, HTTP/1.1 keep-alive, GET ${ALLOWED_PATH} (allowed by the policy). Fixed rates: ${p.fixedConnections} connections opened 1/rate s apart, each paced at rate ÷ ${p.fixedConnections}; ` +
       `${p.fixedWarmS} s left out, then ${p.fixedS} s measured. Saturation: ${p.saturationConnections} connections, closed loop, ${p.saturationWarmS} s warm-up, ${p.saturationS} s measured. ` +
-      `Each configuration fresh, warmed up ${p.warmupS} s closed loop first; percentiles by nearest rank over every measured response`,
+      `Each configuration fresh, warmed up ${p.warmupS} s closed loop first; ` +
+      (p.rounds > 1
+        ? `measured in ${p.rounds} rounds, every other one in reverse order (so that drift during the run favours no place in the list); percentiles by nearest rank over every measured response of all rounds, saturation over all their seconds`
+        : 'percentiles by nearest rank over every measured response'),
   );
   lines.push(
     `- policy: firewall rule no-admin (deny /admin/*, checked to answer 403 before measuring) + rate limit ${p.rateLimit}/s per source IP, never reached; ` +
@@ -790,7 +899,7 @@ function markdown(
     lines.push(`| ${r.label} | ${cells.join(' | ')} | ${added} | ${sat ? sat.rps : '–'} | ${ratio} | ${sat ? `${ms(sat.p50Ms)} / ${ms(sat.p99Ms)}` : '–'} | ${cpuCell} |`);
   }
   lines.push('');
-  lines.push(`Targets (benchmarks issue), against "${baseline?.label ?? 'Envoy, no filter'}" measured at the start of this run:`);
+  lines.push(`Targets (benchmarks issue), against "${baseline?.label ?? 'Envoy, no filter'}" measured ${p.rounds > 1 ? 'in the same rounds' : 'at the start of this run'}:`);
   lines.push('');
   lines.push('| target | configuration | measured | met |');
   lines.push('|---|---|---|---|');
@@ -801,6 +910,22 @@ function markdown(
   if (p.quick) {
     lines.push('');
     lines.push('A quick run measures a few seconds per point: the verdicts above only show that the bench computes them.');
+  }
+  if (p.rounds > 1) {
+    lines.push('');
+    lines.push(`Each round on its own, against that round's baseline (how far apart they are is the noise of this machine):`);
+    lines.push('');
+    const head = Array.from({ length: p.rounds }, (_, i) => `round ${i + 1}${i % 2 ? ' (reversed)' : ''}: p99 at ${p.targetRate} req/s (added) · saturation (÷ baseline)`);
+    lines.push(`| configuration | ${head.join(' | ')} |`);
+    lines.push(`|---|${head.map(() => '---').join('|')}|`);
+    for (const r of results) {
+      const cells = (r.rounds ?? []).map((x) => {
+        const added = x.addedP99Ms === null || r.id === BASELINE_ID ? '' : ` (${x.addedP99Ms >= 0 ? '+' : ''}${fmt(x.addedP99Ms)})`;
+        const ratio = x.saturationRatio === null || r.id === BASELINE_ID ? '' : ` (${fmt(x.saturationRatio)})`;
+        return `${ms(x.p99Ms)} ms${added} · ${x.saturationRps ?? '–'} req/s${ratio}`;
+      });
+      lines.push(`| ${r.label} | ${cells.join(' | ')} |`);
+    }
   }
   lines.push('');
   lines.push('Details per fixed-rate run: requests measured, sent per second, slowest response, responses slower than one connection\'s interval, statuses, etcd writes per request:');
@@ -927,7 +1052,9 @@ async function main(): Promise<number> {
 
   const h2load = h2loadExecutable();
   const h2loadVersion = await versionOf(h2load, ['--version']);
-  const list = setups().filter((s) => !p.only || s.id === BASELINE_ID || p.only.includes(s.id));
+  // --only runs its configurations in the order given (to see whether the order matters), after the baseline.
+  const all = setups(p.rounds);
+  const list = p.only ? [all.find((s) => s.id === BASELINE_ID)!, ...[...new Set(p.only)].filter((id) => id !== BASELINE_ID).map((id) => all.find((s) => s.id === id)!)] : all;
   log(
     `latency${p.quick ? ' (quick)' : ''}: ${list.length} configurations; fixed rates ${p.rates.join(', ')} req/s (${p.fixedConnections} connections, ` +
       `${p.fixedWarmS} + ${p.fixedS} s), saturation ${p.saturationConnections} connections ${p.saturationS} s; h2load ${h2loadVersion}; ` +
@@ -938,13 +1065,19 @@ async function main(): Promise<number> {
   const etcd = await EtcdProcess.start({ logFile: path.join(tmp, 'etcd.log') });
   const app = await startHttpUpstream({ name: 'app' });
   const ctx: Context = { p, etcd, app, tmp, h2load };
-  const results: ConfigResult[] = [];
+  const perRound: ConfigResult[][] = [];
   try {
-    for (const [i, s] of list.entries()) {
-      log(`[${i + 1}/${list.length}] ${s.label} (load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs)`);
-      const r = await measure(s, ctx);
-      results.push(r);
-      if (r.error) log(`  FAILED: ${r.error.split('\n').slice(0, 6).join('\n          ')}`);
+    for (let round = 0; round < p.rounds; round++) {
+      const order = round % 2 === 0 ? list : [...list].reverse();
+      const done: ConfigResult[] = [];
+      for (const [i, s] of order.entries()) {
+        const where = p.rounds > 1 ? `round ${round + 1}/${p.rounds}, ` : '';
+        log(`[${where}${i + 1}/${list.length}] ${s.label} (load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs)`);
+        const r = await measure(s, ctx);
+        done.push(r);
+        if (r.error) log(`  FAILED: ${r.error.split('\n').slice(0, 6).join('\n          ')}`);
+      }
+      perRound.push(done);
     }
   } finally {
     await app.close();
@@ -955,6 +1088,17 @@ async function main(): Promise<number> {
   if (codeAfter.distSrcSha256 !== code.distSrcSha256) {
     code.changedDuringRun = true;
     log(`warning: dist/src changed during the run (${code.distSrcSha256} → ${codeAfter.distSrcSha256}): configurations may have run different code`);
+  }
+  const results = list.map((s) => poolRounds(perRound.map((done) => done.find((r) => r.id === s.id)!)));
+  if (p.rounds > 1) {
+    // Each round against its own baseline: how far apart the rounds are shows the noise.
+    for (const r of results) {
+      r.rounds = perRound.map((done) => {
+        const own = done.find((x) => x.id === r.id)!;
+        const c = compare(p, own, done.find((x) => x.id === BASELINE_ID && !x.error));
+        return { p99Ms: fixedAt(own, p.targetRate)?.p99Ms ?? null, saturationRps: own.saturation?.rps ?? null, ...c };
+      });
+    }
   }
   const baseline = results.find((r) => r.id === BASELINE_ID && !r.error);
   const comparisons = new Map(results.map((r) => [r.id, compare(p, r, baseline)]));

@@ -4,7 +4,7 @@
 //   node dist/bench/report.js        (make bench-report; every bench also runs it when it writes results)
 //
 // Reads bench/results/<experiment>.json (BENCH_RESULTS_DIR overrides the directory) and writes
-// REPORT.md beside that directory. Quick runs (*.quick.*, *-quick.*) are ignored: they check a bench,
+// REPORT.md beside that directory. Quick runs (*.quick.*, *-quick.*) and partial ones (*.only.*) are ignored: they check a bench,
 // they are not results. An experiment without a results file gets a note saying how to produce it.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -476,7 +476,7 @@ export function buildReport(dir: string, reportDir: string): string {
   const others = fs.existsSync(dir)
     ? fs
         .readdirSync(dir)
-        .filter((f) => f.endsWith('.json') && !/[.-]quick\.json$/.test(f) && !known.has(f.slice(0, -'.json'.length)))
+        .filter((f) => f.endsWith('.json') && !/[.-]quick\.json$|\.only\.json$/.test(f) && !known.has(f.slice(0, -'.json'.length)))
         .sort()
     : [];
   if (others.length) {
