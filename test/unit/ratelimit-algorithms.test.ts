@@ -3,6 +3,7 @@ import {
   giveBack,
   peek,
   take,
+  takeAhead,
   windowIndex,
   type BucketState,
   type LimitParams,
@@ -267,6 +268,46 @@ describe('ratelimit algorithms', () => {
       assert.deepEqual(giveBack(P, state, 1, 1250), { w: 1, c: 1, p: 10 });
       assert.equal(take(P, giveBack(P, state, 1, 1250), 1, 1250).granted, 1);
       assert.deepEqual(giveBack(P, state, 1, 2000), state);
+    });
+  });
+
+  describe('takeAhead (windows): tokens of the next window, taken before it begins', () => {
+    const F: LimitParams = { algorithm: 'fixed-window', limit: 10, perMs: 1000 };
+    const S: LimitParams = { algorithm: 'sliding-window', limit: 10, perMs: 1000 };
+
+    it('fixed: counted in the next window only; this window keeps its whole budget', () => {
+      const six = drain(F, undefined, 6, 1500).state;
+      const t = takeAhead(F, six, 8, 1950);
+      assert.equal(t.granted, 8);
+      assert.deepEqual(t.state, { w: 1, c: 6, a: 8 });
+      assert.equal(peek(F, t.state, 1960).remaining, 4, 'this window: 10 - 6, the block ahead aside');
+      const rest = drain(F, t.state, 10, 1970);
+      assert.equal(rest.granted, 4, 'never more than the limit in this window');
+      assert.equal(drain(F, rest.state, 10, 2000).granted, 2, 'the next window starts from the 8 taken ahead');
+      assert.equal(takeAhead(F, t.state, 5, 1990).granted, 2, 'ahead blocks of one window add up to its limit at most');
+    });
+
+    it('fixed: a window nobody wrote in counts what was taken ahead for it', () => {
+      const t = takeAhead(F, { w: 1, c: 3 }, 7, 1900);
+      assert.equal(peek(F, t.state, 2500).remaining, 3);
+      assert.equal(peek(F, t.state, 3000).remaining, 10, 'two windows on, nothing counts');
+      assert.deepEqual(giveBack(F, t.state, 2, 2100), { w: 1, c: 3, a: 5 }, 'given back in the window it was taken for');
+      assert.deepEqual(take(F, t.state, 1, 2100).state, { w: 2, c: 8 });
+    });
+
+    it('sliding: this window keeps room for the block ahead, which counts in full when the next one begins', () => {
+      const six = drain(S, undefined, 6, 1500).state;
+      const t = takeAhead(S, six, 8, 1950);
+      assert.equal(t.granted, 4, 'the next window weighs this one\'s 6 in full at its start');
+      assert.equal(take(S, t.state, 5, 1960).granted, 0, 'no room left here: 6 + 4 taken ahead');
+      assert.deepEqual(take(S, t.state, 1, 2000).state, { w: 2, c: 4, p: 6 });
+      assert.equal(peek(S, t.state, 2000).remaining, 0);
+      assert.equal(peek(S, t.state, 2500).remaining, 3, 'floor(10 - 6*0.5 - 4)');
+      assert.equal(peek(S, t.state, 3000).remaining, 6, 'two windows on, the 4 are the previous window');
+    });
+
+    it('a token bucket has no next window', () => {
+      assert.throws(() => takeAhead({ algorithm: 'token-bucket', limit: 10, perMs: 1000 }, undefined, 1, 0), /no next window/);
     });
   });
 

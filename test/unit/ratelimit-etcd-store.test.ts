@@ -268,7 +268,7 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'k', now: t0 });
     await store.consume({ rule, key: 'k', now: t0 + 100 });
     await new Promise((r) => setImmediate(r));
-    const state = () => JSON.parse(etcd.value!) as { w: number; c: number };
+    const state = () => JSON.parse(etcd.value!) as { w: number; c: number; a?: number };
     return { etcd, store, rule, t0, w0: t0 / 1000, state };
   }
 
@@ -281,9 +281,10 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     const g = store.consume({ rule, key: 'k', now: t0 + 950 });
     assert.ok(!(g instanceof Promise) && g.allowed);
     await etcd.release();
-    assert.equal(state().w, w0 + 1, 'the block is counted in the next window');
-    const ahead = state().c;
-    assert.ok(ahead > 100, `a block of about a second of traffic (${ahead})`);
+    assert.equal(state().w, w0, 'the key stays in this window...');
+    const ahead = state().a!;
+    assert.equal(state().c, 21 + inPool, '...whose count is unchanged: what was admitted and the pool');
+    assert.ok(ahead > 50, `a block of the next window's traffic, counted apart (${ahead})`);
     assert.equal(store.heldTokens(t0 + 950), inPool - 1 + ahead);
     // The next window opens: its requests are answered from that block at once, with etcd held.
     etcd.held = [];
@@ -303,18 +304,47 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     const reachable = await warmedUp(400);
     assert.ok(!(reachable.store.consume({ rule: reachable.rule, key: 'k', now: reachable.t0 + 950 }) instanceof Promise));
     for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-    assert.equal(reachable.state().w, reachable.w0, 'nothing taken for the next window');
+    assert.equal(reachable.state().a, undefined, 'nothing taken for the next window');
 
     const { store, rule, t0, w0, state } = await warmedUp(100_000);
     store.consume({ rule, key: 'k', now: t0 + 950 });
-    for (let i = 0; i < 20 && state().w === w0; i++) await new Promise((r) => setImmediate(r));
-    const ahead = state().c;
-    assert.equal(state().w, w0 + 1);
+    for (let i = 0; i < 20 && state().a === undefined; i++) await new Promise((r) => setImmediate(r));
+    const ahead = state().a!;
+    assert.ok(ahead > 0);
     const held = store.heldTokens(t0 + 960);
-    assert.equal(await store.leave(() => t0 + 960), ahead, 'the block of the next window goes back (the old window\'s pool lapses)');
-    assert.equal(state().c, 0, 'etcd counts nothing in the next window');
-    assert.ok(held > ahead);
+    assert.equal(await store.leave(() => t0 + 960), held, 'the pool and the block of the next window go back');
+    assert.deepEqual(state(), { w: w0, c: 22, a: 0 }, 'etcd counts what was admitted, nothing ahead');
     assert.equal(store.heldTokens(t0 + 960), 0);
+  });
+
+  it('after a look-ahead, a burst at the end of the window still gets no more than its limit', async () => {
+    const { store, rule, t0, w0, state } = await warmedUp(500);
+    assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 950 }) instanceof Promise));
+    for (let i = 0; i < 20 && state().a === undefined; i++) await new Promise((r) => setImmediate(r));
+    const ahead = state().a!;
+    assert.ok(ahead > 0, 'a block was taken ahead');
+    const burst = await Promise.all(Array.from({ length: 1000 }, () => Promise.resolve(store.consume({ rule, key: 'k', now: t0 + 960 }))));
+    const admitted = 22 + burst.filter((g) => g.allowed).length;
+    assert.equal(admitted, 500, 'the window admits its limit, not the next window\'s block too');
+    assert.deepEqual(state(), { w: w0, c: 500, a: ahead });
+    const next = store.consume({ rule, key: 'k', now: t0 + 1000 });
+    assert.ok(!(next instanceof Promise) && next.allowed, 'the next window opens on the block taken ahead');
+  });
+
+  it('a look-ahead that lands after the window began becomes its pool: no second take', async () => {
+    const { etcd, store, rule, t0, state } = await warmedUp(1_000_000_000);
+    etcd.held = [];
+    store.consume({ rule, key: 'k', now: t0 + 950 });
+    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.held.length, 1, 'the look-ahead take is in flight');
+    const commits = etcd.commits;
+    const first = store.consume({ rule, key: 'k', now: t0 + 1000 });
+    assert.ok(first instanceof Promise, 'the new window has no pool yet: the request waits for the take');
+    await etcd.release();
+    assert.equal((await first).allowed, true);
+    assert.equal(etcd.commits - commits, 1, 'served from the look-ahead block, no other transaction');
+    assert.equal(store.heldTokens(t0 + 1000), state().a! - 1);
+    etcd.openAll();
   });
 
   it('assumes, for a fallback, that each other replica holds a block as large as its own', async () => {

@@ -15,12 +15,16 @@ export interface LimitParams {
   burst?: number;
 }
 
-/** Stored per bucket. Compact field names: it is written to etcd on every strict decision. */
+/**
+ * Stored per bucket. Compact field names: it is written to etcd on every strict decision. `a`
+ * (windows): tokens already granted in the window after `w`, taken ahead of it (a leased replica's
+ * first block of the next window, see takeAhead); absent when none.
+ */
 export type BucketState =
   /** fixed-window: window index and tokens granted in it */
-  | { w: number; c: number }
+  | { w: number; c: number; a?: number }
   /** sliding-window: window index, granted in it, granted in the window before */
-  | { w: number; c: number; p: number }
+  | { w: number; c: number; p: number; a?: number }
   /** token-bucket: tokens left at time t (ms) */
   | { k: number; t: number };
 
@@ -81,14 +85,26 @@ function currentWindow(perMs: number, now: number, stored: number | undefined): 
   return stored !== undefined && stored > w ? stored : w;
 }
 
-function takeFixed(p: LimitParams, s: { w: number; c: number } | undefined, n: number, now: number): Take {
+/** The window after the stored one starts from the tokens taken ahead for it. */
+function countIn(s: { w: number; c: number; a?: number } | undefined, w: number): number {
+  if (!s) return 0;
+  if (s.w === w) return s.c;
+  return s.w === w - 1 ? (s.a ?? 0) : 0;
+}
+
+/** Tokens taken ahead for the window after `w`, kept with a state of window w. */
+function aheadOf(s: { w: number; a?: number } | undefined, w: number): { a?: number } {
+  return s && s.w === w && s.a ? { a: s.a } : {};
+}
+
+function takeFixed(p: LimitParams, s: { w: number; c: number; a?: number } | undefined, n: number, now: number): Take {
   const w = currentWindow(p.perMs, now, s?.w);
-  const count = s && s.w === w ? s.c : 0;
+  const count = countIn(s, w);
   const available = Math.max(0, Math.floor(p.limit - count + EPSILON));
   const granted = Math.min(n, available);
   const resetMs = (w + 1) * p.perMs - now;
   return {
-    state: { w, c: count + granted },
+    state: { w, c: count + granted, ...aheadOf(s, w) },
     granted,
     remaining: available - granted,
     resetMs,
@@ -101,24 +117,21 @@ function takeFixed(p: LimitParams, s: { w: number; c: number } | undefined, n: n
  * much of it still overlaps the sliding interval, plus the current count. Exact when traffic in the
  * previous window was even; never more than the limit within any one fixed window.
  */
-function takeSliding(p: LimitParams, s: { w: number; c: number; p: number } | undefined, n: number, now: number): Take {
+function takeSliding(p: LimitParams, s: { w: number; c: number; p: number; a?: number } | undefined, n: number, now: number): Take {
   const w = currentWindow(p.perMs, now, s?.w);
-  let curr = 0;
-  let prev = 0;
-  if (s && s.w === w) {
-    curr = s.c;
-    prev = s.p;
-  } else if (s && s.w === w - 1) {
-    prev = s.c;
-  }
+  const curr = countIn(s, w);
+  const prev = s && s.w === w ? s.p : countIn(s, w - 1);
+  const ahead = s && s.w === w ? (s.a ?? 0) : 0;
   const elapsed = Math.max(0, (now - w * p.perMs) / p.perMs);
   const weightedPrev = prev * (1 - elapsed);
-  const available = Math.max(0, Math.floor(p.limit - weightedPrev - curr + EPSILON));
+  // Tokens taken ahead for the next window count there in full beside this window's whole count
+  // (its weight is 1 when the next window begins): this window keeps room for them.
+  const available = Math.max(0, Math.floor(Math.min(p.limit - weightedPrev - curr, p.limit - curr - ahead) + EPSILON));
   const granted = Math.min(n, available);
   const remaining = available - granted;
   const resetMs = (w + 1) * p.perMs - now;
   return {
-    state: { w, c: curr + granted, p: prev },
+    state: { w, c: curr + granted, p: prev, ...aheadOf(s, w) },
     granted,
     remaining,
     resetMs,
@@ -161,6 +174,30 @@ function takeBucket(p: LimitParams, s: { k: number; t: number } | undefined, n: 
   };
 }
 
+/**
+ * Windows: takes n tokens of the window after now's ahead of time. They are counted in that window
+ * (the state keeps them in `a` until it begins) and leave this window's count and budget alone,
+ * except that a sliding window keeps room for them (see takeSliding). `remaining` is the next
+ * window's budget left.
+ */
+export function takeAhead(params: LimitParams, state: BucketState | undefined, n: number, now: number): Take {
+  if (params.algorithm === 'token-bucket') throw new Error('takeAhead: a token bucket has no next window');
+  const current = take(params, state, 0, now).state as { w: number; c: number; p?: number; a?: number };
+  const ahead = current.a ?? 0;
+  // When the next window begins, a sliding window weighs this one's count in full.
+  const used = ahead + (params.algorithm === 'sliding-window' ? current.c : 0);
+  const available = Math.max(0, Math.floor(params.limit - used + EPSILON));
+  const granted = Math.min(n, available);
+  const resetMs = (current.w + 2) * params.perMs - now;
+  return {
+    state: { ...current, ...(ahead + granted > 0 ? { a: ahead + granted } : {}) } as BucketState,
+    granted,
+    remaining: available - granted,
+    resetMs,
+    retryAfterMs: available - granted > 0 ? 0 : resetMs,
+  };
+}
+
 // Fractions from time arithmetic (0.1 + 0.2) must not cost a token.
 const EPSILON = 1e-9;
 
@@ -170,9 +207,12 @@ export function giveBack(params: LimitParams, state: BucketState, n: number, now
     const capacity = params.burst ?? params.limit;
     return { k: Math.min(capacity, state.k + n), t: state.t };
   }
-  // A token taken in a window that has since ended is gone with it.
-  if (state.w !== windowIndex(params.perMs, now)) return state;
-  return { ...state, c: Math.max(0, state.c - n) };
+  // A token taken in a window that has since ended is gone with it. One of the window after the
+  // stored one was taken ahead (nothing has been taken in its window since).
+  const w = windowIndex(params.perMs, now);
+  if (state.w === w) return { ...state, c: Math.max(0, state.c - n) };
+  if (state.w === w - 1 && state.a) return { ...state, a: Math.max(0, state.a - n) };
+  return state;
 }
 
 /**

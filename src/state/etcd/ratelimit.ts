@@ -15,17 +15,18 @@
 //         limit that traffic can reach (or a budget near its end) takes a block only when requests
 //         need it, so that no more tokens than before are left stranded in pools. Under the same
 //         condition the first block of the next window is taken ahead, in the window's last
-//         LOOKAHEAD_MS, and counted in etcd in that next window: the requests that open a window
-//         find their tokens already pooled instead of all waiting on one etcd round trip. (Until
-//         the window ends, other replicas' takes count in the next window too, which is never more
-//         than the limit allows.)
+//         LOOKAHEAD_MS: the key's state counts it apart (`a`, see algorithms.takeAhead) until that
+//         window begins, so that the current window's count and budget stay as they were, and the
+//         requests that open the next window find their tokens pooled instead of all waiting on
+//         one etcd round trip. (A replica of a version before `a` that writes the key in the same
+//         window drops it: during such an upgrade a window may admit up to one such block more.)
 //
 // A bucket whose last known shared state has no token left is denied without asking etcd (the
 // state can only have been consumed further since, until time refills it). Keys are bound to leases
 // a little longer than the state matters, so idle buckets disappear from etcd by themselves.
 import { createHash } from 'node:crypto';
 import type { Etcd3 } from 'etcd3';
-import { charge, giveBack, peek, take, windowIndex, type BucketState, type LimitParams, type Take } from '../../middlebox/ratelimit/algorithms';
+import { charge, giveBack, peek, take, takeAhead, windowIndex, type BucketState, type LimitParams, type Take } from '../../middlebox/ratelimit/algorithms';
 import type { Logger } from '../../observability/logger';
 import type { CompiledRateLimit } from '../../policy/types';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
@@ -378,20 +379,27 @@ export class EtcdRateLimitStore implements RateLimitPort {
   }
 
   /**
-   * Takes the first block of the next window, counted in etcd in that window, and holds it until
-   * the window begins. Requests that run out of the current pool meanwhile wait for this take, then
-   * take their own block (which etcd, already in the next window, counts there).
+   * Takes the first block of the next window ahead of it (counted apart in etcd until it begins)
+   * and holds it until then. Requests that run out of the current pool meanwhile wait for this
+   * take, then take their own block of the current window.
    */
   private async lookahead(b: Bucket, now: number): Promise<void> {
     b.busy = true;
     const start = (windowIndex(b.params.perMs, now) + 1) * b.params.perMs;
     try {
-      const t = await this.takeShared(b, this.blockSize(b, 1, now, start), start);
-      const epoch = (t.state as { w: number }).w;
+      const t = await this.takeShared(b, this.blockSize(b, 1, now, start), now, takeAhead);
+      // The window the tokens are for: the one after the state's (later than planned only if
+      // another replica's clock had already moved the key on).
+      const epoch = (t.state as { w: number }).w + 1;
+      if (t.granted === 0) return;
       if (this.leaving) void this.giveBackLater(b, epoch * b.params.perMs, t.granted);
-      else if (epoch > b.poolEpoch && t.granted > 0) {
+      else if (epoch > b.poolEpoch) {
         b.ahead = epoch === b.aheadEpoch ? b.ahead + t.granted : t.granted;
         b.aheadEpoch = epoch;
+      } else if (epoch === b.poolEpoch) {
+        // The window began while the take was on its way: the block is its pool now.
+        b.pool += t.granted;
+        b.pooled += t.granted;
       }
     } catch (e) {
       this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'leased look-ahead block take failed');
@@ -476,10 +484,10 @@ export class EtcdRateLimitStore implements RateLimitPort {
     return Math.max(needed, Math.min(wanted, fairShare));
   }
 
-  /** One CAS loop: take n tokens from the shared bucket (or fewer, or none). */
-  private async takeShared(b: Bucket, n: number, now: number): Promise<Take> {
+  /** One CAS loop: take n tokens from the shared bucket (or fewer, or none); `how`: take, or takeAhead. */
+  private async takeShared(b: Bucket, n: number, now: number, how: typeof take = take): Promise<Take> {
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const t = take(b.params, b.state, n, now);
+      const t = how(b.params, b.state, n, now);
       if (t.granted === 0) {
         if (b.mod !== '0' || b.state !== undefined) {
           this.stats.cachedDenials += 1;
