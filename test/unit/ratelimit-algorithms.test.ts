@@ -306,6 +306,15 @@ describe('ratelimit algorithms', () => {
       assert.equal(peek(S, t.state, 3000).remaining, 6, 'two windows on, the 4 are the previous window');
     });
 
+    it('sliding: where the block ahead holds the last room, retry-after points into the next window', () => {
+      const P60: LimitParams = { algorithm: 'sliding-window', limit: 10, perMs: 60_000 };
+      const state: BucketState = { w: 0, c: 3, p: 4, a: 7 };
+      const t = take(P60, state, 1, 57_600);
+      assert.equal(t.granted, 0, 'min(10 - 4*0.04 - 3, 10 - 3 - 7) = 0');
+      assert.ok(Math.abs(t.retryAfterMs - 22_400) <= 1, `a third into the next window, where 10 - 3*(2/3) - 7 = 1 (${t.retryAfterMs} ms)`);
+      assertRetryPoints(P60, state, 57_600, t.retryAfterMs, 'block ahead');
+    });
+
     it('a token bucket has no next window', () => {
       assert.throws(() => takeAhead({ algorithm: 'token-bucket', limit: 10, perMs: 1000 }, undefined, 1, 0), /no next window/);
     });

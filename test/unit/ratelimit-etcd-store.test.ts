@@ -317,6 +317,38 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal(store.heldTokens(t0 + 960), 0);
   });
 
+  it('a look-ahead that finds the key already in the next window (lost compare-and-swap) takes in it', async () => {
+    const { etcd, store, rule, t0, w0, state } = await warmedUp(1_000_000_000);
+    etcd.held = [];
+    store.consume({ rule, key: 'k', now: t0 + 950 });
+    for (let i = 0; i < 20 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    // Meanwhile another replica, its clock past the boundary, writes the next window.
+    etcd.value = JSON.stringify({ w: w0 + 1, c: 5 });
+    etcd.revision += 1;
+    etcd.mod = etcd.revision;
+    await etcd.release(); // the look-ahead's compare-and-swap loses
+    await etcd.release(); // its retry
+    const taken = state().c - 5;
+    assert.deepEqual(state(), { w: w0 + 1, c: 5 + taken }, 'counted in the next window, not ahead of the one after');
+    assert.ok(taken > 0);
+    const next = store.consume({ rule, key: 'k', now: t0 + 1000 });
+    assert.ok(!(next instanceof Promise) && next.allowed, 'the next window opens on that block');
+    assert.equal(store.heldTokens(t0 + 1000), taken - 1);
+    etcd.openAll();
+  });
+
+  it('leave() gives the block taken ahead back even when the next window begins while it gives the pool back', async () => {
+    const { store, rule, t0, w0, state } = await warmedUp(1_000_000_000);
+    store.consume({ rule, key: 'k', now: t0 + 950 });
+    for (let i = 0; i < 20 && state().a === undefined; i++) await new Promise((r) => setImmediate(r));
+    const held = store.heldTokens(t0 + 960);
+    let calls = 0;
+    const clock = () => (calls++ === 0 ? t0 + 960 : t0 + 1000);
+    assert.equal(await store.leave(clock), held, 'the pool and the block ahead both go back');
+    assert.deepEqual(state(), { w: w0, c: 22, a: 0 });
+    assert.equal(store.heldTokens(t0 + 1000), 0);
+  });
+
   it('after a look-ahead, a burst at the end of the window still gets no more than its limit', async () => {
     const { store, rule, t0, w0, state } = await warmedUp(500);
     assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 950 }) instanceof Promise));

@@ -135,7 +135,7 @@ function takeSliding(p: LimitParams, s: { w: number; c: number; p: number; a?: n
     granted,
     remaining,
     resetMs,
-    retryAfterMs: remaining > 0 ? 0 : slidingRetryAfter(p, prev, curr + granted, now, w),
+    retryAfterMs: remaining > 0 ? 0 : Math.max(slidingRetryAfter(p, prev, curr + granted, now, w), aheadRetryAfter(p, curr + granted, ahead, now, w)),
   };
 }
 
@@ -152,6 +152,18 @@ function slidingRetryAfter(p: LimitParams, prev: number, curr: number, now: numb
   }
   const next = curr <= p.limit - 1 ? 0 : 1 - (p.limit - 1) / curr;
   return Math.max(1, Math.ceil((w + 1 + Math.min(next, 1)) * p.perMs - now));
+}
+
+/**
+ * Where tokens taken ahead for the next window hold this one's last room (its count and them may
+ * not pass the limit together), no token comes in this window: the first is in the next, once
+ * this window's count has decayed there, at fraction x with limit − curr·(1 − x) − ahead ≥ 1.
+ * 0 where they do not bind.
+ */
+function aheadRetryAfter(p: LimitParams, curr: number, ahead: number, now: number, w: number): number {
+  if (ahead <= 0 || p.limit - curr - ahead >= 1 - EPSILON) return 0;
+  const x = curr > 0 ? 1 - (p.limit - ahead - 1) / curr : 0;
+  return Math.max(1, Math.ceil((w + 1 + Math.min(Math.max(x, 0), 1)) * p.perMs - now));
 }
 
 function takeBucket(p: LimitParams, s: { k: number; t: number } | undefined, n: number, now: number): Take {

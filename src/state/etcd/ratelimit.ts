@@ -150,19 +150,19 @@ export class EtcdRateLimitStore implements RateLimitPort {
       // that is still serving back into an epoch it has left.
       const now = clock();
       this.rollPool(b, now);
-      const n = Math.floor(b.pool);
-      if (n < 1) continue;
-      b.pool -= n;
-      b.pooled -= n;
-      if (await this.giveBackShared(b, now, n)) returned += n;
-    }
-    for (const b of [...this.buckets.values()]) {
-      if (b.rule.consistency !== 'leased') continue;
-      const n = Math.floor(b.ahead);
-      if (n < 1 || b.aheadEpoch <= this.epochAt(b, clock())) continue;
+      // A block taken ahead leaves with the rest, as of the window it was counted for (set aside
+      // first, so that a window beginning meanwhile does not make it a pool nobody gives back).
+      const ahead = Math.floor(b.ahead);
+      const aheadAt = b.aheadEpoch * b.params.perMs;
       b.ahead = 0;
-      // Given back as of the window the tokens were counted in.
-      if (await this.giveBackShared(b, b.aheadEpoch * b.params.perMs, n)) returned += n;
+      b.aheadEpoch = -1;
+      const n = Math.floor(b.pool);
+      if (n >= 1) {
+        b.pool -= n;
+        b.pooled -= n;
+        if (await this.giveBackShared(b, now, n)) returned += n;
+      }
+      if (ahead >= 1 && (await this.giveBackShared(b, aheadAt, ahead))) returned += ahead;
     }
     return returned;
   }
@@ -385,12 +385,18 @@ export class EtcdRateLimitStore implements RateLimitPort {
    */
   private async lookahead(b: Bucket, now: number): Promise<void> {
     b.busy = true;
-    const start = (windowIndex(b.params.perMs, now) + 1) * b.params.perMs;
+    const target = windowIndex(b.params.perMs, now) + 1;
+    const start = target * b.params.perMs;
+    // Ahead of the target window while the key is still before it; in it, once another replica
+    // has moved the key on (its clock passed the boundary first, or a retry after a lost
+    // compare-and-swap finds it there), as an ordinary take at the window's start.
+    const how: typeof take = (params, state, n) =>
+      state && 'w' in state && state.w >= target ? take(params, state, n, start) : takeAhead(params, state, n, now);
     try {
-      const t = await this.takeShared(b, this.blockSize(b, 1, now, start), now, takeAhead);
-      // The window the tokens are for: the one after the state's (later than planned only if
-      // another replica's clock had already moved the key on).
-      const epoch = (t.state as { w: number }).w + 1;
+      const t = await this.takeShared(b, this.blockSize(b, 1, now, start), now, how);
+      const w = (t.state as { w: number }).w;
+      // The window the tokens are counted in.
+      const epoch = w >= target ? w : w + 1;
       if (t.granted === 0) return;
       if (this.leaving) void this.giveBackLater(b, epoch * b.params.perMs, t.granted);
       else if (epoch > b.poolEpoch) {
@@ -490,7 +496,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       const t = how(b.params, b.state, n, now);
       if (t.granted === 0) {
         if (b.mod !== '0' || b.state !== undefined) {
-          this.stats.cachedDenials += 1;
+          if (how === take) this.stats.cachedDenials += 1;
           return t;
         }
       }
