@@ -722,7 +722,9 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     log(`  saturation, ${sat.connections} connections: ${sat.rps} req/s, p50 ${ms(sat.p50Ms)} / p99 ${ms(sat.p99Ms)} ms (${statusText(sat.statuses)})`);
 
     if (target.envoy) {
-      const stats = await target.envoy.stats('ext_authz|ext_proc|rbac|local_rate_limit');
+      // The filters' counters, and how Envoy saw the replicas: failed health checks and connections
+      // (a replica taken out of rotation fails every call closed meanwhile).
+      const stats = await target.envoy.stats('ext_authz|ext_proc|rbac|local_rate_limit|middlebox.*(health_check\\.failure|upstream_cx_connect_fail|membership_change)');
       result.envoyStats = Object.fromEntries([...stats].filter(([, v]) => v !== 0).sort(([a], [b]) => a.localeCompare(b)));
     }
   } catch (e) {
@@ -810,7 +812,7 @@ function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undef
   const limited = [r.warmup?.statuses, ...r.fixed.map((f) => f.statuses), r.saturation?.statuses].reduce((n, st) => n + (st?.['429'] ?? 0), 0);
   if (limited > 0) obs.push(`${limited} request(s) answered 429 although the load stays far below the limit (${p.rateLimit}/s)`);
   for (const [name, v] of Object.entries(r.envoyStats)) {
-    if (/\.(error|streams_failed|failure_mode_allowed|message_timeouts|rate_limited)$/.test(name) && v > 0) obs.push(`Envoy ${name} = ${v}`);
+    if (/\.(error|streams_failed|failure_mode_allowed|message_timeouts|rate_limited|health_check\.failure|upstream_cx_connect_fail)$/.test(name) && v > 0) obs.push(`Envoy ${name} = ${v}`);
   }
   for (const [msg, n] of Object.entries(r.replicaWarnings)) obs.push(`replica logged "${msg}" ×${n}`);
   const sats = (r.rounds ?? []).map((x) => x.saturationRps).filter((x): x is number => x !== null);
