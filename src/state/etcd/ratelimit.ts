@@ -19,7 +19,8 @@
 //         window begins, so that the current window's count and budget stay as they were, and the
 //         requests that open the next window find their tokens pooled instead of all waiting on
 //         one etcd round trip. (A replica of a version before `a` that writes the key in the same
-//         window drops it: during such an upgrade a window may admit up to one such block more.)
+//         window drops it: during such an upgrade a window may admit the blocks taken ahead for it
+//         more, at most half the limit.)
 //
 // A bucket whose last known shared state has no token left is denied without asking etcd (the
 // state can only have been consumed further since, until time refills it). Keys are bound to leases
