@@ -1,4 +1,4 @@
-// `middlebox bench <experiment> [--quick]`: runs one of the compiled benchmarks (dist/bench/*.js) as a
+// `middlebox bench <experiment> [--quick] [--only IDS]`: runs one of the compiled benchmarks (dist/bench/*.js) as a
 // child process with this terminal, and exits with its code.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -6,16 +6,16 @@ import os from 'node:os';
 import path from 'node:path';
 
 /** Experiment name → script under dist/bench, and what it measures. */
-export const BENCH_EXPERIMENTS: ReadonlyArray<{ name: string; script: string; summary: string; quick: boolean }> = [
+export const BENCH_EXPERIMENTS: ReadonlyArray<{ name: string; script: string; summary: string; quick: boolean; only?: boolean }> = [
   { name: 'ratelimit', script: 'ratelimit-accuracy', summary: 'rate-limit accuracy and etcd writes per consistency mode, vs Envoy local_ratelimit', quick: true },
   { name: 'nat', script: 'nat-cost', summary: 'NAT path cost: ext_proc NAT throughput beside Envoy routing directly', quick: true },
   { name: 'faults', script: 'fault-timeline', summary: 'etcd frozen and resumed under load: admitted rate, p99 and breakers over time', quick: true },
-  { name: 'latency', script: 'latency', summary: 'latency at fixed rates and saturation throughput per configuration (needs h2load)', quick: true },
+  { name: 'latency', script: 'latency', summary: 'latency at fixed rates and saturation throughput per configuration (needs h2load)', quick: true, only: true },
   { name: 'scaling', script: 'scaling', summary: 'replicas added, stopped and killed and etcd frozen under load, over time', quick: true },
   { name: 'report', script: 'report', summary: 'regenerate bench/REPORT.md from bench/results/*.json', quick: false },
 ];
 
-export const BENCH_USAGE = `Usage: middlebox bench <experiment> [--quick]
+export const BENCH_USAGE = `Usage: middlebox bench <experiment> [--quick] [--only ID,...]
 
 Runs a benchmark on this machine (real etcd, Envoy and replicas on loopback) and writes its results
 under bench/results/; every experiment ends by regenerating bench/REPORT.md.
@@ -25,6 +25,8 @@ ${BENCH_EXPERIMENTS.map((e) => `  ${e.name.padEnd(10)} ${e.summary}`).join('\n')
 
 Flags:
   --quick      a short run that checks the bench (results *.quick.*, not for the report)
+  --only IDS   latency: these configurations only (comma-separated ids), in this order, after the
+               baseline (results latency.only.*, not for the report); an unknown id lists the ids
   -h, --help   show this help
 
 Needs a build of the repository (make build) and, except for report, etcd and Envoy (make deps).
@@ -40,8 +42,24 @@ export async function benchMain(argv: string[]): Promise<number> {
     process.stdout.write(BENCH_USAGE);
     return 0;
   }
-  const positionals = argv.filter((a) => !a.startsWith('-'));
-  const flags = argv.filter((a) => a.startsWith('-'));
+  // --only takes a value: kept apart from the positionals (as "--only X" or "--only=X").
+  const rest: string[] = [];
+  const only: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--only') {
+      const value = argv[i + 1];
+      if (value === undefined || value.startsWith('-')) {
+        process.stderr.write(`middlebox bench: --only needs configuration ids (comma-separated)\n\n${BENCH_USAGE}`);
+        return 2;
+      }
+      only.push('--only', value);
+      i++;
+    } else if (a.startsWith('--only=')) only.push('--only', a.slice('--only='.length));
+    else rest.push(a);
+  }
+  const positionals = rest.filter((a) => !a.startsWith('-'));
+  const flags = rest.filter((a) => a.startsWith('-'));
   if (positionals.length === 0) {
     process.stderr.write(`middlebox bench: which experiment?\n\n${BENCH_USAGE}`);
     return 2;
@@ -52,7 +70,7 @@ export async function benchMain(argv: string[]): Promise<number> {
     process.stderr.write(`middlebox bench: unknown experiment ${JSON.stringify(name)} (one of: ${BENCH_EXPERIMENTS.map((e) => e.name).join(', ')})\n`);
     return 2;
   }
-  const badFlag = flags.find((f) => f !== '--quick' || !experiment.quick);
+  const badFlag = only.length > 0 && !experiment.only ? '--only' : flags.find((f) => f !== '--quick' || !experiment.quick);
   if (extra.length > 0 || badFlag !== undefined) {
     const what = extra.length > 0 ? `unexpected argument ${JSON.stringify(extra[0])}` : `${experiment.name} does not take ${badFlag}`;
     process.stderr.write(`middlebox bench: ${what}\n\n${BENCH_USAGE}`);
@@ -68,7 +86,7 @@ export async function benchMain(argv: string[]): Promise<number> {
     process.stderr.write(`middlebox bench: ${script} is missing: run make build\n`);
     return 1;
   }
-  return runChild(script, flags);
+  return runChild(script, [...flags, ...only]);
 }
 
 /** Runs the script with this terminal; Ctrl-C and SIGTERM reach it, and its exit code is ours. */

@@ -45,12 +45,20 @@ describe('middlebox bench', function () {
   });
 
   it('refuses a missing experiment and unknown flags with exit 2, without a stack trace', async () => {
-    for (const args of [['bench'], ['bench', 'scaling', '--fast'], ['bench', 'report', '--quick'], ['bench', 'nat', 'extra']]) {
+    for (const args of [['bench'], ['bench', 'scaling', '--fast'], ['bench', 'report', '--quick'], ['bench', 'nat', 'extra'], ['bench', 'nat', '--only', 'envoy'], ['bench', 'latency', '--only']]) {
       const r = await middlebox(args);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /^middlebox bench: /, args.join(' '));
       assert.doesNotMatch(r.stderr, NO_STACK);
     }
+  });
+
+  it('latency --only passes the ids on: an unknown one is refused with the list of ids, exit 2', async () => {
+    const r = await middlebox(['bench', 'latency', '--only', 'middlebox-leased-authz-http-tcp,warp-speed']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^--only: unknown configuration warp-speed; one of:\n/);
+    assert.match(r.stderr, /^ {2}middlebox-leased-authz-http-unix$/m);
+    assert.doesNotMatch(r.stderr, NO_STACK);
   });
 
   it('report: writes REPORT.md from a copy of the results, one section per results file', async () => {
