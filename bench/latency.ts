@@ -61,15 +61,26 @@ interface Params {
   hardLimitMs: number;
 }
 
-const USAGE = 'usage: node dist/bench/latency.js [--quick] [--only ID[,ID...]]';
+const USAGE = 'usage: node dist/bench/latency.js [--quick] [--rounds N] [--only ID[,ID...]]';
 
 function params(argv: string[]): Params {
   const rest = [...argv];
+  const quick = rest.includes('--quick');
+  let rounds = quick ? 1 : 2;
+  const r = rest.indexOf('--rounds');
+  if (r >= 0) {
+    rounds = Number(rest[r + 1]);
+    if (!Number.isInteger(rounds) || rounds < 1 || rounds > 4) {
+      process.stderr.write(`--rounds: a whole number from 1 to 4, not ${JSON.stringify(rest[r + 1] ?? '')}\n${USAGE}\n`);
+      process.exit(2);
+    }
+    rest.splice(r, 2);
+  }
   let only: string[] | undefined;
   const at = rest.indexOf('--only');
   if (at >= 0) {
     only = (rest[at + 1] ?? '').split(',').filter(Boolean);
-    const known = new Set(setups().map((s) => s.id));
+    const known = new Set(setups(rounds).map((s) => s.id));
     const unknown = only.filter((id) => !known.has(id));
     if (only.length === 0 || unknown.length > 0) {
       process.stderr.write(`--only: ${only.length === 0 ? 'no configuration named' : `unknown configuration ${unknown.join(', ')}`}; one of:\n  ${[...known].join('\n  ')}\n${USAGE}\n`);
@@ -78,13 +89,17 @@ function params(argv: string[]): Params {
     rest.splice(at, 2);
   }
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(`${USAGE}\n  --quick    a few seconds per point: checks the bench, not a result\n  --only     measure these configurations only, in this order, after the baseline (Envoy, no filter); results go to latency.only.*\n`);
+    process.stdout.write(
+      `${USAGE}\n  --quick    a few seconds per point, one round: checks the bench, not a result\n` +
+        `  --rounds   rounds over the configurations, every other one in reverse order (default 2; 1 with --quick)\n` +
+        `  --only     measure these configurations only, after the baseline (Envoy, no filter), in this order in the first round; results go to latency.only.*\n`,
+    );
     process.exit(0);
   }
-  const quick = quickFlag(rest, 'latency');
+  quickFlag(rest, 'latency');
   return {
     quick,
-    rounds: quick ? 1 : 2,
+    rounds,
     only,
     rates: [500, 1000],
     targetRate: 1000,
@@ -597,14 +612,19 @@ function sumStatuses(list: Array<Record<string, number>>): Record<string, number
 
 /**
  * One configuration's rounds as one result: percentiles over every response of every round,
- * saturation as all 200s over all measured seconds, CPU over both, counts summed. A round that
- * failed adds its error and nothing else.
+ * saturation as all 200s over all measured seconds, CPU over them, counts summed. A round that
+ * failed is left out (pooling half of it would bring back the bias the rounds cancel) and named in
+ * the findings; only if every round failed is the result a failure, pooled from what they got.
  */
-function poolRounds(runs: ConfigResult[]): ConfigResult {
-  if (runs.length === 1) return runs[0]!;
+function poolRounds(all: ConfigResult[]): ConfigResult {
+  if (all.length === 1) return all[0]!;
+  const good = all.filter((r) => !r.error);
+  const runs = good.length > 0 ? good : all;
   const first = runs[0]!;
-  const fixed = (first.fixed.length ? first.fixed : runs.find((r) => r.fixed.length)?.fixed ?? []).map((f): FixedRateRun => {
-    const same = runs.map((r) => fixedAt(r, f.rate)).filter((x): x is FixedRateRun => x !== undefined);
+  const rates = [...new Set(runs.flatMap((r) => r.fixed.map((f) => f.rate)))];
+  const fixed = rates.map((rate): FixedRateRun => {
+    const same = runs.map((r) => fixedAt(r, rate)).filter((x): x is FixedRateRun => x !== undefined);
+    const f = same[0]!;
     const raws = same.map((x) => fixedRaw.get(x)!);
     const writes = raws.every((r) => r.etcdWrites !== null) ? raws.reduce((n, r) => n + r.etcdWrites!, 0) : null;
     const requests = raws.reduce((n, r) => n + r.requests, 0);
@@ -635,17 +655,23 @@ function poolRounds(runs: ConfigResult[]): ConfigResult {
     };
   }
   const warnings: Record<string, number> = {};
-  for (const r of runs) for (const [k, v] of Object.entries(r.replicaWarnings)) warnings[k] = (warnings[k] ?? 0) + v;
-  const errors = runs.map((r, i) => (r.error ? `round ${i + 1}: ${r.error}` : undefined)).filter((e): e is string => e !== undefined);
+  for (const r of all) for (const [k, v] of Object.entries(r.replicaWarnings)) warnings[k] = (warnings[k] ?? 0) + v;
+  const errors = all.map((r, i) => (r.error ? `round ${i + 1}: ${r.error}` : undefined)).filter((e): e is string => e !== undefined);
+  const warmups = all.map((r) => r.warmup).filter((w): w is NonNullable<ConfigResult['warmup']> => w !== null);
+  const warmRps = warmups.map((w) => w.rps).filter((x): x is number => x !== null);
+  const { error: _firstError, ...base } = first;
   return {
-    ...first,
+    ...base,
+    // The busiest machine any round started on, and every round's warm-up answers.
+    loadAverageBefore: first.loadAverageBefore.map((_, i) => Math.max(...all.map((r) => r.loadAverageBefore[i] ?? 0))),
+    warmup: warmups.length ? { rps: warmRps.length ? round(warmRps.reduce((a, b) => a + b, 0) / warmRps.length, 1) : null, statuses: sumStatuses(warmups.map((w) => w.statuses)) } : null,
     fixed,
     saturation,
-    envoyStats: sumStatuses(runs.map((r) => r.envoyStats)),
-    checkFindings: [...new Set(runs.flatMap((r) => r.checkFindings))],
+    envoyStats: sumStatuses(all.map((r) => r.envoyStats)),
+    checkFindings: [...new Set([...all.flatMap((r) => r.checkFindings), ...(good.length > 0 ? errors.map((e) => `${e.split('\n')[0]} (left out)`) : [])])],
     replicaWarnings: warnings,
-    durationMs: runs.reduce((n, r) => n + r.durationMs, 0),
-    ...(errors.length ? { error: errors.join('\n') } : {}),
+    durationMs: all.reduce((n, r) => n + r.durationMs, 0),
+    ...(good.length === 0 ? { error: errors.join('\n') } : {}),
   };
 }
 
@@ -817,7 +843,7 @@ function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undef
   for (const [msg, n] of Object.entries(r.replicaWarnings)) obs.push(`replica logged "${msg}" ×${n}`);
   const sats = (r.rounds ?? []).map((x) => x.saturationRps).filter((x): x is number => x !== null);
   if (r.id === BASELINE_ID && sats.length > 1 && Math.max(...sats) / Math.min(...sats) > 1.1) {
-    obs.push(`saturation ${sats.join(' and ')} req/s in its rounds (first and last of the run): the machine's load changed during the run`);
+    obs.push(`saturation ${sats.join(' and ')} req/s in its rounds (near the start and the end of the run): the machine's load changed during the run`);
   }
   if (r.id === 'envoy-again' && baseline?.saturation && r.saturation) {
     const drift = r.saturation.rps / baseline.saturation.rps - 1;
@@ -1105,7 +1131,10 @@ async function main(): Promise<number> {
   const baseline = results.find((r) => r.id === BASELINE_ID && !r.error);
   const comparisons = new Map(results.map((r) => [r.id, compare(p, r, baseline)]));
   const checks = targets(p, results, comparisons);
-  const meta = await runMetadata(`node dist/bench/latency.js${p.quick ? ' --quick' : ''}${p.only ? ` --only ${p.only.join(',')}` : ''}`);
+  const defaultRounds = p.quick ? 1 : 2;
+  const meta = await runMetadata(
+    `node dist/bench/latency.js${p.quick ? ' --quick' : ''}${p.rounds !== defaultRounds ? ` --rounds ${p.rounds}` : ''}${p.only ? ` --only ${p.only.join(',')}` : ''}`,
+  );
   meta.versions = `${meta.versions}, h2load ${h2loadVersion}`;
   // A partial run never replaces the full results that the report and the README quote.
   const name = `latency${p.only ? '.only' : ''}${p.quick ? '.quick' : ''}`;

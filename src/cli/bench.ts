@@ -25,8 +25,9 @@ ${BENCH_EXPERIMENTS.map((e) => `  ${e.name.padEnd(10)} ${e.summary}`).join('\n')
 
 Flags:
   --quick      a short run that checks the bench (results *.quick.*, not for the report)
-  --only IDS   latency: these configurations only (comma-separated ids), in this order, after the
-               baseline (results latency.only.*, not for the report); an unknown id lists the ids
+  --only IDS   latency: these configurations only (comma-separated ids), after the baseline, in
+               this order in the first round (results latency.only.*, not for the report); an
+               unknown id lists the ids
   -h, --help   show this help
 
 Needs a build of the repository (make build) and, except for report, etcd and Envoy (make deps).
