@@ -359,19 +359,29 @@ export class EtcdRateLimitStore implements RateLimitPort {
   }
 
   /** Takes the next block while the pool still serves; requests that run out meanwhile wait for it. */
-  private async prefetch(b: Bucket, now: number): Promise<void> {
-    b.busy = true;
-    try {
+  private prefetch(b: Bucket, now: number): Promise<void> {
+    return this.inBackground(b, 'background leased block take failed', async () => {
       const t = await this.takeShared(b, this.blockSize(b, 1, now), now);
       // leave() began while the block was being taken: what the requests waiting now need is kept,
       // the rest goes back to etcd, as leave() gave the pool back.
       const keep = this.leaving ? Math.min(t.granted, b.waiting.length) : t.granted;
       this.addToPool(b, t, keep, now);
       if (keep < t.granted) void this.giveBackLater(b, now, t.granted - keep);
+    });
+  }
+
+  /**
+   * A take no request waits on yet (prefetch, look-ahead), holding the bucket busy: requests that
+   * run out of tokens meanwhile wait for it, and are served by drain() when it is done. If it
+   * fails, they are refused with it, as drain() does, so that their fallback answers now instead
+   * of after a second etcd timeout.
+   */
+  private async inBackground(b: Bucket, failure: string, work: () => Promise<void>): Promise<void> {
+    b.busy = true;
+    try {
+      await work();
     } catch (e) {
-      this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'background leased block take failed');
-      // Requests that ran out of tokens meanwhile are refused with it, as drain() does, so that
-      // their fallback answers now instead of after a second etcd timeout.
+      this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, failure);
       for (const w of b.waiting.splice(0)) w.reject(e);
     } finally {
       b.busy = false;
@@ -384,8 +394,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
    * and holds it until then. Requests that run out of the current pool meanwhile wait for this
    * take, then take their own block of the current window.
    */
-  private async lookahead(b: Bucket, now: number): Promise<void> {
-    b.busy = true;
+  private lookahead(b: Bucket, now: number): Promise<void> {
     const target = windowIndex(b.params.perMs, now) + 1;
     const start = target * b.params.perMs;
     // Ahead of the target window while the key is still before it; in it, once another replica
@@ -393,7 +402,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
     // compare-and-swap finds it there), as an ordinary take at the window's start.
     const how: typeof take = (params, state, n) =>
       state && 'w' in state && state.w >= target ? take(params, state, n, start) : takeAhead(params, state, n, now);
-    try {
+    return this.inBackground(b, 'leased look-ahead block take failed', async () => {
       const t = await this.takeShared(b, this.blockSize(b, 1, now, start), now, how);
       const w = (t.state as { w: number }).w;
       // The window the tokens are counted in.
@@ -408,13 +417,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
         b.pool += t.granted;
         b.pooled += t.granted;
       }
-    } catch (e) {
-      this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, 'leased look-ahead block take failed');
-      for (const w of b.waiting.splice(0)) w.reject(e);
-    } finally {
-      b.busy = false;
-      if (b.waiting.length > 0) void this.drain(b);
-    }
+    });
   }
 
   private pooledGrant(b: Bucket, now: number): RateLimitGrant {
