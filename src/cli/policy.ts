@@ -1,8 +1,9 @@
-// `middlebox policy validate|apply|get|delete`.
+// `middlebox policy validate|apply|get|delete|headers`.
 import { readFileSync } from 'node:fs';
 import YAML from 'yaml';
 import { MiddleboxError } from '../errors';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../policy/limits';
+import { headersReadBy } from '../policy/headers';
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
 import type { PolicyDocument } from '../policy/types';
 import { BOUNDS, boundFromEnv, type BoundSetting } from '../settings';
@@ -193,7 +194,49 @@ const del: Command = {
   },
 };
 
-export const policySubcommands = [validate, apply, get, del];
+const headers: Command = {
+  name: 'policy headers',
+  summary: 'List the request headers the policies\' ext_authz rules read: what `envoy bootstrap --authz-headers` must send.',
+  usage: 'middlebox policy headers [-f FILE ...] [-o list|table] [--etcd URLS] [--prefix PREFIX]',
+  help: [
+    '  -f, --filename FILE      policy file (YAML or JSON; - for stdin); without -f, the policies in etcd',
+    '  -o, --output FORMAT      list (default): the names, comma-separated, for --authz-headers;',
+    '                           table: each name with the first rule (policy/rule) that reads it',
+    ...etcdHelp,
+    ...policyLimitHelp(),
+  ],
+  options: { filename: { type: 'string', short: 'f', multiple: true }, output: { type: 'string', short: 'o' }, ...etcdOptions, ...policyLimitOptions },
+  async run({ values }) {
+    const format = stringOpt(values, 'output') ?? 'list';
+    if (format !== 'list' && format !== 'table') throw new UsageError(`-o must be list or table, got ${JSON.stringify(format)}`);
+    const print = (docs: PolicyDocument[]) => {
+      const read = headersReadBy(docs);
+      if (format === 'list') process.stdout.write(`${read.map((h) => h.name).join(',')}\n`);
+      else if (read.length === 0) process.stderr.write('No rule reads a request header.\n');
+      else {
+        const width = Math.max(6, ...read.map((h) => h.name.length));
+        process.stdout.write([`${'HEADER'.padEnd(width)}   READ-BY`, ...read.map((h) => `${h.name.padEnd(width)}   ${h.rule}`)].join('\n') + '\n');
+      }
+      return 0;
+    };
+    if (values.filename !== undefined) return print(loadFiles(filesFrom(values), '', policyLimitsFrom(values)));
+    return withEtcd(values, async (client, prefix) => {
+      const stored = await getPolicies(client, prefix);
+      const docs: PolicyDocument[] = [];
+      const problems: string[] = [];
+      for (const [name, text] of stored) {
+        const r = parsePolicies(text, `etcd policy ${name}`, policyLimitsFrom(values));
+        problems.push(...r.errors.map(formatPolicyError));
+        docs.push(...r.documents);
+      }
+      // A stored policy no replica can load enforces nothing; its headers would not help.
+      if (problems.length) process.stderr.write(`warning: ${problems.length} stored polic${problems.length > 1 ? 'ies are' : 'y is'} invalid and left out:\n  ${problems.join('\n  ')}\n`);
+      return print(docs);
+    });
+  },
+};
+
+export const policySubcommands = [validate, apply, get, del, headers];
 
 export function policyCommand(argv: string[]): Promise<number> {
   return runGroup('policy', policySubcommands, argv);

@@ -11,11 +11,12 @@ import {
   HTTP_AUTHZ_KEEP_ALIVE_MS,
   HTTP_AUTHZ_PATH_PREFIX,
   HTTP_AUTHZ_PEER_HEADER,
-  HTTP_AUTHZ_PEER_VALUE,
   HTTP_AUTHZ_UPSTREAM_HEADER_PREFIX,
+  httpAuthzPeerValue,
 } from '../grpc/authz/http';
 import { REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
 import { DESTINATION_HEADER } from '../middlebox/nat/engine';
+import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, isHeaderName, SENT_HEADERS_HEADER } from '../policy/headers';
 
 /** Where a listener accepts traffic and where it forwards what the middlebox allows. */
 export interface ListenerTarget {
@@ -45,6 +46,14 @@ export interface BootstrapOptions {
    * The network ext_authz filter and ext_proc still use `middlebox`. Default: gRPC only.
    */
   middleboxHttp?: string[];
+  /**
+   * Request headers the inbound HTTP ext_authz filter sends to the middlebox (lower-case names, as
+   * `middlebox policy headers` lists them), over gRPC or HTTP alike; the pseudo-headers, content-length,
+   * x-request-id and every x-middlebox-* header are always added. Envoy copies fewer headers per call
+   * and passes more requests; a replica refuses (503 headers_not_sent) while a rule reads a header
+   * left out. Default: every header.
+   */
+  authzHeaders?: string[];
   /** Deadline of one ext_authz call. */
   timeoutMs?: number;
   /** Let traffic through when the middlebox cannot be asked. */
@@ -184,6 +193,8 @@ interface ResolvedOptions {
   inboundTcp: ListenerTarget | undefined;
   middlebox: Endpoint[];
   middleboxHttp: Endpoint[] | undefined;
+  /** The whole list sent (ALWAYS_SENT included), sorted; undefined: every header. */
+  authzHeaders: string[] | undefined;
   timeoutMs: number;
   failureModeAllow: boolean;
   statusOnError: number;
@@ -246,6 +257,7 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
   }
   return {
     accessLog: opts.accessLog,
+    authzHeaders: opts.authzHeaders && resolveAuthzHeaders(opts.authzHeaders, extAuthz && opts.inboundHttp !== false && opts.inboundFilter !== 'ext_proc'),
     nodeId: opts.nodeId ?? d.nodeId,
     cluster: opts.cluster ?? d.cluster,
     adminAddress: opts.adminAddress ?? d.adminAddress,
@@ -267,6 +279,15 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
     outbound: opts.outbound,
     middleboxTls: opts.middleboxTls && resolveMiddleboxTls(opts.middleboxTls, [...middlebox, ...(middleboxHttp ?? [])]),
   };
+}
+
+function resolveAuthzHeaders(names: readonly string[], hasFilter: boolean): string[] {
+  if (!hasFilter) {
+    throw new Error('authzHeaders is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
+  }
+  const bad = names.filter((n) => !isHeaderName(n));
+  if (bad.length) throw new Error(`authzHeaders: not a lower-case header name: ${bad.map((n) => JSON.stringify(n)).join(', ')}`);
+  return [...new Set([...ALWAYS_SENT, ...names])].sort();
 }
 
 function resolveMiddleboxTls(t: MiddleboxTlsOptions, endpoints: Endpoint[]): ResolvedMiddleboxTls {
@@ -511,12 +532,15 @@ function httpExtAuthzFilter(o: ResolvedOptions): Config {
     name: 'envoy.filters.http.ext_authz',
     typed_config: {
       '@type': TYPES.httpExtAuthz,
-      grpc_service: middleboxGrpcService(o),
+      grpc_service: o.authzHeaders
+        ? { ...middleboxGrpcService(o), initial_metadata: [{ key: SENT_HEADERS_HEADER, value: o.authzHeaders.join(',') }] }
+        : middleboxGrpcService(o),
       transport_api_version: 'V3',
       failure_mode_allow: o.failureModeAllow,
       status_on_error: { code: o.statusOnError },
       // SPIFFE principals in firewall rules come from the peer certificate.
       include_peer_certificate: true,
+      ...(o.authzHeaders ? { allowed_headers: sentHeaderMatchers(o.authzHeaders) } : {}),
       // No with_request_body: decisions use headers only, so requests stream without buffering.
     },
   };
@@ -541,7 +565,9 @@ function httpServiceExtAuthzFilter(o: ResolvedOptions): Config {
         // As over gRPC: a call that never reached a replica goes to another. Not on 5xx, which
         // are the middlebox's own answers (503 state_unavailable).
         retry_policy: middleboxRetryPolicy('connect-failure,refused-stream,reset'),
-        authorization_request: { headers_to_add: [{ key: HTTP_AUTHZ_PEER_HEADER, value: HTTP_AUTHZ_PEER_VALUE }] },
+        // The list of headers sent rides in the peer header, which Envoy always sets: a client
+        // cannot forge it (and with it a 503 that --failure-mode-allow would let through).
+        authorization_request: { headers_to_add: [{ key: HTTP_AUTHZ_PEER_HEADER, value: httpAuthzPeerValue(o.authzHeaders?.join(',')) }] },
         authorization_response: {
           allowed_upstream_headers: { patterns: prefixes([HTTP_AUTHZ_UPSTREAM_HEADER_PREFIX]) },
           allowed_client_headers_on_success: { patterns: prefixes(HTTP_AUTHZ_CLIENT_HEADER_PREFIXES) },
@@ -549,12 +575,23 @@ function httpServiceExtAuthzFilter(o: ResolvedOptions): Config {
           dynamic_metadata_from_headers: { patterns: exact([DECISION_HEADER]) },
         },
       },
-      // Every header of the client's request, as the gRPC Check carries them: rules may name any.
-      allowed_headers: { patterns: [{ safe_regex: { regex: '.*' } }] },
+      // Every header of the client's request, as the gRPC Check carries them (rules may name any),
+      // or only those listed (Envoy adds host, method, path, content-length and authorization itself).
+      allowed_headers: o.authzHeaders
+        ? sentHeaderMatchers(o.authzHeaders.filter((n) => !n.startsWith(':')))
+        : { patterns: [{ safe_regex: { regex: '.*' } }] },
       failure_mode_allow: o.failureModeAllow,
       status_on_error: { code: o.statusOnError },
     },
   };
+}
+
+/**
+ * The listed headers, and every x-middlebox-* one: the replica must see those a client sent to have
+ * Envoy remove them before the request goes upstream.
+ */
+function sentHeaderMatchers(names: readonly string[]): Config {
+  return { patterns: [...names.map((n) => ({ exact: n })), { prefix: ALWAYS_SENT_PREFIX }] };
 }
 
 function networkExtAuthzFilter(o: ResolvedOptions): Config {

@@ -55,6 +55,8 @@ export interface ServiceHost {
 /** A unary call as a handler sees it. */
 export interface UnaryCall<Req> {
   readonly request: Req;
+  /** The call's metadata (grpc-js's Metadata has this shape). */
+  readonly metadata?: { get(key: string): (string | Buffer)[] };
 }
 
 export type UnaryCallbackOf<Res> = (err: StatusObject | null, value?: Res) => void;
@@ -272,6 +274,11 @@ function statusTrailers(status: StatusObject): http2.OutgoingHttpHeaders {
  * NO_ERROR (Envoy resets its streams so) closes a stream without destroying it, and Node throws on
  * respond() or write() then.
  */
+/** A request header as grpc-js's Metadata.get gives it: every value, in order (none: empty). */
+function metadataValues(value: string | string[] | undefined): string[] {
+  return value === undefined ? [] : Array.isArray(value) ? value : [value];
+}
+
 function gone(stream: http2.ServerHttp2Stream): boolean {
   return stream.destroyed || stream.closed;
 }
@@ -412,11 +419,11 @@ export class GrpcTransport implements ServiceHost {
       return;
     }
     if (method.requestStream && method.responseStream) this.bidi(stream, method);
-    else this.singleRequest(stream, method);
+    else this.singleRequest(stream, method, headers);
   }
 
   /** Unary and server-streaming calls: exactly one request message, then the handler. */
-  private singleRequest(stream: http2.ServerHttp2Stream, method: Method): void {
+  private singleRequest(stream: http2.ServerHttp2Stream, method: Method, headers: http2.IncomingHttpHeaders): void {
     const reader = new MessageReader(this.opts.maxReceiveMessageBytes);
     let message: Buffer | undefined;
     let failed = false;
@@ -447,15 +454,16 @@ export class GrpcTransport implements ServiceHost {
         return fail({ code: Status.INTERNAL, details: 'the request message does not decode' });
       }
       if (method.responseStream) this.serverStreaming(stream, method, request);
-      else this.unary(stream, method, request);
+      else this.unary(stream, method, request, headers);
     });
   }
 
-  private unary(stream: http2.ServerHttp2Stream, method: Method, request: unknown): void {
+  private unary(stream: http2.ServerHttp2Stream, method: Method, request: unknown, headers: http2.IncomingHttpHeaders): void {
     let answered = false;
     // Read when asked rather than kept up to date by a listener on every stream.
     const call = {
       request,
+      metadata: { get: (key: string) => metadataValues(headers[key]) },
       get cancelled(): boolean {
         return !answered && (stream.closed || stream.destroyed);
       },

@@ -17,6 +17,12 @@ export const ANNOTATIONS = {
   includeInboundPorts: 'middlebox.io/include-inbound-ports',
   /** "closed" (default: refuse traffic when the middlebox cannot be asked) or "open". */
   failureMode: 'middlebox.io/failure-mode',
+  /**
+   * Comma-separated request headers the sidecar's ext_authz filter sends the middlebox
+   * (`envoy bootstrap --authz-headers`; `middlebox policy headers` lists what the rules read).
+   * Default: every header.
+   */
+  authzHeaders: 'middlebox.io/authz-headers',
   /** The app's HTTP port Envoy forwards inbound traffic to; default: the first container port. */
   appPort: 'middlebox.io/app-port',
   /** Written by the injector: the inbound ports actually captured ("*" or a list). */

@@ -2,6 +2,7 @@
 // same change as an RFC 6902 JSON Patch (`patch`), which is what an admission webhook answers.
 // Pure: no I/O, no clock, no randomness; the input pod is never modified.
 import { renderBootstrapYaml } from '../envoy/bootstrap';
+import { readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
 import { ANNOTATIONS, NAMES, STATUS_INJECTED, portOf, type FailureMode, type InjectConfig } from './config';
@@ -103,7 +104,7 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
       [ANNOTATIONS.appPort]: String(appPort),
     },
     initContainer: initContainer(config, capture),
-    envoyContainer: envoyContainer(pod, config, appPort, failureMode),
+    envoyContainer: envoyContainer(pod, config, appPort, failureMode, authzHeadersOf(a[ANNOTATIONS.authzHeaders])),
   };
 }
 
@@ -131,7 +132,7 @@ function initContainer(config: InjectConfig, capture: CaptureSettings): Containe
  * filesystem stays read-only. The kubelet also expands `$(POD_NAME)` and `$(POD_NAMESPACE)` inside
  * the variable (they are defined before it), which gives every Envoy its own node id.
  */
-function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failureMode: FailureMode): Container {
+function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failureMode: FailureMode, authzHeaders: string[] | undefined): Container {
   const nodeId = '$(POD_NAME).$(POD_NAMESPACE)';
   const bootstrap = renderBootstrapYaml({
     nodeId,
@@ -144,6 +145,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
     middlebox: [config.middleboxAddress],
     middleboxHttp: config.middleboxHttpAddress ? [config.middleboxHttpAddress] : undefined,
     failureModeAllow: failureMode === 'open',
+    authzHeaders,
   });
   // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.
   if (bootstrap.split(nodeId).join('').includes('$')) throw new InjectError('the rendered bootstrap contains "$", which the kubelet would expand');
@@ -189,6 +191,13 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
 }
 
 // ---- reading the pod ----------------------------------------------------------------------------
+
+function authzHeadersOf(value: string | undefined): string[] | undefined {
+  if (value === undefined) return undefined;
+  const { names, bad } = readHeaderList(value);
+  if (bad.length) throw new InjectError(`${ANNOTATIONS.authzHeaders} must be comma-separated header names, got ${bad.map((n) => JSON.stringify(n)).join(', ')}`);
+  return names;
+}
 
 /** The annotation, else the first TCP container port of the app's containers, else the default. */
 function appPortOf(pod: Pod, config: InjectConfig): number {

@@ -32,6 +32,7 @@ export const DECISION_REASONS = {
   invalid_source_address: 'none',
   invalid_destination_address: 'none',
   headers_too_large: 'none',
+  headers_not_sent: 'none',
 } as const;
 export type DecisionReason = keyof typeof DECISION_REASONS | 'other';
 export const MIDDLEBOXES = ['firewall', 'ratelimit', 'nat', 'none'] as const;

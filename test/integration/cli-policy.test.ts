@@ -181,8 +181,37 @@ describe('middlebox policy (real etcd)', function () {
     assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
+  it('headers lists what the rules read, from files or from etcd, as --authz-headers takes it', async () => {
+    const withHeaders = GOOD.replace(
+      '      - { name: no-admin, action: deny, paths: ["/admin/*"] }',
+      '      - { name: no-admin, action: deny, paths: ["/admin/*"] }\n      - { name: no-debug, action: deny, headers: [{ name: X-Debug }] }\n  rateLimits:\n    - { name: per-key, limit: 5, per: 1s, by: ["header:x-api-key"], algorithm: fixed-window, consistency: local }',
+    );
+    const p = file('headers.yaml', withHeaders);
+    let r = await middlebox(['policy', 'headers', '-f', p]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'x-api-key,x-debug\n');
+    r = await middlebox(['policy', 'headers', '-f', p, '-o', 'table']);
+    assert.equal(r.stdout, 'HEADER      READ-BY\nx-api-key   shop/per-key\nx-debug     shop/no-debug\n');
+    // Stored policies: the same list.
+    assert.equal((await middlebox(withEtcd('policy', 'apply', '-f', p))).code, 0);
+    r = await middlebox(withEtcd('policy', 'headers'));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'x-api-key,x-debug\n');
+    // The list feeds envoy bootstrap; a name Envoy could not match is a usage error.
+    r = await middlebox(['envoy', 'bootstrap', '--authz-headers', 'x-api-key,x-debug']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /value: :authority,:method,:path,content-length,x-api-key,x-debug,x-request-id\n/);
+    r = await middlebox(['envoy', 'bootstrap', '--authz-headers', 'x-api-key,bad name']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--authz-headers: not a header name: "bad name"/);
+    r = await middlebox(['envoy', 'bootstrap', '--authz-headers', 'x-a', '--inbound-filter', 'ext_proc']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /ext_proc always sends every header/);
+    assert.equal((await middlebox(['policy', 'headers', '-f', p, '-o', 'yaml'])).code, 2);
+  });
+
   it('every command has --help, and unknown flags are usage errors', async () => {
-    for (const args of [['--help'], ['serve', '--help'], ['policy', '--help'], ['policy', 'apply', '--help'], ['envoy', 'bootstrap', '--help'], ['demo', '--help']]) {
+    for (const args of [['--help'], ['serve', '--help'], ['policy', '--help'], ['policy', 'apply', '--help'], ['policy', 'headers', '--help'], ['envoy', 'bootstrap', '--help'], ['demo', '--help']]) {
       const r = await middlebox(args);
       assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stdout, /Usage: middlebox/);

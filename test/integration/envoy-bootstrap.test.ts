@@ -91,7 +91,7 @@ describe('envoy bootstrap in a real Envoy', function () {
   });
 
   describe('envoy --mode validate', () => {
-    for (const file of ['bootstrap-basic.yaml', 'bootstrap-full.yaml', 'bootstrap-http-authz.yaml']) {
+    for (const file of ['bootstrap-basic.yaml', 'bootstrap-full.yaml', 'bootstrap-http-authz.yaml', 'bootstrap-authz-headers.yaml']) {
       it(`accepts ${file}`, async () => {
         const result = await validateConfig(fs.readFileSync(path.join(goldenDir(), file), 'utf8'));
         assert.ok(result.ok, result.output);

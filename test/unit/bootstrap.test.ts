@@ -38,6 +38,10 @@ const GOLDEN_CASES: { file: string; options: BootstrapOptions }[] = [
       middleboxHttp: ['10.0.0.11:9003', '10.0.0.12:9003'],
     },
   },
+  {
+    file: 'bootstrap-authz-headers.yaml',
+    options: { nodeId: 'sidecar-shop-3', cluster: 'shop', middlebox: ['10.0.0.11:9001'], authzHeaders: ['x-api-key', 'x-tenant'] },
+  },
 ];
 
 /** A rendered document, inspected loosely: the golden files pin its exact shape. */
@@ -125,6 +129,45 @@ describe('envoy bootstrap', () => {
       doc.static_resources.clusters.map((c: Doc) => c.name),
       ['middlebox', 'app_tcp'],
     );
+  });
+
+  describe('authzHeaders: only the headers the rules read go to the middlebox', () => {
+    const authzOf = (o: BootstrapOptions) => {
+      const listener = ((renderBootstrap(o) as Doc).static_resources.listeners as Doc[])[0]!;
+      const hcm = ((listener.filter_chains as Doc[])[0]!.filters as Doc[])[0]!.typed_config as Doc;
+      return (hcm.http_filters as Doc[]).find((f) => f.name === 'envoy.filters.http.ext_authz')!.typed_config as Doc;
+    };
+    const always = [':authority', ':method', ':path', 'content-length', 'x-request-id'];
+
+    it('over gRPC: the listed names, the always-sent ones and x-middlebox-*; the list itself in the call metadata', () => {
+      const f = authzOf({ authzHeaders: ['x-tenant', 'x-api-key'] });
+      const list = [...always, 'x-api-key', 'x-tenant'].sort();
+      assert.deepEqual(f.allowed_headers, { patterns: [...list.map((exact) => ({ exact })), { prefix: 'x-middlebox-' }] });
+      assert.deepEqual((f.grpc_service as Doc).initial_metadata, [{ key: 'x-middlebox-ext-authz-headers', value: list.join(',') }]);
+    });
+
+    it('over HTTP: the same less the pseudo-headers (Envoy sends the request line itself), the list in a call header', () => {
+      const f = authzOf({ middleboxHttp: ['127.0.0.1:9003'], authzHeaders: ['x-tenant'] });
+      assert.deepEqual(f.allowed_headers, { patterns: [{ exact: 'content-length' }, { exact: 'x-request-id' }, { exact: 'x-tenant' }, { prefix: 'x-middlebox-' }] });
+      const added = ((f.http_service as Doc).authorization_request as Doc).headers_to_add as Doc[];
+      assert.equal(added.length, 1);
+      assert.match(added[0]!.value, new RegExp(` len=%REQ\\(CONTENT-LENGTH\\)% hdrs=${[...always, 'x-tenant'].sort().join(',')} uri=`));
+    });
+
+    it('without it every header goes, and no list is sent', () => {
+      assert.equal(authzOf({}).allowed_headers, undefined);
+      assert.equal((authzOf({}).grpc_service as Doc).initial_metadata, undefined);
+      const http = authzOf({ middleboxHttp: ['127.0.0.1:9003'] });
+      assert.deepEqual(http.allowed_headers, { patterns: [{ safe_regex: { regex: '.*' } }] });
+      assert.doesNotMatch((((http.http_service as Doc).authorization_request as Doc).headers_to_add as Doc[])[0]!.value, /hdrs=/);
+    });
+
+    it('refuses names Envoy could not match, and a bootstrap with no ext_authz filter to apply them to', () => {
+      assert.throws(() => renderBootstrap({ authzHeaders: ['X-Upper'] }), /not a lower-case header name: "X-Upper"/);
+      assert.throws(() => renderBootstrap({ authzHeaders: ['x%y'] }), /"x%y"/);
+      assert.throws(() => renderBootstrap({ authzHeaders: [], inboundFilter: 'ext_proc' }), /authzHeaders is for the inbound HTTP listener/);
+      assert.throws(() => renderBootstrap({ authzHeaders: [], extAuthz: false }), /authzHeaders is for the inbound HTTP listener/);
+    });
   });
 
   it('rejects endpoints and settings it cannot render', () => {

@@ -239,6 +239,13 @@ describe('inject', () => {
       assert.equal(http.metadata!.annotations![ANNOTATIONS.excludedOutboundPorts], '9001,9003,2379,2380');
     });
 
+    it('with middlebox.io/authz-headers, Envoy sends the middlebox only those headers', () => {
+      const b = bootstrapOf(injectPod(pod({ [ANNOTATIONS.authzHeaders]: 'X-Tenant, x-api-key' }), config));
+      const authz = (b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters as Doc[])[0]!.typed_config;
+      assert.deepEqual(authz.grpc_service.initial_metadata, [{ key: 'x-middlebox-ext-authz-headers', value: ':authority,:method,:path,content-length,x-api-key,x-request-id,x-tenant' }]);
+      assert.equal(bootstrapOf(out).static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.allowed_headers, undefined, 'every header by default');
+    });
+
     it('records what it captured and excluded in annotations', () => {
       const a = out.metadata!.annotations!;
       assert.equal(a[ANNOTATIONS.status], 'injected');
@@ -254,6 +261,7 @@ describe('inject', () => {
         [ANNOTATIONS.appPort, '70000', /a port/],
         [ANNOTATIONS.excludeOutboundCidrs, '10.0.0.0/33', /not a CIDR/],
         [ANNOTATIONS.excludeOutboundCidrs, 'fd00::/8', /only IPv4/],
+        [ANNOTATIONS.authzHeaders, 'x-ok,not ok', /authz-headers must be comma-separated header names, got "not ok"/],
       ] as const) {
         assert.throws(() => injectPod(pod({ [k]: v }), config), (e: Error) => e instanceof InjectError && msg.test(e.message), `${k}=${v}`);
       }

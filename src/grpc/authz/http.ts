@@ -25,14 +25,20 @@ export const HTTP_AUTHZ_HEALTH_PATH = '/healthz';
 
 /**
  * What the call's headers cannot carry otherwise: the connection's addresses, the client request's
- * own content-length (the call has its own) and the peer certificate's URI SAN. Envoy renders it
- * from the HTTP_AUTHZ_PEER_VALUE template and it replaces any header of that name the client sent
- * (on the call; on the request itself the answer has Envoy remove it). The fixed `src=`, `dst=`,
- * `len=` and `uri=` parts keep the value from ever being empty: Envoy drops an empty header to add,
- * which would let the client's own through.
+ * own content-length (the call has its own), the list of headers the sidecar sends when it sends
+ * only some (`hdrs=`, bootstrap authzHeaders; policy/headers.ts) and the peer certificate's URI SAN.
+ * Envoy renders it from the httpAuthzPeerValue template and it replaces any header of that name the
+ * client sent (on the call; on the request itself the answer has Envoy remove it), so that nothing
+ * in it comes from the client. The fixed `src=`, `dst=`, `len=` and `uri=` parts keep the value from
+ * ever being empty: Envoy drops an empty header to add, which would let the client's own through.
  */
 export const HTTP_AUTHZ_PEER_HEADER = 'x-middlebox-ext-authz-peer';
-export const HTTP_AUTHZ_PEER_VALUE = 'src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS% len=%REQ(CONTENT-LENGTH)% uri=%DOWNSTREAM_PEER_URI_SAN%';
+
+/** The peer header's template; `sentHeaders`: the comma-separated list (names have no space or %). */
+export function httpAuthzPeerValue(sentHeaders?: string): string {
+  const hdrs = sentHeaders === undefined ? '' : ` hdrs=${sentHeaders}`;
+  return `src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS% len=%REQ(CONTENT-LENGTH)%${hdrs} uri=%DOWNSTREAM_PEER_URI_SAN%`;
+}
 
 /**
  * Response headers Envoy must copy: to the request going upstream when allowed, to the client's
@@ -107,6 +113,7 @@ export function translateHttpCheck(req: IncomingMessage, limits: TranslationLimi
       headers,
       requestId: headers.get('x-request-id') || undefined,
     },
+    ...(peer.hdrs !== undefined ? { sentHeaders: peer.hdrs } : {}),
   };
 }
 
@@ -117,21 +124,30 @@ interface Peer {
   len: string;
   /** The peer certificate's first URI SAN, as Envoy's gRPC Check gives it ('' without one). */
   uri: string;
+  /** The headers the sidecar sends, when it sends only some (comma-separated). */
+  hdrs?: string;
 }
 
-/** `src=ADDR dst=ADDR len=N uri=SANS` (each may be empty; the SANs are the rest of the value). */
+/**
+ * `src=ADDR dst=ADDR len=N [hdrs=LIST] uri=SANS` (each may be empty; the SANs are the rest of the
+ * value, so `hdrs=` is looked for before ` uri=` only).
+ */
 export function parsePeer(value: string | string[] | undefined): Peer | undefined {
   if (typeof value !== 'string' || !value.startsWith('src=')) return undefined;
   const dst = value.indexOf(' dst=');
   const len = value.indexOf(' len=', dst);
   const uri = value.indexOf(' uri=', len);
   if (dst < 0 || len < 0 || uri < 0) return undefined;
-  const length = value.slice(len + 5, uri);
+  const hdrs = value.lastIndexOf(' hdrs=', uri);
+  const withList = hdrs > len;
+  const length = value.slice(len + 5, withList ? hdrs : uri);
   if (length !== '' && !/^\d{1,15}$/.test(length)) return undefined;
   // Envoy joins several URI SANs with ",", which a URI cannot contain unescaped.
   const sans = value.slice(uri + 5);
   const comma = sans.indexOf(',');
-  return { src: value.slice(4, dst), dst: value.slice(dst + 5, len), len: length, uri: comma < 0 ? sans : sans.slice(0, comma) };
+  const peer: Peer = { src: value.slice(4, dst), dst: value.slice(dst + 5, len), len: length, uri: comma < 0 ? sans : sans.slice(0, comma) };
+  if (withList) peer.hdrs = value.slice(hdrs + 6, uri);
+  return peer;
 }
 
 /** host:port or [v6]:port; empty for no address. Undefined when present but not an IP. */

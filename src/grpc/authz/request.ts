@@ -18,7 +18,12 @@ export function headersTooLarge(limits: TranslationLimits): string {
 }
 
 export type Translation =
-  | { ok: true; request: RequestAttributes }
+  | {
+      ok: true;
+      request: RequestAttributes;
+      /** The sidecar's list of the headers its Envoy sends (policy/headers.ts); absent: all of them. */
+      sentHeaders?: string;
+    }
   | { ok: false; status: number; reason: TranslationReason; message: string };
 
 export type TranslationReason = 'missing_attributes' | 'invalid_source_address' | 'invalid_destination_address' | 'headers_too_large';

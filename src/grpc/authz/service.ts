@@ -5,6 +5,7 @@ import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { RequestAttributes, Verdict } from '../../middlebox/types';
 import { DecisionLog } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
+import { unsentHeaders, SENT_HEADERS_HEADER, type HeaderRead } from '../../policy/headers';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
@@ -39,9 +40,20 @@ export interface CheckOutcome {
 /** When shared state cannot answer, the request is refused (503) rather than decided blindly. */
 const STATE_UNAVAILABLE: Verdict = { allow: false, status: 503, reason: 'state_unavailable' };
 
+/** A sidecar that does not send a header some rule reads is refused, never decided as if it were absent. */
+function headersNotSent(missing: readonly HeaderRead[]): Verdict {
+  const [policy, rule] = missing[0]!.rule.split('/') as [string, string];
+  return { allow: false, status: 503, reason: 'headers_not_sent', policy, rule };
+}
+
+/** How often the refusal above is logged per sidecar list: it holds for every request until fixed. */
+const UNSENT_WARN_EVERY_MS = 60_000;
+
 export class AuthorizationService {
   private readonly limits: TranslationLimits;
   private readonly decisionLog: DecisionLog;
+  /** Sent-header list → when its refusal was last logged. */
+  private readonly unsentWarned = new Map<string, number>();
 
   constructor(private readonly deps: AuthorizationDeps) {
     this.limits = deps.limits ?? DEFAULT_TRANSLATION_LIMITS;
@@ -53,8 +65,10 @@ export class AuthorizationService {
   }
 
   /** The whole decision for one CheckRequest; synchronous unless a limit asks shared state. */
-  readonly decideCheck = (msg: CheckRequest): CheckOutcome | Promise<CheckOutcome> => {
-    const decision = this.decideTranslated(translateCheckRequest(msg, this.limits));
+  readonly decideCheck = (msg: CheckRequest, sentHeaders?: string): CheckOutcome | Promise<CheckOutcome> => {
+    const translation = translateCheckRequest(msg, this.limits);
+    if (translation.ok && sentHeaders !== undefined) translation.sentHeaders = sentHeaders;
+    const decision = this.decideTranslated(translation);
     return decision instanceof Promise ? decision.then(checkOutcome) : checkOutcome(decision);
   };
 
@@ -73,7 +87,15 @@ export class AuthorizationService {
     }
     const req = translation.request;
     const decisionId = req.requestId || randomUUID();
-    const verdict = decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now());
+    const snapshot = this.deps.policies.snapshot();
+    if (snapshot && translation.sentHeaders !== undefined) {
+      const missing = unsentHeaders(snapshot, translation.sentHeaders);
+      if (missing.length) {
+        this.warnUnsent(translation.sentHeaders, missing);
+        return this.record(req, decisionId, headersNotSent(missing), started);
+      }
+    }
+    const verdict = decide(snapshot, req, this.deps.ports, Date.now());
     if (verdict instanceof Promise) {
       return verdict.then(
         (v) => this.record(req, decisionId, v, started),
@@ -84,6 +106,18 @@ export class AuthorizationService {
       );
     }
     return this.record(req, decisionId, verdict, started);
+  }
+
+  private warnUnsent(sentList: string, missing: readonly HeaderRead[]): void {
+    const now = Date.now();
+    const last = this.unsentWarned.get(sentList);
+    if (last !== undefined && now - last < UNSENT_WARN_EVERY_MS) return;
+    if (this.unsentWarned.size >= 64) this.unsentWarned.clear();
+    this.unsentWarned.set(sentList, now);
+    this.deps.logger.warn(
+      { missing: missing.map((m) => `${m.name} (${m.rule})`), sent: sentList },
+      `refusing requests (503 headers_not_sent): rules read headers this sidecar's Envoy does not send; render its bootstrap with them in --authz-headers (\`middlebox policy headers\` lists them)`,
+    );
   }
 
   private record(req: RequestAttributes, decisionId: string, verdict: Verdict, started: number): Decision {
@@ -103,13 +137,19 @@ export class AuthorizationService {
       callback({ code: RpcCode.INTERNAL, details: 'internal error deciding the request' });
     };
     try {
-      const outcome = this.decideCheck(call.request);
+      const outcome = this.decideCheck(call.request, sentHeadersOf(call));
       if (outcome instanceof Promise) outcome.then((o) => callback(null, o.response), fail);
       else callback(null, outcome.response);
     } catch (e) {
       fail(e);
     }
   };
+}
+
+/** The sidecar's sent-header list, from the call's gRPC metadata (set by the bootstrap's initial_metadata). */
+function sentHeadersOf(call: UnaryCall<CheckRequest>): string | undefined {
+  const value = call.metadata?.get(SENT_HEADERS_HEADER)[0];
+  return typeof value === 'string' ? value : undefined;
 }
 
 function checkOutcome({ request, verdict, decisionId }: Decision): CheckOutcome {
