@@ -210,16 +210,20 @@ const headers: Command = {
     const format = stringOpt(values, 'output') ?? 'list';
     if (format !== 'list' && format !== 'table') throw new UsageError(`-o must be list or table, got ${JSON.stringify(format)}`);
     const print = (docs: PolicyDocument[]) => {
-      const read = headersReadBy(docs);
+      // In evaluation order (by name), so that the rule named is the one a refusal would name.
+      const read = headersReadBy([...docs].sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : a.metadata.name > b.metadata.name ? 1 : 0)));
       if (format === 'list') process.stdout.write(`${read.map((h) => h.name).join(',')}\n`);
       else if (read.length === 0) process.stderr.write('No rule reads a request header.\n');
       else {
         const width = Math.max(6, ...read.map((h) => h.name.length));
-        process.stdout.write([`${'HEADER'.padEnd(width)}   READ-BY`, ...read.map((h) => `${h.name.padEnd(width)}   ${h.rule}`)].join('\n') + '\n');
+        const rows = read.map((h) => `${h.name.padEnd(width)}   ${h.policy}/${h.rule}${h.enforced ? '' : ' (shadow only)'}`);
+        process.stdout.write([`${'HEADER'.padEnd(width)}   READ-BY`, ...rows].join('\n') + '\n');
       }
-      return 0;
     };
-    if (values.filename !== undefined) return print(loadFiles(filesFrom(values), '', policyLimitsFrom(values)));
+    if (values.filename !== undefined) {
+      print(loadFiles(filesFrom(values), '', policyLimitsFrom(values)));
+      return 0;
+    }
     return withEtcd(values, async (client, prefix) => {
       const stored = await getPolicies(client, prefix);
       const docs: PolicyDocument[] = [];
@@ -229,9 +233,14 @@ const headers: Command = {
         problems.push(...r.errors.map(formatPolicyError));
         docs.push(...r.documents);
       }
-      // A stored policy no replica can load enforces nothing; its headers would not help.
-      if (problems.length) process.stderr.write(`warning: ${problems.length} stored polic${problems.length > 1 ? 'ies are' : 'y is'} invalid and left out:\n  ${problems.join('\n  ')}\n`);
-      return print(docs);
+      print(docs);
+      if (problems.length === 0) return 0;
+      // Replicas keep the last good version of a policy stored invalid; what it reads is unknown here.
+      throw new MiddleboxError(
+        'policy_invalid',
+        `${problems.length} problem${problems.length > 1 ? 's' : ''} in stored policies: the list above leaves out the headers that the version of them still in force on the replicas may read`,
+        problems,
+      );
     });
   },
 };

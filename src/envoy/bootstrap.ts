@@ -48,10 +48,10 @@ export interface BootstrapOptions {
   middleboxHttp?: string[];
   /**
    * Request headers the inbound HTTP ext_authz filter sends to the middlebox (lower-case names, as
-   * `middlebox policy headers` lists them), over gRPC or HTTP alike; the pseudo-headers, content-length,
-   * x-request-id and every x-middlebox-* header are always added. Envoy copies fewer headers per call
-   * and passes more requests; a replica refuses (503 headers_not_sent) while a rule reads a header
-   * left out. Default: every header.
+   * `middlebox policy headers` lists them), over gRPC or HTTP alike; :authority, :method, :path,
+   * content-length, x-request-id and every x-middlebox-* header are always added. Envoy copies
+   * fewer headers per call and passes more requests; a request that reaches an enforced rule reading a header left out is
+   * refused (403 headers_not_sent). Default: every header.
    */
   authzHeaders?: string[];
   /** Deadline of one ext_authz call. */
@@ -567,7 +567,7 @@ function httpServiceExtAuthzFilter(o: ResolvedOptions): Config {
         retry_policy: middleboxRetryPolicy('connect-failure,refused-stream,reset'),
         // The list of headers sent rides in the peer header, which Envoy always sets: a client
         // cannot forge it (and with it a 503 that --failure-mode-allow would let through).
-        authorization_request: { headers_to_add: [{ key: HTTP_AUTHZ_PEER_HEADER, value: httpAuthzPeerValue(o.authzHeaders?.join(',')) }] },
+        authorization_request: { headers_to_add: [{ key: HTTP_AUTHZ_PEER_HEADER, value: httpAuthzPeerValue(o.authzHeaders && httpSentList(o.authzHeaders)) }] },
         authorization_response: {
           allowed_upstream_headers: { patterns: prefixes([HTTP_AUTHZ_UPSTREAM_HEADER_PREFIX]) },
           allowed_client_headers_on_success: { patterns: prefixes(HTTP_AUTHZ_CLIENT_HEADER_PREFIXES) },
@@ -584,6 +584,15 @@ function httpServiceExtAuthzFilter(o: ResolvedOptions): Config {
       status_on_error: { code: o.statusOnError },
     },
   };
+}
+
+/**
+ * What the replica is told an HTTP call carries: the listed headers less the pseudo-headers, which
+ * the call has no room for, but with the three it rebuilds from the call's request line and Host.
+ * A rule on another pseudo-header (:scheme) is then refused, not decided without it.
+ */
+function httpSentList(names: readonly string[]): string {
+  return names.filter((n) => !n.startsWith(':') || ALWAYS_SENT.includes(n)).join(',');
 }
 
 /**

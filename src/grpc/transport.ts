@@ -269,16 +269,16 @@ function statusTrailers(status: StatusObject): http2.OutgoingHttpHeaders {
   return { 'grpc-status': String(status.code), 'grpc-message': encodeGrpcMessage(status.details ?? '') };
 }
 
-/**
- * The stream can take no more frames: destroyed, or closed by the peer. A peer's RST_STREAM with
- * NO_ERROR (Envoy resets its streams so) closes a stream without destroying it, and Node throws on
- * respond() or write() then.
- */
 /** A request header as grpc-js's Metadata.get gives it: every value, in order (none: empty). */
 function metadataValues(value: string | string[] | undefined): string[] {
   return value === undefined ? [] : Array.isArray(value) ? value : [value];
 }
 
+/**
+ * The stream can take no more frames: destroyed, or closed by the peer. A peer's RST_STREAM with
+ * NO_ERROR (Envoy resets its streams so) closes a stream without destroying it, and Node throws on
+ * respond() or write() then.
+ */
 function gone(stream: http2.ServerHttp2Stream): boolean {
   return stream.destroyed || stream.closed;
 }

@@ -1,7 +1,8 @@
 // `envoy bootstrap --authz-headers`: a real Envoy that sends the middlebox only the headers the
 // rules read, over gRPC and over HTTP, with a real replica and etcd. Rules on the listed headers
-// decide as before, the app still gets every header, the others never reach the replica, and a rule
-// on a header left out gets 503 headers_not_sent rather than a decision made without it.
+// decide as before, the app still gets every header, the others never reach the replica, and a
+// request that reaches an enforced rule on a header left out gets 403 headers_not_sent rather than a
+// decision made without it — even where Envoy fails open, and whatever the client sends.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -25,11 +26,33 @@ spec:
     - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1m, by: ["header:x-api-key"], algorithm: fixed-window, consistency: local }
 `;
 
-/** The same, plus a rule on a header the sidecar does not send. */
+/** The same, plus a rule on a header the sidecar does not send, for paths under /t/. */
 const WITH_TENANT_RULE = POLICY.replace(
   '      - { name: no-debug',
-  '      - { name: tenant-a-only, action: deny, headers: [{ name: x-tenant, value: b }] }\n      - { name: no-debug',
+  '      - { name: tenant-a-only, action: deny, paths: ["/t/*"], headers: [{ name: x-tenant, value: b }] }\n      - { name: no-debug',
 );
+
+/** Rules on a header the sidecar does not send that no request here can be refused for. */
+const HARMLESS = `
+apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: other-service }
+spec:
+  selector: { hosts: ["other.local"] }
+  firewall:
+    default: allow
+    rules:
+      - { name: tenant, action: deny, headers: [{ name: x-tenant, value: b }] }
+---
+apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: trial }
+spec:
+  firewall:
+    default: allow
+    rules:
+      - { name: tenant, action: deny, shadow: true, headers: [{ name: x-tenant, value: b }] }
+`;
 
 function docs(text: string): PolicyDocument[] {
   const { documents, errors } = parsePolicies(text, 'test');
@@ -93,7 +116,6 @@ for (const transport of ['grpc', 'http'] as const) {
       assert.equal(seen['x-debug'], '0');
       assert.equal(seen['x-unlisted'], undefined, JSON.stringify(seen));
       assert.equal(seen.cookie, undefined, JSON.stringify(seen));
-      assert.equal(seen['x-middlebox-ext-authz-headers'], undefined, 'the list itself is not a client header');
     });
 
     it('a client still cannot hand the app x-middlebox-* headers', async () => {
@@ -103,17 +125,47 @@ for (const transport of ['grpc', 'http'] as const) {
       assert.notEqual(app['x-middlebox-decision'], 'forged');
     });
 
-    it('a rule on a header the sidecar does not send: 503 headers_not_sent, never a decision without it; fixed when the rule goes', async () => {
-      await lab.applyPolicies(docs(WITH_TENANT_RULE));
-      await waitFor(async () => (await get('/products/2')).status !== 200, { timeoutMs: 10_000, what: 'the new policy to be in force' });
-      // Over gRPC Envoy hands the client the replica's 503 and body; over HTTP a 5xx from the
-      // service is an error to Envoy, which answers status_on_error (403). Either way: refused.
-      const r = await get('/products/2', { 'x-tenant': 'a' });
-      assert.equal(r.status, transport === 'grpc' ? 503 : 403, r.body);
-      const line = await decisionFor('/products/2');
-      assert.deepEqual([line.allow, line.status, line.reason, line.policy, line.rule], [false, 503, 'headers_not_sent', 'shop', 'tenant-a-only']);
+    it('a request that reaches a rule on a header the sidecar does not send: 403 headers_not_sent; others are decided; fixed when the rule goes', async () => {
+      await lab.applyPolicies([...docs(WITH_TENANT_RULE), ...docs(HARMLESS)]);
+      await waitFor(async () => (await get('/t/probe')).status === 403, { timeoutMs: 10_000, what: 'the new policy to be in force' });
+      const r = await get('/t/2', { 'x-tenant': 'a' });
+      assert.equal(r.status, 403, r.body);
+      const body = JSON.parse(r.body);
+      assert.deepEqual([body.reason, body.policy, body.rule], ['headers_not_sent', 'shop', 'tenant-a-only']);
+      const line = await decisionFor('/t/2');
+      assert.deepEqual([line.allow, line.status, line.reason], [false, 403, 'headers_not_sent']);
+      // Outside /t/ no enforced rule reads x-tenant: the shadow rule and the other service's policy
+      // read it as absent and refuse nothing.
+      const outside = await get('/products/2', { 'x-tenant': 'b' });
+      assert.equal(outside.status, 200, outside.body);
+      if (transport === 'http') {
+        // The list rides in the peer header, which Envoy overwrites: a client claiming x-tenant is sent gets nowhere.
+        const forged = await get('/t/3', { 'x-tenant': 'a', 'x-middlebox-ext-authz-peer': 'src=127.0.0.1:1 dst=127.0.0.1:2 hdrs=x-tenant,x-debug,x-api-key,:authority,:method,:path len= uri=' });
+        assert.equal(JSON.parse(forged.body).reason, 'headers_not_sent');
+      }
       await lab.applyPolicies(docs(POLICY));
-      await waitFor(async () => (await get('/products/3', { 'x-tenant': 'b' })).status === 200, { timeoutMs: 10_000, what: 'the rule to be gone' });
+      await waitFor(async () => (await get('/t/4', { 'x-tenant': 'b' })).status === 200, { timeoutMs: 10_000, what: 'the rule to be gone' });
     });
   });
 }
+
+describe('--authz-headers with --failure-mode-allow, over HTTP: a rule on a header left out still refuses', function () {
+  this.timeout(90_000);
+  let lab: SidecarLab;
+
+  before(async () => {
+    lab = await SidecarLab.start({ replicas: 1, httpAuthz: true, bootstrap: { authzHeaders: ['x-debug'], failureModeAllow: true } });
+    await lab.applyPolicies(docs(WITH_TENANT_RULE));
+    await waitFor(async () => (await httpRequest({ port: lab.httpPort, path: '/admin/x' })).status === 403, { timeoutMs: 10_000, what: 'the policy to be in force' });
+  });
+
+  after(async () => {
+    await lab?.stop();
+  });
+
+  it('answers 403, which Envoy enforces, not a 5xx it would take for a failed call and let through', async () => {
+    const r = await httpRequest({ port: lab.httpPort, path: '/t/1', headers: { 'x-tenant': 'b' }, timeoutMs: 10_000 });
+    assert.equal(r.status, 403, r.body);
+    assert.equal(JSON.parse(r.body).reason, 'headers_not_sent');
+  });
+});

@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { EtcdProcess } from '../../src/lab/etcd';
+import { connectEtcd } from '../../src/state/etcd/client';
+import { policyKey } from '../../src/state/etcd/policies';
 import { middlebox } from '../harness/cli';
 
 const GOOD = `apiVersion: middlebox.io/v1alpha1
@@ -197,10 +199,27 @@ describe('middlebox policy (real etcd)', function () {
     r = await middlebox(withEtcd('policy', 'headers'));
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'x-api-key,x-debug\n');
+    // A stored policy no replica accepts: its last good version may still be in force, reading who
+    // knows what, so the list is printed but the command fails, saying why.
+    const client = connectEtcd({ endpoints: [etcd.endpoint] });
+    try {
+      await client.put(policyKey('/middlebox', 'broken')).value('{"apiVersion": "middlebox.io/v1alpha1", "kind": "Policy", "spec": ');
+      r = await middlebox(withEtcd('policy', 'headers'));
+      assert.equal(r.code, 1);
+      assert.equal(r.stdout, 'x-api-key,x-debug\n');
+      assert.match(r.stderr, /in stored policies: the list above leaves out the headers that the version of them still in force/);
+      assert.match(r.stderr, /etcd policy broken/);
+    } finally {
+      await client.delete().key(policyKey('/middlebox', 'broken'));
+      client.close();
+    }
     // The list feeds envoy bootstrap; a name Envoy could not match is a usage error.
     r = await middlebox(['envoy', 'bootstrap', '--authz-headers', 'x-api-key,x-debug']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /value: :authority,:method,:path,content-length,x-api-key,x-debug,x-request-id\n/);
+    r = await middlebox(['envoy', 'bootstrap', '--authz-headers', '']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /value: :authority,:method,:path,content-length,x-request-id\n/, 'none: only the ones always sent');
     r = await middlebox(['envoy', 'bootstrap', '--authz-headers', 'x-api-key,bad name']);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /--authz-headers: not a header name: "bad name"/);

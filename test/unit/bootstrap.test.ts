@@ -146,12 +146,14 @@ describe('envoy bootstrap', () => {
       assert.deepEqual((f.grpc_service as Doc).initial_metadata, [{ key: 'x-middlebox-ext-authz-headers', value: list.join(',') }]);
     });
 
-    it('over HTTP: the same less the pseudo-headers (Envoy sends the request line itself), the list in a call header', () => {
-      const f = authzOf({ middleboxHttp: ['127.0.0.1:9003'], authzHeaders: ['x-tenant'] });
+    it('over HTTP: the same less the pseudo-headers (Envoy sends the request line itself), the list in the peer header', () => {
+      const f = authzOf({ middleboxHttp: ['127.0.0.1:9003'], authzHeaders: ['x-tenant', ':scheme'] });
       assert.deepEqual(f.allowed_headers, { patterns: [{ exact: 'content-length' }, { exact: 'x-request-id' }, { exact: 'x-tenant' }, { prefix: 'x-middlebox-' }] });
       const added = ((f.http_service as Doc).authorization_request as Doc).headers_to_add as Doc[];
       assert.equal(added.length, 1);
-      assert.match(added[0]!.value, new RegExp(` len=%REQ\\(CONTENT-LENGTH\\)% hdrs=${[...always, 'x-tenant'].sort().join(',')} uri=`));
+      // Right after the addresses Envoy fills in, before the client's length; :scheme, which the
+      // call cannot carry, is not claimed.
+      assert.equal(added[0]!.value, `src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS% hdrs=${[...always, 'x-tenant'].sort().join(',')} len=%REQ(CONTENT-LENGTH)% uri=%DOWNSTREAM_PEER_URI_SAN%`);
     });
 
     it('without it every header goes, and no list is sent', () => {

@@ -145,21 +145,20 @@ describe('HTTP ext_authz listener', () => {
     assert.equal((await ask('/x', { headers: { host: 'open.local' } })).status, 200);
   });
 
-  it('a sidecar that sends only some headers lists them in the peer header; a rule on one left out gets 503 headers_not_sent', async () => {
-    const sent = await ask('/x', { headers: { host: 'open.local' }, peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 len=12 hdrs=:authority,:method,:path,x-request-id uri=spiffe://a' });
+  it('a sidecar that sends only some headers lists them in the peer header; a request reaching a rule on one left out gets 403 headers_not_sent', async () => {
+    const sent = await ask('/x', { headers: { host: 'open.local' }, peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 hdrs=:authority,:method,:path,x-request-id len=12 uri=spiffe://a' });
     assert.equal(sent.status, 200, sent.body);
     assert.ok(seen?.ok);
     assert.equal(seen.sentHeaders, ':authority,:method,:path,x-request-id');
-    assert.deepEqual([seen.request.headers.get('content-length'), seen.request.source.principal], ['12', 'spiffe://a']);
+    assert.deepEqual([seen.request.destination.ip?.text, seen.request.headers.get('content-length'), seen.request.source.principal], ['10.0.0.1', '12', 'spiffe://a']);
     // The policy's "pseudo" rule reads :authority, which this list leaves out.
-    const left = await ask('/x', { headers: { host: 'blocked.local' }, peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 len= hdrs=x-request-id uri=' });
-    assert.equal(left.status, 503);
+    const left = await ask('/x', { headers: { host: 'open.local' }, peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 hdrs=x-request-id len= uri=' });
+    assert.equal(left.status, 403);
     const body = JSON.parse(left.body);
-    assert.deepEqual([body.reason, body.policy, body.rule, body.error], ['headers_not_sent', 'shop', 'pseudo', 'unavailable']);
-    // Only Envoy's peer header carries a list: a client header of that name is just a header.
-    await ask('/x', { headers: { host: 'open.local', 'x-middlebox-ext-authz-headers': 'x-request-id' } });
-    assert.ok(seen?.ok);
-    assert.equal(seen.sentHeaders, undefined);
+    assert.deepEqual([body.reason, body.policy, body.rule, body.error], ['headers_not_sent', 'shop', 'pseudo', 'forbidden']);
+    // A request an earlier rule decides never reaches it: decided as usual.
+    const admin = await ask('/admin/x', { peer: 'src=10.0.0.7:1 dst=10.0.0.1:2 hdrs=x-request-id len= uri=' });
+    assert.equal(JSON.parse(admin.body).reason, 'firewall_rule_deny');
   });
 
   it('rate-limit headers go on allowed answers; a denial carries retry-after', async () => {
@@ -213,10 +212,11 @@ describe('HTTP ext_authz listener', () => {
   it('parsePeer takes the URI as the rest of the value and refuses anything else', () => {
     assert.deepEqual(parsePeer('src=1.2.3.4:5 dst= len=12 uri=spiffe://a/b c'), { src: '1.2.3.4:5', dst: '', len: '12', uri: 'spiffe://a/b c' });
     assert.deepEqual(parsePeer('src= dst= len= uri='), { src: '', dst: '', len: '', uri: '' });
-    assert.deepEqual(parsePeer('src= dst= len=3 hdrs=a,:path uri=x hdrs=b'), { src: '', dst: '', len: '3', hdrs: 'a,:path', uri: 'x hdrs=b' });
-    assert.deepEqual(parsePeer('src= dst= len= hdrs= uri='), { src: '', dst: '', len: '', hdrs: '', uri: '' });
+    assert.deepEqual(parsePeer('src= dst=1.2.3.4:5 hdrs=a,:path len=3 uri=x hdrs=b'), { src: '', dst: '1.2.3.4:5', len: '3', hdrs: 'a,:path', uri: 'x hdrs=b' });
+    assert.deepEqual(parsePeer('src= dst= hdrs= len= uri='), { src: '', dst: '', len: '', hdrs: '', uri: '' });
+    // Only Envoy's part, before len=, can carry the list: the client's length and SANs cannot.
     assert.deepEqual(parsePeer('src= dst= len= uri=a hdrs=b'), { src: '', dst: '', len: '', uri: 'a hdrs=b' });
-    for (const v of [undefined, '', 'dst=1 src=2 len= uri=', 'src=1 len= uri=2 dst=3', 'src= dst= uri=', 'src= dst= len=x uri=', 'src= dst= len=1x hdrs=a uri=', ['src= dst= len= uri=']]) {
+    for (const v of [undefined, '', 'dst=1 src=2 len= uri=', 'src=1 len= uri=2 dst=3', 'src= dst= uri=', 'src= dst= len=x uri=', 'src= dst= len=1 hdrs=a uri=', 'src= dst= hdrs=A,b len= uri=', 'src= dst= hdrs=a;b len= uri=', ['src= dst= len= uri=']]) {
       assert.equal(parsePeer(v), undefined, JSON.stringify(v));
     }
   });

@@ -11,6 +11,7 @@ import { drainHttpServer } from '../../http-drain';
 import { parseRequestIp } from '../../middlebox/ip';
 import type { Endpoint, Verdict } from '../../middlebox/types';
 import type { Logger } from '../../observability/logger';
+import { SENT_LIST } from '../../policy/headers';
 import { HeaderCollector } from '../headers';
 import type { TransportTls } from '../transport';
 import { headersTooLarge, hostWithoutPort, pathWithoutQuery, type Translation, type TranslationLimits } from './request';
@@ -34,10 +35,13 @@ export const HTTP_AUTHZ_HEALTH_PATH = '/healthz';
  */
 export const HTTP_AUTHZ_PEER_HEADER = 'x-middlebox-ext-authz-peer';
 
-/** The peer header's template; `sentHeaders`: the comma-separated list (names have no space or %). */
+/**
+ * The peer header's template. `sentHeaders`: the comma-separated list (names have no space or %),
+ * right after the addresses, before anything the client's request fills in.
+ */
 export function httpAuthzPeerValue(sentHeaders?: string): string {
   const hdrs = sentHeaders === undefined ? '' : ` hdrs=${sentHeaders}`;
-  return `src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS% len=%REQ(CONTENT-LENGTH)%${hdrs} uri=%DOWNSTREAM_PEER_URI_SAN%`;
+  return `src=%DOWNSTREAM_REMOTE_ADDRESS% dst=%DOWNSTREAM_LOCAL_ADDRESS%${hdrs} len=%REQ(CONTENT-LENGTH)% uri=%DOWNSTREAM_PEER_URI_SAN%`;
 }
 
 /**
@@ -129,8 +133,8 @@ interface Peer {
 }
 
 /**
- * `src=ADDR dst=ADDR len=N [hdrs=LIST] uri=SANS` (each may be empty; the SANs are the rest of the
- * value, so `hdrs=` is looked for before ` uri=` only).
+ * `src=ADDR dst=ADDR [hdrs=LIST] len=N uri=SANS` (each may be empty; the SANs are the rest of the
+ * value). Envoy fills in the addresses and the list; the client's request, the length and the SANs.
  */
 export function parsePeer(value: string | string[] | undefined): Peer | undefined {
   if (typeof value !== 'string' || !value.startsWith('src=')) return undefined;
@@ -138,15 +142,19 @@ export function parsePeer(value: string | string[] | undefined): Peer | undefine
   const len = value.indexOf(' len=', dst);
   const uri = value.indexOf(' uri=', len);
   if (dst < 0 || len < 0 || uri < 0) return undefined;
-  const hdrs = value.lastIndexOf(' hdrs=', uri);
-  const withList = hdrs > len;
-  const length = value.slice(len + 5, withList ? hdrs : uri);
+  const hdrs = value.indexOf(' hdrs=', dst);
+  const withList = hdrs >= 0 && hdrs < len;
+  const length = value.slice(len + 5, uri);
   if (length !== '' && !/^\d{1,15}$/.test(length)) return undefined;
   // Envoy joins several URI SANs with ",", which a URI cannot contain unescaped.
   const sans = value.slice(uri + 5);
   const comma = sans.indexOf(',');
-  const peer: Peer = { src: value.slice(4, dst), dst: value.slice(dst + 5, len), len: length, uri: comma < 0 ? sans : sans.slice(0, comma) };
-  if (withList) peer.hdrs = value.slice(hdrs + 6, uri);
+  const peer: Peer = { src: value.slice(4, dst), dst: value.slice(dst + 5, withList ? hdrs : len), len: length, uri: comma < 0 ? sans : sans.slice(0, comma) };
+  if (withList) {
+    const list = value.slice(hdrs + 6, len);
+    if (!SENT_LIST.test(list)) return undefined;
+    peer.hdrs = list;
+  }
   return peer;
 }
 

@@ -5,8 +5,8 @@ import { decide, type DecisionPorts } from '../../middlebox/pipeline';
 import type { RequestAttributes, Verdict } from '../../middlebox/types';
 import { DecisionLog } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
-import { unsentHeaders, SENT_HEADERS_HEADER, type HeaderRead } from '../../policy/headers';
 import type { DecisionMetrics } from '../../observability/metrics';
+import { GuardedHeaders, headerGuard, SENT_HEADERS_HEADER, UnsentHeaderRead } from '../../policy/headers';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
 import { fastAuthorizationService, RpcCode } from '../protos';
@@ -40,19 +40,22 @@ export interface CheckOutcome {
 /** When shared state cannot answer, the request is refused (503) rather than decided blindly. */
 const STATE_UNAVAILABLE: Verdict = { allow: false, status: 503, reason: 'state_unavailable' };
 
-/** A sidecar that does not send a header some rule reads is refused, never decided as if it were absent. */
-function headersNotSent(missing: readonly HeaderRead[]): Verdict {
-  const [policy, rule] = missing[0]!.rule.split('/') as [string, string];
-  return { allow: false, status: 503, reason: 'headers_not_sent', policy, rule };
+/**
+ * A request that reaches an enforced rule reading a header its sidecar does not send is refused,
+ * never decided as if the header were absent. 403, not 5xx: Envoy's HTTP client takes a 5xx for a
+ * failed call, which --failure-mode-allow would let through unchecked.
+ */
+function headersNotSent(e: UnsentHeaderRead): Verdict {
+  return { allow: false, status: 403, reason: 'headers_not_sent', policy: e.policy, rule: e.rule };
 }
 
-/** How often the refusal above is logged per sidecar list: it holds for every request until fixed. */
+/** How often the refusal above is logged per sidecar list and header: it holds until the sidecar is re-rendered. */
 const UNSENT_WARN_EVERY_MS = 60_000;
 
 export class AuthorizationService {
   private readonly limits: TranslationLimits;
   private readonly decisionLog: DecisionLog;
-  /** Sent-header list → when its refusal was last logged. */
+  /** Header and sent list → when its refusal was last logged. */
   private readonly unsentWarned = new Map<string, number>();
 
   constructor(private readonly deps: AuthorizationDeps) {
@@ -88,14 +91,16 @@ export class AuthorizationService {
     const req = translation.request;
     const decisionId = req.requestId || randomUUID();
     const snapshot = this.deps.policies.snapshot();
-    if (snapshot && translation.sentHeaders !== undefined) {
-      const missing = unsentHeaders(snapshot, translation.sentHeaders);
-      if (missing.length) {
-        this.warnUnsent(translation.sentHeaders, missing);
-        return this.record(req, decisionId, headersNotSent(missing), started);
-      }
+    const guard = snapshot && translation.sentHeaders !== undefined ? headerGuard(snapshot, translation.sentHeaders) : undefined;
+    let verdict: Verdict | Promise<Verdict>;
+    try {
+      // Guarded only while the sidecar's list and the rules disagree: otherwise the request as it came.
+      verdict = decide(snapshot, guard ? { ...req, headers: new GuardedHeaders(req.headers, guard) } : req, this.deps.ports, Date.now());
+    } catch (e) {
+      if (!(e instanceof UnsentHeaderRead)) throw e;
+      this.warnUnsent(translation.sentHeaders!, e);
+      return this.record(req, decisionId, headersNotSent(e), started);
     }
-    const verdict = decide(snapshot, req, this.deps.ports, Date.now());
     if (verdict instanceof Promise) {
       return verdict.then(
         (v) => this.record(req, decisionId, v, started),
@@ -108,15 +113,16 @@ export class AuthorizationService {
     return this.record(req, decisionId, verdict, started);
   }
 
-  private warnUnsent(sentList: string, missing: readonly HeaderRead[]): void {
+  private warnUnsent(sentList: string, e: UnsentHeaderRead): void {
+    const key = `${e.policy}/${e.rule}\n${sentList}`;
     const now = Date.now();
-    const last = this.unsentWarned.get(sentList);
+    const last = this.unsentWarned.get(key);
     if (last !== undefined && now - last < UNSENT_WARN_EVERY_MS) return;
     if (this.unsentWarned.size >= 64) this.unsentWarned.clear();
-    this.unsentWarned.set(sentList, now);
+    this.unsentWarned.set(key, now);
     this.deps.logger.warn(
-      { missing: missing.map((m) => `${m.name} (${m.rule})`), sent: sentList },
-      `refusing requests (503 headers_not_sent): rules read headers this sidecar's Envoy does not send; render its bootstrap with them in --authz-headers (\`middlebox policy headers\` lists them)`,
+      { header: e.read.name, policy: e.policy, rule: e.rule, sent: sentList },
+      `refusing requests that reach rule ${e.policy}/${e.rule} (403 headers_not_sent): it reads header ${e.read.name}, which this sidecar's Envoy does not send; render its bootstrap with it in --authz-headers (\`middlebox policy headers\` lists them)`,
     );
   }
 

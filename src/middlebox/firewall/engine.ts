@@ -14,6 +14,7 @@
 // Shadow denials recorded before an enforced deny are reported with it; later ones are not looked for.
 //
 // With no deny, the request is allowed, naming the first enforced allow rule that matched, if any.
+import { UnsentHeaderRead } from '../../policy/headers';
 import type { CompiledFirewallRule, PolicySnapshot } from '../../policy/types';
 import type { RequestAttributes, ShadowDenial, Verdict } from '../types';
 
@@ -36,7 +37,15 @@ export function decideFirewall(snapshot: PolicySnapshot, req: RequestAttributes)
     const rules = firewall.rules;
     for (let r = 0; r < rules.length; r++) {
       const rule = rules[r];
-      if (!rule.matches(req)) continue;
+      let matches: boolean;
+      try {
+        matches = rule.matches(req);
+      } catch (e) {
+        // A shadow rule never changes the outcome: one that needs a header the sidecar did not send does not match.
+        if (e instanceof UnsentHeaderRead && (rule.shadow || policy.shadow)) continue;
+        throw UnsentHeaderRead.at(e, policy.name, rule.name);
+      }
+      if (!matches) continue;
       if (!rule.shadow) {
         decidingRule = rule;
         break;

@@ -3,6 +3,7 @@
 // The request is allowed only if every enforced limit grants a token; if one denies, the tokens
 // the others took are given back, so a denied request consumes no quota. Shadow limits take tokens
 // (they measure what would happen) but their denials are only recorded.
+import { UnsentHeaderRead } from '../../policy/headers';
 import type { CompiledRateLimit, PolicySnapshot } from '../../policy/types';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../../state/port';
 import type { HeaderValue, RequestAttributes, ShadowDenial, Verdict } from '../types';
@@ -22,7 +23,13 @@ export function decideRateLimit(
     const policy = policies[p]!;
     if (policy.rateLimits.length === 0 || !policy.selector(req)) continue;
     for (const rule of policy.rateLimits) {
-      if (rule.matches(req)) (asks ??= []).push({ rule, key: bucketKey(rule, req), now });
+      try {
+        if (rule.matches(req)) (asks ??= []).push({ rule, key: bucketKey(rule, req), now });
+      } catch (e) {
+        // A shadow limit that needs a header the sidecar did not send counts nothing.
+        if (e instanceof UnsentHeaderRead && rule.shadow) continue;
+        throw UnsentHeaderRead.at(e, rule.policy, rule.name);
+      }
     }
   }
   if (!asks) return undefined;
