@@ -652,6 +652,10 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       const svc = find(samples, 'Service', 'shop');
       const hosts = (parseYaml(fs.readFileSync(file, 'utf8')) as Doc).spec.selector.hosts as string[];
       assert.ok(hosts.includes(`${svc.metadata.name}.${svc.metadata.namespace}.svc`), `${hosts}`);
+      // The sample app's sidecar sends exactly the headers the policy's rules read.
+      const read = await middlebox(['policy', 'headers', '-f', file]);
+      assert.equal(read.code, 0, read.stderr);
+      assert.equal(find(samples, 'Deployment', 'shop').spec.template.metadata.annotations[ANNOTATIONS.authzHeaders], read.stdout.trim());
     });
 
     it('the Job mounts that ConfigMap where `policy apply --filename` reads it', () => {
