@@ -2,7 +2,7 @@
 // same change as an RFC 6902 JSON Patch (`patch`), which is what an admission webhook answers.
 // Pure: no I/O, no clock, no randomness; the input pod is never modified.
 import { renderBootstrapYaml } from '../envoy/bootstrap';
-import { readHeaderList } from '../policy/headers';
+import { HEADER_NAME_RULE, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
 import { ANNOTATIONS, NAMES, STATUS_INJECTED, portOf, type FailureMode, type InjectConfig } from './config';
@@ -195,7 +195,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
 function authzHeadersOf(value: string | undefined): string[] | undefined {
   if (value === undefined) return undefined;
   const { names, bad } = readHeaderList(value);
-  if (bad.length) throw new InjectError(`${ANNOTATIONS.authzHeaders} must be comma-separated header names, got ${bad.map((n) => JSON.stringify(n)).join(', ')}`);
+  if (bad.length) throw new InjectError(`${ANNOTATIONS.authzHeaders} must be comma-separated header names (${HEADER_NAME_RULE}), got ${bad.map((n) => JSON.stringify(n)).join(', ')}`);
   return names;
 }
 

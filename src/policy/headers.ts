@@ -68,6 +68,9 @@ export function parseHeaderList(text: string): string[] {
     .filter((n) => n !== '');
 }
 
+/** What a name in a list may be, for error messages. */
+export const HEADER_NAME_RULE = 'HTTP token characters, no % (a leading : for a pseudo-header)';
+
 /** A comma-separated list as an operator writes it: the names, and those that are not header names. */
 export function readHeaderList(text: string): { names: string[]; bad: string[] } {
   const names = parseHeaderList(text);

@@ -244,6 +244,10 @@ describe('inject', () => {
       const authz = (b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters as Doc[])[0]!.typed_config;
       assert.deepEqual(authz.grpc_service.initial_metadata, [{ key: 'x-middlebox-ext-authz-headers', value: ':authority,:method,:path,content-length,x-api-key,x-request-id,x-tenant' }]);
       assert.equal(bootstrapOf(out).static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.allowed_headers, undefined, 'every header by default');
+      // Over HTTP ext_authz the list rides in the peer header.
+      const http = bootstrapOf(injectPod(pod({ [ANNOTATIONS.authzHeaders]: 'x-tenant' }), { ...config, middleboxHttpAddress: 'middlebox.middlebox-system.svc:9003' }));
+      const httpAuthz = (http.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters as Doc[])[0]!.typed_config;
+      assert.match(httpAuthz.http_service.authorization_request.headers_to_add[0].value, / hdrs=:authority,:method,:path,content-length,x-request-id,x-tenant len=/);
     });
 
     it('records what it captured and excluded in annotations', () => {
@@ -261,7 +265,7 @@ describe('inject', () => {
         [ANNOTATIONS.appPort, '70000', /a port/],
         [ANNOTATIONS.excludeOutboundCidrs, '10.0.0.0/33', /not a CIDR/],
         [ANNOTATIONS.excludeOutboundCidrs, 'fd00::/8', /only IPv4/],
-        [ANNOTATIONS.authzHeaders, 'x-ok,not ok', /authz-headers must be comma-separated header names, got "not ok"/],
+        [ANNOTATIONS.authzHeaders, 'x-ok,not ok', /authz-headers must be comma-separated header names \(HTTP token characters, no %.*\), got "not ok"/],
       ] as const) {
         assert.throws(() => injectPod(pod({ [k]: v }), config), (e: Error) => e instanceof InjectError && msg.test(e.message), `${k}=${v}`);
       }
