@@ -1,6 +1,6 @@
 // `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
 import { BOOTSTRAP_DEFAULTS, INBOUND_FILTERS, renderBootstrapYaml, type BootstrapOptions, type InboundFilter } from '../envoy/bootstrap';
-import { HEADER_NAME_RULE, readHeaderList } from '../policy/headers';
+import { notHeaderNames, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { intOpt, runGroup, stringOpt, UsageError, type Command } from './command';
 
@@ -113,7 +113,7 @@ function authzHeaders(values: Record<string, unknown>): string[] | undefined {
   const text = stringOpt(values, 'authz-headers');
   if (text === undefined) return undefined;
   const { names, bad } = readHeaderList(text);
-  if (bad.length) throw new UsageError(`--authz-headers: not a header name: ${bad.map((n) => JSON.stringify(n)).join(', ')} (${HEADER_NAME_RULE})`);
+  if (bad.length) throw new UsageError(`--authz-headers: ${notHeaderNames(bad)}`);
   if (values['no-http'] === true || stringOpt(values, 'inbound-filter') === 'ext_proc') {
     throw new UsageError('--authz-headers is for the inbound HTTP listener\'s ext_authz filter: not with --no-http or --inbound-filter ext_proc (ext_proc always sends every header)');
   }

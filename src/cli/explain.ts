@@ -24,6 +24,7 @@ import { parseIp } from '../middlebox/ip';
 import type { BucketState } from '../middlebox/ratelimit/algorithms';
 import type { Verdict } from '../middlebox/types';
 import { compileSnapshot } from '../policy/compile';
+import { notHeaderNames, readHeaderList, sentListFor } from '../policy/headers';
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
 import type { PolicyDocument, PolicySnapshot } from '../policy/types';
 import { withDeadline } from '../state/etcd/client';
@@ -46,7 +47,7 @@ export const explainCommand: Command = {
   summary: 'Show which rules match a described request and what the firewall, rate limits and NAT would decide. Changes nothing.',
   usage:
     'middlebox explain [-f FILE ...] [--method M] [--path P] [--host H] [--header "name: value" ...] [--source IP[:PORT]] ' +
-    '[--dest IP[:PORT]] [--dest-port N] [--principal ID] [--protocol http|tcp] [-o text|json] [--etcd URLS] [--prefix PREFIX]',
+    '[--dest IP[:PORT]] [--dest-port N] [--principal ID] [--protocol http|tcp] [--authz-headers NAMES] [-o text|json] [--etcd URLS] [--prefix PREFIX]',
   help: [
     'Policies come from -f FILE (one or more; - for stdin) or, without -f, from etcd. With etcd the',
     'shared rate-limit buckets and NAT table are read (never written) to say what they would grant.',
@@ -61,6 +62,9 @@ export const explainCommand: Command = {
     '  --dest-port N            the destination port (instead of --dest IP:PORT)',
     '  --principal ID           the caller\'s SPIFFE id',
     '  --protocol P             http (default) or tcp (a connection: no method, host, path or headers)',
+    '  --authz-headers NAMES    as a sidecar rendered with `envoy bootstrap --authz-headers NAMES` would ask:',
+    '                           a request that reaches an enforced rule on a header left out is refused',
+    '                           (403 headers_not_sent); default: every header is sent',
     '  -o, --output FORMAT      text (default) or json',
     ...etcdHelp,
     '',
@@ -78,12 +82,14 @@ export const explainCommand: Command = {
     'dest-port': { type: 'string' },
     principal: { type: 'string' },
     protocol: { type: 'string' },
+    'authz-headers': { type: 'string' },
     output: { type: 'string', short: 'o' },
     ...etcdOptions,
   },
   async run({ values }) {
     const format = stringOpt(values, 'output') ?? 'text';
     if (format !== 'text' && format !== 'json') throw new UsageError(`-o must be text or json, got ${JSON.stringify(format)}`);
+    const sent = sentHeaders(values);
     const files = filenames(values);
     const etcdFlags = Object.keys(etcdOptions).filter((name) => values[name] !== undefined);
     if (files.length > 0 && etcdFlags.length > 0) {
@@ -109,7 +115,7 @@ export const explainCommand: Command = {
     } catch (e) {
       return failure(e);
     }
-    const explanation = explain(loaded.snapshot, req, { now, state: loaded.state });
+    const explanation = explain(loaded.snapshot, req, { now, state: loaded.state, sentHeaders: sent });
     if (format === 'json') {
       process.stdout.write(`${JSON.stringify({ source: loaded.source, ...explanation, warnings: loaded.warnings }, null, 2)}\n`);
     } else {
@@ -119,6 +125,15 @@ export const explainCommand: Command = {
     return explanation.verdict.allow ? EXIT_ALLOW : EXIT_DENY;
   },
 };
+
+/** --authz-headers as the sidecar's list, the names always sent included; undefined: every header. */
+function sentHeaders(values: Record<string, unknown>): string | undefined {
+  const text = stringOpt(values, 'authz-headers');
+  if (text === undefined) return undefined;
+  const { names, bad } = readHeaderList(text);
+  if (bad.length) throw new UsageError(`--authz-headers: ${notHeaderNames(bad)}`);
+  return sentListFor(names);
+}
 
 /** Bad input is exit 2, an unreachable etcd 3; never a stack trace. */
 function failure(e: unknown): number {
@@ -394,7 +409,7 @@ function verdictLine(v: Verdict): string {
     if (v.policy) line += ` (first enforced allow rule: ${v.policy}/${v.rule})`;
     if (v.nat) line += `; NAT → ${v.nat.backend} by ${v.nat.policy}/${v.nat.rule}`;
   } else {
-    const by = v.middlebox ? ` by ${v.middlebox} ${v.policy}/${v.rule}` : '';
+    const by = v.middlebox ? ` by ${v.middlebox} ${v.policy}/${v.rule}` : v.policy ? ` at ${v.policy}/${v.rule}` : '';
     line = `DENY ${v.status ?? ''}${by} (${v.reason})`;
     const retry = v.headers?.find((h) => h.key === 'retry-after');
     if (retry) line += `, retry-after ${retry.value} s`;

@@ -16,7 +16,7 @@ import {
 } from '../grpc/authz/http';
 import { REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
 import { DESTINATION_HEADER } from '../middlebox/nat/engine';
-import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, HEADER_NAME_RULE, isHeaderName, SENT_HEADERS_HEADER } from '../policy/headers';
+import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, HEADER_NAME_RULE, isHeaderName, SENT_HEADERS_HEADER, sentListFor } from '../policy/headers';
 
 /** Where a listener accepts traffic and where it forwards what the middlebox allows. */
 export interface ListenerTarget {
@@ -287,7 +287,7 @@ function resolveAuthzHeaders(names: readonly string[], hasFilter: boolean): stri
   }
   const bad = names.filter((n) => !isHeaderName(n));
   if (bad.length) throw new Error(`authzHeaders: not a lower-case header name: ${bad.map((n) => JSON.stringify(n)).join(', ')} (${HEADER_NAME_RULE})`);
-  return [...new Set([...ALWAYS_SENT, ...names])].sort();
+  return sentListFor(names).split(',');
 }
 
 function resolveMiddleboxTls(t: MiddleboxTlsOptions, endpoints: Endpoint[]): ResolvedMiddleboxTls {

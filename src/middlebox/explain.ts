@@ -21,6 +21,7 @@ import type {
   RequestMatcher,
   TrafficMatchSpec,
 } from '../policy/types';
+import { GuardedHeaders, headerGuard, UnsentHeaderRead, unsentHeaderVerdict } from '../policy/headers';
 import type { NatTablePort, RateLimitGrant, RateLimitPort, RateLimitRequest } from '../state/port';
 import { decideFirewall } from './firewall/engine';
 import {
@@ -57,6 +58,8 @@ export interface ExplainOptions {
   /** Wall-clock milliseconds (windows are aligned to the epoch). Default Date.now(). */
   now?: number;
   state?: ExplainState;
+  /** The list a sidecar rendered with `--authz-headers` sends (sentListFor); default every header. */
+  sentHeaders?: string;
 }
 
 /** Key of a rate-limit bucket in ExplainState.buckets. */
@@ -209,7 +212,17 @@ export function explain(snapshot: PolicySnapshot, req: RequestAttributes, opts: 
   // The verdict: the live pipeline itself, NAT included (as on the ext_proc path).
   const liveLimits = new ExplainRateLimits(state);
   const liveNat = new ExplainNatTable(state);
-  let verdict = settled(decide(snapshot, req, { rateLimits: liveLimits, nat: liveNat }, now, { nat: true }), 'pipeline');
+  const guard = opts.sentHeaders === undefined ? undefined : headerGuard(snapshot, opts.sentHeaders);
+  let verdict: Verdict;
+  try {
+    const asked = guard ? { ...req, headers: new GuardedHeaders(req.headers, guard) } : req;
+    verdict = settled(decide(snapshot, asked, { rateLimits: liveLimits, nat: liveNat }, now, { nat: true }), 'pipeline');
+  } catch (e) {
+    if (!(e instanceof UnsentHeaderRead)) throw e;
+    // What the replica answers such a sidecar; the traces below show what the rules would do with the header.
+    verdict = unsentHeaderVerdict(e);
+    notes.push(`rule ${e.policy}/${e.rule} reads header ${e.read.name}, which a sidecar rendered with this --authz-headers does not send: the request is refused (403 headers_not_sent); add ${e.read.name} to the list`);
+  }
   // Advertised headers would show invented numbers when a bucket was not consulted.
   if (verdict.responseHeaders && liveLimits.unconsulted) verdict = withoutResponseHeaders(verdict);
 

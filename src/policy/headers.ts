@@ -4,6 +4,7 @@
 // that sends only what the rules read passes more requests. A rule must never decide as if such a
 // header were absent, so a request that reaches an enforced rule reading one is refused instead
 // (HeaderGuard); requests no such rule looks at, and shadow rules, are not affected.
+import type { Verdict } from '../middlebox/types';
 import type { PolicyDocument, PolicySnapshot } from './types';
 
 /**
@@ -71,6 +72,11 @@ export function parseHeaderList(text: string): string[] {
 /** What a name in a list may be, for error messages. */
 export const HEADER_NAME_RULE = 'HTTP token characters, no % (a leading : for a pseudo-header)';
 
+/** The complaint about names that are not header names. */
+export function notHeaderNames(bad: readonly string[]): string {
+  return `not a header name: ${bad.map((n) => JSON.stringify(n)).join(', ')} (${HEADER_NAME_RULE})`;
+}
+
 /** A comma-separated list as an operator writes it: the names, and those that are not header names. */
 export function readHeaderList(text: string): { names: string[]; bad: string[] } {
   const names = parseHeaderList(text);
@@ -110,6 +116,20 @@ export class UnsentHeaderRead extends Error {
     }
     return e;
   }
+}
+
+/**
+ * The answer to a request that reached an enforced rule reading a header its sidecar does not send:
+ * refused, never decided as if the header were absent. 403, not 5xx: Envoy's HTTP client takes a
+ * 5xx for a failed call, which --failure-mode-allow would let through unchecked.
+ */
+export function unsentHeaderVerdict(e: UnsentHeaderRead): Verdict {
+  return { allow: false, status: 403, reason: 'headers_not_sent', policy: e.policy, rule: e.rule };
+}
+
+/** The list a sidecar rendered with `--authz-headers names` sends (the bootstrap adds ALWAYS_SENT). */
+export function sentListFor(names: readonly string[]): string {
+  return [...new Set([...ALWAYS_SENT, ...names])].sort().join(',');
 }
 
 /** The headers enforced rules read that one sidecar's list leaves out. */

@@ -84,6 +84,24 @@ describe('middlebox explain', function () {
       assert.match(r.stdout, /rendezvous hashing picks/);
     });
 
+    it('--authz-headers: as a sidecar sending only those headers would be answered', async () => {
+      const args = ['explain', '-f', policyFile, '--path', '/products/1', '--header', 'x-debug: 1'];
+      // Every header sent: no-debug denies.
+      assert.match((await middlebox(args)).stdout, /^Verdict\s+DENY 403 by firewall shop\/no-debug/m);
+      // x-debug sent: the same.
+      assert.match((await middlebox([...args, '--authz-headers', 'x-debug,x-api-key'])).stdout, /^Verdict\s+DENY 403 by firewall shop\/no-debug/m);
+      // Left out: refused for that, with a note naming the rule and the header.
+      const r = await middlebox([...args, '--authz-headers', 'x-api-key']);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout, /^Verdict\s+DENY 403 at shop\/no-debug \(headers_not_sent\)$/m);
+      assert.match(r.stdout, /rule shop\/no-debug reads header x-debug, which a sidecar rendered with this --authz-headers does not send/);
+      // A request that never reaches no-debug is decided as usual.
+      assert.equal((await middlebox(['explain', '-f', policyFile, '--path', '/admin/x', '--authz-headers', 'x-api-key', '-o', 'json'])).stdout.includes('"reason": "firewall_rule_deny"'), true);
+      const bad = await middlebox([...args, '--authz-headers', 'bad name']);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /--authz-headers: not a header name: "bad name"/);
+    });
+
     it('-o json is the whole explanation, machine-readable', async () => {
       const r = await middlebox(['explain', '-f', policyFile, '-f', file('other.yaml', POLICY.split('---\n')[1]!.replace('name: egress', 'name: more')),
         '--path', '/admin/x', '--header', 'x-debug: 1', '--source', '::ffff:10.0.0.1', '--dest', '[2001:db8::1]:8443', '-o', 'json']);

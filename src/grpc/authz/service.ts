@@ -6,7 +6,7 @@ import type { RequestAttributes, Verdict } from '../../middlebox/types';
 import { DecisionLog } from '../../observability/decision-log';
 import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
-import { GuardedHeaders, headerGuard, SENT_HEADERS_HEADER, UnsentHeaderRead } from '../../policy/headers';
+import { GuardedHeaders, headerGuard, SENT_HEADERS_HEADER, UnsentHeaderRead, unsentHeaderVerdict } from '../../policy/headers';
 import type { PolicySource } from '../../state/port';
 import type { CheckRequest, CheckResponse } from '../envoy-types';
 import { fastAuthorizationService, RpcCode } from '../protos';
@@ -40,16 +40,7 @@ export interface CheckOutcome {
 /** When shared state cannot answer, the request is refused (503) rather than decided blindly. */
 const STATE_UNAVAILABLE: Verdict = { allow: false, status: 503, reason: 'state_unavailable' };
 
-/**
- * A request that reaches an enforced rule reading a header its sidecar does not send is refused,
- * never decided as if the header were absent. 403, not 5xx: Envoy's HTTP client takes a 5xx for a
- * failed call, which --failure-mode-allow would let through unchecked.
- */
-function headersNotSent(e: UnsentHeaderRead): Verdict {
-  return { allow: false, status: 403, reason: 'headers_not_sent', policy: e.policy, rule: e.rule };
-}
-
-/** How often the refusal above is logged per sidecar list and header: it holds until the sidecar is re-rendered. */
+/** How often a headers_not_sent refusal is logged per sidecar list and rule: it holds until the sidecar is re-rendered. */
 const UNSENT_WARN_EVERY_MS = 60_000;
 
 export class AuthorizationService {
@@ -99,7 +90,7 @@ export class AuthorizationService {
     } catch (e) {
       if (!(e instanceof UnsentHeaderRead)) throw e;
       this.warnUnsent(translation.sentHeaders!, e);
-      return this.record(req, decisionId, headersNotSent(e), started);
+      return this.record(req, decisionId, unsentHeaderVerdict(e), started);
     }
     if (verdict instanceof Promise) {
       return verdict.then(
