@@ -1,4 +1,4 @@
-// Graceful close of a node:http(s) server, shared by the HTTP ext_authz listener and the webhook.
+// Graceful close of a node:http(s) server (the injection webhook's).
 import type { Server } from 'node:http';
 
 /**

@@ -1,0 +1,167 @@
+// The HTTP/1.1 server under the HTTP ext_authz listener (src/grpc/authz/http1.ts), spoken to over
+// raw sockets: what node:http would have done for it, it must do too.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Http1Server, type Http1Request, type Http1Response } from '../../src/grpc/authz/http1';
+
+interface Exchange {
+  /** Everything the server sent. */
+  text: string;
+  /** Whether the server closed the connection. */
+  closed: boolean;
+}
+
+/** Writes `chunks` (one write each, `gapMs` apart), then reads until `responses` answers or a close. */
+function talk(port: number, chunks: string[], opts: { responses?: number; gapMs?: number; waitMs?: number } = {}): Promise<Exchange> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let text = '';
+    let done = false;
+    const finish = (closed: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ text, closed });
+    };
+    const timer = setTimeout(() => finish(false), opts.waitMs ?? 3000);
+    socket.on('data', (d) => {
+      text += d.toString('latin1');
+      if (opts.responses !== undefined && (text.match(/HTTP\/1\.1 \d{3}/g) ?? []).length >= opts.responses && !/connection: close/.test(text)) finish(false);
+    });
+    socket.on('close', () => finish(true));
+    socket.on('error', reject);
+    socket.on('connect', async () => {
+      for (const c of chunks) {
+        if (socket.destroyed) return;
+        socket.write(c);
+        if (opts.gapMs) await new Promise((r) => setTimeout(r, opts.gapMs));
+      }
+    });
+  });
+}
+
+const get = (path: string, extra = '') => `GET ${path} HTTP/1.1\r\nhost: x\r\n${extra}\r\n`;
+const statuses = (text: string) => [...text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+const bodies = (text: string) => text.split(/HTTP\/1\.1 \d{3}[^\r]*\r\n/).slice(1).map((r) => r.split('\r\n\r\n')[1] ?? '');
+
+describe('HTTP/1.1 server of the HTTP ext_authz listener', () => {
+  let server: Http1Server;
+  let port: number;
+  const seen: Http1Request[] = [];
+  const errors: Error[] = [];
+
+  /** Echoes the path in the body; /slow/N answers after N ms; /throw throws; /reject rejects. */
+  function handler(req: Http1Request): Http1Response | Promise<Http1Response> {
+    seen.push(req);
+    if (req.url === '/throw') throw new Error('boom');
+    if (req.url === '/reject') return Promise.reject(new Error('boom'));
+    const slow = /^\/slow\/(\d+)$/.exec(req.url);
+    const answer = { status: 200, headers: ['x-method', req.method], body: req.url };
+    return slow ? new Promise((r) => setTimeout(() => r(answer), Number(slow[1]))) : answer;
+  }
+
+  beforeEach(async () => {
+    seen.length = 0;
+    errors.length = 0;
+    server = new Http1Server({ maxHeaderBytes: 4096, keepAliveMs: 60_000, requestTimeoutMs: 300, handler, onConnectionError: (e) => errors.push(e) });
+    await new Promise<void>((r) => server.server.listen(0, '127.0.0.1', r));
+    port = (server.server.address() as net.AddressInfo).port;
+  });
+
+  afterEach(() => server.close(500, () => undefined));
+
+  it('answers requests on one kept-alive connection, with content-length and the handler\'s headers', async () => {
+    const r = await talk(port, [get('/a'), get('/b')], { responses: 2, gapMs: 50 });
+    assert.deepEqual(statuses(r.text), [200, 200]);
+    assert.deepEqual(bodies(r.text), ['/a', '/b']);
+    assert.match(r.text, /x-method: GET\r\ncontent-length: 2\r\n\r\n\/a/);
+    assert.equal(r.closed, false);
+  });
+
+  it('answers pipelined requests in order, even when an earlier one answers later', async () => {
+    const r = await talk(port, [get('/slow/150') + get('/fast') + get('/slow/20')], { responses: 3 });
+    assert.deepEqual(bodies(r.text), ['/slow/150', '/fast', '/slow/20']);
+  });
+
+  it('reads a request sent a byte at a time, and one with more than 32 headers, every header in order', async () => {
+    const many = Array.from({ length: 40 }, (_, i) => `x-h${i}: v${i}\r\n`).join('');
+    const req = get('/bytes', many);
+    const pieces = req.match(/[^]{1,7}/g)!;
+    const r = await talk(port, pieces, { responses: 1, gapMs: 1, waitMs: 5000 });
+    assert.deepEqual(statuses(r.text), [200]);
+    const raw = seen[0]!.rawHeaders;
+    assert.equal(raw.length, 2 * 41);
+    assert.deepEqual([raw[0], raw[1], raw[80], raw[81]], ['host', 'x', 'x-h39', 'v39']);
+    assert.equal(seen[0]!.url, '/bytes');
+  });
+
+  it('skips a body, by content-length or chunked, and goes on with the next request', async () => {
+    const post = 'POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello';
+    const chunked = 'POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n';
+    const r = await talk(port, [post + chunked + get('/after')], { responses: 3 });
+    assert.deepEqual(bodies(r.text), ['/p', '/c', '/after']);
+    assert.deepEqual(seen.map((s) => s.method), ['POST', 'POST', 'GET']);
+  });
+
+  it('closes after answering `connection: close` and HTTP/1.0, and reads nothing after it', async () => {
+    const r = await talk(port, [get('/last', 'connection: close\r\n') + get('/never')]);
+    assert.deepEqual(bodies(r.text), ['/last']);
+    assert.match(r.text, /connection: close/);
+    assert.equal(r.closed, true);
+    const old = await talk(port, ['GET /old HTTP/1.0\r\n\r\n']);
+    assert.deepEqual([statuses(old.text), old.closed], [[200], true]);
+  });
+
+  it('refuses what does not parse with 400, headers past the limit with 431, a request not whole in time with 408; each closes', async () => {
+    const bad = await talk(port, ['GARBAGE\r\n\r\n']);
+    assert.deepEqual([statuses(bad.text), bad.closed], [[400], true]);
+    const big = await talk(port, [get('/big', `x-big: ${'a'.repeat(5000)}\r\n`)]);
+    assert.deepEqual([statuses(big.text), big.closed], [[431], true]);
+    const slow = await talk(port, ['GET /half HTTP/1.1\r\nhost: x\r\n']);
+    assert.deepEqual([statuses(slow.text), slow.closed], [[408], true]);
+    assert.equal(seen.length, 0, 'none of them reached the handler');
+  });
+
+  it('a handler that throws or rejects costs that request a 500, not the connection', async () => {
+    const r = await talk(port, [get('/throw') + get('/reject') + get('/ok')], { responses: 3 });
+    assert.deepEqual(statuses(r.text), [500, 500, 200]);
+    assert.equal(r.closed, false);
+  });
+
+  it('close() drains: no new connections, idle ones closed at once, answers in flight finished with connection: close', async () => {
+    const idle = await new Promise<net.Socket>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => resolve(s));
+    });
+    const idleClosed = new Promise<void>((r) => idle.on('close', () => r()));
+    const busy = talk(port, [get('/slow/200')], { waitMs: 3000 });
+    await new Promise((r) => setTimeout(r, 50));
+    const t = Date.now();
+    let cut = false;
+    const closing = server.close(2000, () => (cut = true));
+    const refused = await new Promise<string>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => resolve('connected'));
+      s.on('error', (e: Error & { code?: string }) => resolve(e.code ?? e.message));
+    });
+    assert.equal(refused, 'ECONNREFUSED');
+    await closing;
+    await idleClosed;
+    const answer = await busy;
+    assert.deepEqual(bodies(answer.text), ['/slow/200']);
+    assert.match(answer.text, /connection: close/);
+    assert.equal(answer.closed, true);
+    assert.equal(cut, false);
+    assert.ok(Date.now() - t < 1500, 'closed when the answer went, not at the deadline');
+  });
+
+  it('close() cuts what is still running at the deadline, and says so', async () => {
+    const busy = talk(port, [get('/slow/2000')], { waitMs: 3000 });
+    await new Promise((r) => setTimeout(r, 50));
+    let cut = false;
+    await server.close(200, () => (cut = true));
+    const answer = await busy;
+    assert.equal(cut, true);
+    assert.equal(answer.closed, true);
+    assert.equal(answer.text, '');
+  });
+});
