@@ -123,6 +123,86 @@ describe('HTTP/1.1 server of the HTTP ext_authz listener', () => {
     assert.equal(seen.length, 0, 'none of them reached the handler');
   });
 
+  it('answers HEAD without a body, so the connection stays in step', async () => {
+    const r = await talk(port, ['HEAD /h HTTP/1.1\r\nhost: x\r\n\r\n' + get('/after')], { responses: 2 });
+    assert.deepEqual(statuses(r.text), [200, 200]);
+    assert.match(r.text, /^HTTP\/1\.1 200 OK\r\nx-method: HEAD\r\ncontent-length: 2\r\n\r\nHTTP\/1\.1 200 OK/);
+    assert.deepEqual(bodies(r.text), ['', '/after']);
+  });
+
+  it('after a request that closes, later bytes are not read: its (late) answer, not a 400', async () => {
+    const r = await talk(port, [get('/slow/50', 'connection: close\r\n') + 'JUNK MORE JUNK\r\n\r\n']);
+    assert.deepEqual([statuses(r.text), bodies(r.text), r.closed], [[200], ['/slow/50'], true]);
+  });
+
+  it('a request that does not parse behind one still being answered: that answer first, then 400 and close', async () => {
+    const r = await talk(port, [get('/slow/100') + 'GARBAGE\r\n\r\n']);
+    assert.deepEqual([statuses(r.text), r.closed], [[200, 400], true]);
+    assert.equal(bodies(r.text)[0], '/slow/100');
+  });
+
+  it('stops reading at 16 unanswered requests and goes on as they are answered, in order', async () => {
+    const release: Array<() => void> = [];
+    const held = new Http1Server({
+      maxHeaderBytes: 4096,
+      keepAliveMs: 60_000,
+      requestTimeoutMs: 5000,
+      handler: (req) => new Promise((resolve) => release.push(() => resolve({ status: 200, headers: [], body: req.url }))),
+      onConnectionError: () => undefined,
+    });
+    await new Promise<void>((r) => held.server.listen(0, '127.0.0.1', r));
+    try {
+      const heldPort = (held.server.address() as net.AddressInfo).port;
+      const pending = talk(heldPort, Array.from({ length: 30 }, (_, i) => get(`/r${i}`)), { responses: 30, gapMs: 5, waitMs: 5000 });
+      await new Promise((r) => setTimeout(r, 400));
+      assert.equal(release.length, 16, 'read up to 16 requests, then waited');
+      for (let i = 0; i < 60 && release.length > 0; i++) {
+        release.shift()!();
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const r = await pending;
+      assert.deepEqual(bodies(r.text), Array.from({ length: 30 }, (_, i) => `/r${i}`));
+    } finally {
+      for (const f of release) f();
+      await held.close(500, () => undefined);
+    }
+  });
+
+  it('trailers are not headers: they cannot add to or replace what the call carries', async () => {
+    const chunked = 'POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-middlebox-ext-authz-peer: forged\r\n\r\n';
+    const r = await talk(port, [chunked], { responses: 1 });
+    assert.deepEqual(statuses(r.text), [200]);
+    assert.deepEqual(seen[0]!.rawHeaders, ['host', 'x', 'transfer-encoding', 'chunked']);
+  });
+
+  it('lets a closed connection go even if the peer never closes its side', async () => {
+    const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    socket.on('data', () => undefined);
+    socket.on('connect', () => socket.write(get('/bye', 'connection: close\r\n')));
+    await new Promise<void>((r) => socket.once('end', () => r()));
+    const count = () => new Promise<number>((r) => server.server.getConnections((_e, n) => r(n)));
+    for (let i = 0; i < 50 && (await count()) > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await count(), 0);
+    socket.destroy();
+  });
+
+  it('a drain lets a request being received arrive, answers it with connection: close, then closes', async () => {
+    const socket = net.connect(port, '127.0.0.1');
+    let text = '';
+    socket.on('data', (d) => (text += d.toString('latin1')));
+    const closed = new Promise<void>((r) => socket.on('close', () => r()));
+    await new Promise<void>((r) => socket.on('connect', () => r()));
+    socket.write('GET /half HTTP/1.1\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    const closing = server.close(2000, () => undefined);
+    socket.write('host: x\r\n\r\n');
+    await closing;
+    await closed;
+    assert.deepEqual([statuses(text), bodies(text)], [[200], ['/half']]);
+    assert.match(text, /connection: close/);
+  });
+
   it('a handler that throws or rejects costs that request a 500, not the connection', async () => {
     const r = await talk(port, [get('/throw') + get('/reject') + get('/ok')], { responses: 3 });
     assert.deepEqual(statuses(r.text), [500, 500, 200]);

@@ -5,8 +5,9 @@
 // 17-20 us of CPU per call where one on node:http spent 26-28 (README, "Measured numbers").
 //
 // What node:http would otherwise do for it, it does too: requests on one connection are answered in
-// order, `connection: close` and HTTP/1.0 close after the answer (a peer that closes its side gets
-// no more answers: no half-open connections), a request must arrive whole within
+// order (at most 16 unanswered before it stops reading), `connection: close` and HTTP/1.0 close
+// after the answer (a peer that closes its side gets no more answers: no half-open connections),
+// HEAD answers have no body, a request must arrive whole within
 // a deadline, headers past a size are refused (431), anything that does not parse is refused (400)
 // and the connection closed, and close() drains: no new connections, idle ones closed, answers in
 // flight finished, the rest cut after a deadline.
@@ -83,13 +84,14 @@ const REASONS: Record<number, string> = {
   431: 'Request Header Fields Too Large', 500: 'Internal Server Error', 503: 'Service Unavailable',
 };
 
-function serialize(r: Http1Response, close: boolean): string {
+/** The answer as written; to HEAD, without its body (its content-length still says how long). */
+function serialize(r: Http1Response, close: boolean, headOnly: boolean): string {
   const body = r.body ?? '';
   let head = `HTTP/1.1 ${r.status} ${REASONS[r.status] ?? 'Unknown'}\r\n`;
   for (let i = 0; i + 1 < r.headers.length; i += 2) head += `${r.headers[i]}: ${r.headers[i + 1]}\r\n`;
   head += `content-length: ${Buffer.byteLength(body)}\r\n`;
   if (close) head += 'connection: close\r\n';
-  return `${head}\r\n${body}`;
+  return `${head}\r\n${headOnly ? '' : body}`;
 }
 
 /** One slot per request on a connection, filled when its answer is ready: answers go out in order. */
@@ -97,6 +99,11 @@ interface Slot {
   text?: string;
   close: boolean;
 }
+
+/** Requests read but not yet answered on one connection; past it, the socket is not read (backpressure). */
+const MAX_PENDING = 16;
+
+const INTERNAL: Http1Response = { status: 500, headers: ['content-type', 'application/json'], body: '{"error":"internal","detail":"internal error deciding the request"}' };
 
 class Connection {
   private readonly parser = new loaded!.HTTPParser();
@@ -106,9 +113,12 @@ class Connection {
   private method = 'GET';
   private keepAlive = true;
   private inMessage = false;
+  /** Past the headers of the current message: what kOnHeaders brings now are trailers, not read. */
+  private headersDone = false;
   private timer: NodeJS.Timeout | undefined;
   /** No more requests are read: an error, `connection: close`, or the server draining. */
   private ending = false;
+  private closed = false;
 
   constructor(
     private readonly socket: net.Socket,
@@ -121,17 +131,21 @@ class Connection {
     p.initialize(HTTPParser.REQUEST, {}, opts.maxHeaderBytes, 0);
     p[HTTPParser.kOnMessageBegin] = () => {
       this.inMessage = true;
+      this.headersDone = false;
       this.timer = setTimeout(() => this.fail(408), opts.requestTimeoutMs);
     };
     // More than 32 headers arrive in parts before the rest with kOnHeadersComplete.
     p[HTTPParser.kOnHeaders] = (headers: string[], url: string) => {
+      if (this.headersDone) return;
       this.headers.push(...headers);
       this.url += url;
     };
     p[HTTPParser.kOnHeadersComplete] = (_major: number, minor: number, headers: string[] | undefined, method: number, url: string | undefined, _code: unknown, _msg: unknown, upgrade: boolean, keepAlive: boolean) => {
       if (headers) this.headers.push(...headers);
       if (url) this.url += url;
-      this.method = METHODS[method] ?? 'GET';
+      this.headersDone = true;
+      // A method this table lacks is not silently another one: the request is refused at completion.
+      this.method = METHODS[method] ?? '';
       this.keepAlive = keepAlive && !upgrade && minor >= 1;
       return 0;
     };
@@ -140,6 +154,7 @@ class Connection {
     socket.setNoDelay(true);
     socket.setTimeout(opts.keepAliveMs, () => socket.destroy());
     socket.on('data', (chunk: Buffer) => this.read(chunk));
+    socket.on('drain', () => this.resumeIfRoom());
     // The peer closed its side: Node closes ours (no half-open connections; Envoy never half-closes,
     // and a call whose caller left needs no answer).
     socket.on('end', () => {
@@ -147,6 +162,7 @@ class Connection {
     });
     socket.on('error', (e: Error) => opts.onConnectionError(e));
     socket.on('close', () => {
+      this.closed = true;
       clearTimeout(this.timer);
       this.parser.close();
       server.forget(this);
@@ -158,20 +174,40 @@ class Connection {
     return !this.inMessage && this.slots.length === 0;
   }
 
-  /** Draining: close now if idle, else after the answers in flight. */
+  /**
+   * Draining: close now if idle; else finish the request being received, answer what is in flight
+   * (with connection: close) and close.
+   */
   drain(): void {
-    this.ending = true;
-    if (this.idle) this.socket.end();
+    if (this.idle) this.close();
+    else if (!this.inMessage) this.ending = true;
   }
 
   destroy(): void {
     this.socket.destroy();
   }
 
+  /** Ends our side and lets the socket go once what was written is flushed, whatever the peer does. */
+  private close(): void {
+    this.ending = true;
+    if (this.closed) return;
+    this.socket.once('finish', () => this.socket.destroy());
+    this.socket.end();
+  }
+
   private read(chunk: Buffer): void {
     if (this.ending) return;
-    const r = this.parser.execute(chunk);
-    if (r instanceof Error) {
+    let r: number | Error;
+    try {
+      r = this.parser.execute(chunk);
+    } catch (e) {
+      // A bug in a callback: this connection, not the process.
+      this.opts.onConnectionError(e as Error);
+      this.socket.destroy();
+      return;
+    }
+    // Bytes after a request that closes the connection are not read (llhttp calls them an error).
+    if (r instanceof Error && !this.ending) {
       const code = (r as Error & { code?: string }).code;
       this.opts.onConnectionError(r);
       this.fail(code === 'HPE_HEADER_OVERFLOW' ? 431 : 400);
@@ -184,31 +220,43 @@ class Connection {
     const req: Http1Request = { method: this.method, url: this.url, rawHeaders: this.headers };
     this.headers = [];
     this.url = '';
-    const close = !this.keepAlive;
+    if (req.method === '') {
+      this.fail(400);
+      return;
+    }
+    const close = !this.keepAlive || this.server.closing;
     if (close) this.ending = true;
     const slot: Slot = { close };
     this.slots.push(slot);
+    if (this.slots.length >= MAX_PENDING) this.socket.pause();
+    const head = req.method === 'HEAD';
     let answer: Http1Response | Promise<Http1Response>;
     try {
       answer = this.opts.handler(req);
     } catch (e) {
       this.opts.onConnectionError(e as Error);
-      answer = { status: 500, headers: ['content-type', 'application/json'], body: '{"error":"internal","detail":"internal error deciding the request"}' };
+      answer = INTERNAL;
     }
     if (answer instanceof Promise) {
-      answer.then(
-        (a) => this.fill(slot, a),
-        (e: Error) => {
+      answer
+        .then(
+          (a) => a,
+          (e: Error) => {
+            this.opts.onConnectionError(e);
+            return INTERNAL;
+          },
+        )
+        .then((a) => this.fill(slot, a, head))
+        .catch((e: Error) => {
           this.opts.onConnectionError(e);
-          this.fill(slot, { status: 500, headers: ['content-type', 'application/json'], body: '{"error":"internal","detail":"internal error deciding the request"}' });
-        },
-      );
-    } else this.fill(slot, answer);
+          this.socket.destroy();
+        });
+    } else this.fill(slot, answer, head);
   }
 
-  private fill(slot: Slot, answer: Http1Response): void {
+  private fill(slot: Slot, answer: Http1Response, head: boolean): void {
     slot.close ||= this.server.closing;
-    slot.text = serialize(answer, slot.close);
+    slot.text = serialize(answer, slot.close, head);
     this.flush();
   }
 
@@ -218,23 +266,29 @@ class Connection {
       const slot = this.slots.shift()!;
       if (this.socket.writable) this.socket.write(slot.text!);
       if (slot.close) {
-        this.ending = true;
         this.slots.length = 0;
-        this.socket.end();
+        this.close();
         return;
       }
     }
-    if (this.ending && this.idle) this.socket.end();
+    if (this.ending && this.idle) this.close();
+    else this.resumeIfRoom();
   }
 
-  /** A request that cannot be answered: a bare status, then the connection closes. */
+  private resumeIfRoom(): void {
+    if (!this.ending && this.slots.length < MAX_PENDING && !this.socket.writableNeedDrain && this.socket.isPaused()) this.socket.resume();
+  }
+
+  /**
+   * A request that cannot be answered: a bare status after the answers already due on this
+   * connection (so that none is taken for theirs), then the connection closes.
+   */
   private fail(status: number): void {
     clearTimeout(this.timer);
     this.inMessage = false;
     this.ending = true;
-    this.slots.length = 0;
-    if (this.socket.writable) this.socket.end(serialize({ status, headers: [] }, true));
-    else this.socket.destroy();
+    this.slots.push({ text: serialize({ status, headers: [] }, true, false), close: true });
+    this.flush();
   }
 }
 
