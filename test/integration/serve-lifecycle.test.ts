@@ -137,7 +137,7 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       assert.equal(statusOf(res), 431);
       assert.equal(JSON.parse(res.denied_response!.body).reason, 'headers_too_large');
       assert.equal(sumMetric(await m.metrics(), 'middlebox_decisions_total', { reason: 'headers_too_large' }), 1);
-      assert.match(m.output(), /request headers exceed 2048 bytes \(--max-header-bytes\)/);
+      await waitFor(async () => /request headers exceed 2048 bytes \(--max-header-bytes\)/.test(m.output()), { timeoutMs: 3000, what: 'the log line' });
     });
 
     it('--max-message-bytes: a bigger message is refused by gRPC with RESOURCE_EXHAUSTED, and the server lives on', async () => {
@@ -156,7 +156,7 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
         assert.equal(statusOf(await client.check(httpCheck({ path: '/search', headers: { 'x-key': key } }))), 200);
       }
       assert.equal(sumMetric(await m.metrics(), 'middlebox_ratelimit_keys_overflow_total', { consistency: 'local' }), 3);
-      assert.match(m.output(), /"rule":"shop\/per-key".*more distinct keys than --max-keys-per-rate-limit/);
+      await waitFor(async () => /"rule":"shop\/per-key".*more distinct keys than --max-keys-per-rate-limit/.test(m.output()), { timeoutMs: 3000, what: 'the log line' });
     });
 
     it('--max-policy-bytes: a stored policy over it is refused; the last good one stays in force', async () => {
@@ -167,7 +167,9 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       await etcdClient.put(policyKey(PREFIX, 'shop')).value(big);
       await waitFor(async () => (await m.health.check('middlebox.policy')) === 'NOT_SERVING', { timeoutMs: 3000, what: 'the oversized policy to be refused' });
       assert.equal(await m.health.check(''), 'SERVING');
-      assert.match(m.output(), /too large: \d+ bytes, more than 4096 \(--max-policy-bytes, env MIDDLEBOX_MAX_POLICY_BYTES\).*stored policy rejected; the last good version stays in force/);
+      // The log line comes through the child's stdout, which may trail the health change a little.
+      const refused = /too large: \d+ bytes, more than 4096 \(--max-policy-bytes, env MIDDLEBOX_MAX_POLICY_BYTES\).*stored policy rejected; the last good version stays in force/;
+      await waitFor(async () => refused.test(m.output()), { timeoutMs: 3000, what: 'the refusal in the log' });
       const samples = await m.metrics();
       assert.equal(sumMetric(samples, 'middlebox_policy_rejected'), 1);
       assert.equal(sumMetric(samples, 'middlebox_policy_last_reload_success'), 0);
