@@ -103,7 +103,8 @@ interface Slot {
 /** Requests read but not yet answered on one connection; past it, the socket is not read (backpressure). */
 const MAX_PENDING = 16;
 
-const INTERNAL: Http1Response = { status: 500, headers: ['content-type', 'application/json'], body: '{"error":"internal","detail":"internal error deciding the request"}' };
+/** A handler that throws or rejects (the listener's own handler answers its errors itself): a bare 500. */
+const INTERNAL: Http1Response = { status: 500, headers: [] };
 
 class Connection {
   private readonly parser = new loaded!.HTTPParser();
