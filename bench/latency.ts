@@ -29,7 +29,9 @@ import { parsePolicies } from '../src/policy/parse';
 import type { Consistency, PolicyDocument } from '../src/policy/types';
 import { connectEtcd } from '../src/state/etcd/client';
 import { putPolicies } from '../src/state/etcd/policies';
+import { lookaheadOffsetMs } from '../src/state/etcd/ratelimit';
 import { renderSvg, type VegaLiteSpec } from './chart';
+import { nearestRankMs, sliceStats, type SliceStats } from './slice';
 import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, metadataLines, runMetadata, versionOf, writeResults } from './common';
 import { processCpuSeconds } from './timeline';
 
@@ -209,6 +211,15 @@ function setups(rounds = 1): Setup[] {
   if (rounds === 1) list.push({ id: 'envoy-again', label: 'Envoy, no filter (again, at the end)', kind: 'envoy' });
   return list;
 }
+
+/** The bench policy's rate-limit window (`per: 1s` below). */
+const POLICY_WINDOW_MS = 1000;
+/**
+ * The slice of each window, just after the point where a leased replica takes the next window's
+ * first block from etcd (look-ahead), whose requests are reported apart: where that etcd call
+ * shows in the response times.
+ */
+const LOOKAHEAD_SLICE = { fromMs: lookaheadOffsetMs(POLICY_WINDOW_MS), toMs: lookaheadOffsetMs(POLICY_WINDOW_MS) + 10 };
 
 /** One firewall rule and one rate limit that the load never reaches: what every request costs. */
 function policyDocs(consistency: Consistency, limit: number): PolicyDocument[] {
@@ -472,6 +483,8 @@ function h2loadRps(stdout: string): number | null {
 /** What pooling rounds needs beyond a run's summary; kept out of the results file. */
 interface FixedRaw {
   durationsUs: number[];
+  /** For each of durationsUs: when the request started, in ms into the rate limit's window. */
+  phasesMs: number[];
   /** Every request of the run (warm-up included) and the etcd writes meanwhile. */
   requests: number;
   etcdWrites: number | null;
@@ -507,6 +520,8 @@ interface FixedRateRun extends LatencyStats {
   slowerThanInterval: number;
   /** etcd write transactions during the run (revision after − before) ÷ every request of the run. */
   etcdWritesPerRequest: number | null;
+  /** Responses to requests that started in LOOKAHEAD_SLICE of a window, against the rest. */
+  afterLookahead: SliceStats;
 }
 
 interface SaturationRun extends LatencyStats {
@@ -536,8 +551,7 @@ function latencyStats(rows: Row[]): LatencyStats {
 /** Percentiles of response times (µs) with the statuses they came with. */
 function durationStats(durationsUs: number[], statuses: Record<string, number>): LatencyStats {
   const d = [...durationsUs].sort((a, b) => a - b);
-  // Nearest rank, in ms with µs precision.
-  const pct = (q: number) => (d.length ? d[Math.max(0, Math.ceil(q * d.length) - 1)]! / 1000 : null);
+  const pct = (q: number) => nearestRankMs(d, q);
   return {
     requests: d.length,
     p50Ms: pct(0.5),
@@ -573,6 +587,9 @@ async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProc
   const lastStart = Math.max(...measured.map((r) => r.startUs));
   const spanS = (lastStart - edge) / 1e6 + 1 / rate;
   const intervalMs = (1000 * c) / rate;
+  const answered = measured.filter((r) => r.status >= 0);
+  const durationsUs = answered.map((r) => r.durationUs);
+  const phasesMs = answered.map((r) => Math.floor(r.startUs / 1000) % POLICY_WINDOW_MS);
   const run: FixedRateRun = {
     rate,
     connections: c,
@@ -581,9 +598,11 @@ async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProc
     sentPerS: Math.round(measured.length / spanS),
     slowerThanInterval: measured.filter((r) => r.durationUs > intervalMs * 1000).length,
     etcdWritesPerRequest: before !== undefined && after !== undefined ? round((after - before) / rows.length, 4) : null,
+    afterLookahead: sliceStats(durationsUs, phasesMs, LOOKAHEAD_SLICE),
   };
   fixedRaw.set(run, {
-    durationsUs: measured.filter((r) => r.status >= 0).map((r) => r.durationUs),
+    durationsUs,
+    phasesMs,
     requests: rows.length,
     etcdWrites: before !== undefined && after !== undefined ? after - before : null,
   });
@@ -655,6 +674,7 @@ function poolRounds(all: ConfigResult[]): ConfigResult {
       sentPerS: Math.round(same.reduce((n, x) => n + x.sentPerS, 0) / same.length),
       slowerThanInterval: same.reduce((n, x) => n + x.slowerThanInterval, 0),
       etcdWritesPerRequest: writes === null || requests === 0 ? null : round(writes / requests, 4),
+      afterLookahead: sliceStats(raws.flatMap((r) => r.durationsUs), raws.flatMap((r) => r.phasesMs), LOOKAHEAD_SLICE),
     };
   });
   const sats = runs.map((r) => r.saturation).filter((x): x is SaturationRun => x !== null);
@@ -854,6 +874,13 @@ function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undef
     if (f.slowerThanInterval > 0) {
       obs.push(`${f.rate} req/s: ${f.slowerThanInterval} response(s) slower than a connection's interval (${fmt(f.intervalMs, 0)} ms), so the next request on it left late`);
     }
+    const a = f.afterLookahead;
+    if (a.tailShare !== null && a.requestShare !== null && a.tailShare >= 0.05 && a.tailShare >= 3 * a.requestShare) {
+      obs.push(
+        `${f.rate} req/s: ${percent(a.tailShare)} of the slowest 1 % started ${a.fromMs}–${a.toMs} ms into a second (${percent(a.requestShare)} of all requests), ` +
+          `when a leased replica takes the next window's block from etcd; p99 of the others ${ms(a.p99OutsideMs)} ms`,
+      );
+    }
   }
   if (r.saturation && Object.keys(r.saturation.statuses).some((s) => s !== '200')) obs.push(`saturation: ${statusText(r.saturation.statuses)}`);
   const limited = [r.warmup?.statuses, ...r.fixed.map((f) => f.statuses), r.saturation?.statuses].reduce((n, st) => n + (st?.['429'] ?? 0), 0);
@@ -882,6 +909,11 @@ function round(x: number, digits: number): number {
 
 function fmt(x: number | null | undefined, digits = 2): string {
   return x === null || x === undefined || !Number.isFinite(x) ? '–' : x.toFixed(digits);
+}
+
+/** A share as a percentage, one decimal. */
+function percent(x: number | null): string {
+  return x === null ? '–' : `${fmt(x * 100, 1)} %`;
 }
 
 /** Milliseconds: two decimals below 10 ms, where the targets are. */
@@ -978,14 +1010,20 @@ function markdown(
     }
   }
   lines.push('');
-  lines.push('Details per fixed-rate run: requests measured, sent per second, slowest response, responses slower than one connection\'s interval, statuses, etcd writes per request:');
+  const { fromMs, toMs } = LOOKAHEAD_SLICE;
+  lines.push(
+    'Details per fixed-rate run: requests measured, sent per second, slowest response, responses slower than one connection\'s interval, statuses, etcd writes per request, ' +
+      `and the requests that started ${fromMs}–${toMs} ms into a second, just after a leased replica takes the next window's block from etcd: their share of all responses and of the slowest 1 %, and the p99 of the others:`,
+  );
   lines.push('');
-  lines.push('| configuration | rate | measured | sent/s | max ms | slower than interval | statuses | etcd writes/request |');
-  lines.push('|---|---|---|---|---|---|---|---|');
+  lines.push(`| configuration | rate | measured | sent/s | max ms | slower than interval | statuses | etcd writes/request | ${fromMs}–${toMs} ms: of all · of slowest 1 % · p99 of the rest |`);
+  lines.push('|---|---|---|---|---|---|---|---|---|');
   for (const r of results) {
     for (const f of r.fixed) {
+      const a = f.afterLookahead;
       lines.push(
-        `| ${r.label} | ${f.rate} | ${f.requests} | ${f.sentPerS} | ${ms(f.maxMs)} | ${f.slowerThanInterval} (${fmt(f.intervalMs, 0)} ms) | ${statusText(f.statuses)} | ${f.etcdWritesPerRequest ?? '–'} |`,
+        `| ${r.label} | ${f.rate} | ${f.requests} | ${f.sentPerS} | ${ms(f.maxMs)} | ${f.slowerThanInterval} (${fmt(f.intervalMs, 0)} ms) | ${statusText(f.statuses)} | ${f.etcdWritesPerRequest ?? '–'} | ` +
+          `${percent(a.requestShare)} · ${percent(a.tailShare)} · ${ms(a.p99OutsideMs)} ms |`,
       );
     }
   }
