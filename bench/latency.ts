@@ -163,11 +163,14 @@ function setups(rounds = 1): Setup[] {
     // The same over HTTP/1.1 (http_service): a bare Node HTTP server answering 200.
     { id: 'ext-authz-http-floor', label: 'ext_authz over HTTP to a server answering 200 unread (floor)', kind: 'null-authz', authzProtocol: 'http' },
   ];
+  // Every consistency mode with each filter set (gRPC to the replica).
   const middlebox: Array<[Consistency, Filters]> = [
     ['local', 'ext_authz'],
     ['leased', 'ext_authz'],
     ['strict', 'ext_authz'],
+    ['local', 'ext_authz + ext_proc'],
     ['leased', 'ext_authz + ext_proc'],
+    ['strict', 'ext_authz + ext_proc'],
   ];
   for (const [consistency, filters] of middlebox) {
     for (const transport of ['tcp', 'unix'] as const) {
