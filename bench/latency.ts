@@ -314,7 +314,6 @@ function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | un
 
 interface Context {
   p: Params;
-  etcd: EtcdProcess;
   app: Upstream;
   tmp: string;
   h2load: string;
@@ -330,7 +329,7 @@ interface Target {
   stop(): Promise<void>;
 }
 
-async function startTarget(s: Setup, ctx: Context): Promise<Target> {
+async function startTarget(s: Setup, ctx: Context, etcd: EtcdProcess): Promise<Target> {
   if (s.kind === 'app') return { port: ctx.app.port, stop: async () => undefined };
   let replica: MiddleboxProcess | undefined;
   let replicaLog: string | undefined;
@@ -353,7 +352,7 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
   if (s.kind === 'middlebox') {
     // The policy is in etcd before the replica starts, so it is in force once the replica is SERVING.
     const prefix = `/latency/${s.id}`;
-    const client = connectEtcd({ endpoints: [ctx.etcd.endpoint] });
+    const client = connectEtcd({ endpoints: [etcd.endpoint] });
     try {
       await putPolicies(client, prefix, policyDocs(s.consistency!, ctx.p.rateLimit));
     } finally {
@@ -363,7 +362,7 @@ async function startTarget(s: Setup, ctx: Context): Promise<Target> {
     const listen = s.transport === 'unix' ? `unix:${path.join(ctx.tmp, `${s.id}.sock`)}` : `127.0.0.1:${await freePort()}`;
     // The product's defaults (etcd operation timeout, log level): what a deployment would run.
     const httpAuthzListen = !overHttp ? undefined : s.transport === 'unix' ? `unix:${path.join(ctx.tmp, `${s.id}.http.sock`)}` : 'auto';
-    replica = await MiddleboxProcess.start({ etcd: ctx.etcd.endpoint, prefix, listen, logFile: replicaLog, logLevel: 'info', httpAuthzListen });
+    replica = await MiddleboxProcess.start({ etcd: etcd.endpoint, prefix, listen, logFile: replicaLog, logLevel: 'info', httpAuthzListen });
     authzAddress = replica.address;
     httpAuthzAddress = replica.httpAuthzAddress;
   }
@@ -745,6 +744,8 @@ interface ConfigResult {
   rounds?: Array<{ p99Ms: number | null; saturationRps: number | null } & Comparison>;
 }
 
+let etcdNumber = 0;
+
 async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
   const started = Date.now();
   const result: ConfigResult = {
@@ -765,18 +766,23 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     durationMs: 0,
   };
   let target: Target | undefined;
+  let etcd: EtcdProcess | undefined;
   try {
-    target = await startTarget(s, ctx);
+    // A fresh etcd (its own data directory) for every configuration, the baselines included: what
+    // one configuration wrote (strict writes a transaction per request, tens of thousands in a
+    // run) must not weigh on the ones after it.
+    etcd = await EtcdProcess.start({ logFile: path.join(ctx.tmp, `etcd-${++etcdNumber}.log`) });
+    target = await startTarget(s, ctx, etcd);
     result.checkFindings = await checkTarget(s, target);
     const url = `http://127.0.0.1:${target.port}${ALLOWED_PATH}`;
-    const etcd = s.kind === 'middlebox' ? ctx.etcd : undefined;
+    const writesOf = s.kind === 'middlebox' ? etcd : undefined;
 
     const warm = await runH2load(ctx, ['--h1', '-c', String(ctx.p.saturationConnections), '-D', `${ctx.p.warmupS * 1000}ms`, url], ctx.p.warmupS, 'warm-up');
     result.warmup = { rps: h2loadRps(warm.stdout), statuses: latencyStats(warm.rows).statuses };
     log(`  warm-up ${ctx.p.warmupS} s closed loop: ${result.warmup.rps ?? '?'} req/s, ${statusText(result.warmup.statuses)}`);
 
     for (const rate of ctx.p.rates) {
-      const r = await fixedRate(ctx, url, rate, etcd);
+      const r = await fixedRate(ctx, url, rate, writesOf);
       result.fixed.push(r);
       log(
         `  ${rate} req/s: p50 ${ms(r.p50Ms)} / p90 ${ms(r.p90Ms)} / p99 ${ms(r.p99Ms)} ms, max ${ms(r.maxMs)} ms ` +
@@ -801,6 +807,7 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     result.error = (e as Error).stack ?? (e as Error).message;
   } finally {
     await target?.stop();
+    await etcd?.stop();
     if (target?.replicaLog) result.replicaWarnings = readWarnings(target.replicaLog);
     result.durationMs = Date.now() - started;
   }
@@ -881,7 +888,7 @@ function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undef
     if (a.tailShare !== null && a.requestShare !== null && a.tailShare >= 0.1 && a.tailShare >= 3 * a.requestShare) {
       obs.push(
         `${f.rate} req/s: ${percent(a.tailShare)} of the slowest 1 % started ${a.fromMs}–${a.toMs} ms into a second (${percent(a.requestShare)} of all requests), ` +
-          `when a leased replica takes the next window's block from etcd; p99 of the others ${ms(a.p99OutsideMs)} ms`,
+          `the 10 ms after a leased replica's look-ahead etcd call; p99 of the others ${ms(a.p99OutsideMs)} ms`,
       );
     }
   }
@@ -1162,16 +1169,7 @@ async function main(): Promise<number> {
       for (const [i, s] of order.entries()) {
         const where = p.rounds > 1 ? `round ${round + 1}/${p.rounds}, ` : '';
         log(`[${where}${i + 1}/${list.length}] ${s.label} (load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} on ${os.cpus().length} CPUs)`);
-        // A fresh etcd (its own data directory) for every configuration, the baselines included:
-        // what one configuration wrote (strict writes a transaction per request, tens of thousands
-        // in a run) must not weigh on the ones after it.
-        const etcd = await EtcdProcess.start({ logFile: path.join(tmp, `etcd-${round + 1}-${i + 1}.log`) });
-        let r: ConfigResult;
-        try {
-          r = await measure(s, { p, etcd, app, tmp, h2load });
-        } finally {
-          await etcd.stop();
-        }
+        const r = await measure(s, { p, app, tmp, h2load });
         done.push(r);
         if (r.error) log(`  FAILED: ${r.error.split('\n').slice(0, 6).join('\n          ')}`);
       }

@@ -28,6 +28,15 @@ describe('bench: response times by the slice of the window their request started
     assert.equal(spread.tailShare, 0, 'the one response above the p99 started outside the slice');
   });
 
+  it('the p99 of the rest leaves the slice out', () => {
+    // 2,000 requests, two per ms: the 20 that start at 900–909 ms take 3 ms, 5 others 1 ms, the
+    // rest 0.5 ms. The run's p99 is 1 ms and every response above it is in the slice; without the
+    // slice the p99 is 0.5 ms.
+    const phases = Array.from({ length: 2000 }, (_, i) => Math.floor(i / 2));
+    const durations = phases.map((ph, i) => (ph >= 900 && ph < 910 ? 3000 : i % 400 === 1 ? 1000 : 500));
+    assert.deepEqual(sliceStats(durations, phases, { fromMs: 900, toMs: 910 }), { fromMs: 900, toMs: 910, requestShare: 0.01, tailShare: 1, p99OutsideMs: 0.5 });
+  });
+
   it('refuses lists that do not pair up, and an empty run has no shares', () => {
     assert.throws(() => sliceStats([1, 2], [1], { fromMs: 0, toMs: 1 }), /one start phase per response time/);
     assert.deepEqual(sliceStats([], [], { fromMs: 0, toMs: 10 }), { fromMs: 0, toMs: 10, requestShare: null, tailShare: null, p99OutsideMs: null });
