@@ -29,7 +29,7 @@ const bootstrap: Command = {
     `  --app-port N             the app's HTTP port on ${d.inboundHttp.appAddress} (default ${d.inboundHttp.appPort})`,
     '  --no-http                render no HTTP listener',
     '  --inbound-filter NAME    ext_authz (default), ext_proc, or ext_authz+ext_proc: which filters ask the',
-    '                           middlebox inbound (both: ext_authz first, ext_proc sees what it let through)',
+    '                           middlebox inbound (both: ext_authz decides, ext_proc only translates)',
     '  --outbound-port N        add an outbound HTTP listener (ext_proc NAT, then ORIGINAL_DST) on this port',
     '  --tcp-port N             add a TCP listener with the network ext_authz filter on this port',
     '  --tcp-app-port N         the app\'s TCP port the TCP listener forwards to (required with --tcp-port)',

@@ -14,7 +14,7 @@ import {
   HTTP_AUTHZ_UPSTREAM_HEADER_PREFIX,
   httpAuthzPeerValue,
 } from '../grpc/authz/http';
-import { REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
+import { AFTER_EXT_AUTHZ_HEADER, REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
 import { DESTINATION_HEADER } from '../middlebox/nat/engine';
 import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, HEADER_NAME_RULE, isHeaderName, SENT_HEADERS_HEADER, sentListFor } from '../policy/headers';
 
@@ -393,7 +393,7 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
               http_filters: [
                 o.localRateLimit && httpLocalRateLimitFilter(o.localRateLimit),
                 o.extAuthz && o.inboundFilter !== 'ext_proc' && httpExtAuthzFilter(o),
-                o.extAuthz && o.inboundFilter !== 'ext_authz' && httpExtProcFilter(o),
+                o.extAuthz && o.inboundFilter !== 'ext_authz' && httpExtProcFilter(o, o.inboundFilter === 'ext_authz+ext_proc'),
                 routerFilter(),
               ].filter((f): f is Config => Boolean(f)),
             },
@@ -500,12 +500,17 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
 
 // ---- filters ------------------------------------------------------------------------------------
 
-function httpExtProcFilter(o: ResolvedOptions): Config {
+/**
+ * ext_proc to the middlebox. `afterAuthz`: ext_authz runs before it on the same listener and has
+ * decided the firewall and the rate limits, which the stream is told (AFTER_EXT_AUTHZ_HEADER) so
+ * that it only translates and charges no limit a second time.
+ */
+function httpExtProcFilter(o: ResolvedOptions, afterAuthz = false): Config {
   return {
     name: 'envoy.filters.http.ext_proc',
     typed_config: {
       '@type': TYPES.httpExtProc,
-      grpc_service: middleboxGrpcService(o),
+      grpc_service: afterAuthz ? { ...middleboxGrpcService(o), initial_metadata: [{ key: AFTER_EXT_AUTHZ_HEADER, value: 'true' }] } : middleboxGrpcService(o),
       failure_mode_allow: o.failureModeAllow,
       message_timeout: duration(o.timeoutMs),
       // Headers both ways (decide and translate); bodies stream past untouched.

@@ -72,6 +72,8 @@ export interface DuplexCall<Req, Res> {
   on(event: 'error', listener: (e: unknown) => void): unknown;
   /** emit('error', status) ends the call with that status. */
   emit(event: 'error', status: StatusObject): boolean;
+  /** The call's metadata (grpc-js's Metadata has this shape). */
+  readonly metadata?: { get(key: string): (string | Buffer)[] };
 }
 
 const {
@@ -201,11 +203,15 @@ export class StreamingCall extends EventEmitter {
     private readonly method: Method,
     private readonly maxSendBytes: number,
     readonly request?: unknown,
+    private readonly headers: http2.IncomingHttpHeaders = {},
   ) {
     super();
     // A handler ends the call with a status by emitting it as an error (as in grpc-js).
     this.on('error', (e: StatusObject | Error) => this.finish(asStatus(e)));
   }
+
+  /** The call's metadata, read from its headers when asked. */
+  readonly metadata = { get: (key: string): string[] => metadataValues(this.headers[key]) };
 
   write(message: unknown): boolean {
     if (this.writableEnded || this.cancelled || gone(this.stream)) return false;
@@ -418,7 +424,7 @@ export class GrpcTransport implements ServiceHost {
       stream.resume();
       return;
     }
-    if (method.requestStream && method.responseStream) this.bidi(stream, method);
+    if (method.requestStream && method.responseStream) this.bidi(stream, method, headers);
     else this.singleRequest(stream, method, headers);
   }
 
@@ -505,8 +511,8 @@ export class GrpcTransport implements ServiceHost {
     this.run(method, call);
   }
 
-  private bidi(stream: http2.ServerHttp2Stream, method: Method): void {
-    const call = new StreamingCall(stream, method, this.opts.maxSendMessageBytes);
+  private bidi(stream: http2.ServerHttp2Stream, method: Method, headers: http2.IncomingHttpHeaders): void {
+    const call = new StreamingCall(stream, method, this.opts.maxSendMessageBytes, undefined, headers);
     const reader = new MessageReader(this.opts.maxReceiveMessageBytes);
     let failed = false;
     stream.on('data', (chunk: Buffer) => {

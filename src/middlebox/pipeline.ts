@@ -19,7 +19,14 @@ export interface DecisionPorts {
 export interface DecideOptions {
   /** NAT needs both directions of a request, so only ext_proc asks for it. */
   nat?: boolean;
+  /**
+   * The firewall and the rate limits were decided for this request already (by ext_authz, before
+   * ext_proc on the same listener): only NAT is decided, and nothing is charged again.
+   */
+  natOnly?: boolean;
 }
+
+const ALLOWED: Verdict = { allow: true, reason: 'allowed' };
 
 /** Fail closed until the replica knows its policy: no snapshot is not the same as no policy. */
 export function decide(
@@ -30,6 +37,11 @@ export function decide(
   opts: DecideOptions = {},
 ): Verdict | Promise<Verdict> {
   if (!snapshot) return NOT_LOADED;
+  if (opts.natOnly) {
+    const nat = decideNat(snapshot, req, ports.nat, now);
+    if (nat === undefined) return ALLOWED;
+    return nat instanceof Promise ? nat.then((n) => withNat(ALLOWED, n)) : withNat(ALLOWED, nat);
+  }
   const firewall = decideFirewall(snapshot, req);
   if (!firewall.allow) return firewall;
   const limited = decideRateLimit(snapshot, req, ports.rateLimits, now);

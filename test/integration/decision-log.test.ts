@@ -1,7 +1,8 @@
 // Decision logs end to end: a real Envoy with ext_authz and then ext_proc on one listener, a real
 // replica and etcd. Each decision's id reaches Envoy's access log through the ext_authz filter's
 // dynamic metadata, credentials never reach the middlebox's log, and a request ext_authz denies
-// reaches the client as that denial (not as an ext_proc error).
+// reaches the client as that denial (not as an ext_proc error). With both filters a request is
+// decided once: ext_proc, told so by the bootstrap, charges no rate limit a second time.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +20,8 @@ spec:
   firewall:
     rules:
       - { name: no-admin, action: deny, paths: ["/admin/*"] }
+  rateLimits:
+    - { name: three, match: { paths: ["/limited/*"] }, limit: 3, per: 1h, consistency: leased }
 `;
 
 const SECRETS = { authorization: 'Bearer s3cr3t-token', cookie: 'sid=s3cr3t-cookie', 'x-tenant-key': 's3cr3t-tenant' };
@@ -108,5 +111,14 @@ describe('decision logs joined with Envoy access logs, credentials redacted', fu
     assert.equal(headers['x-plain'], 'visible', 'other headers are logged');
     const whole = fs.readFileSync(path.join(lab.logDir, 'middlebox-1.log'), 'utf8');
     for (const secret of Object.values(SECRETS)) assert.ok(!whole.includes(secret.split('=').pop()!), `${secret} appears in the log`);
+  });
+
+  it('decides a request once with both filters: a limit of 3 admits 3 (ext_proc charges nothing), one decision line each', async () => {
+    const statuses: number[] = [];
+    for (let i = 1; i <= 5; i++) statuses.push((await httpRequest({ port: lab.httpPort, path: `/limited/${i}` })).status);
+    assert.deepEqual(statuses, [200, 200, 200, 429, 429]);
+    const decisions = (p: string) => jsonLines(path.join(lab.logDir, 'middlebox-1.log')).filter((l) => l.path === p && 'decision' in l && 'allow' in l);
+    await waitFor(() => decisions('/limited/3').length > 0, { timeoutMs: 10_000, what: 'the decision line of /limited/3' });
+    for (let i = 1; i <= 3; i++) assert.equal(decisions(`/limited/${i}`).length, 1, `one decision line for /limited/${i}`);
   });
 });

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { parse } from 'yaml';
 import { CLUSTERS, renderBootstrap, renderBootstrapYaml, type BootstrapOptions } from '../../src/envoy/bootstrap';
-import { REQUEST_ATTRIBUTES } from '../../src/grpc/extproc/request';
+import { AFTER_EXT_AUTHZ_HEADER, REQUEST_ATTRIBUTES } from '../../src/grpc/extproc/request';
 import { DESTINATION_HEADER } from '../../src/middlebox/nat/engine';
 
 type Config = Record<string, any>;
@@ -166,6 +166,18 @@ describe('renderBootstrap with NAT', () => {
       assert.deepEqual(httpFilterNames(listener(both, 'inbound_http')), ['envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
       assert.deepEqual(httpFilterNames(listener(both, 'outbound_http')), ['envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
       assert.equal(both.static_resources.clusters.filter((c: Config) => c.name === CLUSTERS.middlebox).length, 1, 'one middlebox cluster');
+    });
+  });
+
+  describe("inboundFilter: 'ext_authz+ext_proc'", () => {
+    it('tells the inbound ext_proc stream that ext_authz decided first, and only that one', () => {
+      const b = render({ inboundFilter: 'ext_authz+ext_proc', outbound: OUTBOUND, middlebox: ['10.0.0.11:9001'] });
+      const inbound = listener(b, 'inbound_http');
+      assert.deepEqual(httpFilterNames(inbound), ['envoy.filters.http.ext_authz', 'envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
+      assert.deepEqual(extProc(inbound).grpc_service.initial_metadata, [{ key: AFTER_EXT_AUTHZ_HEADER, value: 'true' }]);
+      // The outbound listener's ext_proc and an inbound ext_proc alone decide everything themselves.
+      assert.equal(extProc(listener(b, 'outbound_http')).grpc_service.initial_metadata, undefined);
+      assert.equal(extProc(listener(render({ inboundFilter: 'ext_proc' }), 'inbound_http')).grpc_service.initial_metadata, undefined);
     });
   });
 });

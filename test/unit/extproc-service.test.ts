@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { ExternalProcessorService, type ExternalProcessorDeps } from '../../src/grpc/extproc/service';
-import { ATTRIBUTES_KEY } from '../../src/grpc/extproc/request';
+import { AFTER_EXT_AUTHZ_HEADER, ATTRIBUTES_KEY } from '../../src/grpc/extproc/request';
 import type { ProcessingRequest } from '../../src/grpc/envoy-types';
 import { externalProcessorClient } from '../../src/grpc/protos';
 import { GrpcTransport } from '../../src/grpc/transport';
@@ -109,9 +109,9 @@ describe('ExternalProcessorService', function () {
   });
 
   /** Sends the messages, half-closes, and collects every answer and the final status. */
-  function exchange(messages: Array<Record<string, unknown>>, via = client): Promise<Exchange> {
+  function exchange(messages: Array<Record<string, unknown>>, via = client, metadata = new grpc.Metadata()): Promise<Exchange> {
     return new Promise((resolve, reject) => {
-      const call = via.Process({ deadline: Date.now() + 5000 }) as grpc.ClientDuplexStream<unknown, Answer>;
+      const call = via.Process(metadata, { deadline: Date.now() + 5000 }) as grpc.ClientDuplexStream<unknown, Answer>;
       const answers: Answer[] = [];
       let settled = false;
       const done = (code: number, details: string) => {
@@ -301,6 +301,61 @@ describe('ExternalProcessorService', function () {
       assert.equal(code, grpc.status.OK);
       assert.equal(answers.length, 1);
       assert.equal(answers[0]!.mode_override?.response_header_mode, 2);
+    });
+  });
+
+  describe('after ext_authz on the same listener (the bootstrap\'s initial_metadata says so)', () => {
+    let own: Awaited<ReturnType<typeof start>>;
+    const afterAuthz = () => {
+      const md = new grpc.Metadata();
+      md.set(AFTER_EXT_AUTHZ_HEADER, 'true');
+      return md;
+    };
+
+    before(async () => {
+      own = await start({
+        policies: new StaticPolicySource(snapshot({ vip: POLICY })),
+        ports: { rateLimits: new LocalRateLimitStore({ replicas: () => 1 }), nat: new MemoryNatTable() },
+        logger: silentLogger(),
+      });
+    });
+
+    after(() => {
+      own?.client.close();
+      own?.server.forceShutdown();
+    });
+
+    it('charges no rate limit again: a limit of one still admits one request after three were translated', async () => {
+      for (let i = 0; i < 3; i++) {
+        const { answers } = await exchange([requestHeaders(GET('vip.local', `/slow/${i}`))], own.client, afterAuthz());
+        assert.equal(answers[0]!.response, 'request_headers', `request ${i} goes on`);
+        assert.equal(sets(answers[0]!.request_headers.response.header_mutation).get('x-envoy-original-dst-host'), A, 'and is still translated');
+      }
+      const first = await exchange([requestHeaders(GET('vip.local', '/slow/a'))], own.client);
+      assert.equal(first.answers[0]!.response, 'request_headers', 'the limit\'s one token was still there');
+      const second = await exchange([requestHeaders(GET('vip.local', '/slow/b'))], own.client);
+      assert.equal(second.answers[0]!.immediate_response?.status.code, 429);
+    });
+
+    it('does not decide the firewall again, keeps ext_authz\'s decision id and removes none of its headers', async () => {
+      const { answers, code } = await exchange(
+        [requestHeaders(GET('vip.local', '/admin/x', { 'x-middlebox-decision': 'from-authz', 'x-middlebox-shadow-deny': 'firewall/vip/r' }))],
+        own.client,
+        afterAuthz(),
+      );
+      assert.equal(code, grpc.status.OK);
+      assert.equal(answers[0]!.response, 'request_headers', 'ext_authz let it through; ext_proc does not refuse it');
+      const m = answers[0]!.request_headers.response.header_mutation;
+      assert.equal(sets(m).get('x-envoy-original-dst-host'), A);
+      assert.equal(sets(m).has('x-middlebox-decision'), false, 'ext_authz\'s id stays');
+      assert.deepEqual(m.remove_headers ?? [], []);
+    });
+
+    it('with nothing to translate, lets the request through and skips the response round trip', async () => {
+      const { answers } = await exchange([requestHeaders(GET('other.local', '/'))], own.client, afterAuthz());
+      assert.equal(answers[0]!.response, 'request_headers');
+      assert.equal(answers[0]!.mode_override?.response_header_mode, 2);
+      assert.deepEqual(sets(answers[0]!.request_headers.response.header_mutation), new Map());
     });
   });
 

@@ -9,6 +9,14 @@ import { HeaderCollector } from '../headers';
 /** The attribute namespace Envoy's ext_proc filter reports under. */
 export const ATTRIBUTES_KEY = 'envoy.filters.http.ext_proc';
 
+/**
+ * gRPC metadata the bootstrap sets (initial_metadata, which a client cannot forge) on an ext_proc
+ * filter that runs after ext_authz on the same listener: the request was decided there, so this
+ * stream only translates (NAT). Without it, firewall and rate limits would be decided twice and a
+ * limit charged two tokens per request.
+ */
+export const AFTER_EXT_AUTHZ_HEADER = 'x-middlebox-ext-proc-after-ext-authz';
+
 /** What the rendered bootstrap asks Envoy to send; see src/envoy/bootstrap.ts. */
 export const REQUEST_ATTRIBUTES = [
   'source.address',

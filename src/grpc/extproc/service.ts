@@ -32,7 +32,7 @@ import {
 import { HeaderCollector } from '../headers';
 import { externalProcessorService, RpcCode } from '../protos';
 import type { DuplexCall, ServiceHost } from '../transport';
-import { translateRequestHeaders } from './request';
+import { AFTER_EXT_AUTHZ_HEADER, translateRequestHeaders } from './request';
 
 export interface ExternalProcessorDeps {
   policies: PolicySource;
@@ -54,7 +54,11 @@ interface StreamState {
   virtualHost?: string;
   /** Nothing more is wanted from this request: close the stream after the answer. */
   done?: boolean;
+  /** ext_authz decided the request before this filter (see AFTER_EXT_AUTHZ_HEADER): translate only. */
+  afterAuthz: boolean;
 }
+
+const DECISION_HEADER = 'x-middlebox-decision';
 
 class StreamError extends Error {}
 
@@ -74,7 +78,7 @@ export class ExternalProcessorService {
   }
 
   private readonly process = (call: DuplexCall<ProcessingRequest, ProcessingResponse>): void => {
-    const state: StreamState = { phase: 'awaiting_request_headers' };
+    const state: StreamState = { phase: 'awaiting_request_headers', afterAuthz: call.metadata?.get(AFTER_EXT_AUTHZ_HEADER)[0] !== undefined };
     // Answers must leave in the order the messages came, though a decision may wait for etcd.
     let queue: Promise<void> = Promise.resolve();
     call.on('data', (msg: ProcessingRequest) => {
@@ -155,31 +159,41 @@ export class ExternalProcessorService {
       return immediate(refused, state.decisionId);
     }
     const req = translation.request;
-    state.decisionId = req.requestId || randomUUID();
+    // After ext_authz, the request carries its decision's id (ext_authz removed any a client sent).
+    const afterAuthz = state.afterAuthz;
+    state.decisionId = (afterAuthz && req.headers.get(DECISION_HEADER)) || req.requestId || randomUUID();
     state.virtualHost = req.headers.get(':authority') || req.headers.get('host') || req.host;
     let verdict: Verdict;
     try {
-      verdict = await decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now(), { nat: true });
+      verdict = await decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now(), { nat: true, natOnly: afterAuthz });
     } catch (e) {
       this.deps.logger.error({ decision: state.decisionId, err: (e as Error).message }, 'shared state did not answer');
       verdict = STATE_UNAVAILABLE;
     }
     state.verdict = verdict;
     const seconds = (performance.now() - started) / 1000;
-    this.decisionLog.record(req, state.decisionId, verdict, seconds * 1000);
-    this.deps.metrics?.decided('ext_proc', verdict, seconds);
+    // After ext_authz, a request this stream only lets through was decided (and logged) there.
+    if (!afterAuthz || verdict.nat || !verdict.allow) {
+      this.decisionLog.record(req, state.decisionId, verdict, seconds * 1000);
+      this.deps.metrics?.decided('ext_proc', verdict, seconds);
+    }
     if (!verdict.allow) {
       state.done = true;
       return immediate(verdict, state.decisionId);
     }
     state.phase = 'request';
     const changes = requestChanges(verdict.nat, req);
-    const set = [...changes.set, { key: 'x-middlebox-decision', value: state.decisionId }, ...(verdict.headers ?? [])];
-    if (verdict.shadowDenials?.length) {
-      const d = verdict.shadowDenials[0]!;
-      set.push({ key: 'x-middlebox-shadow-deny', value: `${d.middlebox}/${d.policy}/${d.rule}` });
+    const set = [...changes.set];
+    const remove = [...changes.remove];
+    // ext_authz set the decision's headers and removed those a client sent; otherwise this does.
+    if (!afterAuthz) {
+      set.push({ key: DECISION_HEADER, value: state.decisionId }, ...(verdict.headers ?? []));
+      if (verdict.shadowDenials?.length) {
+        const d = verdict.shadowDenials[0]!;
+        set.push({ key: 'x-middlebox-shadow-deny', value: `${d.middlebox}/${d.policy}/${d.rule}` });
+      }
+      remove.push(...clientOwnHeaders(req, set));
     }
-    const remove = [...changes.remove, ...clientOwnHeaders(req, set)];
     const answer: ProcessingResponse = {
       request_headers: { response: { header_mutation: mutation(set, remove), clear_route_cache: changes.clearRouteCache } },
     };
@@ -222,7 +236,7 @@ function mutation(set: HeaderValue[], remove: string[]): HeaderMutation {
 function immediate(verdict: Verdict, decisionId: string): ProcessingResponse {
   const headers: HeaderValue[] = [
     { key: 'content-type', value: 'application/json' },
-    { key: 'x-middlebox-decision', value: decisionId },
+    { key: DECISION_HEADER, value: decisionId },
     ...(verdict.headers ?? []),
   ];
   return {
