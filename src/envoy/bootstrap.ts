@@ -14,6 +14,7 @@ import {
   HTTP_AUTHZ_UPSTREAM_HEADER_PREFIX,
   httpAuthzPeerValue,
 } from '../grpc/authz/http';
+import { DECISION_HEADER } from '../grpc/authz/response';
 import { AFTER_EXT_AUTHZ_HEADER, REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
 import { DESTINATION_HEADER } from '../middlebox/nat/engine';
 import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, HEADER_NAME_RULE, isHeaderName, SENT_HEADERS_HEADER, sentListFor } from '../policy/headers';
@@ -178,8 +179,6 @@ const TYPES = {
 
 const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
 
-/** The id of the middlebox's decision, on every answer (and, over gRPC, in the filter's metadata). */
-const DECISION_HEADER = 'x-middlebox-decision';
 
 type Config = Record<string, unknown>;
 

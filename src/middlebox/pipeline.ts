@@ -37,20 +37,16 @@ export function decide(
   opts: DecideOptions = {},
 ): Verdict | Promise<Verdict> {
   if (!snapshot) return NOT_LOADED;
-  if (opts.natOnly) {
-    const nat = decideNat(snapshot, req, ports.nat, now);
-    if (nat === undefined) return ALLOWED;
-    return nat instanceof Promise ? nat.then((n) => withNat(ALLOWED, n)) : withNat(ALLOWED, nat);
-  }
-  const firewall = decideFirewall(snapshot, req);
-  if (!firewall.allow) return firewall;
-  const limited = decideRateLimit(snapshot, req, ports.rateLimits, now);
-  const afterLimits = (v: Verdict): Verdict | Promise<Verdict> => (v.allow && opts.nat ? translate(v) : v);
   const translate = (v: Verdict): Verdict | Promise<Verdict> => {
     const nat = decideNat(snapshot, req, ports.nat, now);
     if (nat === undefined) return v;
     return nat instanceof Promise ? nat.then((n) => withNat(v, n)) : withNat(v, nat);
   };
+  if (opts.natOnly) return translate(ALLOWED);
+  const firewall = decideFirewall(snapshot, req);
+  if (!firewall.allow) return firewall;
+  const limited = decideRateLimit(snapshot, req, ports.rateLimits, now);
+  const afterLimits = (v: Verdict): Verdict | Promise<Verdict> => (v.allow && opts.nat ? translate(v) : v);
   if (limited === undefined) return afterLimits(firewall);
   return limited instanceof Promise ? limited.then((v) => afterLimits(merge(firewall, v))) : afterLimits(merge(firewall, limited));
 }

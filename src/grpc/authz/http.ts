@@ -12,7 +12,7 @@ import { SENT_LIST } from '../../policy/headers';
 import { HeaderCollector } from '../headers';
 import type { TransportTls } from '../transport';
 import { headersTooLarge, hostWithoutPort, pathWithoutQuery, type Translation, type TranslationLimits } from './request';
-import { denialBody, OWN_HEADER_PREFIX } from './response';
+import { DECISION_HEADER, denialBody, OWN_HEADER_PREFIX } from './response';
 import { Http1Server, type Http1Request, type Http1Response } from './http1';
 import { clientOwnHeaders, type Decision } from './service';
 
@@ -179,7 +179,7 @@ function endpoint(address: string, principal: string): Endpoint | undefined {
  * every call (HTTP/1.1 connections persist without them).
  */
 export function httpCheckResponse(verdict: Verdict, decisionId: string, clientOwnHeaders: readonly string[]): Http1Response {
-  const headers: string[] = ['x-middlebox-decision', decisionId];
+  const headers: string[] = [DECISION_HEADER, decisionId];
   for (const h of verdict.headers ?? []) headers.push(h.key, h.value);
   if (verdict.allow) {
     if (verdict.shadowDenials?.length) {

@@ -33,6 +33,9 @@ function errorName(status: number): string {
 /** Header names the middlebox owns: a client may never hand them to the app. */
 export const OWN_HEADER_PREFIX = 'x-middlebox-';
 
+/** The id of a decision, on every answer: joins Envoy's access log, the app and the decision log. */
+export const DECISION_HEADER = 'x-middlebox-decision';
+
 /**
  * `clientOwnHeaders`: x-middlebox-* names the client sent; those the verdict does not overwrite
  * are removed before the request goes upstream.
@@ -46,7 +49,7 @@ export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'h
       : { status: { code: RpcCode.PERMISSION_DENIED, message: `${verdict.reason}: ${verdict.policy ?? ''}/${verdict.rule ?? ''}` }, dynamic_metadata };
   }
   if (verdict.allow) {
-    const headers: HeaderValueOption[] = [overwrite('x-middlebox-decision', decisionId)];
+    const headers: HeaderValueOption[] = [overwrite(DECISION_HEADER, decisionId)];
     for (const h of verdict.headers ?? []) headers.push(overwrite(h.key, h.value));
     if (verdict.shadowDenials?.length) {
       const d = verdict.shadowDenials[0]!;
@@ -60,7 +63,7 @@ export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'h
   }
   const headers: HeaderValueOption[] = [
     overwrite('content-type', 'application/json'),
-    overwrite('x-middlebox-decision', decisionId),
+    overwrite(DECISION_HEADER, decisionId),
   ];
   for (const h of verdict.headers ?? []) headers.push(overwrite(h.key, h.value));
   return {

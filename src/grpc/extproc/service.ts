@@ -20,7 +20,7 @@ import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import { DEFAULT_TRANSLATION_LIMITS, type TranslationLimits } from '../authz/request';
-import { denialBody, OWN_HEADER_PREFIX } from '../authz/response';
+import { DECISION_HEADER, denialBody, OWN_HEADER_PREFIX } from '../authz/response';
 import {
   HeaderAppend,
   HeaderSendMode,
@@ -57,8 +57,6 @@ interface StreamState {
   /** ext_authz decided the request before this filter (see AFTER_EXT_AUTHZ_HEADER): translate only. */
   afterAuthz: boolean;
 }
-
-const DECISION_HEADER = 'x-middlebox-decision';
 
 class StreamError extends Error {}
 

@@ -110,6 +110,7 @@ const LOOKAHEAD_MS = 100;
 export function lookaheadOffsetMs(perMs: number): number {
   return perMs - Math.min(LOOKAHEAD_MS, perMs / 4);
 }
+
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
 const BUCKET_POOL_MS = 250;
 const KEY_TTL_SLACK_MS = 2000;
