@@ -395,3 +395,206 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     assert.equal(store.sharedUsed({ rule, key: 'unseen', now }), undefined);
   });
 });
+
+/** Many keys' worth of etcd: transactions over several keys, each compare on its mod revision. */
+class FakeEtcdKeys {
+  readonly kv = new Map<string, { value: string; mod: number }>();
+  revision = 1;
+  /** Keys written by each committed or failed transaction, in order. */
+  readonly txns: Array<{ keys: string[]; succeeded: boolean }> = [];
+
+  readonly client = {
+    if: (key: string, _field: string, _op: string, mod: string) => {
+      const compares: Array<[string, string]> = [[key, mod]];
+      let puts: Array<{ key: string; value?: string }> = [];
+      let gets: Array<{ key: string }> = [];
+      const txn = {
+        and: (k: string, _f: string, _o: string, m: string) => {
+          compares.push([k, m]);
+          return txn;
+        },
+        then: (...ops: Array<{ key: string; value?: string }>) => {
+          puts = ops;
+          return txn;
+        },
+        else: (...ops: Array<{ key: string }>) => {
+          gets = ops;
+          return txn;
+        },
+        commit: async () => {
+          await new Promise((r) => setImmediate(r));
+          const succeeded = compares.every(([k, m]) => String(this.kv.get(k)?.mod ?? 0) === m);
+          this.txns.push({ keys: puts.map((p) => p.key), succeeded });
+          if (succeeded) {
+            this.revision += 1;
+            for (const p of puts) this.kv.set(p.key, { value: p.value!, mod: this.revision });
+            return { succeeded: true, header: { revision: String(this.revision) }, responses: [] };
+          }
+          const responses = gets.map((g) => {
+            const e = this.kv.get(g.key);
+            return { response_range: { kvs: e ? [{ value: Buffer.from(e.value), mod_revision: String(e.mod) }] : [] } };
+          });
+          return { succeeded: false, header: { revision: String(this.revision) }, responses };
+        },
+      };
+      return txn;
+    },
+    put: (key: string) => {
+      const op: { key: string; value?: string } = { key };
+      return { value: (v: string) => ({ lease: () => Object.assign(op, { value: v }) }) };
+    },
+    get: (key: string) => ({ key }),
+    lease: () => ({ grant: async () => 'lease-1' }),
+  };
+
+  /** Another replica writes `key`: the state it leaves, at a new revision. */
+  write(key: string, state: object): void {
+    this.revision += 1;
+    this.kv.set(key, { value: JSON.stringify(state), mod: this.revision });
+  }
+
+  state(key: string): { w: number; c: number; a?: number } | undefined {
+    const e = this.kv.get(key);
+    return e && (JSON.parse(e.value) as { w: number; c: number; a?: number });
+  }
+}
+
+describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () => {
+  const rule = { ...LEASED, limit: 1_000_000_000, perMs: 1000 } as CompiledRateLimit;
+  const settle = async () => {
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+  };
+
+  /** `keys` buckets, each with 21 requests early in window w0 (as warmedUp above), on one fake etcd. */
+  async function manyWarmedUp(keys: string[]) {
+    const etcd = new FakeEtcdKeys();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const t0 = Math.floor(Date.now() / 1000) * 1000 + 10_000;
+    for (const key of keys) {
+      for (let i = 0; i < 20; i++) await store.consume({ rule, key, now: t0 });
+      await store.consume({ rule, key, now: t0 + 100 });
+    }
+    await settle();
+    const etcdKey = (key: string) => [...etcd.kv.keys()][keys.indexOf(key)]!;
+    return { etcd, store, t0, w0: t0 / 1000, etcdKey };
+  }
+
+  it('one request in the window\'s last 100 ms takes ahead for every bucket with traffic in it, 64 keys to a transaction', async () => {
+    const keys = Array.from({ length: 70 }, (_, i) => `k${i}`);
+    const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(keys);
+    const before = etcd.txns.length;
+    assert.ok(!(store.consume({ rule, key: 'k5', now: t0 + 950 }) instanceof Promise));
+    await settle();
+    const txns = etcd.txns.slice(before);
+    assert.deepEqual(
+      txns.map((t) => [t.keys.length, t.succeeded]),
+      [
+        [64, true],
+        [6, true],
+      ],
+      'two transactions for 70 buckets',
+    );
+    for (const key of keys) {
+      const s = etcd.state(etcdKey(key))!;
+      assert.equal(s.w, w0, `${key} stays in this window`);
+      assert.ok((s.a ?? 0) > 0, `${key} has a block counted ahead for the next window`);
+    }
+    // The next window: the first request of every bucket is answered at once, with no transaction.
+    const txnsBefore = etcd.txns.length;
+    for (const key of keys) {
+      const g = store.consume({ rule, key, now: t0 + 1000 });
+      assert.ok(!(g instanceof Promise) && g.allowed, `${key}'s first request of the next window waits for nothing`);
+    }
+    assert.equal(etcd.txns.length, txnsBefore);
+    // Once per window: a request on another bucket in the same last 100 ms takes nothing more.
+    store.consume({ rule, key: 'k6', now: t0 + 960 });
+    await settle();
+    assert.equal(etcd.txns.length, txnsBefore);
+  });
+
+  it('a block taken ahead has room for more requests than the last windows had: none waits on etcd', async () => {
+    const etcd = new FakeEtcdKeys();
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const t0 = Math.floor(Date.now() / 1000) * 1000 + 10_000;
+    // Ten requests a window, 95 ms apart, for five windows: the last one takes the next one's block.
+    for (let i = 0; i < 50; i++) {
+      await store.consume({ rule, key: 'k', now: t0 + i * 100 + 5 });
+      await settle();
+    }
+    const txns = etcd.txns.length;
+    // The next window brings fourteen, in its first 800 ms: 40 % more than the ten the block was sized by.
+    const waited = Array.from({ length: 14 }, (_, i) => store.consume({ rule, key: 'k', now: t0 + 5000 + i * 60 })).filter((g) => g instanceof Promise);
+    assert.equal(waited.length, 0, 'no request of the window waited for a block');
+    await settle();
+    assert.equal(etcd.txns.length, txns, 'no transaction in the window');
+  });
+
+  it('leaves out buckets with no request in this window, and buckets a limit can be reached in', async () => {
+    const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(['a', 'b']);
+    // 'old' had its traffic a window earlier; 'near' has a limit its traffic could reach.
+    const near = { ...rule, id: 'p/near', name: 'near', limit: 400 } as CompiledRateLimit;
+    for (let i = 0; i < 20; i++) await store.consume({ rule, key: 'old', now: t0 - 1000 });
+    await store.consume({ rule, key: 'old', now: t0 - 900 });
+    for (let i = 0; i < 20; i++) await store.consume({ rule: near, key: 'a', now: t0 });
+    await store.consume({ rule: near, key: 'a', now: t0 + 100 });
+    await settle();
+    const keys = [...etcd.kv.keys()];
+    const before = etcd.txns.length;
+    store.consume({ rule, key: 'a', now: t0 + 950 });
+    await settle();
+    assert.deepEqual(
+      etcd.txns.slice(before).map((t) => t.keys),
+      [[etcdKey('a'), etcdKey('b')]],
+    );
+    assert.equal(etcd.state(keys[2]!)!.w, w0 - 1, 'the idle bucket was not written');
+    assert.equal(etcd.state(keys[3]!)!.a, undefined, 'nothing taken ahead where the limit can be reached');
+  });
+
+  it('a batch that loses to another replica\'s write is taken again from the states etcd answered with', async () => {
+    const keys = ['a', 'b', 'c'];
+    const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(keys);
+    // Another replica took 1,000 tokens of b's window since this one last saw it.
+    const b = etcd.state(etcdKey('b'))!;
+    etcd.write(etcdKey('b'), { ...b, c: b.c + 1000 });
+    const before = etcd.txns.length;
+    store.consume({ rule, key: 'a', now: t0 + 950 });
+    await settle();
+    assert.deepEqual(
+      etcd.txns.slice(before).map((t) => [t.keys.length, t.succeeded]),
+      [
+        [3, false],
+        [3, true],
+      ],
+    );
+    assert.equal(store.stats.conflicts, 1);
+    const after = etcd.state(etcdKey('b'))!;
+    assert.equal(after.w, w0);
+    assert.equal(after.c, b.c + 1000, 'the other replica\'s tokens are still counted');
+    assert.ok((after.a ?? 0) > 0);
+  });
+
+  it('an etcd failure frees every bucket of the batch: each takes its own block when a request needs one', async () => {
+    const keys = ['a', 'b'];
+    const { etcd, store, t0 } = await manyWarmedUp(keys);
+    const failing = etcd.client.if;
+    let fail = true;
+    etcd.client.if = ((...args: Parameters<typeof failing>) => {
+      const txn = failing(...args);
+      const commit = txn.commit;
+      txn.commit = async () => {
+        if (fail) throw new Error('etcd is gone');
+        return commit();
+      };
+      return txn;
+    }) as typeof failing;
+    store.consume({ rule, key: 'a', now: t0 + 950 });
+    await settle();
+    fail = false;
+    // Both buckets are free again: the next window's first requests take their own blocks.
+    for (const key of keys) {
+      const g = store.consume({ rule, key, now: t0 + 1000 });
+      assert.ok(g instanceof Promise, `${key}: nothing was taken ahead`);
+      assert.equal((await g).allowed, true);
+    }
+  });
+});

@@ -18,9 +18,14 @@
 //         LOOKAHEAD_MS: the key's state counts it apart (`a`, see algorithms.takeAhead) until that
 //         window begins, so that the current window's count and budget stay as they were, and the
 //         requests that open the next window find their tokens pooled instead of all waiting on
-//         one etcd round trip. (A replica of a version before `a` that writes the key in the same
-//         window drops it: during such an upgrade a window may admit the blocks taken ahead for it
-//         more, at most half the limit.)
+//         one etcd round trip. The first such request in a window takes ahead for every bucket
+//         of the same window length that had requests in it, in transactions of up to
+//         LOOKAHEAD_BATCH_KEYS keys: a bucket with a few requests a second may see none in the last
+//         LOOKAHEAD_MS, and many buckets cost a few etcd calls a window, not one each. Blocks taken
+//         in the background carry room for the traffic's ups and downs (see blockSize).
+//         (A replica of a version before `a` that writes the key in the same window drops it:
+//         during such an upgrade a window may admit the blocks taken ahead for it more, at most
+//         half the limit.)
 //
 // A bucket whose last known shared state has no token left is denied without asking etcd (the
 // state can only have been consumed further since, until time refills it). Keys are bound to leases
@@ -111,6 +116,14 @@ export function lookaheadOffsetMs(perMs: number): number {
   return perMs - Math.min(LOOKAHEAD_MS, perMs / 4);
 }
 
+/**
+ * Blocks taken ahead for many buckets share transactions of at most this many keys (well inside
+ * etcd's default --max-txn-ops of 128, each key taking one compare and one put or get).
+ */
+const LOOKAHEAD_BATCH_KEYS = 64;
+/** Transactions of blocks taken ahead in flight at once, from one replica. */
+const LOOKAHEAD_BATCHES_IN_FLIGHT = 4;
+
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
 const BUCKET_POOL_MS = 250;
 const KEY_TTL_SLACK_MS = 2000;
@@ -121,9 +134,16 @@ export class EtcdRateLimitStore implements RateLimitPort {
   private readonly leases: SharedLeases;
   /** Set by leave(): leased limits take no blocks any more. */
   private leaving = false;
+  /** Leased buckets a request has used lately: those a look-ahead sweep considers. */
+  private readonly active = new Set<Bucket>();
+  /** Per window length: the window whose look-ahead sweep has run (its index). */
+  private readonly swept = new Map<number, number>();
+  /** Buckets whose block ahead waits for the next batched transaction. */
+  private aheadQueue: Array<{ b: Bucket; now: number }> = [];
 
   constructor(private readonly opts: EtcdRateLimitOptions) {
-    this.buckets = new BoundedMap(opts.maxBuckets ?? DEFAULT_MAX_BUCKETS);
+    // A bucket dropped to make room leaves the look-ahead sweep's set with it.
+    this.buckets = new BoundedMap(opts.maxBuckets ?? DEFAULT_MAX_BUCKETS, (_, b) => this.active.delete(b));
     this.leases = new SharedLeases(opts.client, opts.guard);
   }
 
@@ -179,12 +199,13 @@ export class EtcdRateLimitStore implements RateLimitPort {
     if (req.rule.consistency === 'leased') {
       this.rollPool(b, req.now);
       b.arrivals += 1;
+      this.active.add(b);
       if (b.pool >= 1 && b.waiting.length === 0) {
         b.pool -= 1;
         const grant = this.pooledGrant(b, req.now);
         if (!b.busy) {
           if (this.wantsPrefetch(b, req.now)) void this.prefetch(b, req.now);
-          else if (this.wantsLookahead(b, req.now)) void this.lookahead(b, req.now);
+          else if (this.wantsLookahead(b, req.now)) this.lookahead(b, req.now);
         }
         return grant;
       }
@@ -367,7 +388,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
   /** Takes the next block while the pool still serves; requests that run out meanwhile wait for it. */
   private prefetch(b: Bucket, now: number): Promise<void> {
     return this.inBackground(b, 'background leased block take failed', async () => {
-      const t = await this.takeShared(b, this.blockSize(b, 1, now), now);
+      const t = await this.takeShared(b, this.blockSize(b, 1, now, now, true), now);
       // leave() began while the block was being taken: what the requests waiting now need is kept,
       // the rest goes back to etcd, as leave() gave the pool back.
       const keep = this.leaving ? Math.min(t.granted, b.waiting.length) : t.granted;
@@ -397,33 +418,129 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   /**
    * Takes the first block of the next window ahead of it (counted apart in etcd until it begins)
-   * and holds it until then. Requests that run out of the current pool meanwhile wait for this
-   * take, then take their own block of the current window.
+   * and holds it until then, for `b` and, the first time in a window, for every other bucket of the
+   * same window length that had traffic in it and qualifies (wantsLookahead): a bucket with a few
+   * requests a second may see none in the window's last LOOKAHEAD_MS, and its first request of the
+   * next window would otherwise wait on etcd. The takes go out together, LOOKAHEAD_BATCH_KEYS
+   * buckets to a transaction, so that a thousand buckets cost a replica sixteen etcd calls a window
+   * rather than a thousand. Requests that run out of a pool meanwhile wait for its take, then take
+   * their own block of the current window.
    */
-  private lookahead(b: Bucket, now: number): Promise<void> {
-    const target = windowIndex(b.params.perMs, now) + 1;
-    const start = target * b.params.perMs;
-    // Ahead of the target window while the key is still before it; in it, once another replica
-    // has moved the key on (its clock passed the boundary first, or a retry after a lost
-    // compare-and-swap finds it there), as an ordinary take at the window's start.
-    const how: typeof take = (params, state, n) =>
-      state && 'w' in state && state.w >= target ? take(params, state, n, start) : takeAhead(params, state, n, now);
-    return this.inBackground(b, 'leased look-ahead block take failed', async () => {
-      const t = await this.takeShared(b, this.blockSize(b, 1, now, start), now, how);
-      const w = (t.state as { w: number }).w;
-      // The window the tokens are counted in.
-      const epoch = w >= target ? w : w + 1;
-      if (t.granted === 0) return;
-      if (this.leaving) void this.giveBackLater(b, epoch * b.params.perMs, t.granted);
-      else if (epoch > b.poolEpoch) {
-        b.ahead = epoch === b.aheadEpoch ? b.ahead + t.granted : t.granted;
-        b.aheadEpoch = epoch;
-      } else if (epoch === b.poolEpoch) {
-        // The window began while the take was on its way: the block is its pool now.
-        b.pool += t.granted;
-        b.pooled += t.granted;
+  private lookahead(b: Bucket, now: number): void {
+    const window = windowIndex(b.params.perMs, now);
+    this.queueAhead(b, now);
+    if (this.swept.get(b.params.perMs) === window) return;
+    this.swept.set(b.params.perMs, window);
+    for (const other of this.active) {
+      if (other.poolEpoch < this.epochAt(other, now)) {
+        // No request since an earlier window: the next one brings it back.
+        this.active.delete(other);
+      } else if (other !== b && !other.busy && other.params.perMs === b.params.perMs && this.wantsLookahead(other, now)) {
+        this.queueAhead(other, now);
       }
+    }
+  }
+
+  /** Holds `b` busy (as a take no request waits on) until the next batch of takes ahead is done. */
+  private queueAhead(b: Bucket, now: number): void {
+    b.busy = true;
+    this.aheadQueue.push({ b, now });
+    if (this.aheadQueue.length > 1) return;
+    // Everything queued in this turn of the event loop goes out together, at most
+    // LOOKAHEAD_BATCHES_IN_FLIGHT transactions at a time.
+    setImmediate(() => {
+      const queued = this.aheadQueue;
+      this.aheadQueue = [];
+      const next = async (): Promise<void> => {
+        while (queued.length > 0) await this.takeAheadBatch(queued.splice(0, LOOKAHEAD_BATCH_KEYS));
+      };
+      for (let i = 0; i < LOOKAHEAD_BATCHES_IN_FLIGHT; i++) void next();
     });
+  }
+
+  /**
+   * One compare-and-swap over every bucket of the batch: all their keys written if none moved since
+   * this replica saw it, none otherwise, in which case the answer carries every key's current state
+   * and the batch is tried again from it (another replica wrote; the system progressed).
+   */
+  private async takeAheadBatch(queued: Array<{ b: Bucket; now: number }>): Promise<void> {
+    const { client } = this.opts;
+    const guard = this.opts.guard ?? ((op) => op());
+    const batch = queued.map((q) => q.b);
+    const takes = queued.map(({ b, now }) => {
+      const target = windowIndex(b.params.perMs, now) + 1;
+      const start = target * b.params.perMs;
+      // Ahead of the target window while the key is still before it; in it, once another replica
+      // has moved the key on (its clock passed the boundary first, or a lost compare-and-swap finds
+      // it there), as an ordinary take at the window's start.
+      const how = (state: BucketState | undefined, n: number): Take =>
+        state && 'w' in state && state.w >= target ? take(b.params, state, n, start) : takeAhead(b.params, state, n, now);
+      return { b, now, target, n: this.blockSize(b, 1, now, start, true), how, t: undefined as Take | undefined };
+    });
+    try {
+      let pending = takes;
+      for (let attempt = 0; pending.length > 0; attempt++) {
+        if (attempt === MAX_CAS_ATTEMPTS) throw new NotAnEtcdFailure(`${pending.length} leased look-ahead takes: ${MAX_CAS_ATTEMPTS} compare-and-swap attempts lost to other writers`);
+        for (const x of pending) x.t = x.how(x.b.state, x.n);
+        // A bucket etcd has nothing more for (as last seen) writes nothing.
+        pending = pending.filter((x) => x.t!.granted > 0 || (x.b.mod === '0' && x.b.state === undefined));
+        if (pending.length === 0) break;
+        const leases = await Promise.all(pending.map((x) => this.leases.leaseFor(keyTtlMs(x.b.params), x.now)));
+        const [first, ...rest] = pending;
+        let txn = client.if(first!.b.key, 'Mod', '==', first!.b.mod);
+        for (const x of rest) txn = txn.and(x.b.key, 'Mod', '==', x.b.mod);
+        const res = await guard(
+          () =>
+            txn
+              .then(...pending.map((x, i) => client.put(x.b.key).value(JSON.stringify(x.t!.state)).lease(leases[i]!)))
+              .else(...pending.map((x) => client.get(x.b.key)))
+              .commit(),
+          'cas',
+        );
+        if (res.succeeded) {
+          this.stats.writes += pending.length;
+          for (const x of pending) {
+            x.b.state = x.t!.state;
+            x.b.mod = String(res.header.revision);
+            this.keepAhead(x.b, x.t!, x.target);
+          }
+          break;
+        }
+        this.stats.conflicts += 1;
+        pending.forEach((x, i) => {
+          const kv = res.responses[i]?.response_range?.kvs?.[0];
+          x.b.state = kv ? parseState(kv.value.toString()) : undefined;
+          x.b.mod = kv ? String(kv.mod_revision) : '0';
+        });
+      }
+    } catch (e) {
+      this.opts.logger.debug({ limits: [...new Set(batch.map((b) => b.rule.id))], err: (e as Error).message }, 'leased look-ahead block take failed');
+      // As inBackground: requests that ran out meanwhile are refused with it, so that their
+      // fallback answers now rather than after a second etcd timeout.
+      for (const b of batch) for (const w of b.waiting.splice(0)) w.reject(e);
+    } finally {
+      for (const b of batch) {
+        b.busy = false;
+        if (b.waiting.length > 0) void this.drain(b);
+      }
+    }
+  }
+
+  /** Where the tokens of a take ahead go: held for their window, its pool if it has begun, or back. */
+  private keepAhead(b: Bucket, t: Take, target: number): void {
+    if (t.granted === 0) return;
+    const w = (t.state as { w: number }).w;
+    // The window the tokens are counted in.
+    const epoch = w >= target ? w : w + 1;
+    if (this.leaving) void this.giveBackLater(b, epoch * b.params.perMs, t.granted);
+    else if (epoch > b.poolEpoch) {
+      b.ahead = epoch === b.aheadEpoch ? b.ahead + t.granted : t.granted;
+      b.aheadEpoch = epoch;
+    } else if (epoch === b.poolEpoch) {
+      // The window began while the take was on its way: the block is its pool now.
+      b.pool += t.granted;
+      b.pooled += t.granted;
+    }
   }
 
   private pooledGrant(b: Bucket, now: number): RateLimitGrant {
@@ -480,8 +597,14 @@ export class EtcdRateLimitStore implements RateLimitPort {
     }
   }
 
-  /** How many tokens a leased replica asks for (see the header comment), for the window of `at`. */
-  private blockSize(b: Bucket, needed: number, now: number, at = now): number {
+  /**
+   * How many tokens a leased replica asks for (see the header comment), for the window of `at`.
+   * A block taken in the background (prefetch, look-ahead), which only happens where traffic stays
+   * far below the limit, carries room for the traffic's ups and downs: about two standard
+   * deviations of as many random arrivals, plus one. Without it, a bucket with ten requests a
+   * window runs out of its block in most windows, and a request waits on etcd for the rest.
+   */
+  private blockSize(b: Bucket, needed: number, now: number, at = now, background = false): number {
     if (this.leaving) return needed;
     const elapsed = now - b.rateSince;
     if (elapsed >= 50) {
@@ -494,7 +617,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
       b.params.algorithm === 'token-bucket'
         ? BUCKET_POOL_MS - (at % BUCKET_POOL_MS)
         : (windowIndex(b.params.perMs, at) + 1) * b.params.perMs - at;
-    const wanted = Math.ceil(b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs));
+    const expected = b.rate * Math.min(BLOCK_TARGET_MS, epochLeftMs);
+    const wanted = Math.ceil(background ? expected + 2 * Math.sqrt(expected) + 1 : expected);
     const available = peek(b.params, b.state, at).remaining;
     const fairShare = Math.floor(available / Math.max(1, this.opts.replicas()));
     return Math.max(needed, Math.min(wanted, fairShare));

@@ -4,7 +4,11 @@ export class BoundedMap<V> {
   private readonly map = new Map<string, V>();
   evictions = 0;
 
-  constructor(readonly capacity: number) {}
+  /** `onEvict` hears of every entry dropped to make room (not of delete()). */
+  constructor(
+    readonly capacity: number,
+    private readonly onEvict?: (key: string, value: V) => void,
+  ) {}
 
   get size(): number {
     return this.map.size;
@@ -18,9 +22,10 @@ export class BoundedMap<V> {
   set(key: string, value: V): void {
     if (this.map.has(key)) this.map.delete(key);
     else if (this.map.size >= this.capacity) {
-      const oldest = this.map.keys().next().value as string;
+      const [oldest, value] = this.map.entries().next().value as [string, V];
       this.map.delete(oldest);
       this.evictions += 1;
+      this.onEvict?.(oldest, value);
     }
     this.map.set(key, value);
   }
