@@ -146,11 +146,19 @@ interface Setup {
    * every header (the bootstrap's default without the flag).
    */
   authzHeaders?: 'policy' | 'all';
+  /**
+   * Rate-limit buckets the load spreads over: 1 (default), one bucket per source IP; N > 1, the
+   * limit is also by path and the load cycles through N paths, so that a leased replica holds N
+   * pools and takes N blocks ahead of every window instead of one.
+   */
+  keys?: number;
 }
 
 type AuthzProtocol = 'grpc' | 'http';
 
 const BASELINE_ID = 'envoy';
+/** Buckets in the many-bucket rows: at 1,000 req/s, 10 requests a second each. */
+const MANY_KEYS = 100;
 const NULL_AUTHZ_ID = 'ext-authz-floor';
 
 function setups(rounds = 1): Setup[] {
@@ -209,6 +217,19 @@ function setups(rounds = 1): Setup[] {
     authzProtocol: 'http',
     authzHeaders: 'all',
   });
+  // Many buckets instead of one: a leased replica then takes a block per bucket and window.
+  for (const consistency of ['local', 'leased'] as const) {
+    list.push({
+      id: `middlebox-${consistency}-authz-http-keys-tcp`,
+      label: `middlebox ${consistency}, ext_authz over HTTP, TCP, ${MANY_KEYS} buckets`,
+      kind: 'middlebox',
+      consistency,
+      filters: 'ext_authz',
+      transport: 'tcp',
+      authzProtocol: 'http',
+      keys: MANY_KEYS,
+    });
+  }
   // The baseline once more at the end: how far the machine drifted during the run. (Two rounds
   // measure the baseline first and last anyway.)
   if (rounds === 1) list.push({ id: 'envoy-again', label: 'Envoy, no filter (again, at the end)', kind: 'envoy' });
@@ -225,7 +246,7 @@ const POLICY_WINDOW_MS = 1000;
 const LOOKAHEAD_SLICE = { fromMs: lookaheadOffsetMs(POLICY_WINDOW_MS), toMs: lookaheadOffsetMs(POLICY_WINDOW_MS) + 10 };
 
 /** One firewall rule and one rate limit that the load never reaches: what every request costs. */
-function policyDocs(consistency: Consistency, limit: number): PolicyDocument[] {
+function policyDocs(consistency: Consistency, limit: number, keys = 1): PolicyDocument[] {
   const text = [
     'apiVersion: middlebox.io/v1alpha1',
     'kind: Policy',
@@ -236,7 +257,7 @@ function policyDocs(consistency: Consistency, limit: number): PolicyDocument[] {
     '    rules:',
     '      - { name: no-admin, action: deny, paths: ["/admin/*"] }',
     '  rateLimits:',
-    `    - { name: per-client, limit: ${limit}, per: 1s, by: [sourceIp], consistency: ${consistency} }`,
+    `    - { name: per-client, limit: ${limit}, per: 1s, by: [${keys > 1 ? 'sourceIp, path' : 'sourceIp'}], consistency: ${consistency} }`,
     '',
   ].join('\n');
   const parsed = parsePolicies(text, 'latency-policy.yaml');
@@ -293,7 +314,7 @@ function envoyBootstrap(s: Setup, base: BootstrapOptions, middlebox: string | un
   let doc: object;
   const authz = {
     ...(middleboxHttp ? { middleboxHttp: [middleboxHttp] } : {}),
-    ...(s.authzHeaders === 'all' ? {} : { authzHeaders: headersReadBy(policyDocs('local', rateLimit)).map((h) => h.name) }),
+    ...(s.authzHeaders === 'all' ? {} : { authzHeaders: headersReadBy(policyDocs('local', rateLimit, s.keys)).map((h) => h.name) }),
   };
   if (s.kind === 'null-authz') {
     doc = renderBootstrap({ ...base, middlebox: [middlebox!], inboundFilter: 'ext_authz', ...authz });
@@ -354,7 +375,7 @@ async function startTarget(s: Setup, ctx: Context, etcd: EtcdProcess): Promise<T
     const prefix = `/latency/${s.id}`;
     const client = connectEtcd({ endpoints: [etcd.endpoint] });
     try {
-      await putPolicies(client, prefix, policyDocs(s.consistency!, ctx.p.rateLimit));
+      await putPolicies(client, prefix, policyDocs(s.consistency!, ctx.p.rateLimit, s.keys));
     } finally {
       client.close();
     }
@@ -406,6 +427,15 @@ async function startTarget(s: Setup, ctx: Context, etcd: EtcdProcess): Promise<T
  * refuses /admin/*. A refusal with another status than the firewall's 403 does not stop the bench
  * (the allowed path is what is measured); it is returned, to be reported.
  */
+/**
+ * What h2load asks for: the allowed path, or with `keys` > 1 that many paths below it, which each
+ * connection cycles through in turn (the policy then keeps a bucket per path).
+ */
+function loadUrls(port: number, keys = 1): string[] {
+  const base = `http://127.0.0.1:${port}`;
+  return keys > 1 ? Array.from({ length: keys }, (_, i) => `${base}${ALLOWED_PATH}/${i}`) : [`${base}${ALLOWED_PATH}`];
+}
+
 async function checkTarget(s: Setup, t: Target): Promise<string[]> {
   await waitFor(
     async () => {
@@ -487,7 +517,7 @@ interface FixedRaw {
   durationsUs: number[];
   /** For each of durationsUs: when the request started, in ms into the rate limit's window. */
   phasesMs: number[];
-  /** Every request of the run (warm-up included) and the etcd writes meanwhile. */
+  /** The requests measured, and etcd's write transactions while they were sent. */
   requests: number;
   etcdWrites: number | null;
 }
@@ -520,7 +550,7 @@ interface FixedRateRun extends LatencyStats {
   sentPerS: number;
   /** Responses slower than intervalMs: the next request on that connection left late (see README). */
   slowerThanInterval: number;
-  /** etcd write transactions during the run (revision after − before) ÷ every request of the run. */
+  /** etcd write transactions during the measured seconds (revision at their end − at their start) ÷ the requests measured. */
   etcdWritesPerRequest: number | null;
   /** Responses to requests that started in LOOKAHEAD_SLICE of a window, against the rest. */
   afterLookahead: SliceStats;
@@ -573,19 +603,38 @@ function stagger(rate: number): { perPeriod: number; periodMs: number } {
   return rate <= 1000 ? { perPeriod: 1, periodMs: Math.max(1, Math.round(1000 / rate)) } : { perPeriod: Math.round(rate / 1000), periodMs: 1 };
 }
 
-async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProcess | undefined): Promise<FixedRateRun> {
+async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdProcess | undefined): Promise<FixedRateRun> {
   const { p } = ctx;
   const c = p.fixedConnections;
-  const { perPeriod, periodMs } = stagger(rate);
-  const total = Math.round(rate * (p.fixedWarmS + p.fixedS));
-  const args = ['--h1', '-c', String(c), '-r', String(perPeriod), '--rate-period', `${periodMs}ms`, '--rps', String(rate / c), '-n', String(total), url];
-  const before = etcd ? await etcd.revision() : undefined;
-  const { rows } = await runH2load(ctx, args, p.fixedWarmS + p.fixedS, `${rate} req/s`);
-  const after = etcd ? await etcd.revision() : undefined;
+  // h2load's connections go through the paths in the same order at the same pace, so connections
+  // opened together would ask for the same path at the same moment: one bucket at a time would get
+  // all the traffic, in bursts. With several paths the connections are opened spread over one
+  // pass through them, so that every bucket gets its share all the time, and the requests sent
+  // before the last one opened are left out with the warm-up. One millisecond more than an even
+  // spread puts each connection's requests 1 ms after the previous one's, as stagger() does: an
+  // even spread would be a whole number of request intervals, and every connection would send at
+  // the same instants.
+  const leadS = urls.length > 1 ? (urls.length * c) / rate : 0;
+  const { perPeriod, periodMs } = urls.length > 1 ? { perPeriod: 1, periodMs: Math.round((leadS * 1000) / c) + 1 } : stagger(rate);
+  const total = Math.round(rate * (leadS + p.fixedWarmS + p.fixedS));
+  const args = ['--h1', '-c', String(c), '-r', String(perPeriod), '--rate-period', `${periodMs}ms`, '--rps', String(rate / c), '-n', String(total), ...urls];
+  // etcd's revision as the measured seconds begin and end (from h2load's start; it sends at once).
+  const revisions: Array<Promise<number | undefined>> = [];
+  const marks = [leadS + p.fixedWarmS, leadS + p.fixedWarmS + p.fixedS].map((atS, i) =>
+    setTimeout(() => (revisions[i] = etcd!.revision().catch(() => undefined)), atS * 1000),
+  );
+  if (!etcd) marks.forEach(clearTimeout);
+  const { rows } = await runH2load(ctx, args, leadS + p.fixedWarmS + p.fixedS, `${rate} req/s`);
+  marks.forEach(clearTimeout);
+  // h2load may be done a moment before the last mark: read it now.
+  if (etcd) for (const i of [0, 1]) revisions[i] ??= etcd.revision().catch(() => undefined);
+  const [before, after] = await Promise.all([revisions[0], revisions[1]]);
   if (rows.length === 0) throw new Error(`h2load logged no request at ${rate} req/s`);
   const t0 = Math.min(...rows.map((r) => r.startUs));
-  const edge = t0 + p.fixedWarmS * 1e6;
-  const measured = rows.filter((r) => r.startUs >= edge);
+  const edge = t0 + (leadS + p.fixedWarmS) * 1e6;
+  // Spread-out connections end one after another: only the fixedS s when all of them send count.
+  const end = urls.length > 1 ? edge + p.fixedS * 1e6 : Infinity;
+  const measured = rows.filter((r) => r.startUs >= edge && r.startUs < end);
   const lastStart = Math.max(...measured.map((r) => r.startUs));
   const spanS = (lastStart - edge) / 1e6 + 1 / rate;
   const intervalMs = (1000 * c) / rate;
@@ -599,21 +648,21 @@ async function fixedRate(ctx: Context, url: string, rate: number, etcd: EtcdProc
     ...latencyStats(measured),
     sentPerS: Math.round(measured.length / spanS),
     slowerThanInterval: measured.filter((r) => r.durationUs > intervalMs * 1000).length,
-    etcdWritesPerRequest: before !== undefined && after !== undefined ? round((after - before) / rows.length, 4) : null,
+    etcdWritesPerRequest: before !== undefined && after !== undefined ? round((after - before) / measured.length, 4) : null,
     afterLookahead: sliceStats(durationsUs, phasesMs, LOOKAHEAD_SLICE),
   };
   fixedRaw.set(run, {
     durationsUs,
     phasesMs,
-    requests: rows.length,
+    requests: measured.length,
     etcdWrites: before !== undefined && after !== undefined ? after - before : null,
   });
   return run;
 }
 
-async function saturate(ctx: Context, url: string, pids: Record<string, number>): Promise<SaturationRun> {
+async function saturate(ctx: Context, urls: string[], pids: Record<string, number>): Promise<SaturationRun> {
   const { p } = ctx;
-  const args = ['--h1', '-c', String(p.saturationConnections), '-D', `${p.saturationS * 1000}ms`, '--warm-up-time', `${p.saturationWarmS * 1000}ms`, url];
+  const args = ['--h1', '-c', String(p.saturationConnections), '-D', `${p.saturationS * 1000}ms`, '--warm-up-time', `${p.saturationWarmS * 1000}ms`, ...urls];
   const cpu = () => Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, processCpuSeconds(pid)]));
   // CPU is counted over the measured seconds: from the end of h2load's warm-up to its exit.
   let atWarm: Record<string, number | undefined> = {};
@@ -774,15 +823,15 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     etcd = await EtcdProcess.start({ logFile: path.join(ctx.tmp, `etcd-${++etcdNumber}.log`) });
     target = await startTarget(s, ctx, etcd);
     result.checkFindings = await checkTarget(s, target);
-    const url = `http://127.0.0.1:${target.port}${ALLOWED_PATH}`;
+    const urls = loadUrls(target.port, s.keys);
     const writesOf = s.kind === 'middlebox' ? etcd : undefined;
 
-    const warm = await runH2load(ctx, ['--h1', '-c', String(ctx.p.saturationConnections), '-D', `${ctx.p.warmupS * 1000}ms`, url], ctx.p.warmupS, 'warm-up');
+    const warm = await runH2load(ctx, ['--h1', '-c', String(ctx.p.saturationConnections), '-D', `${ctx.p.warmupS * 1000}ms`, ...urls], ctx.p.warmupS, 'warm-up');
     result.warmup = { rps: h2loadRps(warm.stdout), statuses: latencyStats(warm.rows).statuses };
     log(`  warm-up ${ctx.p.warmupS} s closed loop: ${result.warmup.rps ?? '?'} req/s, ${statusText(result.warmup.statuses)}`);
 
     for (const rate of ctx.p.rates) {
-      const r = await fixedRate(ctx, url, rate, writesOf);
+      const r = await fixedRate(ctx, urls, rate, writesOf);
       result.fixed.push(r);
       log(
         `  ${rate} req/s: p50 ${ms(r.p50Ms)} / p90 ${ms(r.p90Ms)} / p99 ${ms(r.p99Ms)} ms, max ${ms(r.maxMs)} ms ` +
@@ -793,7 +842,7 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     const pids: Record<string, number> = { bench: process.pid };
     if (target.envoy) pids.envoy = target.envoy.pid;
     if (target.authzPid !== undefined) pids.authz = target.authzPid;
-    const sat = await saturate(ctx, url, pids);
+    const sat = await saturate(ctx, urls, pids);
     result.saturation = sat;
     log(`  saturation, ${sat.connections} connections: ${sat.rps} req/s, p50 ${ms(sat.p50Ms)} / p99 ${ms(sat.p99Ms)} ms (${statusText(sat.statuses)})`);
 
@@ -957,7 +1006,8 @@ function markdown(
   );
   lines.push(
     `- load: h2load, HTTP/1.1 keep-alive, GET ${ALLOWED_PATH} (allowed by the policy). Fixed rates: ${p.fixedConnections} connections opened 1/rate s apart, each paced at rate ÷ ${p.fixedConnections}; ` +
-      `${p.fixedWarmS} s left out, then ${p.fixedS} s measured. Saturation: ${p.saturationConnections} connections, closed loop, ${p.saturationWarmS} s warm-up, ${p.saturationS} s measured. ` +
+      `${p.fixedWarmS} s left out, then ${p.fixedS} s measured (rows with ${MANY_KEYS} buckets: rate limit by source IP and path, ${MANY_KEYS} paths below it, ` +
+      `connections opened spread over one pass through them and left out until the last one opened). Saturation: ${p.saturationConnections} connections, closed loop, ${p.saturationWarmS} s warm-up, ${p.saturationS} s measured. ` +
       `Each configuration fresh, warmed up ${p.warmupS} s closed loop first; ` +
       (p.rounds > 1
         ? `measured in ${p.rounds} rounds, every other one in reverse order (so that drift during the run favours no place in the list); percentiles by nearest rank over every measured response of all rounds, saturation over all their seconds`
