@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency bench-soak bench-scaling bench-report clean
+.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency bench-envoy-authz bench-soak bench-scaling bench-report clean
 
 all: build
 
@@ -91,6 +91,12 @@ bench-faults: deps build
 bench-latency: deps deps-bench build
 	@node dist/bench/latency.js $(BENCH_ARGS)
 
+# What Envoy itself spends on an ext_authz call, and whether its settings change it: Envoy with no
+# filter beside Envoy asking a server that answers without deciding, production bootstrap and
+# variations; bench/results/envoy-authz-cost.{json,md}. BENCH_ARGS=--quick for the short variant.
+bench-envoy-authz: deps deps-bench build
+	@node dist/bench/envoy-authz-cost.js $(BENCH_ARGS)
+
 # Soak: 10 minutes of steady mixed traffic through Envoy over 2 replicas (firewall, rate limits in
 # every consistency mode with tens of thousands of keys, NAT, TCP, large and malformed requests, a
 # policy re-apply every minute), sampling every process's memory and file descriptors;
@@ -111,7 +117,7 @@ bench-report: build
 	@node dist/bench/report.js
 
 # Every benchmark; each writes its table under bench/results/, then the report over all of them.
-bench: bench-ratelimit bench-nat bench-faults bench-latency bench-scaling
+bench: bench-ratelimit bench-nat bench-faults bench-latency bench-envoy-authz bench-scaling
 	@node dist/bench/report.js
 
 clean:

@@ -84,6 +84,10 @@ export function refreshReport(): void {
 
 /** The one flag every bench takes: --quick for a short run. Anything else is a usage error (exit 2). */
 export function quickFlag(argv: string[], script: string): boolean {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`usage: node dist/bench/${script}.js [--quick]\n  --quick    a short run that checks the bench (results *.quick.*), not a result\n`);
+    process.exit(0);
+  }
   const unknown = argv.filter((a) => a !== '--quick');
   if (unknown.length > 0) {
     process.stderr.write(`unknown argument ${unknown[0]}\nusage: node dist/bench/${script}.js [--quick]\n`);

@@ -2,10 +2,13 @@
 // ext_authz on this machine (Envoy's side of the call plus a gRPC stream in Node), against which
 // the middlebox's own cost shows. Same transport as `middlebox serve`; no decoding, no decision.
 // With --http, also a bare Node HTTP/1.1 server answering every call 200: the floor of ext_authz
-// over HTTP (Envoy's http_service), as `serve --http-authz-listen` is asked.
+// over HTTP (Envoy's http_service), as `serve --http-authz-listen` is asked. With --http2, the same
+// over HTTP/2 without TLS (bench/envoy-authz-cost.ts: what HTTP/2 to the server would change).
 //
-//   node dist/bench/null-authz.js <host:port> [--http <host:port>]   (started by bench/latency.ts; prints "listening")
+//   node dist/bench/null-authz.js <host:port> [--http <host:port>] [--http2 <host:port>]
+//   (started by bench/latency.ts and bench/envoy-authz-cost.ts; prints "listening")
 import http from 'node:http';
+import http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { authorizationService, AUTHORIZATION_SERVICE, RpcCode } from '../src/grpc/protos';
@@ -13,9 +16,11 @@ import { GrpcTransport } from '../src/grpc/transport';
 
 function main(argv: string[]): void {
   const m = /^([\d.]+):(\d+)$/.exec(argv[0] ?? '');
-  const httpAt = argv.includes('--http') ? /^([\d.]+):(\d+)$/.exec(argv[argv.indexOf('--http') + 1] ?? '') : undefined;
-  if (!m || httpAt === null || argv.includes('--help')) {
-    process.stderr.write('usage: node dist/bench/null-authz.js <ipv4:port> [--http <ipv4:port>]\n');
+  const address = (flag: string) => (argv.includes(flag) ? /^([\d.]+):(\d+)$/.exec(argv[argv.indexOf(flag) + 1] ?? '') : undefined);
+  const httpAt = address('--http');
+  const http2At = address('--http2');
+  if (!m || httpAt === null || http2At === null || argv.includes('--help')) {
+    process.stderr.write('usage: node dist/bench/null-authz.js <ipv4:port> [--http <ipv4:port>] [--http2 <ipv4:port>]\n');
     process.exit(argv.includes('--help') ? 0 : 2);
   }
   const check = authorizationService().Check!;
@@ -38,7 +43,17 @@ function main(argv: string[]): void {
         h.listen(Number(httpAt[2]), httpAt[1]!, resolve);
       })
     : Promise.resolve();
-  Promise.all([server.listen({ host: m[1]!, port: Number(m[2]) }), httpListening]).then(
+  const http2Listening = http2At
+    ? new Promise<void>((resolve, reject) => {
+        const h = http2.createServer((_req, res) => {
+          res.writeHead(200, { 'content-length': '0' });
+          res.end();
+        });
+        h.once('error', reject);
+        h.listen(Number(http2At[2]), http2At[1]!, resolve);
+      })
+    : Promise.resolve();
+  Promise.all([server.listen({ host: m[1]!, port: Number(m[2]) }), httpListening, http2Listening]).then(
     () => process.stdout.write('listening\n'),
     (e: Error) => {
       process.stderr.write(`null-authz: cannot listen on ${argv[0]}: ${e.message}\n`);

@@ -48,6 +48,12 @@ export interface NatJson extends Meta {
   ratio?: number;
 }
 
+export interface EnvoyAuthzJson extends Meta {
+  rounds?: number;
+  seconds?: number;
+  rows?: Array<{ id?: string; label?: string; rps?: number; ratio?: number | null; ratioPerRound?: number[]; envoyUsPerRequest?: number | null; serverUsPerRequest?: number | null }>;
+}
+
 interface FaultPhase {
   admittedPerLimitMean?: number | null;
   p99Ms?: number | null;
@@ -107,6 +113,7 @@ export const EXPERIMENTS = [
   { id: 'nat-cost', title: 'NAT path cost', make: 'make bench-nat', chart: false },
   { id: 'fault-timeline', title: 'Fault timeline (etcd frozen under load)', make: 'make bench-faults', chart: true },
   { id: 'latency', title: 'Latency and throughput', make: 'make bench-latency', chart: true },
+  { id: 'envoy-authz-cost', title: "What Envoy spends on an ext_authz call", make: 'make bench-envoy-authz', chart: false },
   { id: 'scaling', title: 'Dynamic scaling', make: 'make bench-scaling', chart: true },
 ] as const;
 
@@ -117,6 +124,7 @@ export interface Loaded {
   nat?: NatJson;
   faults?: FaultJson;
   latency?: LatencyJson;
+  envoyAuthz?: EnvoyAuthzJson;
   scaling?: ScalingJson;
 }
 
@@ -257,6 +265,7 @@ const KEY: Record<ExperimentId, keyof Loaded> = {
   'nat-cost': 'nat',
   'fault-timeline': 'faults',
   latency: 'latency',
+  'envoy-authz-cost': 'envoyAuthz',
   scaling: 'scaling',
 };
 
@@ -331,6 +340,20 @@ function natSection(j: NatJson): string[] {
     ...table(['setup', 'requests/s', 'p50 ms', 'p99 ms', 'errors'], rows),
     '',
     `NAT through the middlebox ÷ Envoy routing directly: **${fmt(j.ratio, 2)}** of the throughput.`,
+  ];
+}
+
+function envoyAuthzSection(j: EnvoyAuthzJson): string[] {
+  const rows = (j.rows ?? []).map((r) => [
+    r.label ?? r.id ?? '?',
+    String(r.rps ?? '–'),
+    r.ratio === null || r.ratio === undefined ? '(baseline)' : `${fmt(r.ratio, 2)} (${(r.ratioPerRound ?? []).map((x) => fmt(x, 2)).join(', ')})`,
+    `${r.envoyUsPerRequest ?? '?'} / ${r.serverUsPerRequest ?? '–'}`,
+  ]);
+  return [
+    `Envoy with no filter beside Envoy asking a server that answers without deciding, closed loop, 32 connections, ${j.seconds ?? '?'} s per variation, ${j.rounds ?? '?'} alternating round(s): the line any ext_authz server meets on this machine.`,
+    '',
+    ...table(['variation', 'requests/s', '÷ its no-filter row (per round)', 'CPU µs per request: Envoy / server'], rows),
   ];
 }
 
@@ -447,6 +470,7 @@ export function buildReport(dir: string, reportDir: string): string {
     'nat-cost': natSection,
     'fault-timeline': faultSection,
     latency: latencySection,
+    'envoy-authz-cost': envoyAuthzSection,
     scaling: scalingSection,
   };
   for (const e of EXPERIMENTS) {

@@ -11,6 +11,7 @@ export const BENCH_EXPERIMENTS: ReadonlyArray<{ name: string; script: string; su
   { name: 'nat', script: 'nat-cost', summary: 'NAT path cost: ext_proc NAT throughput beside Envoy routing directly', quick: true },
   { name: 'faults', script: 'fault-timeline', summary: 'etcd frozen and resumed under load: admitted rate, p99 and breakers over time', quick: true },
   { name: 'latency', script: 'latency', summary: 'latency at fixed rates and saturation throughput per configuration (needs h2load)', quick: true, only: true },
+  { name: 'envoy-authz', script: 'envoy-authz-cost', summary: 'what Envoy itself spends per ext_authz call, by setting (needs h2load)', quick: true },
   { name: 'scaling', script: 'scaling', summary: 'replicas added, stopped and killed and etcd frozen under load, over time', quick: true },
   { name: 'report', script: 'report', summary: 'regenerate bench/REPORT.md from bench/results/*.json', quick: false },
 ];

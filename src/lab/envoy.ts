@@ -18,6 +18,8 @@ export interface EnvoyStartOptions {
    * shared memory region is claimed.
    */
   baseId?: number;
+  /** More command-line options (`--concurrency 1`). */
+  extraArgs?: string[];
 }
 
 const ADMIN_HOST = '127.0.0.1';
@@ -36,6 +38,7 @@ export class EnvoyProcess {
     fs.writeFileSync(configFile, opts.config);
     const args = ['-c', configFile, '--log-level', opts.logLevel ?? 'warn', '--disable-hot-restart'];
     if (opts.baseId !== undefined) args.push('--base-id', String(opts.baseId));
+    if (opts.extraArgs) args.push(...opts.extraArgs);
     const child = LabChild.spawn({ name: 'envoy', command: envoyExecutable(), args, logFile: opts.logFile });
     const envoy = new EnvoyProcess(child, configDir, opts.adminPort);
     try {

@@ -14,6 +14,7 @@ const SECTIONS: Record<string, string> = {
   'nat-cost': '## NAT path cost',
   'fault-timeline': '## Fault timeline',
   latency: '## Latency and throughput',
+  'envoy-authz-cost': '## What Envoy spends on an ext_authz call',
   scaling: '## Dynamic scaling',
 };
 
@@ -25,7 +26,7 @@ describe('middlebox bench', function () {
   it('--help lists every experiment and --quick', async () => {
     const r = await middlebox(['bench', '--help']);
     assert.equal(r.code, 0, r.stderr);
-    for (const name of ['ratelimit', 'nat', 'faults', 'latency', 'scaling', 'report']) assert.match(r.stdout, new RegExp(`^  ${name} `, 'm'), name);
+    for (const name of ['ratelimit', 'nat', 'faults', 'latency', 'envoy-authz', 'scaling', 'report']) assert.match(r.stdout, new RegExp(`^  ${name} `, 'm'), name);
     assert.match(r.stdout, /--quick/);
     assert.match(r.stdout, /^Usage: middlebox bench <experiment> \[--quick\]/);
   });
@@ -41,7 +42,7 @@ describe('middlebox bench', function () {
     assert.equal(r.code, 2);
     assert.equal(r.stdout, '');
     assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
-    assert.match(r.stderr, /^middlebox bench: unknown experiment "warp-speed" \(one of: ratelimit, nat, faults, latency, scaling, report\)\n$/);
+    assert.match(r.stderr, /^middlebox bench: unknown experiment "warp-speed" \(one of: ratelimit, nat, faults, latency, envoy-authz, scaling, report\)\n$/);
   });
 
   it('refuses a missing experiment and unknown flags with exit 2, without a stack trace', async () => {
