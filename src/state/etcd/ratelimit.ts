@@ -140,6 +140,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
   private readonly swept = new Map<number, number>();
   /** Buckets whose block ahead waits for the next batched transaction. */
   private aheadQueue: Array<{ b: Bucket; now: number }> = [];
+  /** Look-ahead sweeps to run before the next batch goes out: the bucket that asked, and when. */
+  private readonly sweeps: Array<{ b: Bucket; now: number }> = [];
 
   constructor(private readonly opts: EtcdRateLimitOptions) {
     // A bucket dropped to make room leaves the look-ahead sweep's set with it.
@@ -431,6 +433,12 @@ export class EtcdRateLimitStore implements RateLimitPort {
     this.queueAhead(b, now);
     if (this.swept.get(b.params.perMs) === window) return;
     this.swept.set(b.params.perMs, window);
+    // The other buckets are looked for once this request has been answered (queueAhead's turn).
+    this.sweeps.push({ b, now });
+  }
+
+  /** Queues every other bucket that wants its block ahead now, for the same batch as `b`. */
+  private sweep(b: Bucket, now: number): void {
     for (const other of this.active) {
       if (other.poolEpoch < this.epochAt(other, now)) {
         // No request since an earlier window: the next one brings it back.
@@ -449,6 +457,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
     // Everything queued in this turn of the event loop goes out together, at most
     // LOOKAHEAD_BATCHES_IN_FLIGHT transactions at a time.
     setImmediate(() => {
+      for (const { b: trigger, now: at } of this.sweeps.splice(0)) this.sweep(trigger, at);
       const queued = this.aheadQueue;
       this.aheadQueue = [];
       const next = async (): Promise<void> => {
