@@ -402,6 +402,8 @@ class FakeEtcdKeys {
   revision = 1;
   /** Keys written by each committed or failed transaction, in order. */
   readonly txns: Array<{ keys: string[]; succeeded: boolean }> = [];
+  /** While set, each commit waits for the test to open its gate (in order). */
+  held: Array<Deferred<void>> | undefined;
 
   readonly client = {
     if: (key: string, _field: string, _op: string, mod: string) => {
@@ -423,6 +425,12 @@ class FakeEtcdKeys {
         },
         commit: async () => {
           await new Promise((r) => setImmediate(r));
+          if (this.held) {
+            const gate = deferred<void>();
+            this.held.push(gate);
+            await gate.promise;
+          }
+          assert.equal(new Set(compares.map(([k]) => k)).size, compares.length, 'etcd refuses a key twice in one transaction');
           const succeeded = compares.every(([k, m]) => String(this.kv.get(k)?.mod ?? 0) === m);
           this.txns.push({ keys: puts.map((p) => p.key), succeeded });
           if (succeeded) {
@@ -499,17 +507,37 @@ describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () 
       assert.equal(s.w, w0, `${key} stays in this window`);
       assert.ok((s.a ?? 0) > 0, `${key} has a block counted ahead for the next window`);
     }
-    // The next window: the first request of every bucket is answered at once, with no transaction.
+    // Later requests in the same last 100 ms take nothing more: every bucket holds its block.
     const txnsBefore = etcd.txns.length;
+    for (const key of ['k6', 'k69', 'k5']) store.consume({ rule, key, now: t0 + 960 });
+    await settle();
+    assert.equal(etcd.txns.length, txnsBefore);
+    // The next window: the first request of every bucket is answered at once, with no transaction.
     for (const key of keys) {
       const g = store.consume({ rule, key, now: t0 + 1000 });
       assert.ok(!(g instanceof Promise) && g.allowed, `${key}'s first request of the next window waits for nothing`);
     }
     assert.equal(etcd.txns.length, txnsBefore);
-    // Once per window: a request on another bucket in the same last 100 ms takes nothing more.
-    store.consume({ rule, key: 'k6', now: t0 + 960 });
+  });
+
+  it('a batch that lands after the window began is its pool; a request that came first waits for it, then is served', async () => {
+    const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(['a', 'b']);
+    etcd.held = [];
+    store.consume({ rule, key: 'a', now: t0 + 950 });
+    for (let i = 0; i < 50 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.held.length, 1, 'one transaction for both buckets, held');
+    // The next window begins before etcd answers: b's first request has no pool and waits.
+    const first = store.consume({ rule, key: 'b', now: t0 + 1000 });
+    assert.ok(first instanceof Promise, 'it waits for the batch under way');
+    const txns = etcd.txns.length;
+    etcd.held.shift()!.resolve();
+    etcd.held = undefined;
+    assert.equal((await first).allowed, true);
     await settle();
-    assert.equal(etcd.txns.length, txnsBefore);
+    assert.equal(etcd.txns.length, txns + 1, 'served from the block the batch took, no transaction of its own');
+    const ahead = etcd.state(etcdKey('b'))!;
+    assert.equal(ahead.w, w0);
+    assert.equal(store.heldTokens(t0 + 1000), (etcd.state(etcdKey('a'))!.a ?? 0) + ahead.a! - 1, 'both blocks are the new window\'s pools');
   });
 
   it('a block taken ahead has room for more requests than the last windows had: none waits on etcd', async () => {

@@ -19,10 +19,11 @@
 //         window begins, so that the current window's count and budget stay as they were, and the
 //         requests that open the next window find their tokens pooled instead of all waiting on
 //         one etcd round trip. The first such request in a window takes ahead for every bucket
-//         of the same window length that had requests in it, in transactions of up to
-//         LOOKAHEAD_BATCH_KEYS keys: a bucket with a few requests a second may see none in the last
-//         LOOKAHEAD_MS, and many buckets cost a few etcd calls a window, not one each. Blocks taken
-//         in the background carry room for the traffic's ups and downs (see blockSize).
+//         of the same window length that had requests in it and no take under way, in
+//         transactions of up to LOOKAHEAD_BATCH_KEYS keys sent together: a bucket with a few
+//         requests a second may see none in the last LOOKAHEAD_MS, and many buckets cost a few
+//         etcd calls a window, not one each. Blocks taken in the background carry room for the
+//         traffic's ups and downs (see blockSize).
 //         (A replica of a version before `a` that writes the key in the same window drops it:
 //         during such an upgrade a window may admit the blocks taken ahead for it more, at most
 //         half the limit.)
@@ -121,8 +122,6 @@ export function lookaheadOffsetMs(perMs: number): number {
  * etcd's default --max-txn-ops of 128, each key taking one compare and one put or get).
  */
 const LOOKAHEAD_BATCH_KEYS = 64;
-/** Transactions of blocks taken ahead in flight at once, from one replica. */
-const LOOKAHEAD_BATCHES_IN_FLIGHT = 4;
 
 /** Token-bucket tokens held in a pool are spent within this time of their grant, or dropped. */
 const BUCKET_POOL_MS = 250;
@@ -159,7 +158,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
     for (const b of this.buckets.values()) {
       const epoch = this.epochAt(b, now);
       if (epoch === b.poolEpoch && b.pool >= 1) held += Math.floor(b.pool);
-      if (b.aheadEpoch > epoch) held += Math.floor(b.ahead);
+      // A block taken for this window or a later one (for this window: it becomes the pool at the
+      // bucket's next request; until then the pool is an earlier window's, not counted above).
+      if (b.aheadEpoch >= epoch) held += Math.floor(b.ahead);
     }
     return held;
   }
@@ -424,8 +425,8 @@ export class EtcdRateLimitStore implements RateLimitPort {
    * same window length that had traffic in it and qualifies (wantsLookahead): a bucket with a few
    * requests a second may see none in the window's last LOOKAHEAD_MS, and its first request of the
    * next window would otherwise wait on etcd. The takes go out together, LOOKAHEAD_BATCH_KEYS
-   * buckets to a transaction, so that a thousand buckets cost a replica sixteen etcd calls a window
-   * rather than a thousand. Requests that run out of a pool meanwhile wait for its take, then take
+   * buckets to a transaction, all transactions at once, so that a thousand buckets cost a replica
+   * sixteen etcd calls a window rather than a thousand, and each bucket one round trip. Requests that run out of a pool meanwhile wait for its take, then take
    * their own block of the current window.
    */
   private lookahead(b: Bucket, now: number): void {
@@ -454,16 +455,13 @@ export class EtcdRateLimitStore implements RateLimitPort {
     b.busy = true;
     this.aheadQueue.push({ b, now });
     if (this.aheadQueue.length > 1) return;
-    // Everything queued in this turn of the event loop goes out together, at most
-    // LOOKAHEAD_BATCHES_IN_FLIGHT transactions at a time.
+    // Everything queued in this turn of the event loop goes out together, all its transactions at
+    // once: a bucket waits one round trip for its block, however many buckets there are.
     setImmediate(() => {
       for (const { b: trigger, now: at } of this.sweeps.splice(0)) this.sweep(trigger, at);
       const queued = this.aheadQueue;
       this.aheadQueue = [];
-      const next = async (): Promise<void> => {
-        while (queued.length > 0) await this.takeAheadBatch(queued.splice(0, LOOKAHEAD_BATCH_KEYS));
-      };
-      for (let i = 0; i < LOOKAHEAD_BATCHES_IN_FLIGHT; i++) void next();
+      for (let i = 0; i < queued.length; i += LOOKAHEAD_BATCH_KEYS) void this.takeAheadBatch(queued.slice(i, i + LOOKAHEAD_BATCH_KEYS));
     });
   }
 
@@ -484,34 +482,38 @@ export class EtcdRateLimitStore implements RateLimitPort {
       // it there), as an ordinary take at the window's start.
       const how = (state: BucketState | undefined, n: number): Take =>
         state && 'w' in state && state.w >= target ? take(b.params, state, n, start) : takeAhead(b.params, state, n, now);
-      return { b, now, target, n: this.blockSize(b, 1, now, start, true), how, t: undefined as Take | undefined };
+      return { b, now, target, n: this.blockSize(b, 1, now, start, true), how };
     });
     try {
       let pending = takes;
       for (let attempt = 0; pending.length > 0; attempt++) {
         if (attempt === MAX_CAS_ATTEMPTS) throw new NotAnEtcdFailure(`${pending.length} leased look-ahead takes: ${MAX_CAS_ATTEMPTS} compare-and-swap attempts lost to other writers`);
-        for (const x of pending) x.t = x.how(x.b.state, x.n);
-        // A bucket etcd has nothing more for (as last seen) writes nothing.
-        pending = pending.filter((x) => x.t!.granted > 0 || (x.b.mod === '0' && x.b.state === undefined));
-        if (pending.length === 0) break;
         const leases = await Promise.all(pending.map((x) => this.leases.leaseFor(keyTtlMs(x.b.params), x.now)));
-        const [first, ...rest] = pending;
-        let txn = client.if(first!.b.key, 'Mod', '==', first!.b.mod);
-        for (const x of rest) txn = txn.and(x.b.key, 'Mod', '==', x.b.mod);
+        // Each take from the state last seen and compared against that state's revision, read
+        // together after the wait for the leases: another path (a charge, a give-back) may have
+        // written the key meanwhile, and a write computed from the state before it would undo it.
+        const ops = pending.map((x, i) => ({ x, lease: leases[i]!, mod: x.b.mod, t: x.how(x.b.state, x.n) }));
+        // A bucket etcd has nothing more for (as last seen) writes nothing.
+        const writes = ops.filter((o) => o.t.granted > 0 || (o.mod === '0' && o.x.b.state === undefined));
+        pending = writes.map((o) => o.x);
+        if (writes.length === 0) break;
+        const [first, ...rest] = writes;
+        let txn = client.if(first!.x.b.key, 'Mod', '==', first!.mod);
+        for (const o of rest) txn = txn.and(o.x.b.key, 'Mod', '==', o.mod);
         const res = await guard(
           () =>
             txn
-              .then(...pending.map((x, i) => client.put(x.b.key).value(JSON.stringify(x.t!.state)).lease(leases[i]!)))
-              .else(...pending.map((x) => client.get(x.b.key)))
+              .then(...writes.map((o) => client.put(o.x.b.key).value(JSON.stringify(o.t.state)).lease(o.lease)))
+              .else(...writes.map((o) => client.get(o.x.b.key)))
               .commit(),
           'cas',
         );
         if (res.succeeded) {
-          this.stats.writes += pending.length;
-          for (const x of pending) {
-            x.b.state = x.t!.state;
+          this.stats.writes += writes.length;
+          for (const { x, t } of writes) {
+            x.b.state = t.state;
             x.b.mod = String(res.header.revision);
-            this.keepAhead(x.b, x.t!, x.target);
+            this.keepAhead(x.b, t, x.target);
           }
           break;
         }
@@ -664,10 +666,13 @@ export class EtcdRateLimitStore implements RateLimitPort {
   private async compareAndSwap(b: Bucket, next: BucketState, now: number): Promise<boolean> {
     const { client } = this.opts;
     const guard = this.opts.guard ?? ((op) => op());
+    // The revision of the state `next` was computed from, taken before the wait for the lease: if
+    // another path writes the key meanwhile, this write must lose, not undo it.
+    const mod = b.mod;
     const lease = await this.leases.leaseFor(keyTtlMs(b.params), now);
     const res = await guard(() =>
       client
-        .if(b.key, 'Mod', '==', b.mod)
+        .if(b.key, 'Mod', '==', mod)
         .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
         .else(client.get(b.key))
         .commit(),
