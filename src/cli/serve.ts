@@ -214,13 +214,22 @@ export const serveCommand: Command = {
         logger.info({ signal, delayMs, drainMs }, 'shutting down: NOT_SERVING, draining in-flight calls');
         // Calls keep coming until Envoy sees NOT_SERVING; leased limits stop taking blocks now and
         // hand what their pools hold back to etcd, so the replicas that stay can admit it.
-        void sharedLimits.leave().then(
-          (tokens) => tokens > 0 && logger.info({ tokens }, 'gave unspent leased tokens back to etcd'),
+        const givingBack = sharedLimits.leave().then(
+          (tokens) => {
+            if (tokens > 0) logger.info({ tokens }, 'gave unspent leased tokens back to etcd');
+          },
           (e: Error) => logger.warn({ err: e.message }, 'could not give leased tokens back to etcd: they lapse with their window'),
         );
         // The admin port stays up while draining (/readyz answers 503) and closes last.
         void running
           .shutdown({ delayMs, drainMs })
+          // The give-back goes through the breaker: it must be done (or given up) before the
+          // breaker shuts down, or what it had left would fail and lapse.
+          .then(() =>
+            boundedWait(givingBack, LEAVE_ETCD_MS, () =>
+              logger.warn({ waitedMs: LEAVE_ETCD_MS }, 'etcd did not take all unspent leased tokens back while leaving: the rest lapse with their window'),
+            ),
+          )
           .then(() => etcdCheck.stop())
           .then(() => breaker.shutdown())
           // Leaving membership and closing watches need etcd; a frozen or gone etcd must not hold

@@ -557,6 +557,35 @@ describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () 
     assert.equal(etcd.txns.length, txns, 'no transaction in the window');
   });
 
+  it('leave() waits for a batch under way and gives its blocks back: nothing lapses with a replica that stops', async () => {
+    const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(['a', 'b']);
+    etcd.held = [];
+    store.consume({ rule, key: 'a', now: t0 + 950 });
+    for (let i = 0; i < 50 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(etcd.held.length, 1, 'the batch is under way');
+    const pooled = store.heldTokens(t0 + 955);
+    let done = false;
+    const leaving = store.leave(() => t0 + 955).then((n) => {
+      done = true;
+      return n;
+    });
+    // leave() hands the pools back (each its own transaction, let through here), then waits for
+    // the batch, which is still held.
+    const batch = etcd.held.shift()!;
+    for (let round = 0; round < 20; round++) {
+      await settle();
+      for (const gate of etcd.held.splice(0)) gate.resolve();
+    }
+    assert.equal(done, false, 'leave() has not resolved while the batch is under way');
+    etcd.held = undefined;
+    batch.resolve();
+    const returned = await leaving;
+    // a admitted the request that started the look-ahead too.
+    for (const [key, c] of [['a', 22], ['b', 21]] as const) assert.deepEqual(etcd.state(etcdKey(key)), { w: w0, c, a: 0 }, `${key}: etcd counts what was admitted, nothing held`);
+    assert.ok(returned > pooled, `the pools (${pooled}) and the blocks the batch brought: ${returned}`);
+    assert.equal(store.heldTokens(t0 + 1000), 0);
+  });
+
   it('leaves out buckets with no request in this window, and buckets a limit can be reached in', async () => {
     const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(['a', 'b']);
     // 'old' had its traffic a window earlier; 'near' has a limit its traffic could reach.

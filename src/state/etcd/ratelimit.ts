@@ -139,6 +139,10 @@ export class EtcdRateLimitStore implements RateLimitPort {
   private readonly swept = new Map<number, number>();
   /** Buckets whose block ahead waits for the next batched transaction. */
   private aheadQueue: Array<{ b: Bucket; now: number }> = [];
+  /** Background work under way (prefetch, look-ahead batches, late give-backs): leave() waits for it. */
+  private readonly inFlight = new Set<Promise<void>>();
+  /** Tokens given back by takes that landed after leave() began. */
+  private givenBackLate = 0;
   /** Look-ahead sweeps to run before the next batch goes out: the bucket that asked, and when. */
   private readonly sweeps: Array<{ b: Bucket; now: number }> = [];
 
@@ -169,10 +173,12 @@ export class EtcdRateLimitStore implements RateLimitPort {
    * The replica is leaving (SIGTERM). Leased limits from now on take from etcd only what waiting
    * requests need, so that no block is stranded with a replica that Envoy is about to stop calling,
    * and the tokens its pools hold unspent in windows still running go back to etcd, for the
-   * replicas that stay. Resolves to the number of tokens given back.
+   * replicas that stay. Takes under way in the background (prefetch, look-ahead) are waited for,
+   * and what they bring is given back too. Resolves to the number of tokens given back.
    */
   async leave(clock: () => number = Date.now): Promise<number> {
     this.leaving = true;
+    const lateBefore = this.givenBackLate;
     let returned = 0;
     for (const b of [...this.buckets.values()]) {
       if (b.rule.consistency !== 'leased') continue;
@@ -194,7 +200,15 @@ export class EtcdRateLimitStore implements RateLimitPort {
       }
       if (ahead >= 1 && (await this.giveBackShared(b, aheadAt, ahead))) returned += ahead;
     }
-    return returned;
+    // A block that lands now goes back as it lands (keepAhead, prefetch): wait for those.
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    return returned + this.givenBackLate - lateBefore;
+  }
+
+  /** Keeps `work` in inFlight until it settles, for leave() to wait on. */
+  private track(work: Promise<void>): void {
+    this.inFlight.add(work);
+    void work.finally(() => this.inFlight.delete(work));
   }
 
   consume(req: RateLimitRequest): RateLimitGrant | Promise<RateLimitGrant> {
@@ -207,7 +221,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
         b.pool -= 1;
         const grant = this.pooledGrant(b, req.now);
         if (!b.busy) {
-          if (this.wantsPrefetch(b, req.now)) void this.prefetch(b, req.now);
+          if (this.wantsPrefetch(b, req.now)) this.track(this.prefetch(b, req.now));
           else if (this.wantsLookahead(b, req.now)) this.lookahead(b, req.now);
         }
         return grant;
@@ -396,7 +410,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       // the rest goes back to etcd, as leave() gave the pool back.
       const keep = this.leaving ? Math.min(t.granted, b.waiting.length) : t.granted;
       this.addToPool(b, t, keep, now);
-      if (keep < t.granted) void this.giveBackLater(b, now, t.granted - keep);
+      if (keep < t.granted) this.track(this.giveBackLater(b, now, t.granted - keep));
     });
   }
 
@@ -461,7 +475,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       for (const { b: trigger, now: at } of this.sweeps.splice(0)) this.sweep(trigger, at);
       const queued = this.aheadQueue;
       this.aheadQueue = [];
-      for (let i = 0; i < queued.length; i += LOOKAHEAD_BATCH_KEYS) void this.takeAheadBatch(queued.slice(i, i + LOOKAHEAD_BATCH_KEYS));
+      for (let i = 0; i < queued.length; i += LOOKAHEAD_BATCH_KEYS) this.track(this.takeAheadBatch(queued.slice(i, i + LOOKAHEAD_BATCH_KEYS)));
     });
   }
 
@@ -543,7 +557,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
     const w = (t.state as { w: number }).w;
     // The window the tokens are counted in.
     const epoch = w >= target ? w : w + 1;
-    if (this.leaving) void this.giveBackLater(b, epoch * b.params.perMs, t.granted);
+    if (this.leaving) this.track(this.giveBackLater(b, epoch * b.params.perMs, t.granted));
     else if (epoch > b.poolEpoch) {
       b.ahead = epoch === b.aheadEpoch ? b.ahead + t.granted : t.granted;
       b.aheadEpoch = epoch;
@@ -602,7 +616,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
   /** Gives tokens back to etcd without holding anyone up; a failure only leaves them to lapse. */
   private async giveBackLater(b: Bucket, now: number, n: number): Promise<void> {
     try {
-      await this.giveBackShared(b, now, n);
+      if (await this.giveBackShared(b, now, n)) this.givenBackLate += n;
     } catch (e) {
       this.opts.logger.warn({ limit: b.rule.id, tokens: n, err: (e as Error).message }, 'could not give leased tokens back to etcd: they lapse with their window');
     }
