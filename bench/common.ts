@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { findExecutable } from '../src/lab/processes';
 
 export const startedAt = Date.now();
 
@@ -169,4 +170,14 @@ export function describeCode(code: CodeIdentity): string {
   const uncommitted = code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : '';
   const changed = code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : '';
   return `commit ${code.head}${uncommitted}; dist/src sha256 ${code.distSrcSha256}${changed}`;
+}
+
+/** h2load's path (the load generator of several benches), or undefined after saying how to install it. */
+export function h2loadExecutable(): string | undefined {
+  try {
+    return findExecutable('h2load');
+  } catch {
+    process.stderr.write('h2load not found on PATH: run `make deps-bench` (Debian package nghttp2-client)\n');
+    return undefined;
+  }
 }

@@ -7,16 +7,15 @@
 // is read against.
 //
 //   node dist/bench/envoy-authz-cost.js [--quick]        (make bench-envoy-authz; needs h2load: make deps-bench)
-import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { CLUSTERS, renderBootstrap, type BootstrapOptions } from '../src/envoy/bootstrap';
 import { EnvoyProcess } from '../src/lab/envoy';
 import { freePort } from '../src/lab/ports';
-import { findExecutable, LabChild } from '../src/lab/processes';
+import { LabChild } from '../src/lab/processes';
 import { startHttpUpstream } from '../src/lab/upstream';
-import { codeIdentity, describeCode, hardTimeLimit, log, metadataLines, quickFlag, runMetadata, versionOf, writeResults } from './common';
+import { codeIdentity, describeCode, h2loadExecutable, hardTimeLimit, log, metadataLines, quickFlag, runMetadata, versionOf, writeResults } from './common';
 import { processCpuSeconds } from './timeline';
 
 type Doc = Record<string, unknown>;
@@ -126,19 +125,13 @@ interface Measurement {
   serverUsPerRequest: number | null;
 }
 
-function h2load(exe: string, args: string[], seconds: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const killer = setTimeout(() => child.kill('SIGKILL'), (seconds + 20) * 1000);
-    child.once('error', reject);
-    child.once('exit', () => {
-      clearTimeout(killer);
-      resolve(out);
-    });
-  });
+/** Runs h2load to the end (killed if it overruns, and with every lab child if the bench ends); its output. */
+async function h2load(exe: string, args: string[], seconds: number): Promise<string> {
+  const child = LabChild.spawn({ name: 'h2load', command: exe, args });
+  const killer = setTimeout(() => child.signal('SIGKILL'), (seconds + 20) * 1000);
+  await child.exited;
+  clearTimeout(killer);
+  return child.output();
 }
 
 async function measure(v: Variation, round: number, ctx: { h2load: string; appPort: number; servers: Servers; serverPid: number; warmS: number; seconds: number }): Promise<Measurement> {
@@ -175,13 +168,8 @@ async function main(): Promise<number> {
   const rounds = quick ? 1 : 2;
   const seconds = quick ? 3 : 6;
   const warmS = quick ? 1 : 2;
-  let exe: string;
-  try {
-    exe = findExecutable('h2load');
-  } catch {
-    process.stderr.write('h2load not found on PATH: run `make deps-bench` (Debian package nghttp2-client)\n');
-    return 1;
-  }
+  const exe = h2loadExecutable();
+  if (!exe) return 1;
   const code = codeIdentity();
   const app = await startHttpUpstream({ name: 'app' });
   const servers: Servers = { grpc: `127.0.0.1:${await freePort()}`, http: `127.0.0.1:${await freePort()}`, http2: `127.0.0.1:${await freePort()}` };

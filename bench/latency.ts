@@ -22,7 +22,7 @@ import { EnvoyProcess } from '../src/lab/envoy';
 import { EtcdProcess } from '../src/lab/etcd';
 import { MiddleboxProcess } from '../src/lab/middlebox';
 import { freePort, waitFor } from '../src/lab/ports';
-import { findExecutable, LabChild, makeTempDir, removeTempDir } from '../src/lab/processes';
+import { LabChild, makeTempDir, removeTempDir } from '../src/lab/processes';
 import { startHttpUpstream, type Upstream, type UpstreamEcho } from '../src/lab/upstream';
 import { headersReadBy } from '../src/policy/headers';
 import { parsePolicies } from '../src/policy/parse';
@@ -32,7 +32,7 @@ import { putPolicies } from '../src/state/etcd/policies';
 import { lookaheadOffsetMs } from '../src/state/etcd/ratelimit';
 import { renderSvg, type VegaLiteSpec } from './chart';
 import { nearestRankMs, sliceStats, type SliceStats } from './slice';
-import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, metadataLines, runMetadata, versionOf, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, h2loadExecutable, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, metadataLines, runMetadata, versionOf, writeResults } from './common';
 import { processCpuSeconds } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
@@ -1178,14 +1178,6 @@ function chartSpec(p: Params, results: ConfigResult[], comparisons: Map<string, 
 
 // ---- main -------------------------------------------------------------------------------------------
 
-function h2loadExecutable(): string {
-  try {
-    return findExecutable('h2load');
-  } catch {
-    throw new Error('h2load not found on PATH: run `make deps-bench` (Debian package nghttp2-client)');
-  }
-}
-
 async function main(): Promise<number> {
   const p = params(process.argv.slice(2));
   // Whatever happens, the bench ends and leaves nothing running: exit() SIGKILLs every child started
@@ -1199,6 +1191,7 @@ async function main(): Promise<number> {
   }
 
   const h2load = h2loadExecutable();
+  if (!h2load) return 1;
   const h2loadVersion = await versionOf(h2load, ['--version']);
   // --only runs its configurations in the order given (to see whether the order matters), after the baseline.
   const all = setups(p.rounds);

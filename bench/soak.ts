@@ -22,13 +22,13 @@ import path from 'node:path';
 import { tcpProbe } from '../src/lab/client';
 import { sumMetric, type MetricSample } from '../src/lab/middlebox';
 import { sleep, waitFor } from '../src/lab/ports';
-import { findExecutable, LabChild } from '../src/lab/processes';
+import { LabChild } from '../src/lab/processes';
 import { SidecarLab, LAB_ETCD_TIMEOUT_MS } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { parsePolicies } from '../src/policy/parse';
 import type { PolicyDocument } from '../src/policy/types';
 import { renderSvg, type VegaLiteSpec } from './chart';
-import { type CodeIdentity, codeIdentity, describeCode, hardTimeLimit, log, readWarnings, resultsDir, metadataLines, runMetadata, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, h2loadExecutable, hardTimeLimit, log, readWarnings, resultsDir, metadataLines, runMetadata, writeResults } from './common';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -1289,13 +1289,8 @@ function reexecWithLargerHeaders(): Promise<number> {
 async function main(): Promise<number> {
   const p = params(process.argv.slice(2));
   if (http.maxHeaderSize < NEEDED_HEADER_SIZE) return reexecWithLargerHeaders();
-  let h2loadPath: string;
-  try {
-    h2loadPath = findExecutable('h2load');
-  } catch {
-    process.stderr.write('h2load not found: run `make deps-bench` (Debian nghttp2-client)\n');
-    return 1;
-  }
+  const h2loadPath = h2loadExecutable();
+  if (!h2loadPath) return 1;
   // Whatever happens, the bench ends: exit() SIGKILLs every lab child (src/lab/processes.ts).
   hardTimeLimit(p.hardLimitMs);
   // Set once the lab's log dir exists: an interrupted run leaves nothing behind.

@@ -487,6 +487,16 @@ describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () 
     return { etcd, store, t0, w0: t0 / 1000, etcdKey };
   }
 
+  /** A request in the window's last 100 ms starts the look-ahead; etcd holds its one transaction (both buckets). */
+  async function lookaheadHeld(etcd: FakeEtcdKeys, store: EtcdRateLimitStore, t0: number): Promise<Array<Deferred<void>>> {
+    const held: Array<Deferred<void>> = [];
+    etcd.held = held;
+    store.consume({ rule, key: 'a', now: t0 + 950 });
+    for (let i = 0; i < 50 && held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(held.length, 1, 'one transaction for both buckets, held');
+    return held;
+  }
+
   it('one request in the window\'s last 100 ms takes ahead for every bucket with traffic in it, 64 keys to a transaction', async () => {
     const keys = Array.from({ length: 70 }, (_, i) => `k${i}`);
     const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(keys);
@@ -522,15 +532,12 @@ describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () 
 
   it('a batch that lands after the window began is its pool; a request that came first waits for it, then is served', async () => {
     const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(['a', 'b']);
-    etcd.held = [];
-    store.consume({ rule, key: 'a', now: t0 + 950 });
-    for (let i = 0; i < 50 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
-    assert.equal(etcd.held.length, 1, 'one transaction for both buckets, held');
+    const held = await lookaheadHeld(etcd, store, t0);
     // The next window begins before etcd answers: b's first request has no pool and waits.
     const first = store.consume({ rule, key: 'b', now: t0 + 1000 });
     assert.ok(first instanceof Promise, 'it waits for the batch under way');
     const txns = etcd.txns.length;
-    etcd.held.shift()!.resolve();
+    held.shift()!.resolve();
     etcd.held = undefined;
     assert.equal((await first).allowed, true);
     await settle();
@@ -559,10 +566,7 @@ describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () 
 
   it('leave() waits for a batch under way and gives its blocks back: nothing lapses with a replica that stops', async () => {
     const { etcd, store, t0, w0, etcdKey } = await manyWarmedUp(['a', 'b']);
-    etcd.held = [];
-    store.consume({ rule, key: 'a', now: t0 + 950 });
-    for (let i = 0; i < 50 && etcd.held.length === 0; i++) await new Promise((r) => setImmediate(r));
-    assert.equal(etcd.held.length, 1, 'the batch is under way');
+    const held = await lookaheadHeld(etcd, store, t0);
     const pooled = store.heldTokens(t0 + 955);
     let done = false;
     const leaving = store.leave(() => t0 + 955).then((n) => {
@@ -571,10 +575,10 @@ describe('EtcdRateLimitStore (leased): blocks taken ahead for many buckets', () 
     });
     // leave() hands the pools back (each its own transaction, let through here), then waits for
     // the batch, which is still held.
-    const batch = etcd.held.shift()!;
+    const batch = held.shift()!;
     for (let round = 0; round < 20; round++) {
       await settle();
-      for (const gate of etcd.held.splice(0)) gate.resolve();
+      for (const gate of held.splice(0)) gate.resolve();
     }
     assert.equal(done, false, 'leave() has not resolved while the batch is under way');
     etcd.held = undefined;

@@ -532,11 +532,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
           break;
         }
         this.stats.conflicts += 1;
-        pending.forEach((x, i) => {
-          const kv = res.responses[i]?.response_range?.kvs?.[0];
-          x.b.state = kv ? parseState(kv.value.toString()) : undefined;
-          x.b.mod = kv ? String(kv.mod_revision) : '0';
-        });
+        pending.forEach((x, i) => learnState(x.b, res.responses[i]));
       }
     } catch (e) {
       this.opts.logger.debug({ limits: [...new Set(batch.map((b) => b.rule.id))], err: (e as Error).message }, 'leased look-ahead block take failed');
@@ -698,9 +694,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       b.mod = String(res.header.revision);
       return true;
     }
-    const kv = res.responses[0]?.response_range?.kvs?.[0];
-    b.state = kv ? parseState(kv.value.toString()) : undefined;
-    b.mod = kv ? String(kv.mod_revision) : '0';
+    learnState(b, res.responses[0]);
     return false;
   }
 
@@ -722,6 +716,13 @@ function keyTtlMs(p: LimitParams): number {
 export function etcdKey(prefix: string, rule: CompiledRateLimit, key: string): string {
   const digest = createHash('sha256').update(key).digest('base64url').slice(0, 22);
   return `${prefix}/ratelimit/${rule.policy}/${rule.name}/${digest}`;
+}
+
+/** What a lost compare-and-swap's `get` answered for a bucket's key: its state and revision ("0": no key). */
+function learnState(b: Bucket, answer: { response_range?: { kvs?: Array<{ value: Buffer; mod_revision: string }> | null } | null } | undefined): void {
+  const kv = answer?.response_range?.kvs?.[0];
+  b.state = kv ? parseState(kv.value.toString()) : undefined;
+  b.mod = kv ? String(kv.mod_revision) : '0';
 }
 
 /** A value that is not a bucket state (written by hand, say) counts as an empty bucket. */
