@@ -20,7 +20,7 @@ Commands:
   inject             print Kubernetes objects with the middlebox sidecar injected (offline)
   inject serve       run the sidecar injector as a Kubernetes admission webhook (HTTPS)
   demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
-  bench              run a benchmark (ratelimit, nat, faults, latency, scaling) or regenerate bench/REPORT.md
+  bench              run a benchmark (ratelimit, nat, faults, latency, envoy-authz, scaling) or regenerate bench/REPORT.md
   version            print the version
 
 Run 'middlebox <command> --help' for a command's flags.

@@ -319,7 +319,7 @@ export class MiddleboxMetrics implements DecisionMetrics {
       const held = shared.heldTokens.bind(shared);
       this.gauge(
         'middlebox_ratelimit_leased_tokens',
-        'Tokens of leased limits that this replica took from etcd and has not spent yet (current windows only).',
+        'Tokens of leased limits that this replica took from etcd and has not spent yet: pools of current windows, and blocks taken ahead for the next window.',
         () => held(),
       );
     }
