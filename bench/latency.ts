@@ -20,7 +20,7 @@ import { renderBootstrap, type BootstrapOptions } from '../src/envoy/bootstrap';
 import { httpRequest } from '../src/lab/client';
 import { EnvoyProcess } from '../src/lab/envoy';
 import { EtcdProcess } from '../src/lab/etcd';
-import { MiddleboxProcess } from '../src/lab/middlebox';
+import { MiddleboxProcess, parseMetrics, sumMetric } from '../src/lab/middlebox';
 import { freePort, waitFor } from '../src/lab/ports';
 import { LabChild, makeTempDir, removeTempDir } from '../src/lab/processes';
 import { startHttpUpstream, type Upstream, type UpstreamEcho } from '../src/lab/upstream';
@@ -520,6 +520,8 @@ interface FixedRaw {
   /** The requests measured, and etcd's write transactions while they were sent. */
   requests: number;
   etcdWrites: number | null;
+  /** Leased requests that waited for an etcd take while they were sent (the replica's counter). */
+  leasedWaits: number | null;
 }
 interface SaturationRaw {
   durationsUs: number[];
@@ -552,6 +554,12 @@ interface FixedRateRun extends LatencyStats {
   slowerThanInterval: number;
   /** etcd write transactions during the measured seconds (revision at their end − at their start) ÷ the requests measured. */
   etcdWritesPerRequest: number | null;
+  /**
+   * Leased rows: requests that waited for an etcd take during the measured seconds (the replica's
+   * middlebox_ratelimit_leased_waits_total at their end − at their start) ÷ the requests measured;
+   * every other request was answered from the replica's pool. Null elsewhere.
+   */
+  leasedWaitsPerRequest?: number | null;
   /** Responses to requests that started in LOOKAHEAD_SLICE of a window, against the rest. */
   afterLookahead: SliceStats;
 }
@@ -603,7 +611,17 @@ function stagger(rate: number): { perPeriod: number; periodMs: number } {
   return rate <= 1000 ? { perPeriod: 1, periodMs: Math.max(1, Math.round(1000 / rate)) } : { perPeriod: Math.round(rate / 1000), periodMs: 1 };
 }
 
-async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdProcess | undefined): Promise<FixedRateRun> {
+/** A leased replica's count of requests that waited for an etcd take; undefined if it cannot be read. */
+async function leasedWaits(replica: MiddleboxProcess): Promise<number | undefined> {
+  try {
+    const res = await replica.admin('/metrics');
+    return res.status === 200 ? sumMetric(parseMetrics(res.body), 'middlebox_ratelimit_leased_waits_total') : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdProcess | undefined, leased?: MiddleboxProcess): Promise<FixedRateRun> {
   const { p } = ctx;
   const c = p.fixedConnections;
   // h2load's connections go through the paths in the same order at the same pace, so connections
@@ -619,16 +637,24 @@ async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdP
   const total = Math.round(rate * (leadS + p.fixedWarmS + p.fixedS));
   const args = ['--h1', '-c', String(c), '-r', String(perPeriod), '--rate-period', `${periodMs}ms`, '--rps', String(rate / c), '-n', String(total), ...urls];
   // etcd's revision as the measured seconds begin and end (from h2load's start; it sends at once).
+  // With a leased replica, its count of requests that waited on etcd at the same two moments.
   const revisions: Array<Promise<number | undefined>> = [];
+  const waits: Array<Promise<number | undefined>> = [];
   const marks = [leadS + p.fixedWarmS, leadS + p.fixedWarmS + p.fixedS].map((atS, i) =>
-    setTimeout(() => (revisions[i] = etcd!.revision().catch(() => undefined)), atS * 1000),
+    setTimeout(() => {
+      revisions[i] = etcd!.revision().catch(() => undefined);
+      if (leased) waits[i] = leasedWaits(leased);
+    }, atS * 1000),
   );
   if (!etcd) marks.forEach(clearTimeout);
   const { rows } = await runH2load(ctx, args, leadS + p.fixedWarmS + p.fixedS, `${rate} req/s`);
   marks.forEach(clearTimeout);
   // h2load may be done a moment before the last mark: read it now.
   if (etcd) for (const i of [0, 1]) revisions[i] ??= etcd.revision().catch(() => undefined);
+  if (leased) for (const i of [0, 1]) waits[i] ??= leasedWaits(leased);
   const [before, after] = await Promise.all([revisions[0], revisions[1]]);
+  const [waitsBefore, waitsAfter] = await Promise.all([waits[0], waits[1]]);
+  const waited = waitsBefore !== undefined && waitsAfter !== undefined ? waitsAfter - waitsBefore : null;
   if (rows.length === 0) throw new Error(`h2load logged no request at ${rate} req/s`);
   const t0 = Math.min(...rows.map((r) => r.startUs));
   const edge = t0 + (leadS + p.fixedWarmS) * 1e6;
@@ -649,6 +675,7 @@ async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdP
     sentPerS: Math.round(measured.length / spanS),
     slowerThanInterval: measured.filter((r) => r.durationUs > intervalMs * 1000).length,
     etcdWritesPerRequest: before !== undefined && after !== undefined ? round((after - before) / measured.length, 4) : null,
+    ...(leased ? { leasedWaitsPerRequest: waited === null ? null : round(waited / measured.length, 4) } : {}),
     afterLookahead: sliceStats(durationsUs, phasesMs, LOOKAHEAD_SLICE),
   };
   fixedRaw.set(run, {
@@ -656,6 +683,7 @@ async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdP
     phasesMs,
     requests: measured.length,
     etcdWrites: before !== undefined && after !== undefined ? after - before : null,
+    leasedWaits: waited,
   });
   return run;
 }
@@ -719,12 +747,14 @@ function poolRounds(all: ConfigResult[]): ConfigResult {
     const raws = same.map((x) => fixedRaw.get(x)!);
     const writes = raws.every((r) => r.etcdWrites !== null) ? raws.reduce((n, r) => n + r.etcdWrites!, 0) : null;
     const requests = raws.reduce((n, r) => n + r.requests, 0);
+    const waited = raws.every((r) => r.leasedWaits !== null) ? raws.reduce((n, r) => n + r.leasedWaits!, 0) : null;
     return {
       ...f,
       ...durationStats(raws.flatMap((r) => r.durationsUs), sumStatuses(same.map((x) => x.statuses))),
       sentPerS: Math.round(same.reduce((n, x) => n + x.sentPerS, 0) / same.length),
       slowerThanInterval: same.reduce((n, x) => n + x.slowerThanInterval, 0),
       etcdWritesPerRequest: writes === null || requests === 0 ? null : round(writes / requests, 4),
+      ...('leasedWaitsPerRequest' in f ? { leasedWaitsPerRequest: waited === null || requests === 0 ? null : round(waited / requests, 4) } : {}),
       afterLookahead: sliceStats(raws.flatMap((r) => r.durationsUs), raws.flatMap((r) => r.phasesMs), LOOKAHEAD_SLICE),
     };
   });
@@ -831,11 +861,12 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     log(`  warm-up ${ctx.p.warmupS} s closed loop: ${result.warmup.rps ?? '?'} req/s, ${statusText(result.warmup.statuses)}`);
 
     for (const rate of ctx.p.rates) {
-      const r = await fixedRate(ctx, urls, rate, writesOf);
+      const r = await fixedRate(ctx, urls, rate, writesOf, s.consistency === 'leased' ? target.replica : undefined);
       result.fixed.push(r);
       log(
         `  ${rate} req/s: p50 ${ms(r.p50Ms)} / p90 ${ms(r.p90Ms)} / p99 ${ms(r.p99Ms)} ms, max ${ms(r.maxMs)} ms ` +
-          `(${r.requests} measured, ${r.sentPerS} sent/s, ${statusText(r.statuses)}${r.etcdWritesPerRequest !== null ? `, ${r.etcdWritesPerRequest} etcd writes/request` : ''})`,
+          `(${r.requests} measured, ${r.sentPerS} sent/s, ${statusText(r.statuses)}${r.etcdWritesPerRequest !== null ? `, ${r.etcdWritesPerRequest} etcd writes/request` : ''}` +
+          `${r.leasedWaitsPerRequest != null ? `, ${r.leasedWaitsPerRequest} of them waited on etcd` : ''})`,
       );
     }
 
@@ -1073,16 +1104,17 @@ function markdown(
   const { fromMs, toMs } = LOOKAHEAD_SLICE;
   lines.push(
     'Details per fixed-rate run: requests measured, sent per second, slowest response, responses slower than one connection\'s interval, statuses, etcd writes per request, ' +
+      'for leased rows the requests that waited for an etcd take (the others were answered from the replica\'s pool), ' +
       `and the requests that started ${fromMs}–${toMs} ms into a second, just after a leased replica takes the next window's block from etcd: their share of all responses and of the slowest 1 %, and the p99 of the others:`,
   );
   lines.push('');
-  lines.push(`| configuration | rate | measured | sent/s | max ms | slower than interval | statuses | etcd writes/request | ${fromMs}–${toMs} ms: of all · of slowest 1 % · p99 of the rest |`);
-  lines.push('|---|---|---|---|---|---|---|---|---|');
+  lines.push(`| configuration | rate | measured | sent/s | max ms | slower than interval | statuses | etcd writes/request | waited on etcd (share) | ${fromMs}–${toMs} ms: of all · of slowest 1 % · p99 of the rest |`);
+  lines.push('|---|---|---|---|---|---|---|---|---|---|');
   for (const r of results) {
     for (const f of r.fixed) {
       const a = f.afterLookahead;
       lines.push(
-        `| ${r.label} | ${f.rate} | ${f.requests} | ${f.sentPerS} | ${ms(f.maxMs)} | ${f.slowerThanInterval} (${fmt(f.intervalMs, 0)} ms) | ${statusText(f.statuses)} | ${f.etcdWritesPerRequest ?? '–'} | ` +
+        `| ${r.label} | ${f.rate} | ${f.requests} | ${f.sentPerS} | ${ms(f.maxMs)} | ${f.slowerThanInterval} (${fmt(f.intervalMs, 0)} ms) | ${statusText(f.statuses)} | ${f.etcdWritesPerRequest ?? '–'} | ${f.leasedWaitsPerRequest ?? '–'} | ` +
           `${percent(a.requestShare)} · ${percent(a.tailShare)} · ${ms(a.p99OutsideMs)} ms |`,
       );
     }

@@ -87,7 +87,7 @@ export interface PolicyStatusSource {
 export interface RateLimitSources {
   /** The etcd store: counters of its etcd work, buckets tracked, leased tokens held. */
   shared: {
-    readonly stats: { readonly writes: number; readonly conflicts: number; readonly cachedDenials: number };
+    readonly stats: { readonly writes: number; readonly conflicts: number; readonly cachedDenials: number; readonly leasedWaits: number };
     readonly size: number;
     heldTokens?(now?: number): number;
   };
@@ -313,6 +313,11 @@ export class MiddleboxMetrics implements DecisionMetrics {
       'middlebox_ratelimit_cached_denials_total',
       'Rate-limit denials answered from the last known shared state, with no etcd call.',
       () => shared.stats.cachedDenials,
+    );
+    this.mirrorCounter(
+      'middlebox_ratelimit_leased_waits_total',
+      'Requests of leased limits that waited for an etcd take; every other leased request was answered from the replica\'s pool with no etcd call.',
+      () => shared.stats.leasedWaits,
     );
     this.gauge('middlebox_ratelimit_buckets', 'Shared (strict and leased) rate-limit buckets this replica tracks.', () => shared.size);
     if (shared.heldTokens) {

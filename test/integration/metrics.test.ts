@@ -141,6 +141,7 @@ ${extraRule}
 
   it('leased limits: the tokens a replica holds from etcd show as leased tokens', async () => {
     // The block a replica takes follows its observed rate, so a steady trickle makes it grow.
+    const waitsBefore = await total('middlebox_ratelimit_leased_waits_total');
     let sent = 0;
     await waitFor(
       async () => {
@@ -151,6 +152,9 @@ ${extraRule}
     );
     const held = await total('middlebox_ratelimit_leased_tokens');
     assert.ok(held > 0 && held <= 100000, `held ${held} after ${sent} requests`);
+    // The first request of the bucket on a replica found no block and waited for etcd's answer.
+    const waited = (await total('middlebox_ratelimit_leased_waits_total')) - waitsBefore;
+    assert.ok(waited >= 1 && waited <= sent, `${waited} of ${sent} requests waited for an etcd take`);
   });
 
   it('NAT traffic through ext_proc: the NAT table size and the ext_proc latency count', async () => {

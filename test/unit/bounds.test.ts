@@ -284,7 +284,7 @@ describe('bounds', () => {
       const snap = snapshot({ api: PER_KEY });
       const { port } = capped(1);
       const metrics = new MiddleboxMetrics({ processMetrics: false });
-      metrics.watchRateLimits({ shared: { stats: { writes: 0, conflicts: 0, cachedDenials: 0 }, size: 0 }, keys: port });
+      metrics.watchRateLimits({ shared: { stats: { writes: 0, conflicts: 0, cachedDenials: 0, leasedWaits: 0 }, size: 0 }, keys: port });
       let samples = parseMetrics(await metrics.render());
       for (const consistency of ['strict', 'leased', 'local']) {
         assert.equal(sumMetric(samples, 'middlebox_ratelimit_keys_overflow_total', { consistency }), 0, `${consistency} is there from the start`);

@@ -153,7 +153,7 @@ describe('metrics', () => {
 
   it('reads rate-limit and NAT state through getters at scrape time', async () => {
     const m = new MiddleboxMetrics({ processMetrics: false });
-    const shared = { stats: { writes: 3, conflicts: 1, cachedDenials: 0 }, size: 4, held: 9, heldTokens() { return this.held; } };
+    const shared = { stats: { writes: 3, conflicts: 1, cachedDenials: 0, leasedWaits: 7 }, size: 4, held: 9, heldTokens() { return this.held; } };
     const resilient = { owedBuckets: 0, reconciled: 0 };
     const table = { size: 2 };
     m.watchRateLimits({ shared, resilient });
@@ -163,15 +163,18 @@ describe('metrics', () => {
     assert.equal(sumMetric(s, 'middlebox_ratelimit_etcd_conflicts_total'), 1);
     assert.equal(sumMetric(s, 'middlebox_ratelimit_buckets'), 4);
     assert.equal(sumMetric(s, 'middlebox_ratelimit_leased_tokens'), 9);
+    assert.equal(sumMetric(s, 'middlebox_ratelimit_leased_waits_total'), 7);
     assert.equal(sumMetric(s, 'middlebox_nat_flows'), 2);
     assert.equal(sumMetric(s, 'middlebox_nat_pending_flows'), 1);
     shared.stats.writes = 10;
+    shared.stats.leasedWaits = 8;
     shared.held = 0;
     table.size = 5;
     resilient.reconciled = 6;
     s = await scrape(m);
     assert.equal(sumMetric(s, 'middlebox_ratelimit_etcd_writes_total'), 10);
     assert.equal(sumMetric(s, 'middlebox_ratelimit_leased_tokens'), 0);
+    assert.equal(sumMetric(s, 'middlebox_ratelimit_leased_waits_total'), 8);
     assert.equal(sumMetric(s, 'middlebox_nat_flows'), 5);
     assert.equal(sumMetric(s, 'middlebox_ratelimit_reconciled_tokens_total'), 6);
   });

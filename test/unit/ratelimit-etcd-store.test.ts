@@ -272,6 +272,19 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     return { etcd, store, rule, t0, w0: t0 / 1000, state };
   }
 
+  it('counts the leased requests that wait for an etcd take, and only those', async () => {
+    const { store, rule, t0 } = await warmedUp(1_000_000_000);
+    const waited = store.stats.leasedWaits;
+    assert.ok(waited >= 1, 'the first requests waited for the first block');
+    for (let i = 0; i < 10; i++) assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 200 + i }) instanceof Promise));
+    assert.equal(store.stats.leasedWaits, waited, 'requests answered from the pool are not counted');
+    // A window long after: nothing taken for it, so its first request waits.
+    const later = store.consume({ rule, key: 'k', now: t0 + 5000 });
+    assert.ok(later instanceof Promise);
+    assert.equal(store.stats.leasedWaits, waited + 1);
+    assert.equal((await later).allowed, true);
+  });
+
   it('takes the next window\'s first block before the window begins: its first requests wait for no etcd call', async () => {
     const { etcd, store, rule, t0, w0, state } = await warmedUp(1_000_000_000);
     const inPool = store.heldTokens(t0 + 100);
@@ -289,6 +302,7 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     // The next window opens: its requests are answered from that block at once, with etcd held.
     etcd.held = [];
     const commits = etcd.commits;
+    const waits = store.stats.leasedWaits;
     for (let i = 0; i < 5; i++) {
       const next = store.consume({ rule, key: 'k', now: t0 + 1000 + i });
       assert.ok(!(next instanceof Promise), `request ${i} of the new window answered from the block taken ahead`);
@@ -296,6 +310,7 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     }
     assert.equal(store.heldTokens(t0 + 1004), ahead - 5, 'the old window\'s pool lapsed; the block taken ahead is the pool');
     assert.equal(etcd.commits, commits);
+    assert.equal(store.stats.leasedWaits, waits, 'none of them counted as waiting');
     etcd.openAll();
   });
 
