@@ -611,17 +611,26 @@ function stagger(rate: number): { perPeriod: number; periodMs: number } {
   return rate <= 1000 ? { perPeriod: 1, periodMs: Math.max(1, Math.round(1000 / rate)) } : { perPeriod: Math.round(rate / 1000), periodMs: 1 };
 }
 
-/** A leased replica's count of requests that waited for an etcd take; undefined if it cannot be read. */
+const LEASED_WAITS = 'middlebox_ratelimit_leased_waits_total';
+
+/** A replica's count of leased requests that waited for an etcd take; undefined if it cannot be read. */
 async function leasedWaits(replica: MiddleboxProcess): Promise<number | undefined> {
   try {
     const res = await replica.admin('/metrics');
-    return res.status === 200 ? sumMetric(parseMetrics(res.body), 'middlebox_ratelimit_leased_waits_total') : undefined;
+    if (res.status !== 200) return undefined;
+    const samples = parseMetrics(res.body);
+    return samples.some((s) => s.name === LEASED_WAITS) ? sumMetric(samples, LEASED_WAITS) : undefined;
   } catch {
     return undefined;
   }
 }
 
-async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdProcess | undefined, leased?: MiddleboxProcess): Promise<FixedRateRun> {
+/**
+ * `replica`: the middlebox replica, whose count of leased requests that waited on etcd is read at the
+ * same two moments as etcd's revision (for every middlebox row, so that the two scrapes weigh on
+ * local rows as on leased ones); `leased`: whether to report it.
+ */
+async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdProcess | undefined, replica?: MiddleboxProcess, leased = false): Promise<FixedRateRun> {
   const { p } = ctx;
   const c = p.fixedConnections;
   // h2load's connections go through the paths in the same order at the same pace, so connections
@@ -643,7 +652,7 @@ async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdP
   const marks = [leadS + p.fixedWarmS, leadS + p.fixedWarmS + p.fixedS].map((atS, i) =>
     setTimeout(() => {
       revisions[i] = etcd!.revision().catch(() => undefined);
-      if (leased) waits[i] = leasedWaits(leased);
+      if (replica) waits[i] = leasedWaits(replica);
     }, atS * 1000),
   );
   if (!etcd) marks.forEach(clearTimeout);
@@ -651,7 +660,7 @@ async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdP
   marks.forEach(clearTimeout);
   // h2load may be done a moment before the last mark: read it now.
   if (etcd) for (const i of [0, 1]) revisions[i] ??= etcd.revision().catch(() => undefined);
-  if (leased) for (const i of [0, 1]) waits[i] ??= leasedWaits(leased);
+  if (replica) for (const i of [0, 1]) waits[i] ??= leasedWaits(replica);
   const [before, after] = await Promise.all([revisions[0], revisions[1]]);
   const [waitsBefore, waitsAfter] = await Promise.all([waits[0], waits[1]]);
   const waited = waitsBefore !== undefined && waitsAfter !== undefined ? waitsAfter - waitsBefore : null;
@@ -861,7 +870,7 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     log(`  warm-up ${ctx.p.warmupS} s closed loop: ${result.warmup.rps ?? '?'} req/s, ${statusText(result.warmup.statuses)}`);
 
     for (const rate of ctx.p.rates) {
-      const r = await fixedRate(ctx, urls, rate, writesOf, s.consistency === 'leased' ? target.replica : undefined);
+      const r = await fixedRate(ctx, urls, rate, writesOf, target.replica, s.consistency === 'leased');
       result.fixed.push(r);
       log(
         `  ${rate} req/s: p50 ${ms(r.p50Ms)} / p90 ${ms(r.p90Ms)} / p99 ${ms(r.p99Ms)} ms, max ${ms(r.maxMs)} ms ` +

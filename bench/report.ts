@@ -433,8 +433,8 @@ function scalingSection(j: ScalingJson): string[] {
     out.push('');
     out.push(
       pc.error
-        ? `Envoy's default panic threshold check failed: ${pc.error}`
-        : `With the product's bootstrap as rendered (Envoy's default 50 % panic threshold) and ${pc.healthy ?? '?'} of ${pc.endpoints ?? '?'} endpoints healthy, ${pc.failed ?? '?'} of ${pc.requests ?? '?'} requests failed (the timeline itself runs with the threshold at 0).`,
+        ? `The panic threshold check failed: ${pc.error}`
+        : `With the product's bootstrap as rendered (panic threshold 0, as in the timeline) and ${pc.healthy ?? '?'} of ${pc.endpoints ?? '?'} endpoints healthy, ${pc.failed ?? '?'} of ${pc.requests ?? '?'} requests failed.`,
     );
   }
   const obs = results.flatMap((r) => (r.observations ?? []).map((o) => `${r.consistency}: ${o}`));

@@ -864,7 +864,7 @@ async function runScript(p: Params, mode: Consistency, withPanicCheck: boolean):
       what: 'every replica to report middlebox.etcd SERVING',
     });
     if (withPanicCheck) {
-      log(`  panic check: the product's bootstrap as rendered (Envoy's default panic threshold), ${p.initial.length} of ${slots} endpoints up, ${p.panicCheck.rate} req/s for ${p.panicCheck.durationMs / 1000} s`);
+      log(`  panic check: the product's bootstrap as rendered (panic threshold 0), ${p.initial.length} of ${slots} endpoints up, ${p.panicCheck.rate} req/s for ${p.panicCheck.durationMs / 1000} s`);
       panic = await panicCheck(p, lab);
       log(
         panic.error

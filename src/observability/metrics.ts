@@ -316,7 +316,7 @@ export class MiddleboxMetrics implements DecisionMetrics {
     );
     this.mirrorCounter(
       'middlebox_ratelimit_leased_waits_total',
-      'Requests of leased limits that waited for an etcd take; every other leased request was answered from the replica\'s pool with no etcd call.',
+      'Requests of leased limits that the replica\'s pool could not answer at once and that waited through an etcd call; every other leased request was answered from the pool, or refused from the last known state, with no etcd call.',
       () => shared.stats.leasedWaits,
     );
     this.gauge('middlebox_ratelimit_buckets', 'Shared (strict and leased) rate-limit buckets this replica tracks.', () => shared.size);

@@ -272,17 +272,33 @@ describe('EtcdRateLimitStore (leased) with a fake etcd', () => {
     return { etcd, store, rule, t0, w0: t0 / 1000, state };
   }
 
-  it('counts the leased requests that wait for an etcd take, and only those', async () => {
+  it('counts the leased requests that wait for an etcd take, once each, and only those', async () => {
     const { store, rule, t0 } = await warmedUp(1_000_000_000);
-    const waited = store.stats.leasedWaits;
-    assert.ok(waited >= 1, 'the first requests waited for the first block');
+    // warmedUp's 21 requests, one at a time, each found the pool empty (no rate known yet, every
+    // block was one token) and waited for a take of its own.
+    assert.equal(store.stats.leasedWaits, 21);
     for (let i = 0; i < 10; i++) assert.ok(!(store.consume({ rule, key: 'k', now: t0 + 200 + i }) instanceof Promise));
-    assert.equal(store.stats.leasedWaits, waited, 'requests answered from the pool are not counted');
+    assert.equal(store.stats.leasedWaits, 21, 'requests answered from the pool are not counted');
     // A window long after: nothing taken for it, so its first request waits.
     const later = store.consume({ rule, key: 'k', now: t0 + 5000 });
     assert.ok(later instanceof Promise);
-    assert.equal(store.stats.leasedWaits, waited + 1);
     assert.equal((await later).allowed, true);
+    assert.equal(store.stats.leasedWaits, 22);
+  });
+
+  it('a request refused from the last known state, with no etcd call, is not counted as waiting', async () => {
+    const etcd = new FakeEtcd();
+    const small = { ...LEASED, limit: 3 } as CompiledRateLimit;
+    const store = new EtcdRateLimitStore({ client: etcd.client as never as Etcd3, prefix: '/t', logger: silentLogger(), replicas: () => 1 });
+    const now = Date.now();
+    const first = await Promise.all(Array.from({ length: 6 }, () => Promise.resolve(store.consume({ rule: small, key: 'k', now }))));
+    assert.equal(first.filter((g) => g.allowed).length, 3);
+    assert.equal(store.stats.leasedWaits, 6, 'all six waited for the takes that found the limit');
+    const commits = etcd.commits;
+    const refused = await store.consume({ rule: small, key: 'k', now });
+    assert.equal(refused.allowed, false);
+    assert.equal(etcd.commits, commits, 'refused from the state last seen');
+    assert.equal(store.stats.leasedWaits, 6);
   });
 
   it('takes the next window\'s first block before the window begins: its first requests wait for no etcd call', async () => {

@@ -66,14 +66,17 @@ export interface EtcdRateLimitStats {
   /** Decisions answered from the last known state with no etcd call. */
   cachedDenials: number;
   /**
-   * Requests of leased limits that waited for an etcd take (the pool was empty, or requests were
-   * already waiting); every other leased request was answered from the pool, with no etcd call.
+   * Requests of leased limits that the pool could not answer at once and that waited through an
+   * etcd call on their bucket (a take for them, or one already under way). Every other leased
+   * request was answered from the pool, or refused from the last known state, with no etcd call.
    */
   leasedWaits: number;
 }
 
 interface Waiter {
   now: number;
+  /** The bucket's `settled` when this request began to wait. */
+  since: number;
   /** Leased: rounds of block taking this request has waited through. */
   rounds?: number;
   resolve: (g: RateLimitGrant) => void;
@@ -89,6 +92,8 @@ interface Bucket {
   mod: string;
   waiting: Waiter[];
   busy: boolean;
+  /** etcd calls on this bucket's key that have come back, answered or failed. */
+  settled: number;
   // leased
   pool: number;
   poolEpoch: number;
@@ -231,10 +236,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
         }
         return grant;
       }
-      this.stats.leasedWaits += 1;
     }
     return new Promise((resolve, reject) => {
-      b.waiting.push({ now: req.now, resolve, reject });
+      b.waiting.push({ now: req.now, since: b.settled, resolve, reject });
       if (!b.busy) void this.drain(b);
     });
   }
@@ -294,6 +298,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
         mod: '0',
         waiting: [],
         busy: false,
+        settled: 0,
         pool: 0,
         poolEpoch: -1,
         pooled: 0,
@@ -321,12 +326,18 @@ export class EtcdRateLimitStore implements RateLimitPort {
         } catch (e) {
           // Those queued behind a failed call are refused with it rather than made to wait for
           // another: a request costs at most one etcd timeout before its fallback answers.
-          for (const w of [...batch, ...b.waiting.splice(0)]) w.reject(e);
+          for (const w of [...batch, ...b.waiting.splice(0)]) this.answered(b, w).reject(e);
         }
       }
     } finally {
       b.busy = false;
     }
+  }
+
+  /** Counts `w` in stats.leasedWaits if it is a leased request that waited through an etcd call. */
+  private answered(b: Bucket, w: Waiter): Waiter {
+    if (b.rule.consistency === 'leased' && b.settled > w.since) this.stats.leasedWaits += 1;
+    return w;
   }
 
   private serveStrict(b: Bucket, batch: Waiter[], t: Take): void {
@@ -355,14 +366,14 @@ export class EtcdRateLimitStore implements RateLimitPort {
     for (const w of batch) {
       if (b.pool >= 1) {
         b.pool -= 1;
-        w.resolve(this.pooledGrant(b, now));
+        this.answered(b, w).resolve(this.pooledGrant(b, now));
       } else if (!exhausted && (w.rounds = (w.rounds ?? 0) + 1) <= MAX_LEASED_ROUNDS) {
         // Requests that arrived while the block was being taken were served from the pool this
         // batch was counting on: the bucket is not empty, so take another block for the rest.
         again.push(w);
       } else {
         const p = peek(b.params, b.state, now);
-        w.resolve({ allowed: false, limit: b.rule.limit, remaining: 0, resetMs: p.resetMs, retryAfterMs: Math.max(p.retryAfterMs, 1) });
+        this.answered(b, w).resolve({ allowed: false, limit: b.rule.limit, remaining: 0, resetMs: p.resetMs, retryAfterMs: Math.max(p.retryAfterMs, 1) });
       }
     }
     if (again.length) b.waiting.unshift(...again);
@@ -432,7 +443,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       await work();
     } catch (e) {
       this.opts.logger.debug({ limit: b.rule.id, err: (e as Error).message }, failure);
-      for (const w of b.waiting.splice(0)) w.reject(e);
+      for (const w of b.waiting.splice(0)) this.answered(b, w).reject(e);
     } finally {
       b.busy = false;
       if (b.waiting.length > 0) void this.drain(b);
@@ -520,14 +531,20 @@ export class EtcdRateLimitStore implements RateLimitPort {
         const [first, ...rest] = writes;
         let txn = client.if(first!.x.b.key, 'Mod', '==', first!.mod);
         for (const o of rest) txn = txn.and(o.x.b.key, 'Mod', '==', o.mod);
-        const res = await guard(
-          () =>
-            txn
-              .then(...writes.map((o) => client.put(o.x.b.key).value(JSON.stringify(o.t.state)).lease(o.lease)))
-              .else(...writes.map((o) => client.get(o.x.b.key)))
-              .commit(),
-          'cas',
-        );
+        let res;
+        try {
+          res = await guard(
+            () =>
+              txn
+                .then(...writes.map((o) => client.put(o.x.b.key).value(JSON.stringify(o.t.state)).lease(o.lease)))
+                .else(...writes.map((o) => client.get(o.x.b.key)))
+                .commit(),
+            'cas',
+          );
+        } finally {
+          // Every bucket of the batch was held for this call, whether or not its key is in it.
+          for (const b of batch) b.settled += 1;
+        }
         if (res.succeeded) {
           this.stats.writes += writes.length;
           for (const { x, t } of writes) {
@@ -544,7 +561,7 @@ export class EtcdRateLimitStore implements RateLimitPort {
       this.opts.logger.debug({ limits: [...new Set(batch.map((b) => b.rule.id))], err: (e as Error).message }, 'leased look-ahead block take failed');
       // As inBackground: requests that ran out meanwhile are refused with it, so that their
       // fallback answers now rather than after a second etcd timeout.
-      for (const b of batch) for (const w of b.waiting.splice(0)) w.reject(e);
+      for (const b of batch) for (const w of b.waiting.splice(0)) this.answered(b, w).reject(e);
     } finally {
       for (const b of batch) {
         b.busy = false;
@@ -686,14 +703,19 @@ export class EtcdRateLimitStore implements RateLimitPort {
     // another path writes the key meanwhile, this write must lose, not undo it.
     const mod = b.mod;
     const lease = await this.leases.leaseFor(keyTtlMs(b.params), now);
-    const res = await guard(() =>
-      client
-        .if(b.key, 'Mod', '==', mod)
-        .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
-        .else(client.get(b.key))
-        .commit(),
-      'cas',
-    );
+    let res;
+    try {
+      res = await guard(() =>
+        client
+          .if(b.key, 'Mod', '==', mod)
+          .then(client.put(b.key).value(JSON.stringify(next)).lease(lease))
+          .else(client.get(b.key))
+          .commit(),
+        'cas',
+      );
+    } finally {
+      b.settled += 1;
+    }
     if (res.succeeded) {
       this.stats.writes += 1;
       b.state = next;
