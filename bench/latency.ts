@@ -527,6 +527,9 @@ interface SaturationRaw {
   durationsUs: number[];
   ok: number;
   cpuSeconds: Record<string, number>;
+  /** Every response measured, and the leased requests that waited on etcd meanwhile. */
+  responses: number;
+  leasedWaits: number | null;
 }
 const fixedRaw = new WeakMap<FixedRateRun, FixedRaw>();
 const saturationRaw = new WeakMap<SaturationRun, SaturationRaw>();
@@ -577,6 +580,11 @@ interface SaturationRun extends LatencyStats {
    * 10 ms, so about ±1 µs here.
    */
   cpuUsPerRequest: Record<string, number>;
+  /**
+   * Leased rows: requests that waited for an etcd take during the measured seconds ÷ the responses
+   * in them (as for the fixed rates; the jump from the last fixed rate to saturation shows here).
+   */
+  leasedWaitsPerRequest?: number | null;
 }
 
 function latencyStats(rows: Row[]): LatencyStats {
@@ -697,17 +705,24 @@ async function fixedRate(ctx: Context, urls: string[], rate: number, etcd: EtcdP
   return run;
 }
 
-async function saturate(ctx: Context, urls: string[], pids: Record<string, number>): Promise<SaturationRun> {
+/** `replica` and `leased` as for fixedRate(): the count of leased waits, read as the CPU times are. */
+async function saturate(ctx: Context, urls: string[], pids: Record<string, number>, replica?: MiddleboxProcess, leased = false): Promise<SaturationRun> {
   const { p } = ctx;
   const args = ['--h1', '-c', String(p.saturationConnections), '-D', `${p.saturationS * 1000}ms`, '--warm-up-time', `${p.saturationWarmS * 1000}ms`, ...urls];
   const cpu = () => Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, processCpuSeconds(pid)]));
   // CPU is counted over the measured seconds: from the end of h2load's warm-up to its exit.
   let atWarm: Record<string, number | undefined> = {};
-  const warmTimer = setTimeout(() => (atWarm = cpu()), p.saturationWarmS * 1000);
+  let waitsAtWarm: Promise<number | undefined> = Promise.resolve(undefined);
+  const warmTimer = setTimeout(() => {
+    atWarm = cpu();
+    if (replica) waitsAtWarm = leasedWaits(replica);
+  }, p.saturationWarmS * 1000);
   // h2load logs the measured duration only, not its warm-up.
   const { stdout, rows } = await runH2load(ctx, args, p.saturationWarmS + p.saturationS, 'saturation');
   clearTimeout(warmTimer);
   const atEnd = cpu();
+  const [waitsBefore, waitsAfter] = await Promise.all([waitsAtWarm, replica ? leasedWaits(replica) : undefined]);
+  const waited = waitsBefore !== undefined && waitsAfter !== undefined ? waitsAfter - waitsBefore : null;
   const ok = rows.filter((r) => r.status === 200).length;
   const cpuSeconds: Record<string, number> = {};
   for (const [name, end] of Object.entries(atEnd)) {
@@ -721,8 +736,9 @@ async function saturate(ctx: Context, urls: string[], pids: Record<string, numbe
     rps: Math.round(ok / p.saturationS),
     h2loadRps: h2loadRps(stdout),
     cpuUsPerRequest: cpuPerRequest(cpuSeconds, ok),
+    ...(leased ? { leasedWaitsPerRequest: waited === null || rows.length === 0 ? null : round(waited / rows.length, 4) } : {}),
   };
-  saturationRaw.set(run, { durationsUs: rows.filter((r) => r.status >= 0).map((r) => r.durationUs), ok, cpuSeconds });
+  saturationRaw.set(run, { durationsUs: rows.filter((r) => r.status >= 0).map((r) => r.durationUs), ok, cpuSeconds, responses: rows.length, leasedWaits: waited });
   return run;
 }
 
@@ -776,6 +792,8 @@ function poolRounds(all: ConfigResult[]): ConfigResult {
     const names = Object.keys(raws[0]!.cpuSeconds).filter((n) => raws.every((r) => r.cpuSeconds[n] !== undefined));
     const cpu = Object.fromEntries(names.map((n) => [n, raws.reduce((t, r) => t + r.cpuSeconds[n]!, 0)]));
     const h2 = sats.map((x) => x.h2loadRps).filter((x): x is number => x !== null);
+    const responses = raws.reduce((n, r) => n + r.responses, 0);
+    const waited = raws.every((r) => r.leasedWaits !== null) ? raws.reduce((n, r) => n + r.leasedWaits!, 0) : null;
     saturation = {
       ...sats[0]!,
       seconds,
@@ -783,6 +801,7 @@ function poolRounds(all: ConfigResult[]): ConfigResult {
       rps: Math.round(ok / seconds),
       h2loadRps: h2.length ? round(h2.reduce((a, b) => a + b, 0) / h2.length, 1) : null,
       cpuUsPerRequest: cpuPerRequest(cpu, ok),
+      ...('leasedWaitsPerRequest' in sats[0]! ? { leasedWaitsPerRequest: waited === null || responses === 0 ? null : round(waited / responses, 4) } : {}),
     };
   }
   const warnings: Record<string, number> = {};
@@ -882,9 +901,12 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     const pids: Record<string, number> = { bench: process.pid };
     if (target.envoy) pids.envoy = target.envoy.pid;
     if (target.authzPid !== undefined) pids.authz = target.authzPid;
-    const sat = await saturate(ctx, urls, pids);
+    const sat = await saturate(ctx, urls, pids, target.replica, s.consistency === 'leased');
     result.saturation = sat;
-    log(`  saturation, ${sat.connections} connections: ${sat.rps} req/s, p50 ${ms(sat.p50Ms)} / p99 ${ms(sat.p99Ms)} ms (${statusText(sat.statuses)})`);
+    log(
+      `  saturation, ${sat.connections} connections: ${sat.rps} req/s, p50 ${ms(sat.p50Ms)} / p99 ${ms(sat.p99Ms)} ms (${statusText(sat.statuses)}` +
+        `${sat.leasedWaitsPerRequest != null ? `, ${sat.leasedWaitsPerRequest} of them waited on etcd` : ''})`,
+    );
 
     if (target.envoy) {
       // The filters' counters, and how Envoy saw the replicas: failed health checks and connections
@@ -982,6 +1004,10 @@ function observations(p: Params, r: ConfigResult, baseline: ConfigResult | undef
     }
   }
   if (r.saturation && Object.keys(r.saturation.statuses).some((s) => s !== '200')) obs.push(`saturation: ${statusText(r.saturation.statuses)}`);
+  // A leased replica's blocks follow its observed rate: after the jump from the last fixed rate to
+  // a closed loop, requests wait on etcd until they have caught up.
+  const satWaits = r.saturation?.leasedWaitsPerRequest;
+  if (satWaits != null && satWaits >= 0.001) obs.push(`saturation: ${percent(satWaits)} of the requests waited for an etcd take`);
   const limited = [r.warmup?.statuses, ...r.fixed.map((f) => f.statuses), r.saturation?.statuses].reduce((n, st) => n + (st?.['429'] ?? 0), 0);
   if (limited > 0) obs.push(`${limited} request(s) answered 429 although the load stays far below the limit (${p.rateLimit}/s)`);
   for (const [name, v] of Object.entries(r.envoyStats)) {
