@@ -20,7 +20,7 @@ import { renderBootstrap, type BootstrapOptions } from '../src/envoy/bootstrap';
 import { httpRequest } from '../src/lab/client';
 import { EnvoyProcess } from '../src/lab/envoy';
 import { EtcdProcess } from '../src/lab/etcd';
-import { MiddleboxProcess, parseMetrics, sumMetric } from '../src/lab/middlebox';
+import { MiddleboxProcess, sumMetric } from '../src/lab/middlebox';
 import { freePort, waitFor } from '../src/lab/ports';
 import { LabChild, makeTempDir, removeTempDir } from '../src/lab/processes';
 import { startHttpUpstream, type Upstream, type UpstreamEcho } from '../src/lab/upstream';
@@ -624,9 +624,7 @@ const LEASED_WAITS = 'middlebox_ratelimit_leased_waits_total';
 /** A replica's count of leased requests that waited for an etcd take; undefined if it cannot be read. */
 async function leasedWaits(replica: MiddleboxProcess): Promise<number | undefined> {
   try {
-    const res = await replica.admin('/metrics');
-    if (res.status !== 200) return undefined;
-    const samples = parseMetrics(res.body);
+    const samples = await replica.metrics();
     return samples.some((s) => s.name === LEASED_WAITS) ? sumMetric(samples, LEASED_WAITS) : undefined;
   } catch {
     return undefined;
