@@ -93,13 +93,12 @@ export function boundFromEnv(setting: BoundSetting, env: NodeJS.ProcessEnv = pro
   return n;
 }
 
-export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): ServeSettings {
+/** The address settings from the environment (numbers and log level: cli/command's intEnv and logLevelOpt, which check them). */
+export function settingsFromEnv(env: NodeJS.ProcessEnv = process.env): Pick<ServeSettings, 'listen' | 'etcd' | 'prefix' | 'adminListen'> {
   return {
     listen: env.MIDDLEBOX_LISTEN || DEFAULTS.listen,
     etcd: env.MIDDLEBOX_ETCD ? splitList(env.MIDDLEBOX_ETCD) : DEFAULTS.etcd,
     prefix: normalisePrefix(env.MIDDLEBOX_PREFIX || DEFAULTS.prefix),
-    drainMs: env.MIDDLEBOX_DRAIN_MS ? Number(env.MIDDLEBOX_DRAIN_MS) : DEFAULTS.drainMs,
-    logLevel: env.MIDDLEBOX_LOG_LEVEL || DEFAULTS.logLevel,
     adminListen: env.MIDDLEBOX_ADMIN_LISTEN || DEFAULTS.adminListen,
   };
 }

@@ -1,5 +1,7 @@
 // A small command framework over node:util parseArgs: every command has --help, unknown flags are
 // a usage error (exit 2), and failures print one clear line (exit 1), never a stack trace.
+// Exit 2: the command line (or an environment variable standing in for a flag) is wrong. Exit 1:
+// it could not be done (a file unreadable or invalid, etcd unreachable, a port taken).
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { MiddleboxError } from '../errors';
 
@@ -32,7 +34,8 @@ export async function runCommand(cmd: Command, argv: string[]): Promise<number> 
       strict: true,
     });
   } catch (e) {
-    process.stderr.write(`middlebox ${cmd.name}: ${(e as Error).message}\n${helpText(cmd)}\n`);
+    // One line and where to look, as kubectl does: the whole usage would bury the mistake.
+    process.stderr.write(`middlebox ${cmd.name}: ${(e as Error).message}\nRun 'middlebox ${cmd.name} --help' for usage.\n`);
     return 2;
   }
   if (parsed.values.help) {
@@ -52,9 +55,11 @@ export function reportFailure(where: string, e: unknown): number {
     return 2;
   }
   if (e instanceof MiddleboxError) {
+    // A listen address or etcd endpoint that is not one is a wrong command line, as a bad flag is.
+    const usage = e.code === 'bad_listen_address' || e.code === 'bad_etcd_endpoint';
     process.stderr.write(`middlebox ${where}: ${e.message}\n`);
     for (const d of e.details) process.stderr.write(`${d}\n`);
-    return 1;
+    return usage ? 2 : 1;
   }
   process.stderr.write(`middlebox ${where}: ${(e as Error)?.message ?? String(e)}\n`);
   if (process.env.MIDDLEBOX_DEBUG) process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
@@ -82,10 +87,34 @@ export async function runGroup(group: string, subcommands: readonly Command[], a
   const names = subcommands.map((c) => c.name.slice(group.length + 1)).join('|');
   const width = Math.max(...subcommands.map((c) => c.name.length));
   const out = `Usage: middlebox ${group} <${names}> [flags]\n\n${subcommands.map((c) => `  ${c.name.padEnd(width)}   ${c.summary}`).join('\n')}\n`;
-  if (sub === '-h' || sub === '--help') {
+  if (sub === '-h' || sub === '--help' || sub === 'help') {
     process.stdout.write(out);
     return 0;
   }
   process.stderr.write(sub === undefined ? out : `middlebox ${group}: unknown subcommand ${JSON.stringify(sub)}\n${out}`);
   return 2;
+}
+
+/**
+ * A whole number from environment variable `name`, standing in for a flag: undefined if unset or
+ * empty, a UsageError naming the variable if it is not one in [min, max].
+ */
+export function intEnv(name: string, min = 0, max = Number.MAX_SAFE_INTEGER, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const text = env[name];
+  if (text === undefined || text.trim() === '') return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+/** --log-level, else env MIDDLEBOX_LOG_LEVEL, else `fallback`: one of LOG_LEVELS, or a UsageError. */
+export function logLevelOpt(values: Record<string, unknown>, fallback: string, env: NodeJS.ProcessEnv = process.env): string {
+  const flag = stringOpt(values, 'log-level');
+  const level = flag ?? (env.MIDDLEBOX_LOG_LEVEL || fallback);
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new UsageError(`${flag !== undefined ? '--log-level' : 'MIDDLEBOX_LOG_LEVEL'} must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(level)}`);
+  }
+  return level;
 }

@@ -1,4 +1,5 @@
 // `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
+import { isIP } from 'node:net';
 import { BOOTSTRAP_DEFAULTS, INBOUND_FILTERS, renderBootstrapYaml, type BootstrapOptions, type InboundFilter } from '../envoy/bootstrap';
 import { notHeaderNames, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
@@ -71,23 +72,41 @@ const bootstrap: Command = {
     'middlebox-key': { type: 'string' },
   },
   async run({ values }) {
-    process.stdout.write(renderBootstrapYaml(bootstrapOptionsFromFlags(values)));
+    const options = bootstrapOptionsFromFlags(values);
+    let yaml: string;
+    try {
+      yaml = renderBootstrapYaml(options);
+    } catch (e) {
+      // What the renderer refuses came from the flags (an endpoint that is not one, ...).
+      throw new UsageError((e as Error).message);
+    }
+    process.stdout.write(yaml);
     return 0;
   },
 };
 
 export function bootstrapOptionsFromFlags(values: Record<string, unknown>): BootstrapOptions {
   const address = stringOpt(values, 'inbound-address') ?? d.inboundHttp.address;
+  if (!isIP(address)) throw new UsageError(`--inbound-address must be an IP address (e.g. 0.0.0.0), got ${JSON.stringify(address)}`);
   const tcpPort = intOpt(values, 'tcp-port', 1, 65535);
   const tcpAppPort = intOpt(values, 'tcp-app-port', 1, 65535);
   if ((tcpPort === undefined) !== (tcpAppPort === undefined)) throw new UsageError('--tcp-port and --tcp-app-port go together');
   const middlebox = stringOpt(values, 'middlebox');
   const middleboxHttp = stringOpt(values, 'middlebox-http');
+  for (const [flag, list] of [['--middlebox', middlebox], ['--middlebox-http', middleboxHttp]] as const) {
+    if (list !== undefined && splitList(list).length === 0) throw new UsageError(`${flag} needs at least one host:port, [v6]:port or unix:/path`);
+  }
+  if (middleboxHttp !== undefined && (values['no-http'] === true || stringOpt(values, 'inbound-filter') === 'ext_proc')) {
+    throw new UsageError('--middlebox-http is for the inbound HTTP listener\'s ext_authz filter: not with --no-http or --inbound-filter ext_proc');
+  }
   const inboundFilter = stringOpt(values, 'inbound-filter');
   if (inboundFilter !== undefined && !(INBOUND_FILTERS as readonly string[]).includes(inboundFilter)) {
     throw new UsageError(`--inbound-filter must be ${INBOUND_FILTERS.join(', ')}, got ${JSON.stringify(inboundFilter)}`);
   }
   const outboundPort = intOpt(values, 'outbound-port', 1, 65535);
+  if (values['no-http'] === true && tcpPort === undefined && outboundPort === undefined) {
+    throw new UsageError('--no-http leaves the sidecar no listener: add --tcp-port and --tcp-app-port, or --outbound-port');
+  }
   return {
     inboundFilter: inboundFilter as InboundFilter | undefined,
     outbound: outboundPort === undefined ? undefined : { address, port: outboundPort },
@@ -97,7 +116,7 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
       ? false
       : definedOnly({ address, port: intOpt(values, 'inbound-port', 1, 65535), appPort: intOpt(values, 'app-port', 1, 65535) }),
     inboundTcp: tcpPort && tcpAppPort ? { address, port: tcpPort, appAddress: d.inboundHttp.appAddress, appPort: tcpAppPort } : undefined,
-    middlebox: middlebox ? splitList(middlebox) : undefined,
+    middlebox: middlebox !== undefined ? splitList(middlebox) : undefined,
     middleboxHttp: middleboxHttp !== undefined ? splitList(middleboxHttp) : undefined,
     authzHeaders: authzHeaders(values),
     timeoutMs: intOpt(values, 'timeout-ms', 1, 60_000),

@@ -54,8 +54,12 @@ export interface EtcdConnection {
  */
 export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): EtcdConnection {
   const defaults = settingsFromEnv(env);
-  const endpoints = stringOpt(values, 'etcd') ? splitList(stringOpt(values, 'etcd')!) : defaults.etcd;
-  const prefix = stringOpt(values, 'prefix') ? normalisePrefix(stringOpt(values, 'prefix')!) : defaults.prefix;
+  // A flag given empty is a mistake to report, not a reason to fall back to the environment.
+  const etcdFlag = stringOpt(values, 'etcd');
+  const endpoints = etcdFlag !== undefined ? splitList(etcdFlag) : defaults.etcd;
+  const prefixFlag = stringOpt(values, 'prefix');
+  if (prefixFlag !== undefined && prefixFlag.replace(/\//g, '') === '') throw new UsageError(`--prefix must name a key prefix (e.g. /middlebox), got ${JSON.stringify(prefixFlag)}`);
+  const prefix = prefixFlag !== undefined ? normalisePrefix(prefixFlag) : defaults.prefix;
   const pick = (flag: string, envName: string) => stringOpt(values, flag) ?? (env[envName] || undefined);
   const cacert = pick('etcd-cacert', E.cacert);
   const cert = pick('etcd-cert', E.cert);

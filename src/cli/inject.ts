@@ -11,13 +11,14 @@ import {
   DEFAULT_MAX_REQUEST_BYTES,
   DEFAULT_WEBHOOK_DRAIN_MS,
   DEFAULT_WEBHOOK_LISTEN,
+  parseHostPort,
   INJECT_PATH,
   startWebhook,
 } from '../inject/webhook';
 import { injectObject, TEMPLATE_KINDS } from '../inject/workloads';
 import { createLogger } from '../observability/logger';
 import { splitList } from '../settings';
-import { intOpt, runCommand, stringOpt, UsageError, type Command, type Options } from './command';
+import { intOpt, logLevelOpt, runCommand, stringOpt, UsageError, type Command, type Options } from './command';
 
 const d = INJECT_DEFAULTS;
 const ENABLED_LABEL = `${NAMESPACE_LABEL}=${NAMESPACE_LABEL_ENABLED}`;
@@ -61,6 +62,9 @@ export function injectSettings(values: Record<string, unknown>, defaultLabels = 
       throw new UsageError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
     }
   }
+  for (const flag of ['envoy-image', 'init-image']) {
+    if (stringOpt(values, flag)?.trim() === '') throw new UsageError(`--${flag} must name an image, got ""`);
+  }
   const config = injectConfig(
     definedOnly({
       middleboxAddress,
@@ -77,9 +81,9 @@ export function injectSettings(values: Record<string, unknown>, defaultLabels = 
 export const injectCommand: Command = {
   name: 'inject',
   summary: 'Print Kubernetes objects with the middlebox sidecar (iptables init container + Envoy) injected into their pods.',
-  usage: 'middlebox inject -f FILE [--namespace-labels K=V,...] [--middlebox HOST:PORT] [--middlebox-http HOST:PORT] [-o yaml|json]\n       middlebox inject serve --tls-cert FILE --tls-key FILE [flags]   (the admission webhook; see its --help)',
+  usage: 'middlebox inject -f FILE [-f FILE ...] [--namespace-labels K=V,...] [--middlebox HOST:PORT] [--middlebox-http HOST:PORT] [-o yaml|json]\n       middlebox inject serve --tls-cert FILE --tls-key FILE [flags]   (the admission webhook; see its --help)',
   help: [
-    '  -f, --filename FILE        YAML or JSON, one or more documents; "-" reads stdin',
+    '  -f, --filename FILE        YAML or JSON, one or more documents; "-" reads stdin; repeatable',
     `                             Pods and the pod templates of ${TEMPLATE_KINDS.join(', ')} and CronJob`,
     '                             are injected; other objects are printed unchanged',
     ...injectHelp([`  --namespace-labels K=V,..  labels of the pods' namespace (e.g. ${ENABLED_LABEL})`]),
@@ -87,22 +91,24 @@ export const injectCommand: Command = {
     '  --explain                  say on stderr why each pod was or was not injected',
   ],
   options: {
-    filename: { type: 'string', short: 'f' },
+    filename: { type: 'string', short: 'f', multiple: true },
     ...injectOptions,
     output: { type: 'string', short: 'o' },
     explain: { type: 'boolean' },
   },
   async run({ values }) {
-    const file = stringOpt(values, 'filename');
-    if (file === undefined) throw new UsageError('-f FILE is required ("-" for stdin)');
+    const files = (values.filename as string[] | undefined) ?? [];
+    if (files.length === 0) throw new UsageError('-f FILE is required ("-" for stdin)');
+    if (files.filter((f) => f === '-').length > 1) throw new UsageError('-f - (stdin) can be given once');
     const output = stringOpt(values, 'output') ?? 'yaml';
     if (output !== 'yaml' && output !== 'json') throw new UsageError(`--output must be yaml or json, got ${JSON.stringify(output)}`);
     const { config, namespaceLabels } = injectSettings(values);
-    const source = file === '-' ? 'stdin' : file;
-    const docs = parseDocuments(readInput(file), source);
     const out: unknown[] = [];
-    for (const [i, doc] of docs.entries()) {
-      out.push(injectDocument(doc, namespaceLabels, config, `${source} document ${i + 1}`, values.explain === true));
+    for (const file of files) {
+      const source = file === '-' ? 'stdin' : file;
+      for (const [i, doc] of parseDocuments(readInput(file), source).entries()) {
+        out.push(injectDocument(doc, namespaceLabels, config, `${source} document ${i + 1}`, values.explain === true));
+      }
     }
     process.stdout.write(output === 'json' ? render(out, 'json') : render(out, 'yaml'));
     return 0;
@@ -152,9 +158,15 @@ export const injectServeCommand: Command = {
     const { config, namespaceLabels } = injectSettings(values, ENABLED_LABEL);
     const maxRequestBytes = intOpt(values, 'max-request-bytes', 1) ?? DEFAULT_MAX_REQUEST_BYTES;
     const drainMs = intOpt(values, 'drain-ms') ?? DEFAULT_WEBHOOK_DRAIN_MS;
-    const logger = createLogger({ level: stringOpt(values, 'log-level') });
+    const listen = stringOpt(values, 'listen') ?? DEFAULT_WEBHOOK_LISTEN;
+    try {
+      parseHostPort(listen);
+    } catch (e) {
+      throw new UsageError(`--listen: ${(e as Error).message}`);
+    }
+    const logger = createLogger({ level: logLevelOpt(values, 'info') });
     const webhook = await startWebhook({
-      listen: stringOpt(values, 'listen') ?? DEFAULT_WEBHOOK_LISTEN,
+      listen,
       certFile,
       keyFile,
       config,
@@ -192,6 +204,9 @@ function injectDocument(doc: unknown, labels: Record<string, string>, config: In
   // `kubectl get -o yaml` wraps objects in a List.
   if (obj && obj.kind === 'List' && Array.isArray(obj.items)) {
     return { ...obj, items: obj.items.map((item: unknown, i: number) => injectDocument(item, labels, config, `${where} item ${i + 1}`, explain)) };
+  }
+  if (typeof obj !== 'object' || Array.isArray(obj) || typeof obj?.kind !== 'string') {
+    throw new MiddleboxError('bad_usage', `${where}: not a Kubernetes object (a mapping with apiVersion and kind)`);
   }
   const name = obj && typeof obj === 'object' ? `${obj.kind ?? '?'}/${obj.metadata?.name ?? obj.metadata?.generateName ?? '?'}` : where;
   try {

@@ -13,7 +13,7 @@ const USAGE = `Usage: middlebox <command> [flags]
 
 Commands:
   serve              run the gRPC server that Envoy asks (ext_authz) — policies from etcd
-  policy             validate | apply | get | delete policies
+  policy             validate | apply | get | delete | headers: policies in files and in etcd
   nat                list | drain | undrain: the shared NAT table
   explain            show which rules match a described request and what each middlebox would decide
   envoy bootstrap    print a sidecar Envoy bootstrap that uses the middlebox
@@ -51,6 +51,14 @@ export async function main(argv: string[]): Promise<number> {
       return runCommand((await import('./explain')).explainCommand, rest);
     case 'version':
     case '--version':
+      if (rest[0] === '-h' || rest[0] === '--help') {
+        process.stdout.write('Usage: middlebox version\n\nPrint the version.\n');
+        return 0;
+      }
+      if (rest.length > 0) {
+        process.stderr.write(`middlebox version: takes no arguments, got ${JSON.stringify(rest[0])}\n`);
+        return 2;
+      }
       process.stdout.write(`middlebox ${version()}\n`);
       return 0;
     case undefined:

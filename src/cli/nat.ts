@@ -41,11 +41,13 @@ const list: Command = {
   },
 };
 
+const BACKEND_HELP = '  BACKEND          ip:port as written in a NAT rule\'s `to` (IPv6 as [addr]:port)';
+
 const drain: Command = {
   name: 'nat drain',
   summary: 'Take a backend out for new flows and move its sticky flows to the rest of the pool.',
   usage: 'middlebox nat drain BACKEND [--etcd URLS] [--prefix PREFIX]',
-  help: ['  BACKEND          ip:port as written in a NAT rule\'s `to` (IPv6 as [addr]:port)', ...etcdHelp],
+  help: [BACKEND_HELP, ...etcdHelp],
   options: etcdOptions,
   allowPositionals: true,
   async run({ values, positionals }) {
@@ -62,7 +64,7 @@ const undrain: Command = {
   name: 'nat undrain',
   summary: 'Put a drained backend back into its pools for new flows.',
   usage: 'middlebox nat undrain BACKEND [--etcd URLS] [--prefix PREFIX]',
-  help: etcdHelp,
+  help: [BACKEND_HELP, ...etcdHelp],
   options: etcdOptions,
   allowPositionals: true,
   async run({ values, positionals }) {

@@ -22,7 +22,7 @@ import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/loc
 import { DEFAULT_BREAKER } from '../state/resilient/breaker';
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
-import { intOpt, stringOpt, UsageError, type Command } from './command';
+import { intEnv, intOpt, logLevelOpt, stringOpt, UsageError, type Command } from './command';
 import { connectFromFlags, etcdConnectionFrom, etcdHelpLines, etcdOptions } from './etcd-flags';
 import { boundOpt, policyLimitHelp, policyLimitOptions, policyLimitsFrom } from './policy';
 
@@ -117,9 +117,10 @@ export const serveCommand: Command = {
   async run({ values }) {
     const env = settingsFromEnv();
     const listen = stringOpt(values, 'listen') ?? env.listen;
+    checkListen(stringOpt(values, 'listen') !== undefined ? '--listen' : 'MIDDLEBOX_LISTEN', listen);
     const httpAuthzListen = stringOpt(values, 'http-authz-listen') ?? (process.env.MIDDLEBOX_HTTP_AUTHZ_LISTEN || undefined);
     if (httpAuthzListen !== undefined) {
-      parseListen(httpAuthzListen);
+      checkListen(stringOpt(values, 'http-authz-listen') !== undefined ? '--http-authz-listen' : 'MIDDLEBOX_HTTP_AUTHZ_LISTEN', httpAuthzListen);
       if (httpAuthzListen === listen) throw new UsageError(`--http-authz-listen must differ from --listen (both ${listen})`);
     }
     // The etcd flags are the ones every command shares; their files are read (and refused) now.
@@ -127,11 +128,11 @@ export const serveCommand: Command = {
     const etcd = etcdConn.settings.endpoints;
     const prefix = etcdConn.prefix;
     const serverTls = serverTlsFrom(values);
-    const drainMs = intOpt(values, 'drain-ms') ?? env.drainMs;
-    const delayMs = intOpt(values, 'shutdown-delay-ms') ?? Number(process.env.MIDDLEBOX_SHUTDOWN_DELAY_MS ?? 2000);
+    const drainMs = intOpt(values, 'drain-ms') ?? intEnv('MIDDLEBOX_DRAIN_MS') ?? DEFAULTS.drainMs;
+    const delayMs = intOpt(values, 'shutdown-delay-ms') ?? intEnv('MIDDLEBOX_SHUTDOWN_DELAY_MS') ?? 2000;
     const memberTtlS = intOpt(values, 'member-ttl', 2, 3600) ?? DEFAULT_MEMBER_TTL_S;
-    const etcdTimeoutMs = intOpt(values, 'etcd-timeout-ms', 1, 60_000) ?? Number(process.env.MIDDLEBOX_ETCD_TIMEOUT_MS ?? DEFAULT_BREAKER.timeoutMs);
-    const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? Number(process.env.MIDDLEBOX_MAX_RATE_LIMIT_KEYS ?? DEFAULT_MAX_BUCKETS);
+    const etcdTimeoutMs = intOpt(values, 'etcd-timeout-ms', 1, 60_000) ?? intEnv('MIDDLEBOX_ETCD_TIMEOUT_MS', 1, 60_000) ?? DEFAULT_BREAKER.timeoutMs;
+    const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? intEnv('MIDDLEBOX_MAX_RATE_LIMIT_KEYS', 1) ?? DEFAULT_MAX_BUCKETS;
     const maxKeysPerRule = boundOpt(values, BOUNDS.maxKeysPerRateLimit, DEFAULT_MAX_KEYS_PER_RULE);
     const maxHeaderBytes = boundOpt(values, BOUNDS.maxHeaderBytes, DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes);
     const maxMessageBytes = boundOpt(values, BOUNDS.maxMessageBytes, DEFAULT_MAX_MESSAGE_BYTES);
@@ -144,7 +145,7 @@ export const serveCommand: Command = {
     }
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
     const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
-    const logger = createLogger({ level: stringOpt(values, 'log-level') ?? env.logLevel });
+    const logger = createLogger({ level: logLevelOpt(values, DEFAULTS.logLevel) });
     let decisionLog: DecisionLog;
     try {
       decisionLog = new DecisionLog(
@@ -344,4 +345,13 @@ function checkEtcdAccess(client: Etcd3, prefix: string, context: EtcdErrorContex
       if (timer) clearTimeout(timer);
     },
   };
+}
+
+/** parseListen's check, with the flag or variable the address came from in its message. */
+function checkListen(source: string, address: string): void {
+  try {
+    parseListen(address);
+  } catch (e) {
+    throw new UsageError(`${source}: ${(e as Error).message}`);
+  }
 }

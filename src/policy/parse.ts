@@ -13,9 +13,10 @@ export interface ParsedPolicies {
 }
 
 /**
- * `file` names the source in errors. Empty documents (nothing, or only comments) are skipped. A
- * text over `limits.maxPolicyBytes` is refused whole, unparsed; so is each policy whose stored
- * form (JSON) would be, and each rule list longer than `limits.maxRulesPerPolicy`.
+ * `file` names the source in errors. Empty documents (nothing, or only comments) are skipped; a
+ * text with no other document is an error. A text over `limits.maxPolicyBytes` is refused whole,
+ * unparsed; so is each policy whose stored form (JSON) would be, and each rule list longer than
+ * `limits.maxRulesPerPolicy`.
  */
 export function parsePolicies(text: string, file: string, limits: PolicyLimits = DEFAULT_POLICY_LIMITS): ParsedPolicies {
   // UTF-8 takes at least one byte per UTF-16 unit: a text longer than the limit is over it.
@@ -58,6 +59,8 @@ export function parsePolicies(text: string, file: string, limits: PolicyLimits =
     }
     documents.push(policy);
   }
+  // A file that says nothing is a mistake (a wrong path, a truncated pipe), not zero policies to apply.
+  if (documents.length === 0 && errors.length === 0) errors.push({ file, line: 1, column: 1, message: 'no policy in it: it is empty or holds only comments or null documents' });
   // Validation reports by field; readers of the output expect file order.
   errors.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
   return { documents, errors };

@@ -238,5 +238,71 @@ describe('middlebox policy (real etcd)', function () {
     const r = await middlebox(['policy', 'validate', '--frobnicate']);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /frobnicate/);
+    // One line and where to look, not the whole usage burying the mistake.
+    assert.deepEqual(r.stderr.trim().split('\n'), ["middlebox policy validate: Unknown option '--frobnicate'", "Run 'middlebox policy validate --help' for usage."]);
+    for (const args of [['version', '--help'], ['policy', 'help'], ['envoy', 'help'], ['nat', 'undrain', '--help']]) {
+      const h = await middlebox(args);
+      assert.equal(h.code, 0, `${args.join(' ')}: ${h.stderr}`);
+      assert.match(h.stdout, /Usage: middlebox/);
+    }
+    assert.match((await middlebox(['nat', 'undrain', '--help'])).stdout, /BACKEND +ip:port/);
+    assert.match((await middlebox(['--help'])).stdout, /delete \| headers/);
+    assert.equal((await middlebox(['version', 'extra'])).code, 2);
+  });
+
+  it('a bad value is a usage error (exit 2) that names its flag or variable; a file with no policy is refused (exit 1)', async () => {
+    const pod = path.join(dir, 'pod.yaml');
+    fs.writeFileSync(pod, 'apiVersion: v1\nkind: Pod\nmetadata: { name: web }\nspec: { containers: [ { name: app, image: nginx } ] }\n');
+    const scalar = path.join(dir, 'scalar.yaml');
+    fs.writeFileSync(scalar, 'hello\n');
+    const cases: Array<{ args: string[]; env?: Record<string, string>; says: RegExp }> = [
+      { args: ['serve', '--admin-listen', 'off', '--listen', 'abc'], says: /--listen: listen address "abc" is not host:port/ },
+      { args: ['serve', '--admin-listen', 'off', '--http-authz-listen', 'abc'], says: /--http-authz-listen: listen address "abc"/ },
+      { args: ['serve', '--admin-listen', 'off', '--log-level', 'loud'], says: /--log-level must be one of trace, debug, info, warn, error, fatal, silent, got "loud"/ },
+      { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_DRAIN_MS: 'abc' }, says: /MIDDLEBOX_DRAIN_MS must be a whole number/ },
+      { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_ETCD_TIMEOUT_MS: '0' }, says: /MIDDLEBOX_ETCD_TIMEOUT_MS must be a whole number from 1/ },
+      { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_MAX_RATE_LIMIT_KEYS: 'many' }, says: /MIDDLEBOX_MAX_RATE_LIMIT_KEYS must be a whole number/ },
+      { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_SHUTDOWN_DELAY_MS: '-1' }, says: /MIDDLEBOX_SHUTDOWN_DELAY_MS must be a whole number/ },
+      { args: ['policy', 'get', '--etcd', 'notaurl'], says: /etcd endpoint "notaurl" is not a URL/ },
+      // An empty flag is a mistake, not a reason to fall back to the environment.
+      { args: ['policy', 'get', '--etcd', ''], env: { MIDDLEBOX_ETCD: etcd.endpoint }, says: /--etcd needs at least one URL/ },
+      { args: ['policy', 'get', '--etcd', etcd.endpoint, '--prefix', '/'], says: /--prefix must name a key prefix/ },
+      { args: ['envoy', 'bootstrap', '--middlebox', ''], says: /--middlebox needs at least one/ },
+      { args: ['envoy', 'bootstrap', '--middlebox', 'notahost'], says: /middlebox endpoint must be host:port/ },
+      { args: ['envoy', 'bootstrap', '--inbound-address', 'notanip'], says: /--inbound-address must be an IP address/ },
+      { args: ['envoy', 'bootstrap', '--no-http'], says: /--no-http leaves the sidecar no listener/ },
+      { args: ['envoy', 'bootstrap', '--no-http', '--tcp-port', '15006', '--tcp-app-port', '5432', '--middlebox-http', '127.0.0.1:9'], says: /--middlebox-http is for the inbound HTTP listener/ },
+      { args: ['inject', '-f', pod, '--envoy-image', ''], says: /--envoy-image must name an image/ },
+      { args: ['inject', 'serve', '--tls-cert', 'x', '--tls-key', 'y', '--log-level', 'loud'], says: /--log-level must be one of/ },
+      { args: ['inject', 'serve', '--tls-cert', 'x', '--tls-key', 'y', '--listen', '127.0.0.1:abc'], says: /--listen: listen address "127.0.0.1:abc"/ },
+    ];
+    for (const c of cases) {
+      const r = await middlebox(c.args, { env: { MIDDLEBOX_LOG_LEVEL: '', ...c.env }, timeoutMs: 10_000 });
+      const what = `${c.args.join(' ')} ${JSON.stringify(c.env ?? {})}`;
+      assert.equal(r.code, 2, `${what}: ${r.stderr}`);
+      assert.match(r.stderr, c.says, what);
+      assert.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line: ${r.stderr}`);
+      assert.equal(r.stdout, '', what);
+    }
+
+    for (const text of ['', '# nothing\n', 'null\n']) {
+      const empty = path.join(dir, 'empty.yaml');
+      fs.writeFileSync(empty, text);
+      // explain's own codes: 1 is "denied", 2 bad input.
+      for (const [args, code] of [[['policy', 'validate', '-f', empty], 1], [['policy', 'apply', '-f', empty, '--etcd', etcd.endpoint], 1], [['explain', '-f', empty, '--path', '/'], 2]] as const) {
+        const r = await middlebox([...args]);
+        assert.equal(r.code, code, `${args.join(' ')} with ${JSON.stringify(text)}: ${r.stderr}`);
+        assert.match(r.stderr, /empty\.yaml:1:1: no policy in it/);
+      }
+    }
+
+    // inject: -f repeats, and what is not a Kubernetes object is refused rather than echoed.
+    const twice = await middlebox(['inject', '-f', pod, '-f', pod, '-o', 'json']);
+    assert.equal(twice.code, 0, twice.stderr);
+    assert.equal((JSON.parse(twice.stdout) as { items: unknown[] }).items.length, 2);
+    const notObject = await middlebox(['inject', '-f', scalar]);
+    assert.equal(notObject.code, 1);
+    assert.match(notObject.stderr, /scalar\.yaml document 1: not a Kubernetes object/);
+    assert.equal(notObject.stdout, '');
   });
 });

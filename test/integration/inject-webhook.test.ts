@@ -246,7 +246,7 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
         [['--tls-cert', first.cert], 2, /are required/],
         [['--tls-cert', path.join(dir, 'missing.crt'), '--tls-key', first.key], 1, /no such TLS certificate file/],
         [['--tls-cert', first.cert, '--tls-key', other.key], 1, /not a usable certificate and key/],
-        [['--tls-cert', first.cert, '--tls-key', first.key, '--listen', 'nowhere'], 1, /not host:port/],
+        [['--tls-cert', first.cert, '--tls-key', first.key, '--listen', 'nowhere'], 2, /--listen: listen address "nowhere" is not host:port/],
         [['--tls-cert', first.cert, '--tls-key', first.key, '--middlebox', 'no-port'], 2, /--middlebox must be host:port/],
         [['--bogus'], 2, /Unknown option/],
       ] as const) {

@@ -190,19 +190,19 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
     });
   });
 
-  it('refuses a bad listen address with a clear message and exit 1', async () => {
+  it('refuses a bad listen address as a usage error (exit 2) naming the flag', async () => {
     const m = await MiddleboxProcess.start({ etcd: etcd.endpoint, listen: 'not a listen address', waitFor: false });
     started.push(m);
     const exit = await m.exited;
-    assert.equal(exit.code, 1);
-    assert.match(m.output(), /listen address "not a listen address" is not host:port/);
+    assert.equal(exit.code, 2);
+    assert.match(m.output(), /--listen: listen address "not a listen address" is not host:port/);
     assert.doesNotMatch(m.output(), /at .*\.js:\d+/, 'no stack trace');
   });
 
   it('refuses --http-authz-listen that is not an address or is the gRPC listener\'s, with one line each', async () => {
     const sock = `unix:${path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-sock-')), 'mb.sock')}`;
     for (const [args, code, message] of [
-      [['--http-authz-listen', 'nope'], 1, /listen address "nope" is not host:port/],
+      [['--http-authz-listen', 'nope'], 2, /--http-authz-listen: listen address "nope" is not host:port/],
       [['--listen', sock, '--http-authz-listen', sock], 2, /--http-authz-listen must differ from --listen/],
     ] as const) {
       const m = await MiddleboxProcess.start({ etcd: etcd.endpoint, extraArgs: [...args], waitFor: false });

@@ -134,6 +134,16 @@ describe('parsePolicies', () => {
     assert.deepEqual(documents[1].spec, { shadow: true });
   });
 
+  it('refuses a text with no policy at all: empty, only comments, or only null documents', () => {
+    for (const text of ['', '\n# nothing here\n', '---\n---\n', 'null\n', '~\n---\nnull\n']) {
+      const { documents, errors } = parse(text);
+      assert.deepEqual(documents, [], JSON.stringify(text));
+      assert.equal(errors.length, 1, JSON.stringify(text));
+      assert.match(errors[0]!.message, /^no policy in it/);
+      assert.equal(errors[0]!.line, 1);
+    }
+  });
+
   it('returns the valid documents of a file alongside the errors of the others', () => {
     const text = `${HEADER}spec: {}\n---\napiVersion: middlebox.io/v1alpha1\nkind: Policy\nmetadata: { name: bad }\nspec: { shadow: 1 }\n`;
     const { documents, errors } = parse(text);
