@@ -84,12 +84,15 @@ export function settingName(setting: BoundSetting): string {
  * line when it is not a whole number in the bound's range.
  */
 export function boundFromEnv(setting: BoundSetting, env: NodeJS.ProcessEnv = process.env): number | undefined {
-  const text = env[setting.env];
+  return wholeNumberFromEnv(setting.env, setting.min, setting.max, env);
+}
+
+/** Environment variable `name` as a whole number in [min, max]: undefined when unset or empty, else an Error with one clear line. */
+export function wholeNumberFromEnv(name: string, min: number, max: number, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const text = env[name];
   if (text === undefined || text.trim() === '') return undefined;
   const n = Number(text);
-  if (!Number.isInteger(n) || n < setting.min || n > setting.max) {
-    throw new Error(`${setting.env} must be a whole number from ${setting.min} to ${setting.max}, got ${JSON.stringify(text)}`);
-  }
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`);
   return n;
 }
 

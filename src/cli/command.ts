@@ -4,6 +4,7 @@
 // it could not be done (a file unreadable or invalid, etcd unreachable, a port taken).
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { MiddleboxError } from '../errors';
+import { wholeNumberFromEnv } from '../settings';
 
 export type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -55,11 +56,9 @@ export function reportFailure(where: string, e: unknown): number {
     return 2;
   }
   if (e instanceof MiddleboxError) {
-    // A listen address or etcd endpoint that is not one is a wrong command line, as a bad flag is.
-    const usage = e.code === 'bad_listen_address' || e.code === 'bad_etcd_endpoint';
     process.stderr.write(`middlebox ${where}: ${e.message}\n`);
     for (const d of e.details) process.stderr.write(`${d}\n`);
-    return usage ? 2 : 1;
+    return 1;
   }
   process.stderr.write(`middlebox ${where}: ${(e as Error)?.message ?? String(e)}\n`);
   if (process.env.MIDDLEBOX_DEBUG) process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
@@ -100,11 +99,11 @@ export async function runGroup(group: string, subcommands: readonly Command[], a
  * empty, a UsageError naming the variable if it is not one in [min, max].
  */
 export function intEnv(name: string, min = 0, max = Number.MAX_SAFE_INTEGER, env: NodeJS.ProcessEnv = process.env): number | undefined {
-  const text = env[name];
-  if (text === undefined || text.trim() === '') return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`);
-  return n;
+  try {
+    return wholeNumberFromEnv(name, min, max, env);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;

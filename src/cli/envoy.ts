@@ -77,8 +77,9 @@ const bootstrap: Command = {
     try {
       yaml = renderBootstrapYaml(options);
     } catch (e) {
-      // What the renderer refuses came from the flags (an endpoint that is not one, ...).
-      throw new UsageError((e as Error).message);
+      // What the renderer refuses (a plain Error) came from the flags: an endpoint that is not one, ...
+      if (e instanceof Error && e.constructor === Error) throw new UsageError(e.message);
+      throw e;
     }
     process.stdout.write(yaml);
     return 0;

@@ -58,7 +58,7 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   const etcdFlag = stringOpt(values, 'etcd');
   const endpoints = etcdFlag !== undefined ? splitList(etcdFlag) : defaults.etcd;
   const prefixFlag = stringOpt(values, 'prefix');
-  if (prefixFlag !== undefined && prefixFlag.replace(/\//g, '') === '') throw new UsageError(`--prefix must name a key prefix (e.g. /middlebox), got ${JSON.stringify(prefixFlag)}`);
+  if (prefixFlag === '') throw new UsageError('--prefix must not be empty (default /middlebox)');
   const prefix = prefixFlag !== undefined ? normalisePrefix(prefixFlag) : defaults.prefix;
   const pick = (flag: string, envName: string) => stringOpt(values, flag) ?? (env[envName] || undefined);
   const cacert = pick('etcd-cacert', E.cacert);
@@ -68,7 +68,13 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   const passwordFile = pick('etcd-password-file', E.passwordFile);
   const envPassword = env[E.password] || undefined;
 
-  if (endpoints.length === 0) throw new UsageError('--etcd needs at least one URL');
+  const etcdSource = etcdFlag !== undefined ? '--etcd' : 'MIDDLEBOX_ETCD';
+  if (endpoints.length === 0) throw new UsageError(`${etcdSource} needs at least one URL`);
+  for (const e of endpoints) {
+    // A URL that is not one is a wrong command line (exit 2); connectEtcd checks it again for library callers.
+    const url = URL.canParse(e) ? new URL(e) : undefined;
+    if (url?.protocol !== 'http:' && url?.protocol !== 'https:') throw new UsageError(`${etcdSource}: etcd endpoint ${JSON.stringify(e)} is not an http:// or https:// URL (e.g. http://127.0.0.1:2379)`);
+  }
   const tlsFlags = [cacert && '--etcd-cacert', cert && '--etcd-cert', key && '--etcd-key'].filter(Boolean);
   const plaintext = endpoints.filter((e) => e.startsWith('http://'));
   if (tlsFlags.length > 0 && plaintext.length > 0) {

@@ -134,7 +134,7 @@ export const injectServeCommand: Command = {
     ]),
     `  --max-request-bytes N      larger request bodies are refused with 413 (default ${DEFAULT_MAX_REQUEST_BYTES}, as kube-apiserver)`,
     `  --drain-ms N               on SIGTERM, how long in-flight requests may take (default ${DEFAULT_WEBHOOK_DRAIN_MS})`,
-    '  --log-level LEVEL          trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default info)',
+    '  --log-level LEVEL          trace|debug|info|warn|error|fatal|silent (env MIDDLEBOX_LOG_LEVEL, default info)',
     '',
     `Paths: POST ${INJECT_PATH} (an AdmissionReview; answers allowed with a JSONPatch for pods to inject),`,
     'GET /healthz (liveness), GET /readyz (readiness; 503 once shutting down). A pod is injected when it',
@@ -205,7 +205,7 @@ function injectDocument(doc: unknown, labels: Record<string, string>, config: In
   if (obj && obj.kind === 'List' && Array.isArray(obj.items)) {
     return { ...obj, items: obj.items.map((item: unknown, i: number) => injectDocument(item, labels, config, `${where} item ${i + 1}`, explain)) };
   }
-  if (typeof obj !== 'object' || Array.isArray(obj) || typeof obj?.kind !== 'string') {
+  if (typeof obj !== 'object' || Array.isArray(obj) || typeof obj?.kind !== 'string' || typeof obj.apiVersion !== 'string') {
     throw new MiddleboxError('bad_usage', `${where}: not a Kubernetes object (a mapping with apiVersion and kind)`);
   }
   const name = obj && typeof obj === 'object' ? `${obj.kind ?? '?'}/${obj.metadata?.name ?? obj.metadata?.generateName ?? '?'}` : where;

@@ -6,20 +6,16 @@ import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../policy/limits';
 import { headersReadBy } from '../policy/headers';
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
 import type { PolicyDocument } from '../policy/types';
-import { BOUNDS, boundFromEnv, type BoundSetting } from '../settings';
+import { BOUNDS, type BoundSetting } from '../settings';
 import { deletePolicy, getPolicies, putPolicies } from '../state/etcd/policies';
-import { intOpt, runGroup, stringOpt, UsageError, type Command, type Options } from './command';
+import { intEnv, intOpt, runGroup, stringOpt, UsageError, type Command, type Options } from './command';
 import { etcdHelp, etcdOptions, withEtcd } from './etcd-flags';
 
 /** A bound's value: its flag, else its environment variable, else `fallback`; out of range is a usage error. */
 export function boundOpt(values: Record<string, unknown>, setting: BoundSetting, fallback: number): number {
   const flag = intOpt(values, setting.flag, setting.min, setting.max);
   if (flag !== undefined) return flag;
-  try {
-    return boundFromEnv(setting) ?? fallback;
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  return intEnv(setting.env, setting.min, setting.max) ?? fallback;
 }
 
 /** --max-policy-bytes and --max-rules-per-policy (or their env vars), shared by `serve` and `policy validate|apply`. */

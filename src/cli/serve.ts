@@ -72,7 +72,7 @@ export const serveCommand: Command = {
     ...policyLimitHelp(),
     '                           A stored policy past these is refused: the last good version stays, and',
     '                           health middlebox.policy is NOT_SERVING. Give `policy apply` the same.',
-    `  --log-level LEVEL        trace|debug|info|warn|error (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
+    `  --log-level LEVEL        trace|debug|info|warn|error|fatal|silent (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
     '  --decision-log WHICH     a log line per decision: denied (denials and shadow denials), all, or off',
     '                           (env MIDDLEBOX_DECISION_LOG, default denied)',
     '  --decision-log-sample F  share of those decisions logged, 0 to 1 (env MIDDLEBOX_DECISION_LOG_SAMPLE, default 1)',

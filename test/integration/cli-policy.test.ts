@@ -263,10 +263,12 @@ describe('middlebox policy (real etcd)', function () {
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_ETCD_TIMEOUT_MS: '0' }, says: /MIDDLEBOX_ETCD_TIMEOUT_MS must be a whole number from 1/ },
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_MAX_RATE_LIMIT_KEYS: 'many' }, says: /MIDDLEBOX_MAX_RATE_LIMIT_KEYS must be a whole number/ },
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_SHUTDOWN_DELAY_MS: '-1' }, says: /MIDDLEBOX_SHUTDOWN_DELAY_MS must be a whole number/ },
-      { args: ['policy', 'get', '--etcd', 'notaurl'], says: /etcd endpoint "notaurl" is not a URL/ },
+      { args: ['policy', 'get', '--etcd', 'notaurl'], says: /--etcd: etcd endpoint "notaurl" is not an http:\/\/ or https:\/\/ URL/ },
+      { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: 'ftp://127.0.0.1:1' }, says: /MIDDLEBOX_ETCD: etcd endpoint "ftp:\/\/127.0.0.1:1"/ },
+      { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: ',' }, says: /MIDDLEBOX_ETCD needs at least one URL/ },
       // An empty flag is a mistake, not a reason to fall back to the environment.
       { args: ['policy', 'get', '--etcd', ''], env: { MIDDLEBOX_ETCD: etcd.endpoint }, says: /--etcd needs at least one URL/ },
-      { args: ['policy', 'get', '--etcd', etcd.endpoint, '--prefix', '/'], says: /--prefix must name a key prefix/ },
+      { args: ['policy', 'get', '--etcd', etcd.endpoint, '--prefix', ''], says: /--prefix must not be empty/ },
       { args: ['envoy', 'bootstrap', '--middlebox', ''], says: /--middlebox needs at least one/ },
       { args: ['envoy', 'bootstrap', '--middlebox', 'notahost'], says: /middlebox endpoint must be host:port/ },
       { args: ['envoy', 'bootstrap', '--inbound-address', 'notanip'], says: /--inbound-address must be an IP address/ },
@@ -300,9 +302,13 @@ describe('middlebox policy (real etcd)', function () {
     const twice = await middlebox(['inject', '-f', pod, '-f', pod, '-o', 'json']);
     assert.equal(twice.code, 0, twice.stderr);
     assert.equal((JSON.parse(twice.stdout) as { items: unknown[] }).items.length, 2);
-    const notObject = await middlebox(['inject', '-f', scalar]);
-    assert.equal(notObject.code, 1);
-    assert.match(notObject.stderr, /scalar\.yaml document 1: not a Kubernetes object/);
-    assert.equal(notObject.stdout, '');
+    const kindOnly = path.join(dir, 'kind-only.yaml');
+    fs.writeFileSync(kindOnly, 'kind: Pod\nmetadata: { name: web }\n');
+    for (const file of [scalar, kindOnly]) {
+      const notObject = await middlebox(['inject', '-f', file]);
+      assert.equal(notObject.code, 1, file);
+      assert.match(notObject.stderr, /\.yaml document 1: not a Kubernetes object/);
+      assert.equal(notObject.stdout, '');
+    }
   });
 });
