@@ -523,10 +523,10 @@ async function runTimeline(p: Params, mode: Consistency): Promise<ModeResult> {
     });
     timers.push(
       setTimeout(() => {
-        theLab.etcd.freeze();
         frozen = true;
         frozeAt = Date.now();
         log(`    ${ts(since(frozeAt))}  etcd frozen (SIGSTOP)`);
+        theLab.etcd.freeze().catch((e: Error) => log(`    etcd did not stop: ${e.message}`));
       }, t0 + p.normalMs - Date.now()),
     );
     timers.push(

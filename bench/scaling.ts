@@ -914,7 +914,7 @@ async function runScript(p: Params, mode: Consistency, withPanicCheck: boolean):
         log(`    ${ts(ev.t)}  ${ev.label}`);
         try {
           if (step.action === 'freeze') {
-            theLab.etcd.freeze();
+            await theLab.etcd.freeze();
             frozen = true;
           } else if (step.action === 'thaw') {
             theLab.etcd.thaw();

@@ -124,11 +124,11 @@ export class EtcdMember {
     this.frozen = false;
   }
 
-  /** SIGSTOP: the member keeps its connections but answers nothing, to clients or peers. */
-  freeze(): void {
+  /** SIGSTOP: the member keeps its connections but answers nothing, to clients or peers; resolves once it is stopped. */
+  async freeze(): Promise<void> {
     if (!this.running) throw new Error(`etcd ${this.name} is not running`);
-    this.child!.signal('SIGSTOP');
     this.frozen = true;
+    await this.child!.suspend();
   }
 
   /** SIGCONT after freeze(). */

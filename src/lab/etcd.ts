@@ -101,9 +101,12 @@ export class EtcdProcess {
     await this.child.kill();
   }
 
-  /** SIGSTOP: etcd keeps its connections but answers nothing, like a hung or partitioned node. */
-  freeze(): void {
-    this.child.signal('SIGSTOP');
+  /**
+   * SIGSTOP: etcd keeps its connections but answers nothing, like a hung or partitioned node.
+   * Resolves once the kernel reports it stopped.
+   */
+  freeze(): Promise<void> {
+    return this.child.suspend();
   }
 
   /** SIGCONT after freeze(). */

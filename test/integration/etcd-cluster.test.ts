@@ -77,7 +77,7 @@ describe('EtcdCluster', function () {
   it('a frozen member is unhealthy, the others keep quorum, and it recovers when thawed', async () => {
     const leader = (await cluster.leader())!;
     // Freeze the leader: the other two must elect a new one.
-    cluster.member(leader).freeze();
+    await cluster.member(leader).freeze();
     try {
       assert.equal(await cluster.healthy(leader), false);
       await waitFor(() => cluster.hasQuorum(), { timeoutMs: 5000, what: 'quorum without the frozen leader' });

@@ -213,7 +213,7 @@ ${extraRule}
       ['middlebox_etcd_breaker_transitions_total', { to: 'closed' }],
     ];
     const before = await Promise.all(names.map(([n, m]) => total(n, m)));
-    lab.etcd.freeze();
+    await lab.etcd.freeze();
     let opened: number[];
     try {
       // A strict limit on a fresh key needs etcd on every request.

@@ -122,7 +122,7 @@ spec:
   });
 
   it('the breaker opens within twice the operation timeout of the first failed operation', async () => {
-    lab.etcd.freeze();
+    await lab.etcd.freeze();
     try {
       const t0 = Date.now();
       // A burst that needs etcd (a strict limit on a fresh key) reaches every replica at once.

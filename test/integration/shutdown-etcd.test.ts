@@ -18,7 +18,7 @@ describe('shutdown with etcd frozen', function () {
   it('exits 0 within its drain plus a bounded wait for etcd', async () => {
     etcd = await EtcdProcess.start();
     replica = await MiddleboxProcess.start({ etcd: etcd.endpoint, drainMs: 1000, memberTtlS: 5 });
-    etcd.freeze();
+    await etcd.freeze();
     const started = Date.now();
     replica.signal('SIGTERM');
     const timeout = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), 15_000).unref());
