@@ -10,6 +10,7 @@ import { InjectError } from '../inject/patch';
 import {
   DEFAULT_MAX_REQUEST_BYTES,
   DEFAULT_WEBHOOK_DRAIN_MS,
+  DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS,
   DEFAULT_WEBHOOK_LISTEN,
   parseHostPort,
   INJECT_PATH,
@@ -133,7 +134,9 @@ export const injectServeCommand: Command = {
       '                             "" injects only pods that opt in with middlebox.io/inject: "true"',
     ]),
     `  --max-request-bytes N      larger request bodies are refused with 413 (default ${DEFAULT_MAX_REQUEST_BYTES}, as kube-apiserver)`,
-    `  --drain-ms N               on SIGTERM, how long in-flight requests may take (default ${DEFAULT_WEBHOOK_DRAIN_MS})`,
+    `  --shutdown-delay-ms N      on SIGTERM, /readyz answers 503 and reviews are still answered this long, while`,
+    `                             the Service's endpoints drop this replica; then the listener closes (default ${DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS})`,
+    `  --drain-ms N               then how long in-flight requests may take (default ${DEFAULT_WEBHOOK_DRAIN_MS})`,
     '  --log-level LEVEL          trace|debug|info|warn|error|fatal|silent (env MIDDLEBOX_LOG_LEVEL, default info)',
     '',
     `Paths: POST ${INJECT_PATH} (an AdmissionReview; answers allowed with a JSONPatch for pods to inject),`,
@@ -149,6 +152,7 @@ export const injectServeCommand: Command = {
     ...injectOptions,
     'max-request-bytes': { type: 'string' },
     'drain-ms': { type: 'string' },
+    'shutdown-delay-ms': { type: 'string' },
     'log-level': { type: 'string' },
   },
   async run({ values }) {
@@ -158,6 +162,7 @@ export const injectServeCommand: Command = {
     const { config, namespaceLabels } = injectSettings(values, ENABLED_LABEL);
     const maxRequestBytes = intOpt(values, 'max-request-bytes', 1) ?? DEFAULT_MAX_REQUEST_BYTES;
     const drainMs = intOpt(values, 'drain-ms') ?? DEFAULT_WEBHOOK_DRAIN_MS;
+    const delayMs = intOpt(values, 'shutdown-delay-ms') ?? DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS;
     const listen = stringOpt(values, 'listen') ?? DEFAULT_WEBHOOK_LISTEN;
     try {
       parseHostPort(listen);
@@ -180,8 +185,8 @@ export const injectServeCommand: Command = {
       const stop = (signal: string) => {
         if (stopping) return;
         stopping = true;
-        logger.info({ signal, drainMs }, 'shutting down: no new connections, finishing in-flight requests');
-        void webhook.shutdown(drainMs).then(() => {
+        logger.info({ signal, delayMs, drainMs }, 'shutting down: /readyz 503, answering for the shutdown delay, then no new connections and in-flight requests finish');
+        void webhook.shutdown(drainMs, delayMs).then(() => {
           logger.info('stopped');
           logger.flush();
           resolve(0);

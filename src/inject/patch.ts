@@ -60,6 +60,9 @@ export function escapePointer(token: string): string {
 
 // ---- what is added ------------------------------------------------------------------------------
 
+const ISTIO_PROXY = 'istio-proxy';
+const ISTIO_STATUS = 'sidecar.istio.io/status';
+
 function sidecar(pod: Pod, config: InjectConfig): Sidecar {
   if (!pod.spec || !Array.isArray(pod.spec.containers) || pod.spec.containers.length === 0) {
     throw new InjectError('pod has no spec.containers');
@@ -69,6 +72,11 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
     if (names.includes(n)) throw new InjectError(`pod already has a container named ${n} but no ${ANNOTATIONS.status} annotation`);
   }
   const a = pod.metadata?.annotations ?? {};
+  // Istio's sidecar takes the same UID (1337) and ports (15001, 15006, 15000): two proxies would
+  // fight over them, and each one's UID exemption would let the other's traffic through.
+  if (names.includes(ISTIO_PROXY) || a[ISTIO_STATUS] !== undefined) {
+    throw new InjectError(`pod already has Istio's sidecar (${names.includes(ISTIO_PROXY) ? `container ${ISTIO_PROXY}` : `annotation ${ISTIO_STATUS}`}): the middlebox sidecar uses the same UID and ports; turn one injection off for this pod or namespace`);
+  }
   const appPort = appPortOf(pod, config);
   const failureMode = failureModeOf(a[ANNOTATIONS.failureMode], config.defaultFailureMode);
   const include = a[ANNOTATIONS.includeInboundPorts];

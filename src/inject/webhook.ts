@@ -34,6 +34,8 @@ export const DEFAULT_WEBHOOK_LISTEN = '0.0.0.0:9443';
 /** How often the certificate and key files are checked for a change. */
 export const DEFAULT_CERT_CHECK_MS = 1000;
 export const DEFAULT_WEBHOOK_DRAIN_MS = 10_000;
+/** On SIGTERM, how long the webhook keeps answering (with /readyz 503) before it closes its listener. */
+export const DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS = 2000;
 
 /** A request the webhook refuses at the HTTP level: the status and a one-line reason. */
 export class HttpError extends Error {
@@ -115,8 +117,10 @@ export function admit(body: unknown, config: InjectConfig, namespaceLabels: Reco
 
   const decision = injectionRequired(pod, namespaceLabels);
   if (!decision.inject) {
-    const optIn = pod.metadata?.annotations?.[ANNOTATIONS.inject];
-    const malformed = optIn !== undefined && optIn !== 'true' && optIn !== 'false';
+    // A value that is neither "true" nor "false", as an annotation or a label, is most likely a typo
+    // of an opt-in: the pod is admitted as it is (as Istio does), and kubectl shows why.
+    const said = [pod.metadata?.annotations?.[ANNOTATIONS.inject], pod.metadata?.labels?.[ANNOTATIONS.inject]];
+    const malformed = said.some((v) => v !== undefined && v !== 'true' && v !== 'false');
     return answer({ allowed: true, ...(malformed ? { warnings: [`middlebox sidecar not injected: ${decision.reason}`] } : {}) }, false, decision.reason, podName);
   }
   let ops;
@@ -193,8 +197,12 @@ export interface RunningWebhook {
   /** host:port actually bound. */
   address: string;
   port: number;
-  /** Stops accepting connections, lets in-flight requests finish (cut off after drainMs), then resolves. */
-  shutdown(drainMs: number): Promise<void>;
+  /**
+   * /readyz answers 503 at once; requests are still answered for `delayMs` (while the Service's
+   * endpoints drop this replica), then no new connections, and in-flight requests finish (cut off
+   * after drainMs).
+   */
+  shutdown(drainMs: number, delayMs?: number): Promise<void>;
 }
 
 /** "host:port" or "[v6]:port" -> host and port. */
@@ -339,9 +347,10 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
   return {
     address,
     port: bound,
-    shutdown(drainMs: number) {
+    async shutdown(drainMs: number, delayMs = 0) {
       stopping = true;
       watcher.stop();
+      if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
       return drainHttpServer(server, drainMs, () => logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off'));
     },
   };

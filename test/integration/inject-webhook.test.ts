@@ -327,6 +327,13 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
       assert.equal(odd.response.allowed, true);
       assert.equal(odd.response.patch, undefined);
       assert.match(odd.response.warnings[0], /must be "true" or "false"/);
+      // The same typo as a label (what the objectSelector reads) warns alike.
+      const labelled = pod();
+      labelled.metadata = { ...labelled.metadata, labels: { [ANNOTATIONS.inject]: 'True' } };
+      const oddLabel = await hook.review(admissionReview('uid-odd-label', labelled));
+      assert.equal(oddLabel.response.allowed, true);
+      assert.equal(oddLabel.response.patch, undefined);
+      assert.match(oddLabel.response.warnings[0], /\(label\) must be "true" or "false", got "True"/);
     });
   });
 
@@ -464,8 +471,22 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
   });
 
   describe('shutdown', () => {
+    it('on SIGTERM, within its shutdown delay, answers reviews on new connections while /readyz says 503', async () => {
+      const hook = await start(live, ['--shutdown-delay-ms', '3000']);
+      hook.child.signal('SIGTERM');
+      await waitFor(() => /shutting down/.test(hook.child.output()), { timeoutMs: 5000, what: 'the shutdown log line' });
+      const signalled = Date.now();
+      assert.equal((await hook.request('GET', '/readyz')).status, 503);
+      const review = await hook.request('POST', '/inject', { body: JSON.stringify(admissionReview('uid-during-delay', pod({ [ANNOTATIONS.inject]: 'true' }))) });
+      assert.equal(review.status, 200);
+      assert.equal((JSON.parse(review.body) as Doc).response.patchType, 'JSONPatch');
+      assert.ok(Date.now() - signalled < 3000, 'both answered within the delay (else the test proves nothing)');
+      assert.deepEqual(await within(hook.child.exited, 15_000, 'exit after SIGTERM'), { code: 0, signal: null });
+      assert.ok(Date.now() - signalled >= 2500, 'it did not close before its delay');
+    });
+
     it('on SIGTERM stops accepting, finishes the request in flight, and exits 0', async () => {
-      const hook = await start();
+      const hook = await start(live, ['--shutdown-delay-ms', '0']);
       const body = JSON.stringify(admissionReview('uid-in-flight', pod({ [ANNOTATIONS.inject]: 'true' })));
       const { socket, reply } = await rawTls(hook.port, trusted);
       const half = Math.floor(body.length / 2);

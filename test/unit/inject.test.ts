@@ -258,6 +258,18 @@ describe('inject', () => {
       assert.equal(a[ANNOTATIONS.failureMode], 'closed');
     });
 
+    it('refuses a pod that already has Istio\'s sidecar, by container or by annotation', () => {
+      const withProxy = pod();
+      withProxy.spec!.containers.push({ name: 'istio-proxy', image: 'istio/proxyv2' });
+      assert.throws(() => injectPod(withProxy, config), (e: Error) => e instanceof InjectError && /Istio's sidecar \(container istio-proxy\)/.test(e.message));
+      assert.throws(
+        () => injectPod(pod({ 'sidecar.istio.io/status': '{"containers":["istio-proxy"]}' }), config),
+        (e: Error) => e instanceof InjectError && /annotation sidecar\.istio\.io\/status/.test(e.message),
+      );
+      // Istio's opt-out annotation alone is no sidecar.
+      assert.doesNotThrow(() => injectPod(pod({ 'sidecar.istio.io/inject': 'false' }), config));
+    });
+
     it('rejects malformed annotations with a clear error', () => {
       for (const [k, v, msg] of [
         [ANNOTATIONS.failureMode, 'maybe', /closed" or "open/],
