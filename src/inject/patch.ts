@@ -29,8 +29,7 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   const s = sidecar(pod, config);
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, ...s.annotations } };
   const spec = out.spec!;
-  spec.initContainers = [...(spec.initContainers ?? []), s.initContainer];
-  spec.containers = [...spec.containers, s.envoyContainer];
+  spec.initContainers = [...(spec.initContainers ?? []), s.initContainer, s.envoyContainer];
   return out;
 }
 
@@ -47,9 +46,8 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
     // already says e.g. middlebox.io/failure-mode.
     for (const [k, v] of Object.entries(s.annotations)) ops.push({ op: 'add', path: `/metadata/annotations/${escapePointer(k)}`, value: v });
   }
-  if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer] });
-  else ops.push({ op: 'add', path: '/spec/initContainers/-', value: s.initContainer });
-  ops.push({ op: 'add', path: '/spec/containers/-', value: s.envoyContainer });
+  if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer, s.envoyContainer] });
+  else for (const c of [s.initContainer, s.envoyContainer]) ops.push({ op: 'add', path: '/spec/initContainers/-', value: c });
   return ops;
 }
 
@@ -157,9 +155,30 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
   });
   // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.
   if (bootstrap.split(nodeId).join('').includes('$')) throw new InjectError('the rendered bootstrap contains "$", which the kubelet would expand');
+  // Envoy's /ready is on the admin listener, which is bound to 127.0.0.1 (the admin API must not
+  // face the network) and so out of the kubelet's reach for an httpGet probe. An exec probe runs
+  // inside the pod's network namespace and can ask it: bash's /dev/tcp, no curl needed in the
+  // image (the official Envoy images have bash). /ready answers 200 only once Envoy is LIVE.
+  // HTTP/1.1 with a Host header: Envoy refuses HTTP/1.0 unless told otherwise (426).
+  const ready = {
+    exec: {
+      command: [
+        'bash',
+        '-c',
+        `exec 3<>/dev/tcp/127.0.0.1/${config.adminPort} && printf 'GET /ready HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '`,
+      ],
+    },
+    timeoutSeconds: 2,
+  };
   return {
     name: NAMES.envoyContainer,
     image: config.envoyImage,
+    // A native sidecar (Kubernetes 1.29+): an init container that keeps running. The app's
+    // containers start only once its startup probe passes (Envoy listens before the app's first
+    // connection is redirected to it), it is stopped after them (no request cut by an Envoy gone
+    // first), and it does not keep a Job's pod from completing.
+    restartPolicy: 'Always',
+    startupProbe: { ...structuredClone(ready), periodSeconds: 1, failureThreshold: 120 },
     command: ['envoy'],
     args: ['--config-yaml', `$(${NAMES.bootstrapEnv})`, '--disable-hot-restart', '--log-level', 'warn'],
     env: [
@@ -167,24 +186,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
       { name: NAMES.bootstrapEnv, value: bootstrap },
     ],
-    // Envoy's /ready is on the admin listener, which is bound to 127.0.0.1 (the admin API must not
-    // face the network) and so out of the kubelet's reach for an httpGet probe. An exec probe runs
-    // inside the pod's network namespace and can ask it: bash's /dev/tcp, no curl needed in the
-    // image (the official Envoy images have bash). /ready answers 200 only once Envoy is LIVE.
-    // HTTP/1.1 with a Host header: Envoy refuses HTTP/1.0 unless told otherwise (426).
-    readinessProbe: {
-      exec: {
-        command: [
-          'bash',
-          '-c',
-          `exec 3<>/dev/tcp/127.0.0.1/${config.adminPort} && printf 'GET /ready HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '`,
-        ],
-      },
-      initialDelaySeconds: 1,
-      periodSeconds: 2,
-      timeoutSeconds: 2,
-      failureThreshold: 30,
-    },
+    readinessProbe: { ...structuredClone(ready), periodSeconds: 2, failureThreshold: 3 },
     resources: structuredClone(config.envoyResources),
     securityContext: {
       runAsUser: config.envoyUid,

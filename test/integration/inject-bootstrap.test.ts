@@ -30,7 +30,7 @@ const POD: Pod = {
 };
 
 function envoyContainer(pod: Pod): Doc {
-  return pod.spec!.containers.find((c) => c.name === NAMES.envoyContainer)!;
+  return pod.spec!.initContainers!.find((c) => c.name === NAMES.envoyContainer)!;
 }
 
 /** What the kubelet does with env values and args: $(VAR) becomes VAR's value, in order. */
@@ -127,7 +127,7 @@ describe('middlebox inject (command line)', function () {
     const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Doc);
     assert.equal(docs.length, 3);
     assert.equal(docs[0]!.metadata.annotations[ANNOTATIONS.status], 'injected');
-    assert.ok(docs[1]!.spec.template.spec.containers.some((c: Doc) => c.name === NAMES.envoyContainer));
+    assert.ok(docs[1]!.spec.template.spec.initContainers.some((c: Doc) => c.name === NAMES.envoyContainer));
     assert.deepEqual(docs[2], svc);
   });
 

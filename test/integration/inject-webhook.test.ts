@@ -273,7 +273,7 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
       const applied = applyPatch(deepClone(p), deepClone(decodePatch(response)), /* validate */ true).newDocument;
       assert.deepEqual(applied, injectPod(p, config));
       // The flags reached the injection: the sidecar uses the given image and middlebox address.
-      const envoy = (applied as Pod).spec!.containers.find((c) => c.name === NAMES.envoyContainer)!;
+      const envoy = (applied as Pod).spec!.initContainers!.find((c) => c.name === NAMES.envoyContainer)!;
       assert.equal(envoy.image, ENVOY_IMAGE);
       assert.equal(applied.metadata!.annotations![ANNOTATIONS.excludedOutboundPorts], '9101,2379,2380');
     });

@@ -10,14 +10,15 @@ import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { parse as parseYaml, parseAllDocuments, stringify as stringifyYaml } from 'yaml';
 import type { Command } from '../../src/cli/command';
 import { injectServeCommand, injectSettings } from '../../src/cli/inject';
 import { serveCommand } from '../../src/cli/serve';
 import { ETCD_COMPONENT, POLICY_COMPONENT } from '../../src/grpc/health';
 import { AUTHORIZATION_SERVICE, EXTERNAL_PROCESSOR_SERVICE } from '../../src/grpc/protos';
 import { ANNOTATIONS, NAMES, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, STATUS_INJECTED } from '../../src/inject/config';
-import { admit, INJECT_PATH } from '../../src/inject/webhook';
+import { admit, DEFAULT_WEBHOOK_DRAIN_MS, DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS, INJECT_PATH } from '../../src/inject/webhook';
+import { injectObject } from '../../src/inject/workloads';
 import { EtcdProcess } from '../../src/lab/etcd';
 import { adminGet, HealthClient } from '../../src/lab/middlebox';
 import { freePort, waitFor } from '../../src/lab/ports';
@@ -590,6 +591,23 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       const pdb = find(base, 'PodDisruptionBudget', 'middlebox-webhook');
       assert.ok(selects(pdb.spec.selector, webhookDep.spec.template.metadata.labels));
       assert.ok(webhookDep.spec.replicas >= 2, 'with failurePolicy Fail, one replica is not enough');
+    });
+
+    it('the sample app as this webhook injects it is valid for every pinned Kubernetes version, Envoy a native sidecar', async () => {
+      const { config, namespaceLabels } = injectSettings(webhookValues);
+      const { object } = injectObject(structuredClone(find(samples, 'Deployment', 'shop')), namespaceLabels, config) as { object: Doc };
+      const spec = object.spec.template.spec as Doc;
+      const envoy = (spec.initContainers as Doc[]).find((c) => c.name === NAMES.envoyContainer)!;
+      assert.equal(envoy.restartPolicy, 'Always');
+      assert.ok(!(spec.containers as Doc[]).some((c) => c.name === NAMES.envoyContainer));
+      assertAllValid([object], await validate(stringifyYaml(object)), 'the injected sample Deployment');
+    });
+
+    it('the grace period covers the shutdown delay and the drain', () => {
+      const delayMs = Number(webhookValues['shutdown-delay-ms'] ?? DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS);
+      const drainMs = Number(webhookValues['drain-ms'] ?? DEFAULT_WEBHOOK_DRAIN_MS);
+      assert.ok(delayMs >= 5000, `${delayMs} ms: long enough for the endpoints to drop the replica`);
+      assert.ok(webhookDep.spec.template.spec.terminationGracePeriodSeconds * 1000 >= delayMs + drainMs + 2000);
     });
 
     it('selectors and the injector agree: namespace enabled or pod labelled "true"; never "false", never the system namespaces, never twice', () => {

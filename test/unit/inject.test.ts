@@ -75,7 +75,7 @@ const GOLDEN_CASES: { file: string; object: unknown; namespaceLabels: Record<str
 type Doc = Record<string, any>;
 
 function envoyOf(p: Pod): Doc {
-  const c = p.spec!.containers.find((x) => x.name === NAMES.envoyContainer);
+  const c = (p.spec!.initContainers ?? []).find((x) => x.name === NAMES.envoyContainer);
   assert.ok(c, 'envoy container');
   return c;
 }
@@ -171,10 +171,17 @@ describe('inject', () => {
       assert.deepEqual(p, before);
     });
 
-    it('appends the init container after the pod\'s own and Envoy after the app', () => {
+    it('appends the capture init container, then Envoy as a native sidecar, after the pod\'s own init containers', () => {
       const out = injectPod(pod(undefined, { spec: { initContainers: [{ name: 'i' }], containers: [{ name: 'a' }] } }), config);
-      assert.deepEqual(out.spec!.initContainers!.map((c: Container) => c.name), ['i', NAMES.initContainer]);
-      assert.deepEqual(out.spec!.containers.map((c: Container) => c.name), ['a', NAMES.envoyContainer]);
+      assert.deepEqual(out.spec!.initContainers!.map((c: Container) => c.name), ['i', NAMES.initContainer, NAMES.envoyContainer]);
+      assert.deepEqual(out.spec!.containers.map((c: Container) => c.name), ['a']);
+      const envoy = envoyOf(out);
+      // restartPolicy Always makes it a sidecar: it keeps running, is stopped after the app, and
+      // does not hold a Job's completion; its startup probe holds the app until Envoy is ready.
+      assert.equal(envoy.restartPolicy, 'Always');
+      assert.deepEqual(envoy.startupProbe.exec, envoy.readinessProbe.exec);
+      assert.ok(envoy.startupProbe.periodSeconds * envoy.startupProbe.failureThreshold >= 60, 'a minute to start');
+      assert.equal(initOf(out).restartPolicy, undefined, 'the capture script runs once');
     });
   });
 
@@ -336,7 +343,7 @@ describe('inject', () => {
       it(`injects the pod template of a ${kind}`, () => {
         const obj = { ...structuredClone(deployment), kind };
         const { object } = injectObject(obj, {}, config) as { object: Doc };
-        assert.ok(object.spec.template.spec.containers.some((c: Container) => c.name === NAMES.envoyContainer));
+        assert.ok(object.spec.template.spec.initContainers.some((c: Container) => c.name === NAMES.envoyContainer));
         assert.equal(object.spec.replicas, 2);
       });
     }
