@@ -97,6 +97,19 @@ export interface BootstrapOptions {
    * `serve --tls-client-ca` (mTLS). Default: plaintext.
    */
   middleboxTls?: MiddleboxTlsOptions;
+  /**
+   * The kubelet's HTTP probes of the app, rewritten by the injector to this listener (Istio does
+   * the same through its agent): each of `routes` forwards one exact path to the app's port and
+   * path, without asking the middlebox, so that a policy (or a middlebox that cannot be asked)
+   * never fails a liveness or readiness probe. Every other path gets 404. Rendered only when given.
+   */
+  appProbes?: AppProbesOptions;
+}
+
+export interface AppProbesOptions {
+  address: string;
+  port: number;
+  routes: Array<{ path: string; appPort: number; appPath: string }>;
 }
 
 /** Paths are files in Envoy's filesystem (a mounted Secret in a pod), read by Envoy, never inlined. */
@@ -155,6 +168,8 @@ export const CLUSTERS = {
   app: 'app',
   appTcp: 'app_tcp',
   outbound: 'outbound_original_dst',
+  /** Followed by the app port: where a rewritten probe goes (`app_probe_8080`). */
+  appProbePrefix: 'app_probe_',
 } as const;
 
 const MAX_REQUESTS_PER_MIDDLEBOX_CONNECTION = 900;
@@ -203,6 +218,7 @@ interface ResolvedOptions {
   inboundFilter: InboundFilter;
   outbound: { address: string; port: number } | undefined;
   middleboxTls: ResolvedMiddleboxTls | undefined;
+  appProbes: AppProbesOptions | undefined;
 }
 
 interface ResolvedMiddleboxTls {
@@ -277,7 +293,20 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
     inboundFilter: opts.inboundFilter ?? 'ext_authz',
     outbound: opts.outbound,
     middleboxTls: opts.middleboxTls && resolveMiddleboxTls(opts.middleboxTls, [...middlebox, ...(middleboxHttp ?? [])]),
+    appProbes: opts.appProbes && resolveAppProbes(opts.appProbes),
   };
+}
+
+function resolveAppProbes(p: AppProbesOptions): AppProbesOptions {
+  positiveInteger('appProbes.port', p.port);
+  const seen = new Set<string>();
+  for (const r of p.routes) {
+    positiveInteger('appProbes.routes[].appPort', r.appPort);
+    if (!r.path.startsWith('/') || !r.appPath.startsWith('/')) throw new Error(`appProbes: paths must start with "/", got ${JSON.stringify(r.path)} -> ${JSON.stringify(r.appPath)}`);
+    if (seen.has(r.path)) throw new Error(`appProbes: ${JSON.stringify(r.path)} is routed twice`);
+    seen.add(r.path);
+  }
+  return p;
 }
 
 function resolveAuthzHeaders(names: readonly string[], hasFilter: boolean): string[] {
@@ -348,7 +377,44 @@ function listeners(o: ResolvedOptions): Config[] {
     o.inboundHttp && inboundHttpListener(o, o.inboundHttp),
     o.inboundTcp && inboundTcpListener(o, o.inboundTcp),
     o.outbound && outboundListener(o, o.outbound),
+    o.appProbes && appProbesListener(o.appProbes),
   ].filter((l): l is Config => Boolean(l));
+}
+
+/** The kubelet's rewritten app probes: exact paths to the app, no middlebox, anything else 404. */
+function appProbesListener(p: AppProbesOptions): Config {
+  return {
+    name: 'app_probes',
+    address: socketAddress(p.address, p.port),
+    filter_chains: [
+      {
+        filters: [
+          {
+            name: 'envoy.filters.network.http_connection_manager',
+            typed_config: {
+              '@type': TYPES.httpConnectionManager,
+              stat_prefix: 'app_probes',
+              route_config: {
+                name: 'app_probes',
+                virtual_hosts: [
+                  {
+                    name: 'app_probes',
+                    domains: ['*'],
+                    routes: p.routes.map((r) => ({
+                      match: { path: r.path },
+                      // With an exact path match the whole path is swapped for the app's own.
+                      route: { cluster: `${CLUSTERS.appProbePrefix}${r.appPort}`, prefix_rewrite: r.appPath },
+                    })),
+                  },
+                ],
+              },
+              http_filters: [routerFilter()],
+            },
+          },
+        ],
+      },
+    ],
+  };
 }
 
 function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config {
@@ -675,6 +741,7 @@ function clusters(o: ResolvedOptions): Config[] {
     o.outbound && outboundCluster(),
     o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort),
     o.inboundTcp && staticCluster(CLUSTERS.appTcp, o.inboundTcp.appAddress, o.inboundTcp.appPort),
+    ...[...new Set(o.appProbes?.routes.map((r) => r.appPort) ?? [])].map((port) => staticCluster(`${CLUSTERS.appProbePrefix}${port}`, '127.0.0.1', port)),
   ].filter((c): c is Config => Boolean(c));
 }
 

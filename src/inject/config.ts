@@ -25,6 +25,11 @@ export const ANNOTATIONS = {
   authzHeaders: 'middlebox.io/authz-headers',
   /** The app's HTTP port Envoy forwards inbound traffic to; default: the first container port. */
   appPort: 'middlebox.io/app-port',
+  /**
+   * "true" (default) or "false": the kubelet's HTTP probes on captured ports go to Envoy's probe
+   * listener, which forwards them to the app without asking the middlebox.
+   */
+  rewriteAppProbes: 'middlebox.io/rewrite-app-probes',
   /** Written by the injector: the inbound ports actually captured ("*" or a list). */
   capturedInboundPorts: 'middlebox.io/captured-inbound-ports',
   /** Written by the injector: the inbound ports excluded from capture (when any). */
@@ -73,6 +78,8 @@ export interface InjectConfig {
   outboundPort: number;
   /** Envoy's admin, on 127.0.0.1 only. */
   adminPort: number;
+  /** Envoy's listener for the app's rewritten kubelet probes (never captured). */
+  probePort: number;
   /** Used when the pod names no app port (annotation or container port). */
   defaultAppPort: number;
   /** Outbound ports never captured besides the middlebox's own: etcd (2379 client, 2380 peer). */
@@ -91,6 +98,7 @@ export const INJECT_DEFAULTS: InjectConfig = {
   inboundPort: 15006,
   outboundPort: 15001,
   adminPort: 15000,
+  probePort: 15021,
   defaultAppPort: 8080,
   excludeOutboundPorts: [2379, 2380],
   defaultFailureMode: 'closed',

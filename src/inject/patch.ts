@@ -16,7 +16,22 @@ interface Sidecar {
   annotations: Record<string, string>;
   initContainer: Container;
   envoyContainer: Container;
+  /** The app's probes that now go to Envoy's probe listener: container index, probe field, new probe. */
+  probes: RewrittenProbe[];
 }
+
+interface RewrittenProbe {
+  container: number;
+  kind: ProbeKind;
+  probe: Record<string, unknown>;
+  /** The Envoy route that takes it to the app. */
+  route: { path: string; appPort: number; appPath: string };
+}
+
+const PROBE_KINDS = ['livenessProbe', 'readinessProbe', 'startupProbe'] as const;
+type ProbeKind = (typeof PROBE_KINDS)[number];
+/** The path a rewritten probe asks Envoy, per kind (as Istio names them). */
+const PROBE_PATH_SUFFIX: Record<ProbeKind, string> = { livenessProbe: 'livez', readinessProbe: 'readyz', startupProbe: 'startupz' };
 
 export function isInjected(pod: Pod): boolean {
   return pod.metadata?.annotations?.[ANNOTATIONS.status] === STATUS_INJECTED;
@@ -30,6 +45,7 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, ...s.annotations } };
   const spec = out.spec!;
   spec.initContainers = [...(spec.initContainers ?? []), s.initContainer, s.envoyContainer];
+  for (const r of s.probes) spec.containers[r.container]![r.kind] = r.probe;
   return out;
 }
 
@@ -48,6 +64,7 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
   }
   if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer, s.envoyContainer] });
   else for (const c of [s.initContainer, s.envoyContainer]) ops.push({ op: 'add', path: '/spec/initContainers/-', value: c });
+  for (const r of s.probes) ops.push({ op: 'replace', path: `/spec/containers/${r.container}/${r.kind}`, value: r.probe });
   return ops;
 }
 
@@ -80,6 +97,9 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
   const include = a[ANNOTATIONS.includeInboundPorts];
   const includeInboundPorts: number[] | '*' = include === undefined ? [appPort] : include.trim() === '*' ? '*' : ports(ANNOTATIONS.includeInboundPorts, include);
   const excludeInboundPorts = ports(ANNOTATIONS.excludeInboundPorts, a[ANNOTATIONS.excludeInboundPorts]);
+  const probes = rewrittenProbes(pod, config, includeInboundPorts, excludeInboundPorts, a[ANNOTATIONS.rewriteAppProbes]);
+  // With every inbound port captured, the probe listener's must not be: the kubelet asks it directly.
+  if (probes.length > 0 && includeInboundPorts === '*' && !excludeInboundPorts.includes(config.probePort)) excludeInboundPorts.push(config.probePort);
   const excludeOutboundPorts = unique([
     portOf(config.middleboxAddress),
     ...(config.middleboxHttpAddress ? [portOf(config.middleboxHttpAddress)] : []),
@@ -110,8 +130,39 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
       [ANNOTATIONS.appPort]: String(appPort),
     },
     initContainer: initContainer(config, capture),
-    envoyContainer: envoyContainer(pod, config, appPort, failureMode, authzHeadersOf(a[ANNOTATIONS.authzHeaders])),
+    envoyContainer: envoyContainer(pod, config, appPort, failureMode, authzHeadersOf(a[ANNOTATIONS.authzHeaders]), probes),
+    probes,
   };
+}
+
+/**
+ * The app's HTTP probes (httpGet, scheme HTTP, no other host) on a captured port, pointed at
+ * Envoy's probe listener: through the inbound listener they would be decided by the policy, and a
+ * default-deny policy or a middlebox that cannot be asked would fail them (a liveness probe then
+ * restarts the app). Other probes stay as written: exec probes never cross the capture; HTTPS,
+ * TCP and gRPC probes on a captured port still reach the inbound listener (a TCP probe then only
+ * shows that Envoy is up).
+ */
+function rewrittenProbes(pod: Pod, config: InjectConfig, include: number[] | '*', exclude: number[], annotation: string | undefined): RewrittenProbe[] {
+  if (annotation !== undefined && annotation !== 'true' && annotation !== 'false') {
+    throw new InjectError(`${ANNOTATIONS.rewriteAppProbes} must be "true" or "false", got ${JSON.stringify(annotation)}`);
+  }
+  if (annotation === 'false') return [];
+  const captured = (port: number) => !exclude.includes(port) && (include === '*' || include.includes(port));
+  const out: RewrittenProbe[] = [];
+  pod.spec!.containers.forEach((c, container) => {
+    for (const kind of PROBE_KINDS) {
+      const probe = c[kind] as { httpGet?: { port?: unknown; path?: unknown; host?: unknown; scheme?: unknown } } | undefined;
+      const get = probe?.httpGet;
+      if (!get || get.host !== undefined || (get.scheme !== undefined && get.scheme !== 'HTTP')) continue;
+      const port = typeof get.port === 'number' ? get.port : c.ports?.find((p) => p.name === get.port)?.containerPort;
+      if (port === undefined || !captured(port)) continue;
+      const path = `/app-health/${c.name}/${PROBE_PATH_SUFFIX[kind]}`;
+      const appPath = typeof get.path === 'string' && get.path.startsWith('/') ? get.path : `/${typeof get.path === 'string' ? get.path : ''}`;
+      out.push({ container, kind, probe: { ...structuredClone(probe), httpGet: { ...structuredClone(get), port: config.probePort, path } }, route: { path, appPort: port, appPath } });
+    }
+  });
+  return out;
 }
 
 function initContainer(config: InjectConfig, capture: CaptureSettings): Container {
@@ -138,7 +189,7 @@ function initContainer(config: InjectConfig, capture: CaptureSettings): Containe
  * filesystem stays read-only. The kubelet also expands `$(POD_NAME)` and `$(POD_NAMESPACE)` inside
  * the variable (they are defined before it), which gives every Envoy its own node id.
  */
-function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failureMode: FailureMode, authzHeaders: string[] | undefined): Container {
+function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failureMode: FailureMode, authzHeaders: string[] | undefined, probes: RewrittenProbe[]): Container {
   const nodeId = '$(POD_NAME).$(POD_NAMESPACE)';
   const bootstrap = renderBootstrapYaml({
     nodeId,
@@ -152,6 +203,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
     middleboxHttp: config.middleboxHttpAddress ? [config.middleboxHttpAddress] : undefined,
     failureModeAllow: failureMode === 'open',
     authzHeaders,
+    appProbes: probes.length > 0 ? { address: '0.0.0.0', port: config.probePort, routes: probes.map((p) => p.route) } : undefined,
   });
   // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.
   if (bootstrap.split(nodeId).join('').includes('$')) throw new InjectError('the rendered bootstrap contains "$", which the kubelet would expand');

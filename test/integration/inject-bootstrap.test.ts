@@ -12,6 +12,7 @@ import { injectPod } from '../../src/inject/patch';
 import type { Pod } from '../../src/inject/types';
 import { EnvoyProcess, validateConfig } from '../../src/lab/envoy';
 import { freePort } from '../../src/lab/ports';
+import { startHttpUpstream, type Upstream } from '../../src/lab/upstream';
 import { findExecutable } from '../../src/lab/processes';
 
 function repoRoot(): string {
@@ -102,6 +103,44 @@ describe('inject: the readiness probe', function () {
     } finally {
       await envoy.stop();
     }
+  });
+});
+
+describe('inject: the app\'s rewritten kubelet probes, through the injected Envoy', function () {
+  this.timeout(60_000);
+  let app: Upstream | undefined;
+  let envoy: EnvoyProcess | undefined;
+  after(async () => {
+    await envoy?.stop();
+    await app?.close();
+  });
+
+  it('reach the app on their own path while the inbound listener refuses (middlebox unreachable, fail closed)', async () => {
+    app = await startHttpUpstream({ name: 'app' });
+    const config = injectConfig({
+      adminPort: await freePort(),
+      inboundPort: await freePort(),
+      outboundPort: await freePort(),
+      probePort: await freePort(),
+      // Nothing listens there: every ext_authz call fails, and the inbound listener answers 403.
+      middleboxAddress: `127.0.0.1:${await freePort()}`,
+    });
+    const p = structuredClone(POD);
+    p.spec!.containers[0] = { name: 'web', image: 'nginx', ports: [{ containerPort: app.port, name: 'http' }], livenessProbe: { httpGet: { port: 'http', path: '/healthz?deep=1' } } };
+    const injected = injectPod(p, config);
+    const probe = (injected.spec!.containers[0] as Doc).livenessProbe.httpGet;
+    assert.deepEqual(probe, { port: config.probePort, path: '/app-health/web/livez' });
+    const [, configYaml] = kubeletArgs(injected, 'web-0', 'shop');
+    envoy = await EnvoyProcess.start({ config: configYaml!, adminPort: config.adminPort });
+    // As the kubelet asks: GET the probe's path on the pod's address and the probe's port.
+    const viaProbe = await fetch(`http://127.0.0.1:${probe.port}${probe.path}`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(viaProbe.status, 200);
+    assert.equal(((await viaProbe.json()) as { path: string }).path, '/healthz?deep=1', 'the app sees its own probe path');
+    // The same request through the inbound listener is decided, and cannot be: refused.
+    const inbound = await fetch(`http://127.0.0.1:${config.inboundPort}/healthz?deep=1`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(inbound.status, 403);
+    // Only the probe's own path is open on the probe listener.
+    assert.equal((await fetch(`http://127.0.0.1:${probe.port}/admin/users`, { signal: AbortSignal.timeout(5000) })).status, 404);
   });
 });
 

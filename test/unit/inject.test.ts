@@ -27,6 +27,16 @@ function pod(annotations?: Record<string, string>, extra: Partial<Pod> = {}): Po
   };
 }
 
+/** A pod with an HTTP liveness probe (numeric port, path with a query) and readiness probe (named port). */
+function probed(annotations?: Record<string, string>): Pod {
+  const p = pod(annotations);
+  Object.assign(p.spec!.containers[0]!, {
+    livenessProbe: { httpGet: { port: 8080, path: '/healthz?deep=1', httpHeaders: [{ name: 'x-probe', value: '1' }] }, periodSeconds: 7 },
+    readinessProbe: { httpGet: { port: 'http', path: '/ready' } },
+  });
+  return p;
+}
+
 const deployment = {
   apiVersion: 'apps/v1',
   kind: 'Deployment',
@@ -141,6 +151,52 @@ describe('inject', () => {
     });
   });
 
+  describe('the app\'s kubelet probes', () => {
+    const bootstrapOf = (p: Pod): Doc => parse(((envoyOf(p).env as Doc[]).find((v) => v.name === NAMES.bootstrapEnv)!.value as string)) as Doc;
+
+    it('sends HTTP probes on a captured port to Envoy\'s probe listener, which routes each to the app without the middlebox', () => {
+      const out = injectPod(probed(), config);
+      const web = out.spec!.containers[0]! as Doc;
+      assert.deepEqual(web.livenessProbe, { httpGet: { port: 15021, path: '/app-health/web/livez', httpHeaders: [{ name: 'x-probe', value: '1' }] }, periodSeconds: 7 });
+      assert.deepEqual(web.readinessProbe.httpGet, { port: 15021, path: '/app-health/web/readyz' });
+      const b = bootstrapOf(out);
+      const listener = (b.static_resources.listeners as Doc[]).find((l) => l.name === 'app_probes')!;
+      assert.equal(listener.address.socket_address.port_value, 15021);
+      const hcm = listener.filter_chains[0].filters[0].typed_config;
+      assert.deepEqual(hcm.http_filters.map((f: Doc) => f.name), ['envoy.filters.http.router'], 'no ext_authz, no ext_proc');
+      assert.deepEqual(hcm.route_config.virtual_hosts[0].routes, [
+        { match: { path: '/app-health/web/livez' }, route: { cluster: 'app_probe_8080', prefix_rewrite: '/healthz?deep=1' } },
+        // A named port resolves to the container's port of that name.
+        { match: { path: '/app-health/web/readyz' }, route: { cluster: 'app_probe_8080', prefix_rewrite: '/ready' } },
+      ]);
+      assert.ok((b.static_resources.clusters as Doc[]).some((c) => c.name === 'app_probe_8080'));
+    });
+
+    it('leaves alone what does not cross the capture or is not plain HTTP to the pod', () => {
+      const p = probed();
+      const c = p.spec!.containers[0]! as Doc;
+      c.livenessProbe = { httpGet: { port: 8080, path: '/h', scheme: 'HTTPS' } };
+      c.readinessProbe = { httpGet: { port: 8080, path: '/h', host: 'example.com' } };
+      c.startupProbe = { tcpSocket: { port: 8080 } };
+      p.spec!.containers.push({ name: 'admin', image: 'a', ports: [{ containerPort: 9090 }], livenessProbe: { httpGet: { port: 9090, path: '/h' } } });
+      const out = injectPod(p, config);
+      assert.deepEqual(out.spec!.containers, p.spec!.containers, 'HTTPS, another host, TCP, a port not captured: as written');
+      assert.ok(!(bootstrapOf(out).static_resources.listeners as Doc[]).some((l) => l.name === 'app_probes'), 'no probe listener');
+    });
+
+    it('middlebox.io/rewrite-app-probes: "false" keeps them; a malformed value is refused', () => {
+      const keep = probed({ [ANNOTATIONS.rewriteAppProbes]: 'false' });
+      assert.deepEqual(injectPod(keep, config).spec!.containers, keep.spec!.containers);
+      assert.throws(() => injectPod(probed({ [ANNOTATIONS.rewriteAppProbes]: 'no' }), config), (e: Error) => e instanceof InjectError && /rewrite-app-probes must be "true" or "false"/.test(e.message));
+    });
+
+    it('with every inbound port captured, the probe port is not', () => {
+      const out = injectPod(probed({ [ANNOTATIONS.includeInboundPorts]: '*' }), config);
+      assert.equal(out.metadata!.annotations![ANNOTATIONS.excludedInboundPorts], '15021');
+      assert.match(initOf(out).command[2], /--dport 15021 -j RETURN/);
+    });
+  });
+
   describe('patch', () => {
     const cases: [string, Pod][] = [
       ['a pod with annotations', pod({ [ANNOTATIONS.inject]: 'true', [ANNOTATIONS.failureMode]: 'open' })],
@@ -148,6 +204,7 @@ describe('inject', () => {
       ['a pod without metadata', { spec: { containers: [{ name: 'a', image: 'a' }] } }],
       ['a pod with init containers', pod(undefined, { spec: { initContainers: [{ name: 'i' }], containers: [{ name: 'a' }] } })],
       ['a pod with "/" and "~" in annotation keys', pod({ 'a~b/c': 'x' })],
+      ['a pod whose HTTP probes are rewritten', probed()],
     ];
     for (const [name, p] of cases) {
       it(`turns ${name} into exactly injectPod's result (applied with fast-json-patch)`, () => {
