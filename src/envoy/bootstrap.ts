@@ -404,6 +404,10 @@ function appProbesListener(p: AppProbesOptions): Config {
                       match: { path: r.path },
                       // With an exact path match the whole path is swapped for the app's own.
                       route: { cluster: `${CLUSTERS.appProbePrefix}${r.appPort}`, prefix_rewrite: r.appPath },
+                      // The kubelet follows a redirect to the same host, which would be this
+                      // listener, where only the probe paths are routed (404). Without a Location
+                      // it takes the 3xx as it is: a success, as an off-host redirect is.
+                      response_headers_to_remove: ['location'],
                     })),
                   },
                 ],

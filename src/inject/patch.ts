@@ -44,7 +44,10 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   const s = sidecar(pod, config);
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, ...s.annotations } };
   const spec = out.spec!;
-  spec.initContainers = [...(spec.initContainers ?? []), s.initContainer, s.envoyContainer];
+  // First, as Istio's: the pod's own init containers and sidecars then start with the capture and
+  // Envoy in place (their traffic takes the app's path, none slips past before the rules exist),
+  // and Envoy, a sidecar listed before the pod's own, is stopped after them.
+  spec.initContainers = [s.initContainer, s.envoyContainer, ...(spec.initContainers ?? [])];
   for (const r of s.probes) spec.containers[r.container]![r.kind] = r.probe;
   return out;
 }
@@ -63,7 +66,7 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
     for (const [k, v] of Object.entries(s.annotations)) ops.push({ op: 'add', path: `/metadata/annotations/${escapePointer(k)}`, value: v });
   }
   if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer, s.envoyContainer] });
-  else for (const c of [s.initContainer, s.envoyContainer]) ops.push({ op: 'add', path: '/spec/initContainers/-', value: c });
+  else [s.initContainer, s.envoyContainer].forEach((c, i) => ops.push({ op: 'add', path: `/spec/initContainers/${i}`, value: c }));
   for (const r of s.probes) ops.push({ op: 'replace', path: `/spec/containers/${r.container}/${r.kind}`, value: r.probe });
   return ops;
 }
@@ -87,6 +90,11 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
     if (names.includes(n)) throw new InjectError(`pod already has a container named ${n} but no ${ANNOTATIONS.status} annotation`);
   }
   const a = pod.metadata?.annotations ?? {};
+  const taken = new Set([config.inboundPort, config.outboundPort, config.adminPort, config.probePort]);
+  for (const c of [...pod.spec.containers, ...(pod.spec.initContainers ?? [])]) {
+    const clash = (c.ports ?? []).find((p) => taken.has(p.containerPort));
+    if (clash) throw new InjectError(`container ${c.name} uses port ${clash.containerPort}, which the sidecar's Envoy takes (${[...taken].join(', ')})`);
+  }
   // Istio's sidecar takes the same UID (1337) and ports (15001, 15006, 15000): two proxies would
   // fight over them, and each one's UID exemption would let the other's traffic through.
   if (names.includes(ISTIO_PROXY) || a[ISTIO_STATUS] !== undefined) {

@@ -126,7 +126,14 @@ describe('inject: the app\'s rewritten kubelet probes, through the injected Envo
       middleboxAddress: `127.0.0.1:${await freePort()}`,
     });
     const p = structuredClone(POD);
-    p.spec!.containers[0] = { name: 'web', image: 'nginx', ports: [{ containerPort: app.port, name: 'http' }], livenessProbe: { httpGet: { port: 'http', path: '/healthz?deep=1' } } };
+    p.spec!.containers[0] = {
+      name: 'web',
+      image: 'nginx',
+      ports: [{ containerPort: app.port, name: 'http' }],
+      livenessProbe: { httpGet: { port: 'http', path: '/healthz?deep=1' } },
+      // The test app answers a path with "redirect" in it with a 302 to itself.
+      readinessProbe: { httpGet: { port: app.port, path: '/redirect' } },
+    };
     const injected = injectPod(p, config);
     const probe = (injected.spec!.containers[0] as Doc).livenessProbe.httpGet;
     assert.deepEqual(probe, { port: config.probePort, path: '/app-health/web/livez' });
@@ -139,6 +146,11 @@ describe('inject: the app\'s rewritten kubelet probes, through the injected Envo
     // The same request through the inbound listener is decided, and cannot be: refused.
     const inbound = await fetch(`http://127.0.0.1:${config.inboundPort}/healthz?deep=1`, { signal: AbortSignal.timeout(5000) });
     assert.equal(inbound.status, 403);
+    // A redirect comes back without its Location: the kubelet, which follows one to the same host
+    // (this listener, where its target has no route), takes the 3xx as it is, a success.
+    const redirected = await fetch(`http://127.0.0.1:${probe.port}/app-health/web/readyz`, { redirect: 'manual', signal: AbortSignal.timeout(5000) });
+    assert.equal(redirected.status, 302);
+    assert.equal(redirected.headers.get('location'), null);
     // Only the probe's own path is open on the probe listener.
     assert.equal((await fetch(`http://127.0.0.1:${probe.port}/admin/users`, { signal: AbortSignal.timeout(5000) })).status, 404);
   });

@@ -14,6 +14,7 @@ import { parse as parseYaml, parseAllDocuments, stringify as stringifyYaml } fro
 import type { Command } from '../../src/cli/command';
 import { injectServeCommand, injectSettings } from '../../src/cli/inject';
 import { serveCommand } from '../../src/cli/serve';
+import { DEFAULTS } from '../../src/settings';
 import { ETCD_COMPONENT, POLICY_COMPONENT } from '../../src/grpc/health';
 import { AUTHORIZATION_SERVICE, EXTERNAL_PROCESSOR_SERVICE } from '../../src/grpc/protos';
 import { ANNOTATIONS, NAMES, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, STATUS_INJECTED } from '../../src/inject/config';
@@ -521,6 +522,12 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       const httpSvcPort = (svc.spec.ports as Doc[]).find((p) => portNumber(c, p.targetPort) === httpPort);
       assert.ok(httpSvcPort, `the Service exposes --http-authz-listen's port ${httpPort}`);
       assert.equal(`${svc.metadata.name}.${svc.metadata.namespace}.svc:${httpSvcPort.port}`, flagValue(container(find(base, 'Deployment', 'middlebox-webhook'), 'webhook').args, 'middlebox-http'));
+      // Shutdown: answering while NOT_SERVING for longer than the sidecars' health checks take to
+      // move away (two failed checks a second apart), then the drain, within the grace period.
+      const delayMs = Number(values['shutdown-delay-ms']);
+      const drainMs = Number(values['drain-ms'] ?? DEFAULTS.drainMs);
+      assert.ok(delayMs >= 4000, `--shutdown-delay-ms ${delayMs}`);
+      assert.ok(dep.spec.template.spec.terminationGracePeriodSeconds * 1000 >= delayMs + drainMs + 2000);
     });
 
     it('native gRPC probes on the server port, none on a component that etcd trouble turns NOT_SERVING', () => {

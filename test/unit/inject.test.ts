@@ -165,9 +165,9 @@ describe('inject', () => {
       const hcm = listener.filter_chains[0].filters[0].typed_config;
       assert.deepEqual(hcm.http_filters.map((f: Doc) => f.name), ['envoy.filters.http.router'], 'no ext_authz, no ext_proc');
       assert.deepEqual(hcm.route_config.virtual_hosts[0].routes, [
-        { match: { path: '/app-health/web/livez' }, route: { cluster: 'app_probe_8080', prefix_rewrite: '/healthz?deep=1' } },
+        { match: { path: '/app-health/web/livez' }, route: { cluster: 'app_probe_8080', prefix_rewrite: '/healthz?deep=1' }, response_headers_to_remove: ['location'] },
         // A named port resolves to the container's port of that name.
-        { match: { path: '/app-health/web/readyz' }, route: { cluster: 'app_probe_8080', prefix_rewrite: '/ready' } },
+        { match: { path: '/app-health/web/readyz' }, route: { cluster: 'app_probe_8080', prefix_rewrite: '/ready' }, response_headers_to_remove: ['location'] },
       ]);
       assert.ok((b.static_resources.clusters as Doc[]).some((c) => c.name === 'app_probe_8080'));
     });
@@ -182,6 +182,14 @@ describe('inject', () => {
       const out = injectPod(p, config);
       assert.deepEqual(out.spec!.containers, p.spec!.containers, 'HTTPS, another host, TCP, a port not captured: as written');
       assert.ok(!(bootstrapOf(out).static_resources.listeners as Doc[]).some((l) => l.name === 'app_probes'), 'no probe listener');
+    });
+
+    it('refuses a pod whose containers use a port the sidecar takes', () => {
+      for (const port of [15000, 15001, 15006, 15021]) {
+        const p = pod();
+        p.spec!.containers.push({ name: 'side', image: 's', ports: [{ containerPort: port }] });
+        assert.throws(() => injectPod(p, config), (e: Error) => e instanceof InjectError && new RegExp(`container side uses port ${port}`).test(e.message));
+      }
     });
 
     it('middlebox.io/rewrite-app-probes: "false" keeps them; a malformed value is refused', () => {
@@ -228,9 +236,9 @@ describe('inject', () => {
       assert.deepEqual(p, before);
     });
 
-    it('appends the capture init container, then Envoy as a native sidecar, after the pod\'s own init containers', () => {
+    it('puts the capture init container, then Envoy as a native sidecar, before the pod\'s own init containers', () => {
       const out = injectPod(pod(undefined, { spec: { initContainers: [{ name: 'i' }], containers: [{ name: 'a' }] } }), config);
-      assert.deepEqual(out.spec!.initContainers!.map((c: Container) => c.name), ['i', NAMES.initContainer, NAMES.envoyContainer]);
+      assert.deepEqual(out.spec!.initContainers!.map((c: Container) => c.name), [NAMES.initContainer, NAMES.envoyContainer, 'i']);
       assert.deepEqual(out.spec!.containers.map((c: Container) => c.name), ['a']);
       const envoy = envoyOf(out);
       // restartPolicy Always makes it a sidecar: it keeps running, is stopped after the app, and
