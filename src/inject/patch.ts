@@ -21,6 +21,9 @@ interface Sidecar {
 }
 
 interface RewrittenProbe {
+  /** The app's containers, or its own native sidecars (init containers that keep running). */
+  list: 'containers' | 'initContainers';
+  /** Index in that list, before the injector's init containers are put in front. */
   container: number;
   kind: ProbeKind;
   probe: Record<string, unknown>;
@@ -44,11 +47,11 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   const s = sidecar(pod, config);
   out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, ...s.annotations } };
   const spec = out.spec!;
+  for (const r of s.probes) spec[r.list]![r.container]![r.kind] = r.probe;
   // First, as Istio's: the pod's own init containers and sidecars then start with the capture and
   // Envoy in place (their traffic takes the app's path, none slips past before the rules exist),
   // and Envoy, a sidecar listed before the pod's own, is stopped after them.
   spec.initContainers = [s.initContainer, s.envoyContainer, ...(spec.initContainers ?? [])];
-  for (const r of s.probes) spec.containers[r.container]![r.kind] = r.probe;
   return out;
 }
 
@@ -65,9 +68,10 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
     // already says e.g. middlebox.io/failure-mode.
     for (const [k, v] of Object.entries(s.annotations)) ops.push({ op: 'add', path: `/metadata/annotations/${escapePointer(k)}`, value: v });
   }
+  // Before the init containers go in front: the indices are the pod's own.
+  for (const r of s.probes) ops.push({ op: 'replace', path: `/spec/${r.list}/${r.container}/${r.kind}`, value: r.probe });
   if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer, s.envoyContainer] });
   else [s.initContainer, s.envoyContainer].forEach((c, i) => ops.push({ op: 'add', path: `/spec/initContainers/${i}`, value: c }));
-  for (const r of s.probes) ops.push({ op: 'replace', path: `/spec/containers/${r.container}/${r.kind}`, value: r.probe });
   return ops;
 }
 
@@ -158,7 +162,12 @@ function rewrittenProbes(pod: Pod, config: InjectConfig, include: number[] | '*'
   if (annotation === 'false') return [];
   const captured = (port: number) => !exclude.includes(port) && (include === '*' || include.includes(port));
   const out: RewrittenProbe[] = [];
-  pod.spec!.containers.forEach((c, container) => {
+  // The app's containers and its own native sidecars (probed like them); plain init containers have no probes.
+  const probed = [
+    ...pod.spec!.containers.map((c, container) => ({ c, container, list: 'containers' as const })),
+    ...(pod.spec!.initContainers ?? []).map((c, container) => ({ c, container, list: 'initContainers' as const })).filter(({ c }) => c.restartPolicy === 'Always'),
+  ];
+  for (const { c, container, list } of probed) {
     for (const kind of PROBE_KINDS) {
       const probe = c[kind] as { httpGet?: { port?: unknown; path?: unknown; host?: unknown; scheme?: unknown } } | undefined;
       const get = probe?.httpGet;
@@ -167,9 +176,9 @@ function rewrittenProbes(pod: Pod, config: InjectConfig, include: number[] | '*'
       if (port === undefined || !captured(port)) continue;
       const path = `/app-health/${c.name}/${PROBE_PATH_SUFFIX[kind]}`;
       const appPath = typeof get.path === 'string' && get.path.startsWith('/') ? get.path : `/${typeof get.path === 'string' ? get.path : ''}`;
-      out.push({ container, kind, probe: { ...structuredClone(probe), httpGet: { ...structuredClone(get), port: config.probePort, path } }, route: { path, appPort: port, appPath } });
+      out.push({ list, container, kind, probe: { ...structuredClone(probe), httpGet: { ...structuredClone(get), port: config.probePort, path } }, route: { path, appPort: port, appPath } });
     }
-  });
+  }
   return out;
 }
 

@@ -37,6 +37,16 @@ function probed(annotations?: Record<string, string>): Pod {
   return p;
 }
 
+/** A pod capturing every inbound port, with a plain init container and a native sidecar of its own, both with HTTP probes. */
+function withOwnSidecar(): Pod {
+  const p = probed({ [ANNOTATIONS.includeInboundPorts]: '*' });
+  p.spec!.initContainers = [
+    { name: 'setup', image: 's', readinessProbe: { httpGet: { port: 9000, path: '/x' } } },
+    { name: 'logs', image: 'l', restartPolicy: 'Always', ports: [{ containerPort: 9000, name: 'ui' }], readinessProbe: { httpGet: { port: 'ui', path: '/ready' } } },
+  ];
+  return p;
+}
+
 const deployment = {
   apiVersion: 'apps/v1',
   kind: 'Deployment',
@@ -205,6 +215,16 @@ describe('inject', () => {
       assert.throws(() => injectPod(probed({ [ANNOTATIONS.rewriteAppProbes]: 'no' }), config), (e: Error) => e instanceof InjectError && /rewrite-app-probes must be "true" or "false"/.test(e.message));
     });
 
+    it('rewrites the probes of the pod\'s own native sidecars too, and only theirs among init containers', () => {
+      const out = injectPod(withOwnSidecar(), config);
+      const inits = out.spec!.initContainers! as Doc[];
+      assert.deepEqual(inits.map((c) => c.name), [NAMES.initContainer, NAMES.envoyContainer, 'setup', 'logs']);
+      assert.deepEqual(inits[3]!.readinessProbe.httpGet, { port: 15021, path: '/app-health/logs/readyz' });
+      assert.deepEqual(inits[2]!.readinessProbe, { httpGet: { port: 9000, path: '/x' } }, 'a plain init container is left as written');
+      const routes = (bootstrapOf(out).static_resources.listeners as Doc[]).find((l) => l.name === 'app_probes')!.filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes as Doc[];
+      assert.ok(routes.some((r) => r.match.path === '/app-health/logs/readyz' && r.route.cluster === 'app_probe_9000' && r.route.prefix_rewrite === '/ready'));
+    });
+
     it('with every inbound port captured, the probe port is not', () => {
       const out = injectPod(probed({ [ANNOTATIONS.includeInboundPorts]: '*' }), config);
       assert.equal(out.metadata!.annotations![ANNOTATIONS.excludedInboundPorts], '15021');
@@ -220,6 +240,7 @@ describe('inject', () => {
       ['a pod with init containers', pod(undefined, { spec: { initContainers: [{ name: 'i' }], containers: [{ name: 'a' }] } })],
       ['a pod with "/" and "~" in annotation keys', pod({ 'a~b/c': 'x' })],
       ['a pod whose HTTP probes are rewritten', probed()],
+      ['a pod with a native sidecar of its own, probed', withOwnSidecar()],
     ];
     for (const [name, p] of cases) {
       it(`turns ${name} into exactly injectPod's result (applied with fast-json-patch)`, () => {
