@@ -173,6 +173,8 @@ export const CLUSTERS = {
 } as const;
 
 const MAX_REQUESTS_PER_MIDDLEBOX_CONNECTION = 900;
+/** How long the outbound listener waits for a connection's first bytes to tell HTTP from the rest. */
+const OUTBOUND_DETECTION_MS = 100;
 
 const TYPES = {
   httpConnectionManager:
@@ -180,6 +182,7 @@ const TYPES = {
   httpExtAuthz: 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
   httpExtProc: 'type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor',
   originalDstListener: 'type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst',
+  httpInspector: 'type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector',
   httpLocalRateLimit: 'type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
   networkExtAuthz: 'type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz',
   router: 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
@@ -536,13 +539,37 @@ function inboundAccessLog(path: string, filter: InboundFilter, overHttp: boolean
   };
 }
 
+/**
+ * The app's outbound connections, redirected here by the capture. Plain HTTP (HTTP/1.x, or HTTP/2
+ * with prior knowledge) goes through ext_proc (NAT); anything else (TLS, a database's protocol)
+ * passes through unchanged to where it was going, as Istio's PassthroughCluster does: the capture
+ * takes every outbound port, and a listener that spoke only HTTP would break the rest. A protocol
+ * where the server speaks first sends nothing to inspect: after OUTBOUND_DETECTION_MS it passes
+ * through too (exclude its port to spare it that wait).
+ */
 function outboundListener(o: ResolvedOptions, target: { address: string; port: number }): Config {
   return {
     name: 'outbound_http',
     address: socketAddress(target.address, target.port),
-    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } }],
+    listener_filters: [
+      { name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } },
+      { name: 'envoy.filters.listener.http_inspector', typed_config: { '@type': TYPES.httpInspector } },
+    ],
+    listener_filters_timeout: duration(OUTBOUND_DETECTION_MS),
+    continue_on_listener_filters_timeout: true,
+    default_filter_chain: {
+      name: 'outbound_passthrough',
+      filters: [
+        {
+          name: 'envoy.filters.network.tcp_proxy',
+          typed_config: { '@type': TYPES.tcpProxy, stat_prefix: 'outbound_passthrough', cluster: CLUSTERS.outbound },
+        },
+      ],
+    },
     filter_chains: [
       {
+        name: 'outbound_http',
+        filter_chain_match: { application_protocols: ['http/1.0', 'http/1.1', 'h2c'] },
         filters: [
           {
             name: 'envoy.filters.network.http_connection_manager',

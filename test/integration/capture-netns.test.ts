@@ -34,6 +34,9 @@ const OUTSIDE_PORT = 8000;
 /** Outbound port excluded by annotation (a database, say); the outside server listens there too. */
 const DB_PORT = 5432;
 const MIDDLEBOX_PORT = 9001;
+/** Raw TCP outside the pod: an echo (the client speaks first) and a greeter (the server does). */
+const TCP_ECHO_PORT = 7000;
+const TCP_GREETER_PORT = 7001;
 
 const APP_USER: RunAs = { uid: 1000, gid: 1000 };
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -51,6 +54,26 @@ for (const { port, marker } of JSON.parse(process.argv[1])) {
     });
   }).listen(port, '0.0.0.0', () => console.log('listening ' + port));
 }`;
+
+/** TCP servers: argv[1] the echo's port (answers "echo:" + what came), argv[2] the greeter's (says "HELLO\n" first). */
+const TCP_SERVERS_JS = `
+const net = require('node:net');
+const [echoPort, greeterPort] = process.argv.slice(1).map(Number);
+net.createServer((s) => { s.on('error', () => {}); s.once('data', (d) => s.end('echo:' + d.toString('latin1'))); })
+  .listen(echoPort, '0.0.0.0', () => console.log('listening ' + echoPort));
+net.createServer((s) => { s.on('error', () => {}); s.end('HELLO\\n'); })
+  .listen(greeterPort, '0.0.0.0', () => console.log('listening ' + greeterPort));`;
+
+/** One TCP connection (argv[1] host, argv[2] port, argv[3] bytes to send in hex, or ""); prints {data, ms} or {error}. */
+const TCP_CLIENT_JS = `
+const net = require('node:net');
+const t0 = Date.now();
+const s = net.connect(Number(process.argv[2]), process.argv[1], () => { if (process.argv[3]) s.write(Buffer.from(process.argv[3], 'hex')); });
+let data = '';
+s.setTimeout(5000, () => s.destroy(new Error('timed out')));
+s.on('data', (d) => (data += d.toString('latin1')));
+s.on('end', () => console.log(JSON.stringify({ data, ms: Date.now() - t0 })));
+s.on('error', (e) => console.log(JSON.stringify({ error: e.message, data })));`;
 
 /** One HTTP request (argv[1]: URL); prints {status, body} or {error} as JSON, always exits 0. */
 const REQUEST_JS = `
@@ -96,6 +119,7 @@ const STATS = {
   outboundRq: 'http.outbound_http.downstream_rq_total',
   appRq: 'cluster.app.upstream_rq_total',
   originalDstRq: 'cluster.outbound_original_dst.upstream_rq_total',
+  passthroughCx: 'tcp.outbound_passthrough.downstream_cx_total',
 } as const;
 
 function podSpec(): Pod {
@@ -294,6 +318,8 @@ describe('capture: the init container script in network namespaces', function ()
       { port: OUTSIDE_PORT, marker: 'outside' },
       { port: DB_PORT, marker: 'database' },
     ]);
+    const tcp = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_GREETER_PORT)]);
+    await tcp.waitReady(async () => [TCP_ECHO_PORT, TCP_GREETER_PORT].every((p) => tcp.output().includes(`listening ${p}`)), 15_000, 'TCP servers listening');
 
     // The pod's containers: the app, and Envoy as the injector wrote its container.
     await servers(pod, 'app', [
@@ -406,6 +432,23 @@ describe('capture: the init container script in network namespaces', function ()
     const after = await stats();
     assert.equal(after.outboundRq - before.outboundRq, 1);
     assert.equal(after.originalDstRq - before.originalDstRq, 1);
+  });
+
+  it("passes the app's outbound connections that are not HTTP through unchanged: TLS-like bytes, and a server that speaks first", async () => {
+    const before = await stats();
+    const tcp = async (port: number, send: string) =>
+      JSON.parse(await pod!.execOk(node, ['-e', TCP_CLIENT_JS, CLIENT_IP, String(port), send], { as: APP_USER, timeoutMs: 15_000 })) as { data: string; ms: number; error?: string };
+    // A TLS ClientHello starts 0x16 0x03: not HTTP, so not the NAT chain (which would answer 400).
+    const tls = await tcp(TCP_ECHO_PORT, Buffer.from('\x16\x03\x01\x00\x05hello', 'latin1').toString('hex'));
+    assert.equal(tls.error, undefined, JSON.stringify(tls));
+    assert.equal(tls.data, 'echo:\x16\x03\x01\x00\x05hello');
+    // The greeter sends first: detection waits for bytes that never come, then passes it through.
+    const greeted = await tcp(TCP_GREETER_PORT, '');
+    assert.equal(greeted.error, undefined, JSON.stringify(greeted));
+    assert.equal(greeted.data, 'HELLO\n');
+    const after = await stats();
+    assert.equal(after.passthroughCx - before.passthroughCx, 2, 'both through the passthrough chain');
+    assert.equal(after.outboundRq, before.outboundRq, 'neither through the HTTP chain');
   });
 
   it("never captures Envoy's own traffic (its UID)", async () => {

@@ -47,14 +47,28 @@ describe('renderBootstrap with NAT', () => {
     const b = render({ outbound: OUTBOUND, middlebox: ['10.0.0.11:9001'], timeoutMs: 100 });
     const out = listener(b, 'outbound_http');
 
-    it('listens where asked with the original_dst listener filter', () => {
+    it('listens where asked with the original_dst listener filter, then tells HTTP from the rest', () => {
       assert.deepEqual(out.address, { socket_address: { address: '127.0.0.1', port_value: 15001 } });
       assert.deepEqual(out.listener_filters, [
         {
           name: 'envoy.filters.listener.original_dst',
           typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst' },
         },
+        {
+          name: 'envoy.filters.listener.http_inspector',
+          typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector' },
+        },
       ]);
+      // Plain HTTP takes the NAT chain; anything else (TLS, a database) passes through, and so does
+      // a connection that sends nothing (the server speaks first) once detection gives up.
+      assert.deepEqual(out.filter_chains.map((c: Config) => c.filter_chain_match), [{ application_protocols: ['http/1.0', 'http/1.1', 'h2c'] }]);
+      assert.deepEqual(out.default_filter_chain.filters[0].typed_config, {
+        '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+        stat_prefix: 'outbound_passthrough',
+        cluster: 'outbound_original_dst',
+      });
+      assert.equal(out.continue_on_listener_filters_timeout, true);
+      assert.equal(out.listener_filters_timeout, '0.1s');
     });
 
     it('runs ext_proc, and only ext_proc, before the router', () => {
