@@ -173,8 +173,6 @@ export const CLUSTERS = {
 } as const;
 
 const MAX_REQUESTS_PER_MIDDLEBOX_CONNECTION = 900;
-/** How long the outbound listener waits for a connection's first bytes to tell HTTP from the rest. */
-const OUTBOUND_DETECTION_MS = 100;
 
 const TYPES = {
   httpConnectionManager:
@@ -541,11 +539,13 @@ function inboundAccessLog(path: string, filter: InboundFilter, overHttp: boolean
 
 /**
  * The app's outbound connections, redirected here by the capture. Plain HTTP (HTTP/1.x, or HTTP/2
- * with prior knowledge) goes through ext_proc (NAT); anything else (TLS, a database's protocol)
- * passes through unchanged to where it was going, as Istio's PassthroughCluster does: the capture
- * takes every outbound port, and a listener that spoke only HTTP would break the rest. A protocol
- * where the server speaks first sends nothing to inspect: after OUTBOUND_DETECTION_MS it passes
- * through too (exclude its port to spare it that wait).
+ * with prior knowledge) goes through ext_proc: the firewall, the rate limits and NAT, per request.
+ * Anything else (TLS, a database's protocol) is asked about as a connection (network ext_authz:
+ * the firewall's rules on addresses and ports, the rate limits) and, allowed, goes on unchanged to
+ * where it was going: the capture takes every outbound port, and a listener that spoke only HTTP
+ * would break the rest. The inspector waits for the client's first bytes as long as they take (as
+ * Istio's default): a timeout would send an HTTP connection that is slow to start past its
+ * per-request rules. So a protocol where the server speaks first waits forever: exclude its port.
  */
 function outboundListener(o: ResolvedOptions, target: { address: string; port: number }): Config {
   return {
@@ -555,14 +555,15 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
       { name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } },
       { name: 'envoy.filters.listener.http_inspector', typed_config: { '@type': TYPES.httpInspector } },
     ],
-    listener_filters_timeout: duration(OUTBOUND_DETECTION_MS),
-    continue_on_listener_filters_timeout: true,
+    // 0: no timeout (Envoy's default is 15 s, after which the connection would be closed).
+    listener_filters_timeout: '0s',
     default_filter_chain: {
-      name: 'outbound_passthrough',
+      name: 'outbound_tcp',
       filters: [
+        networkExtAuthzFilter(o, 'outbound_tcp'),
         {
           name: 'envoy.filters.network.tcp_proxy',
-          typed_config: { '@type': TYPES.tcpProxy, stat_prefix: 'outbound_passthrough', cluster: CLUSTERS.outbound },
+          typed_config: { '@type': TYPES.tcpProxy, stat_prefix: 'outbound_tcp', cluster: CLUSTERS.outbound },
         },
       ],
     },
@@ -704,12 +705,12 @@ function sentHeaderMatchers(names: readonly string[]): Config {
   return { patterns: [...names.map((n) => ({ exact: n })), { prefix: ALWAYS_SENT_PREFIX }] };
 }
 
-function networkExtAuthzFilter(o: ResolvedOptions): Config {
+function networkExtAuthzFilter(o: ResolvedOptions, statPrefix = 'inbound_tcp'): Config {
   return {
     name: 'envoy.filters.network.ext_authz',
     typed_config: {
       '@type': TYPES.networkExtAuthz,
-      stat_prefix: 'inbound_tcp',
+      stat_prefix: statPrefix,
       grpc_service: middleboxGrpcService(o),
       transport_api_version: 'V3',
       failure_mode_allow: o.failureModeAllow,

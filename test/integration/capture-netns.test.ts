@@ -34,9 +34,9 @@ const OUTSIDE_PORT = 8000;
 /** Outbound port excluded by annotation (a database, say); the outside server listens there too. */
 const DB_PORT = 5432;
 const MIDDLEBOX_PORT = 9001;
-/** Raw TCP outside the pod: an echo (the client speaks first) and a greeter (the server does). */
+/** Raw TCP echo servers outside the pod; the policy denies connections to the second. */
 const TCP_ECHO_PORT = 7000;
-const TCP_GREETER_PORT = 7001;
+const TCP_DENIED_PORT = 7001;
 
 const APP_USER: RunAs = { uid: 1000, gid: 1000 };
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -55,14 +55,13 @@ for (const { port, marker } of JSON.parse(process.argv[1])) {
   }).listen(port, '0.0.0.0', () => console.log('listening ' + port));
 }`;
 
-/** TCP servers: argv[1] the echo's port (answers "echo:" + what came), argv[2] the greeter's (says "HELLO\n" first). */
+/** TCP echo servers on the ports of argv[1..]: each answers "echo:" + the first bytes that came. */
 const TCP_SERVERS_JS = `
 const net = require('node:net');
-const [echoPort, greeterPort] = process.argv.slice(1).map(Number);
-net.createServer((s) => { s.on('error', () => {}); s.once('data', (d) => s.end('echo:' + d.toString('latin1'))); })
-  .listen(echoPort, '0.0.0.0', () => console.log('listening ' + echoPort));
-net.createServer((s) => { s.on('error', () => {}); s.end('HELLO\\n'); })
-  .listen(greeterPort, '0.0.0.0', () => console.log('listening ' + greeterPort));`;
+for (const port of process.argv.slice(1).map(Number)) {
+  net.createServer((s) => { s.on('error', () => {}); s.once('data', (d) => s.end('echo:' + d.toString('latin1'))); })
+    .listen(port, '0.0.0.0', () => console.log('listening ' + port));
+}`;
 
 /** One TCP connection (argv[1] host, argv[2] port, argv[3] bytes to send in hex, or ""); prints {data, ms} or {error}. */
 const TCP_CLIENT_JS = `
@@ -111,6 +110,7 @@ spec:
     default: allow
     rules:
       - { name: no-admin, action: deny, paths: ["/admin/*"] }
+      - { name: no-tcp-7001, action: deny, ports: [7001] }
 `;
 
 /** Envoy stats the checks compare before and after. */
@@ -119,7 +119,9 @@ const STATS = {
   outboundRq: 'http.outbound_http.downstream_rq_total',
   appRq: 'cluster.app.upstream_rq_total',
   originalDstRq: 'cluster.outbound_original_dst.upstream_rq_total',
-  passthroughCx: 'tcp.outbound_passthrough.downstream_cx_total',
+  outboundTcpCx: 'tcp.outbound_tcp.downstream_cx_total',
+  outboundTcpAllowed: 'ext_authz.outbound_tcp.ok',
+  outboundTcpDenied: 'ext_authz.outbound_tcp.denied',
 } as const;
 
 function podSpec(): Pod {
@@ -318,8 +320,8 @@ describe('capture: the init container script in network namespaces', function ()
       { port: OUTSIDE_PORT, marker: 'outside' },
       { port: DB_PORT, marker: 'database' },
     ]);
-    const tcp = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_GREETER_PORT)]);
-    await tcp.waitReady(async () => [TCP_ECHO_PORT, TCP_GREETER_PORT].every((p) => tcp.output().includes(`listening ${p}`)), 15_000, 'TCP servers listening');
+    const tcp = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_DENIED_PORT)]);
+    await tcp.waitReady(async () => [TCP_ECHO_PORT, TCP_DENIED_PORT].every((p) => tcp.output().includes(`listening ${p}`)), 15_000, 'TCP servers listening');
 
     // The pod's containers: the app, and Envoy as the injector wrote its container.
     await servers(pod, 'app', [
@@ -434,21 +436,23 @@ describe('capture: the init container script in network namespaces', function ()
     assert.equal(after.originalDstRq - before.originalDstRq, 1);
   });
 
-  it("passes the app's outbound connections that are not HTTP through unchanged: TLS-like bytes, and a server that speaks first", async () => {
+  it("asks the middlebox about the app's outbound connections that are not HTTP, and passes the allowed ones through unchanged", async () => {
     const before = await stats();
     const tcp = async (port: number, send: string) =>
       JSON.parse(await pod!.execOk(node, ['-e', TCP_CLIENT_JS, CLIENT_IP, String(port), send], { as: APP_USER, timeoutMs: 15_000 })) as { data: string; ms: number; error?: string };
-    // A TLS ClientHello starts 0x16 0x03: not HTTP, so not the NAT chain (which would answer 400).
-    const tls = await tcp(TCP_ECHO_PORT, Buffer.from('\x16\x03\x01\x00\x05hello', 'latin1').toString('hex'));
-    assert.equal(tls.error, undefined, JSON.stringify(tls));
-    assert.equal(tls.data, 'echo:\x16\x03\x01\x00\x05hello');
-    // The greeter sends first: detection waits for bytes that never come, then passes it through.
-    const greeted = await tcp(TCP_GREETER_PORT, '');
-    assert.equal(greeted.error, undefined, JSON.stringify(greeted));
-    assert.equal(greeted.data, 'HELLO\n');
+    // A TLS ClientHello starts 0x16 0x03: not HTTP, so not the HTTP chain (which would answer 400).
+    const hello = Buffer.from('\x16\x03\x01\x00\x05hello', 'latin1').toString('hex');
+    const allowed = await tcp(TCP_ECHO_PORT, hello);
+    assert.equal(allowed.error, undefined, JSON.stringify(allowed));
+    assert.equal(allowed.data, 'echo:\x16\x03\x01\x00\x05hello');
+    // The policy denies port 7001: the connection is closed before anything reaches the server.
+    const denied = await tcp(TCP_DENIED_PORT, hello);
+    assert.equal(denied.data, '', JSON.stringify(denied));
     const after = await stats();
-    assert.equal(after.passthroughCx - before.passthroughCx, 2, 'both through the passthrough chain');
-    assert.equal(after.outboundRq, before.outboundRq, 'neither through the HTTP chain');
+    assert.equal(after.outboundTcpCx - before.outboundTcpCx, 2, 'both on the TCP chain');
+    assert.equal(after.outboundTcpAllowed - before.outboundTcpAllowed, 1);
+    assert.equal(after.outboundTcpDenied - before.outboundTcpDenied, 1);
+    assert.equal(after.outboundRq, before.outboundRq, 'neither on the HTTP chain');
   });
 
   it("never captures Envoy's own traffic (its UID)", async () => {

@@ -59,16 +59,17 @@ describe('renderBootstrap with NAT', () => {
           typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector' },
         },
       ]);
-      // Plain HTTP takes the NAT chain; anything else (TLS, a database) passes through, and so does
-      // a connection that sends nothing (the server speaks first) once detection gives up.
+      // Plain HTTP takes the ext_proc chain; anything else (TLS, a database) is asked about as a
+      // connection, then goes on to its original destination. Detection never gives up: a timeout
+      // would send a slow-starting HTTP connection past its per-request rules.
       assert.deepEqual(out.filter_chains.map((c: Config) => c.filter_chain_match), [{ application_protocols: ['http/1.0', 'http/1.1', 'h2c'] }]);
-      assert.deepEqual(out.default_filter_chain.filters[0].typed_config, {
-        '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
-        stat_prefix: 'outbound_passthrough',
-        cluster: 'outbound_original_dst',
-      });
-      assert.equal(out.continue_on_listener_filters_timeout, true);
-      assert.equal(out.listener_filters_timeout, '0.1s');
+      const tcp = out.default_filter_chain.filters as Config[];
+      assert.deepEqual(tcp.map((f) => f.name), ['envoy.filters.network.ext_authz', 'envoy.filters.network.tcp_proxy']);
+      assert.equal(tcp[0]!.typed_config.grpc_service.envoy_grpc.cluster_name, CLUSTERS.middlebox);
+      assert.equal(tcp[0]!.typed_config.failure_mode_allow, false, 'fails closed, as the HTTP chain');
+      assert.equal(tcp[1]!.typed_config.cluster, CLUSTERS.outbound);
+      assert.equal(out.listener_filters_timeout, '0s');
+      assert.equal(out.continue_on_listener_filters_timeout, undefined);
     });
 
     it('runs ext_proc, and only ext_proc, before the router', () => {
