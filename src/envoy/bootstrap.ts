@@ -563,7 +563,10 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
         networkExtAuthzFilter(o, 'outbound_tcp'),
         {
           name: 'envoy.filters.network.tcp_proxy',
-          typed_config: { '@type': TYPES.tcpProxy, stat_prefix: 'outbound_tcp', cluster: CLUSTERS.outbound },
+          // Connect only once the first bytes pass ext_authz (which asks on data, not on accept):
+          // by default tcp_proxy connects at once, so a denied destination would see the connection.
+          // What arrives meanwhile is held, up to 64 KiB.
+          typed_config: { '@type': TYPES.tcpProxy, stat_prefix: 'outbound_tcp', cluster: CLUSTERS.outbound, upstream_connect_mode: 'ON_DOWNSTREAM_DATA', max_early_data_bytes: 65536 },
         },
       ],
     },

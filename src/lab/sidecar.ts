@@ -39,7 +39,7 @@ export interface SidecarLabOptions {
    * answer must not pass for an outage in tests about accuracy.
    */
   etcdTimeoutMs?: number;
-  /** Also start the outbound listener (ext_proc NAT, then ORIGINAL_DST). */
+  /** Also start the outbound listener (HTTP: ext_proc with NAT; other TCP: network ext_authz; then ORIGINAL_DST). */
   outbound?: boolean;
   /** Give replica i the state dir `<stateDir>/replica-<i+1>` (--state-dir); default none. */
   stateDir?: string;

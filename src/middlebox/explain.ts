@@ -232,7 +232,7 @@ export function explain(snapshot: PolicySnapshot, req: RequestAttributes, opts: 
 
   if (req.source.ip === undefined) notes.push('the request has no source address: `from` rules never match it and a sourceIp key is empty');
   if (req.protocol === 'http' && !req.host) notes.push('the request has no host: `hosts` matches never match it');
-  if (nat.decision) notes.push('NAT acts only on the ext_proc path (the outbound listener, or --inbound-filter ext_proc); ext_authz gets the same allow/deny without it');
+  if (nat.decision) notes.push('NAT acts only on the ext_proc path (plain HTTP on the outbound listener, or --inbound-filter ext_proc); ext_authz gets the same allow/deny without it');
   if (rateLimits.limits.some((l) => l.bucket && !l.bucket.consulted)) {
     notes.push('rate-limit state was not consulted: a limit that is used up would deny where this says it grants');
   }

@@ -61,6 +61,8 @@ export class DecisionLog {
         decision: decisionId,
         protocol: req.protocol,
         source: req.source.ip?.text,
+        // Where a connection went: an outbound one's source is always the pod itself.
+        destination: req.destination.ip === undefined ? undefined : `${req.destination.ip.text}:${req.destination.port ?? ''}`,
         method: req.method,
         host: req.host,
         path: req.path,

@@ -59,7 +59,7 @@ for (const { port, marker } of JSON.parse(process.argv[1])) {
 const TCP_SERVERS_JS = `
 const net = require('node:net');
 for (const port of process.argv.slice(1).map(Number)) {
-  net.createServer((s) => { s.on('error', () => {}); s.once('data', (d) => s.end('echo:' + d.toString('latin1'))); })
+  net.createServer((s) => { console.log('connection ' + port); s.on('error', () => {}); s.once('data', (d) => s.end('echo:' + d.toString('latin1'))); })
     .listen(port, '0.0.0.0', () => console.log('listening ' + port));
 }`;
 
@@ -202,6 +202,7 @@ describe('capture: the init container script in network namespaces', function ()
   let scriptEnv: NodeJS.ProcessEnv = process.env;
   let iptablesVariant = 'iptables';
   let envoy: LabChild | undefined;
+  let tcpServers: LabChild | undefined;
   let rulesAfterFirstRun = '';
 
   function skip(ctx: Mocha.Context, reason: string): never {
@@ -320,7 +321,8 @@ describe('capture: the init container script in network namespaces', function ()
       { port: OUTSIDE_PORT, marker: 'outside' },
       { port: DB_PORT, marker: 'database' },
     ]);
-    const tcp = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_DENIED_PORT)]);
+    tcpServers = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_DENIED_PORT)]);
+    const tcp = tcpServers;
     await tcp.waitReady(async () => [TCP_ECHO_PORT, TCP_DENIED_PORT].every((p) => tcp.output().includes(`listening ${p}`)), 15_000, 'TCP servers listening');
 
     // The pod's containers: the app, and Envoy as the injector wrote its container.
@@ -445,9 +447,11 @@ describe('capture: the init container script in network namespaces', function ()
     const allowed = await tcp(TCP_ECHO_PORT, hello);
     assert.equal(allowed.error, undefined, JSON.stringify(allowed));
     assert.equal(allowed.data, 'echo:\x16\x03\x01\x00\x05hello');
-    // The policy denies port 7001: the connection is closed before anything reaches the server.
+    // The policy denies port 7001: the connection is closed before the server even sees one.
     const denied = await tcp(TCP_DENIED_PORT, hello);
     assert.equal(denied.data, '', JSON.stringify(denied));
+    assert.match(tcpServers!.output(), new RegExp(`connection ${TCP_ECHO_PORT}`));
+    assert.doesNotMatch(tcpServers!.output(), new RegExp(`connection ${TCP_DENIED_PORT}`), 'no connection reached the denied destination');
     const after = await stats();
     assert.equal(after.outboundTcpCx - before.outboundTcpCx, 2, 'both on the TCP chain');
     assert.equal(after.outboundTcpAllowed - before.outboundTcpAllowed, 1);

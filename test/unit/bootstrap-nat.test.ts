@@ -68,6 +68,7 @@ describe('renderBootstrap with NAT', () => {
       assert.equal(tcp[0]!.typed_config.grpc_service.envoy_grpc.cluster_name, CLUSTERS.middlebox);
       assert.equal(tcp[0]!.typed_config.failure_mode_allow, false, 'fails closed, as the HTTP chain');
       assert.equal(tcp[1]!.typed_config.cluster, CLUSTERS.outbound);
+      assert.equal(tcp[1]!.typed_config.upstream_connect_mode, 'ON_DOWNSTREAM_DATA', 'no upstream connection before the middlebox allows');
       assert.equal(out.listener_filters_timeout, '0s');
       assert.equal(out.continue_on_listener_filters_timeout, undefined);
     });

@@ -35,6 +35,14 @@ describe('DecisionLog', () => {
     assert.equal(lines[1]!.msg, 'allowed (shadow deny)');
   });
 
+  it('says where a connection went: an outbound one\'s source is only the pod itself', async () => {
+    const { logger, lines } = capture();
+    new DecisionLog(logger).record(request({ protocol: 'tcp', to: '203.0.113.9', port: 5432 }), 'd1', DENY, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(lines[0]!.destination, '203.0.113.9:5432');
+    assert.equal(lines[0]!.protocol, 'tcp');
+  });
+
   it('"all" logs allows too; "off" logs nothing', async () => {
     const all = capture();
     new DecisionLog(all.logger, decisionLogSettings('all')).record(request(), 'd1', ALLOW, 1);
