@@ -21,6 +21,7 @@ import type {
   RequestMatcher,
   TrafficMatchSpec,
 } from '../policy/types';
+import { keyedByHttp } from '../policy/compile';
 import { GuardedHeaders, headerGuard, UnsentHeaderRead, unsentHeaderVerdict } from '../policy/headers';
 import type { NatTablePort, RateLimitGrant, RateLimitPort, RateLimitRequest } from '../state/port';
 import { decideFirewall } from './firewall/engine';
@@ -338,7 +339,12 @@ function explainRateLimits(
         policy: rule.policy,
         name: rule.name,
         applies: ask !== undefined,
-        mismatches: ask !== undefined ? [] : matchWhy(policy, rule.matches, spec?.match, req),
+        mismatches:
+          ask !== undefined
+            ? []
+            : policy.selector(req) && req.protocol === 'tcp' && spec !== undefined && keyedByHttp(spec.by)
+              ? [`by: ${spec.by.join(', ')}: a TCP connection has none of them, so the limit never applies to one`]
+              : matchWhy(policy, rule.matches, spec?.match, req),
         limit: rule.limit,
         per: spec?.per ?? `${rule.perMs}ms`,
         algorithm: rule.algorithm,

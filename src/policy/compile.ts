@@ -76,12 +76,22 @@ function firewallRuleMatcher(rule: FirewallRuleSpec): RequestMatcher {
   return allOf(matchers);
 }
 
+/**
+ * Whether a rate limit's buckets are keyed by something only HTTP has (host, path, a header). Such
+ * a limit never applies to a TCP connection, as an HTTP field never matches one in a rule: every
+ * connection would otherwise share its one empty-keyed bucket.
+ */
+export function keyedByHttp(by: readonly string[]): boolean {
+  return by.some((b) => b === 'host' || b === 'path' || b.startsWith('header:'));
+}
+
 function compileRateLimit(policy: string, policyShadow: boolean, rule: RateLimitSpec): CompiledRateLimit {
+  const traffic = trafficMatcher(rule.match);
   return {
     id: `${policy}/${rule.name}`,
     policy,
     name: rule.name,
-    matches: trafficMatcher(rule.match),
+    matches: keyedByHttp(rule.by) ? (req) => req.protocol !== 'tcp' && traffic(req) : traffic,
     keyParts: rule.by.map(keyPart),
     algorithm: rule.algorithm,
     limit: rule.limit,

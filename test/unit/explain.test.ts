@@ -208,6 +208,13 @@ describe('explain', () => {
     assert.equal(x.verdict.responseHeaders, undefined, 'no made-up ratelimit-remaining');
   });
 
+  it('says why a limit keyed by HTTP fields never applies to a TCP connection', () => {
+    const x = explain(snap, request({ protocol: 'tcp' }), { now: NOW });
+    const writes = x.rateLimits.limits.find((l) => l.id === 'shop/writes')!;
+    assert.equal(writes.applies, false);
+    assert.deepEqual(writes.mismatches, ['by: header:x-api-key, host: a TCP connection has none of them, so the limit never applies to one']);
+  });
+
   it('with peeked state, agrees with the live store when a limit is used up', async () => {
     const req = request({ path: '/search' });
     const ports = livePorts();

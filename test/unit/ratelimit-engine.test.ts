@@ -239,6 +239,21 @@ describe('decideRateLimit', () => {
       assert.equal((await settle(decideRateLimit(snap, request({ from: '192.0.2.9' }), port, NOW))).allow, false, 'keyless requests share one bucket');
     });
 
+    it('a limit keyed by what only HTTP has (host, path, a header) never applies to a TCP connection', async () => {
+      const snap = snapshot({
+        shop: `{ rateLimits: [{ name: by-path, limit: 1, per: 1m, by: [path] }, { name: by-key, limit: 1, per: 1m, by: [sourceIp, "header:x-api-key"] }, { name: per-client, limit: 5, per: 1m, by: [sourceIp] }] }`,
+      });
+      const port = new FakePort();
+      for (let i = 0; i < 3; i++) {
+        // Without the rule, every connection would share by-path's one "" bucket (limit 1).
+        assert.equal((await settle(decideRateLimit(snap, request({ protocol: 'tcp' }), port, NOW))).allow, true, `connection ${i + 1}`);
+      }
+      assert.deepEqual([...new Set(port.consumed.map((r) => r.rule.id))], ['shop/per-client'], 'only the limit keyed by the source');
+      port.consumed.length = 0;
+      await settle(decideRateLimit(snap, request(), port, NOW));
+      assert.deepEqual(port.consumed.map((r) => r.rule.id), ['shop/by-path', 'shop/by-key', 'shop/per-client'], 'HTTP requests: all three');
+    });
+
     it('combines several keys without collisions', async () => {
       const snap = snapshot({ shop: `{ rateLimits: [{ name: l, limit: 1, per: 1m, by: [sourceIp, "header:x-api-key", path] }] }` });
       const rule = snap.policies[0]!.rateLimits[0]!;
