@@ -21,7 +21,7 @@ import type {
   RequestMatcher,
   TrafficMatchSpec,
 } from '../policy/types';
-import { keyedByHttp } from '../policy/compile';
+import { keysTcpLacks } from '../policy/compile';
 import { GuardedHeaders, headerGuard, UnsentHeaderRead, unsentHeaderVerdict } from '../policy/headers';
 import type { NatTablePort, RateLimitGrant, RateLimitPort, RateLimitRequest } from '../state/port';
 import { decideFirewall } from './firewall/engine';
@@ -342,8 +342,8 @@ function explainRateLimits(
         mismatches:
           ask !== undefined
             ? []
-            : policy.selector(req) && req.protocol === 'tcp' && spec !== undefined && keyedByHttp(spec.by)
-              ? [`by: ${spec.by.join(', ')}: a TCP connection has none of them, so the limit never applies to one`]
+            : policy.selector(req) && spec !== undefined && keysTcpLacks(spec.by, req).length > 0
+              ? [`by: this TCP connection has no ${keysTcpLacks(spec.by, req).join(', ')}, so the limit does not apply to it`]
               : matchWhy(policy, rule.matches, spec?.match, req),
         limit: rule.limit,
         per: spec?.per ?? `${rule.perMs}ms`,

@@ -62,7 +62,7 @@ export class DecisionLog {
         protocol: req.protocol,
         source: req.source.ip?.text,
         // Where a connection went: an outbound one's source is always the pod itself.
-        destination: req.destination.ip === undefined ? undefined : `${req.destination.ip.text}:${req.destination.port ?? ''}`,
+        destination: destinationText(req.destination.ip?.text, req.destination.port),
         method: req.method,
         host: req.host,
         path: req.path,
@@ -96,4 +96,11 @@ export class DecisionLog {
     }
     return out;
   }
+}
+
+/** "10.0.0.5:5432", "[2001:db8::1]:443", or the address alone without a port. */
+function destinationText(ip: string | undefined, port: number | undefined): string | undefined {
+  if (ip === undefined) return undefined;
+  if (port === undefined) return ip;
+  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }

@@ -25,6 +25,7 @@ import type {
   RateLimitSpec,
   RequestMatcher,
 } from './types';
+import type { RequestAttributes } from '../middlebox/types';
 import { parseDuration } from './duration';
 
 /** `doc` must have come out of validation; an invalid address or regex here throws. */
@@ -77,21 +78,24 @@ function firewallRuleMatcher(rule: FirewallRuleSpec): RequestMatcher {
 }
 
 /**
- * Whether a rate limit's buckets are keyed by something only HTTP has (host, path, a header). Such
- * a limit never applies to a TCP connection, as an HTTP field never matches one in a rule: every
- * connection would otherwise share its one empty-keyed bucket.
+ * The keys of a rate limit's buckets that a TCP connection lacks: host, path and headers always
+ * (only HTTP has them), principal when the connection has none (no client certificate, as on the
+ * outbound listener). Such a limit does not apply to the connection, as an HTTP field never
+ * matches one in a rule: every such connection would otherwise share its one empty-keyed bucket.
  */
-export function keyedByHttp(by: readonly string[]): boolean {
-  return by.some((b) => b === 'host' || b === 'path' || b.startsWith('header:'));
+export function keysTcpLacks(by: readonly string[], req: Pick<RequestAttributes, 'protocol' | 'source'>): string[] {
+  if (req.protocol !== 'tcp') return [];
+  return by.filter((b) => b === 'host' || b === 'path' || b.startsWith('header:') || (b === 'principal' && !req.source.principal));
 }
 
 function compileRateLimit(policy: string, policyShadow: boolean, rule: RateLimitSpec): CompiledRateLimit {
   const traffic = trafficMatcher(rule.match);
+  const lacking = rule.by.some((b) => b === 'host' || b === 'path' || b === 'principal' || b.startsWith('header:'));
   return {
     id: `${policy}/${rule.name}`,
     policy,
     name: rule.name,
-    matches: keyedByHttp(rule.by) ? (req) => req.protocol !== 'tcp' && traffic(req) : traffic,
+    matches: lacking ? (req) => keysTcpLacks(rule.by, req).length === 0 && traffic(req) : traffic,
     keyParts: rule.by.map(keyPart),
     algorithm: rule.algorithm,
     limit: rule.limit,

@@ -444,13 +444,15 @@ describe('capture: the init container script in network namespaces', function ()
       JSON.parse(await pod!.execOk(node, ['-e', TCP_CLIENT_JS, CLIENT_IP, String(port), send], { as: APP_USER, timeoutMs: 15_000 })) as { data: string; ms: number; error?: string };
     // A TLS ClientHello starts 0x16 0x03: not HTTP, so not the HTTP chain (which would answer 400).
     const hello = Buffer.from('\x16\x03\x01\x00\x05hello', 'latin1').toString('hex');
-    const allowed = await tcp(TCP_ECHO_PORT, hello);
-    assert.equal(allowed.error, undefined, JSON.stringify(allowed));
-    assert.equal(allowed.data, 'echo:\x16\x03\x01\x00\x05hello');
     // The policy denies port 7001: the connection is closed before the server even sees one.
     const denied = await tcp(TCP_DENIED_PORT, hello);
     assert.equal(denied.data, '', JSON.stringify(denied));
-    assert.match(tcpServers!.output(), new RegExp(`connection ${TCP_ECHO_PORT}`));
+    const allowed = await tcp(TCP_ECHO_PORT, hello);
+    assert.equal(allowed.error, undefined, JSON.stringify(allowed));
+    assert.equal(allowed.data, 'echo:\x16\x03\x01\x00\x05hello');
+    // The servers log each connection in order: once the allowed one's line is there, a line for
+    // the denied one, made earlier, would be too.
+    await waitFor(() => new RegExp(`connection ${TCP_ECHO_PORT}`).test(tcpServers!.output()), { timeoutMs: 5000, what: 'the allowed connection logged' });
     assert.doesNotMatch(tcpServers!.output(), new RegExp(`connection ${TCP_DENIED_PORT}`), 'no connection reached the denied destination');
     const after = await stats();
     assert.equal(after.outboundTcpCx - before.outboundTcpCx, 2, 'both on the TCP chain');

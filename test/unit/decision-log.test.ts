@@ -37,9 +37,12 @@ describe('DecisionLog', () => {
 
   it('says where a connection went: an outbound one\'s source is only the pod itself', async () => {
     const { logger, lines } = capture();
-    new DecisionLog(logger).record(request({ protocol: 'tcp', to: '203.0.113.9', port: 5432 }), 'd1', DENY, 1);
+    const log = new DecisionLog(logger);
+    log.record(request({ protocol: 'tcp', to: '203.0.113.9', port: 5432 }), 'd1', DENY, 1);
+    log.record(request({ protocol: 'tcp', to: '2001:db8::1', port: 443 }), 'd2', DENY, 1);
     await new Promise((r) => setImmediate(r));
     assert.equal(lines[0]!.destination, '203.0.113.9:5432');
+    assert.equal(lines[1]!.destination, '[2001:db8::1]:443');
     assert.equal(lines[0]!.protocol, 'tcp');
   });
 

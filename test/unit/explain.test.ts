@@ -212,7 +212,7 @@ describe('explain', () => {
     const x = explain(snap, request({ protocol: 'tcp' }), { now: NOW });
     const writes = x.rateLimits.limits.find((l) => l.id === 'shop/writes')!;
     assert.equal(writes.applies, false);
-    assert.deepEqual(writes.mismatches, ['by: header:x-api-key, host: a TCP connection has none of them, so the limit never applies to one']);
+    assert.deepEqual(writes.mismatches, ['by: this TCP connection has no header:x-api-key, host, so the limit does not apply to it']);
   });
 
   it('with peeked state, agrees with the live store when a limit is used up', async () => {

@@ -239,19 +239,22 @@ describe('decideRateLimit', () => {
       assert.equal((await settle(decideRateLimit(snap, request({ from: '192.0.2.9' }), port, NOW))).allow, false, 'keyless requests share one bucket');
     });
 
-    it('a limit keyed by what only HTTP has (host, path, a header) never applies to a TCP connection', async () => {
+    it('a limit keyed by what a TCP connection lacks (host, path, a header; a principal it has not) does not apply to it', async () => {
       const snap = snapshot({
-        shop: `{ rateLimits: [{ name: by-path, limit: 1, per: 1m, by: [path] }, { name: by-key, limit: 1, per: 1m, by: [sourceIp, "header:x-api-key"] }, { name: per-client, limit: 5, per: 1m, by: [sourceIp] }] }`,
+        shop: `{ rateLimits: [{ name: by-path, limit: 1, per: 1m, by: [path] }, { name: by-key, limit: 1, per: 1m, by: [sourceIp, "header:x-api-key"] }, { name: by-caller, limit: 1, per: 1m, by: [principal] }, { name: per-client, limit: 5, per: 1m, by: [sourceIp] }] }`,
       });
       const port = new FakePort();
       for (let i = 0; i < 3; i++) {
-        // Without the rule, every connection would share by-path's one "" bucket (limit 1).
+        // Without the rule, every connection would share by-path's (and by-caller's) one "" bucket (limit 1).
         assert.equal((await settle(decideRateLimit(snap, request({ protocol: 'tcp' }), port, NOW))).allow, true, `connection ${i + 1}`);
       }
       assert.deepEqual([...new Set(port.consumed.map((r) => r.rule.id))], ['shop/per-client'], 'only the limit keyed by the source');
       port.consumed.length = 0;
+      await settle(decideRateLimit(snap, request({ protocol: 'tcp', principal: 'spiffe://shop/db' }), port, NOW));
+      assert.deepEqual(port.consumed.map((r) => r.rule.id), ['shop/by-caller', 'shop/per-client'], 'a connection with a principal: its limit applies');
+      port.consumed.length = 0;
       await settle(decideRateLimit(snap, request(), port, NOW));
-      assert.deepEqual(port.consumed.map((r) => r.rule.id), ['shop/by-path', 'shop/by-key', 'shop/per-client'], 'HTTP requests: all three');
+      assert.deepEqual(port.consumed.map((r) => r.rule.id), ['shop/by-path', 'shop/by-key', 'shop/by-caller', 'shop/per-client'], 'HTTP requests: all four');
     });
 
     it('combines several keys without collisions', async () => {
