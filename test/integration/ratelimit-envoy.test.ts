@@ -170,13 +170,19 @@ describe('rate limits through a real Envoy with three replicas sharing etcd', fu
       }
       return ok;
     };
+    const etcd = new Etcd3({ hosts: lab.etcd.endpoint });
     try {
       assert.equal(await checks('three'), 10, 'share of 30 among 3 replicas');
       await lab.replicas[2]!.kill();
-      await sleep(MEMBER_TTL_S * 1000 + 1500);
+      // etcd expires the lease within about its TTL, later on a busy machine: wait for it (a fixed
+      // sleep of TTL + 1.5 s failed once in CI), then give the survivors' watch a moment.
+      const members = () => etcd.getAll().prefix(`${lab.prefix}/replicas/`).keys();
+      await waitFor(async () => (await members()).length === 2, { timeoutMs: 4 * MEMBER_TTL_S * 1000 + 5000, intervalMs: 100, what: "the dead replica's lease to expire" });
+      await sleep(500);
       assert.equal(await checks('two'), 15, 'share of 30 among the 2 replicas left');
     } finally {
       client.close();
+      etcd.close();
     }
   });
 });
