@@ -20,7 +20,7 @@ import {
   type LimitTrace,
   type NatRuleTrace,
 } from '../middlebox/explain';
-import { parseIp } from '../middlebox/ip';
+import { hostPort, parseIp } from '../middlebox/ip';
 import type { BucketState } from '../middlebox/ratelimit/algorithms';
 import type { Verdict } from '../middlebox/types';
 import { compileSnapshot } from '../policy/compile';
@@ -395,11 +395,6 @@ function requestLine(x: Explanation): string {
   const headers = Object.keys(r.headers).filter((h) => !h.startsWith(':'));
   const shownHeaders = headers.length ? `  headers ${headers.join(', ')}` : '';
   return `${r.method} ${r.host ?? ''}${r.path}  ${src}${dst}${principal}${shownHeaders}`;
-}
-
-function hostPort(ip: string, port: number | undefined): string {
-  if (port === undefined) return ip;
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
 function verdictLine(v: Verdict): string {

@@ -334,6 +334,7 @@ function explainRateLimits(
     policy.rateLimits.forEach((rule, i) => {
       const spec = specs[i];
       const ask = asked.get(rule);
+      const lacks = spec === undefined ? [] : keysTcpLacks(spec.by, req);
       const trace: LimitTrace = {
         id: rule.id,
         policy: rule.policy,
@@ -342,8 +343,8 @@ function explainRateLimits(
         mismatches:
           ask !== undefined
             ? []
-            : policy.selector(req) && spec !== undefined && keysTcpLacks(spec.by, req).length > 0
-              ? [`by: this TCP connection has no ${keysTcpLacks(spec.by, req).join(', ')}, so the limit does not apply to it`]
+            : policy.selector(req) && lacks.length > 0
+              ? [`by: this TCP connection has no ${lacks.join(', ')}, so the limit does not apply to it`]
               : matchWhy(policy, rule.matches, spec?.match, req),
         limit: rule.limit,
         per: spec?.per ?? `${rule.perMs}ms`,

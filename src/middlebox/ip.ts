@@ -199,3 +199,9 @@ function maskWord(bits: number): number {
   if (bits >= 32) return 0xffffffff;
   return (0xffffffff << (32 - bits)) >>> 0;
 }
+
+/** "10.0.0.5:5432", "[2001:db8::1]:443", or the address alone without a port. */
+export function hostPort(ip: string, port: number | undefined): string {
+  if (port === undefined) return ip;
+  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
+}

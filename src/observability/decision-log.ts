@@ -2,6 +2,7 @@
 // `off`), a sampling rate, and headers that are never written (credentials). The decision id in the
 // line is the one Envoy gets in the `x-middlebox-decision` header and in the filter's dynamic
 // metadata (`decision_id`), so an access-log line and a decision line can be joined.
+import { hostPort } from '../middlebox/ip';
 import type { RequestAttributes, Verdict } from '../middlebox/types';
 import type { Logger } from './logger';
 
@@ -62,7 +63,7 @@ export class DecisionLog {
         protocol: req.protocol,
         source: req.source.ip?.text,
         // Where a connection went: an outbound one's source is always the pod itself.
-        destination: destinationText(req.destination.ip?.text, req.destination.port),
+        destination: req.destination.ip && hostPort(req.destination.ip.text, req.destination.port),
         method: req.method,
         host: req.host,
         path: req.path,
@@ -96,11 +97,4 @@ export class DecisionLog {
     }
     return out;
   }
-}
-
-/** "10.0.0.5:5432", "[2001:db8::1]:443", or the address alone without a port. */
-function destinationText(ip: string | undefined, port: number | undefined): string | undefined {
-  if (ip === undefined) return undefined;
-  if (port === undefined) return ip;
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }

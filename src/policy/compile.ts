@@ -90,7 +90,8 @@ export function keysTcpLacks(by: readonly string[], req: Pick<RequestAttributes,
 
 function compileRateLimit(policy: string, policyShadow: boolean, rule: RateLimitSpec): CompiledRateLimit {
   const traffic = trafficMatcher(rule.match);
-  const lacking = rule.by.some((b) => b === 'host' || b === 'path' || b === 'principal' || b.startsWith('header:'));
+  // Keys some TCP connection may lack (every one it could, for a connection without a principal).
+  const lacking = keysTcpLacks(rule.by, { protocol: 'tcp', source: {} }).length > 0;
   return {
     id: `${policy}/${rule.name}`,
     policy,
