@@ -15,7 +15,7 @@ import { makeTestPki, type TestPki } from '../../src/lab/certs';
 import { httpRequest } from '../../src/lab/client';
 import { EnvoyProcess, validateConfig } from '../../src/lab/envoy';
 import { EtcdProcess, type EtcdTlsOptions } from '../../src/lab/etcd';
-import { clientCredentials, HealthClient, MiddleboxProcess, type ClientTlsFiles } from '../../src/lab/middlebox';
+import { clientCredentials, HealthClient, MiddleboxProcess, sumMetric, type ClientTlsFiles } from '../../src/lab/middlebox';
 import { freePort, waitFor } from '../../src/lab/ports';
 import { SidecarLab } from '../../src/lab/sidecar';
 import { parsePolicies } from '../../src/policy/parse';
@@ -31,7 +31,24 @@ spec:
     default: allow
     rules:
       - { name: no-admin, action: deny, paths: ["/admin/*"] }
+  rateLimits:
+    - { name: counted, match: { paths: ["/counted/*"] }, limit: 2, per: 1h, by: ["header:x-run"], algorithm: fixed-window, consistency: strict }
 `;
+
+/**
+ * A strict rate limit counted in etcd over the replica's TLS or authenticated connection: two
+ * requests admitted, the third refused, and etcd, not the local fallback, did the counting (its
+ * writes committed, no transaction failed).
+ */
+async function assertCountedInEtcd(mb: MiddleboxProcess, check: CheckClient): Promise<void> {
+  const run = Math.random().toString(36).slice(2);
+  const statuses: number[] = [];
+  for (let i = 0; i < 3; i++) statuses.push(statusOf(await check.check(httpCheck({ path: '/counted/x', headers: { 'x-run': run } }))));
+  assert.deepEqual(statuses, [200, 200, 429]);
+  const samples = await mb.metrics();
+  assert.equal(sumMetric(samples, 'middlebox_ratelimit_etcd_writes_total'), 2, 'two compare-and-swap writes committed');
+  assert.equal(sumMetric(samples, 'middlebox_etcd_operation_errors_total', { operation: 'cas' }), 0, 'no rate-limit transaction failed');
+}
 
 /** A failure reported as the CLI promises: exactly one line on stderr, matching, no stack trace. */
 function assertOneLine(r: CliResult, code: number, pattern: RegExp): void {
@@ -161,6 +178,7 @@ describe('TLS and authentication', function () {
       try {
         assert.equal(statusOf(await check.check(httpCheck({ path: '/admin/users' }))), 403);
         assert.equal(statusOf(await check.check(httpCheck({ path: '/products/1' }))), 200);
+        await assertCountedInEtcd(mb, check);
       } finally {
         check.close();
       }
@@ -202,6 +220,7 @@ describe('TLS and authentication', function () {
       const check = new CheckClient(mb.address);
       try {
         assert.equal(statusOf(await check.check(httpCheck({ path: '/admin/users' }))), 403);
+        await assertCountedInEtcd(mb, check);
       } finally {
         check.close();
       }
@@ -278,6 +297,7 @@ describe('TLS and authentication', function () {
       try {
         assert.equal(statusOf(await check.check(httpCheck({ path: '/admin/users' }))), 403);
         assert.equal(statusOf(await check.check(httpCheck({ path: '/products/1' }))), 200);
+        await assertCountedInEtcd(mb, check);
       } finally {
         check.close();
       }
@@ -302,6 +322,7 @@ describe('TLS and authentication', function () {
       const check = new CheckClient(mb.address);
       try {
         assert.equal(statusOf(await check.check(httpCheck({ path: '/admin/users' }))), 403);
+        await assertCountedInEtcd(mb, check);
       } finally {
         check.close();
       }
