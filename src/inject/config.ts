@@ -82,7 +82,11 @@ export interface InjectConfig {
   probePort: number;
   /** Used when the pod names no app port (annotation or container port). */
   defaultAppPort: number;
-  /** Outbound ports never captured besides the middlebox's own: etcd (2379 client, 2380 peer). */
+  /**
+   * Outbound ports never captured, for every pod (default none). Envoy's own connections, to the
+   * middlebox among them, are never captured anyway (its UID): a port listed here is a way around
+   * the firewall for the app, to any address.
+   */
   excludeOutboundPorts: number[];
   defaultFailureMode: FailureMode;
   envoyResources: ResourceRequests;
@@ -100,7 +104,7 @@ export const INJECT_DEFAULTS: InjectConfig = {
   adminPort: 15000,
   probePort: 15021,
   defaultAppPort: 8080,
-  excludeOutboundPorts: [2379, 2380],
+  excludeOutboundPorts: [],
   defaultFailureMode: 'closed',
   envoyResources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
   initResources: { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '100m', memory: '64Mi' } },

@@ -5,7 +5,7 @@ import { renderBootstrapYaml } from '../envoy/bootstrap';
 import { HEADER_NAME_RULE, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
-import { ANNOTATIONS, NAMES, STATUS_INJECTED, portOf, type FailureMode, type InjectConfig } from './config';
+import { ANNOTATIONS, NAMES, STATUS_INJECTED, type FailureMode, type InjectConfig } from './config';
 import type { Container, JsonPatchOperation, Pod } from './types';
 
 /** A pod the injector cannot inject as asked (e.g. a malformed annotation). */
@@ -112,9 +112,9 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
   const probes = rewrittenProbes(pod, config, includeInboundPorts, excludeInboundPorts, a[ANNOTATIONS.rewriteAppProbes]);
   // With every inbound port captured, the probe listener's must not be: the kubelet asks it directly.
   if (probes.length > 0 && includeInboundPorts === '*' && !excludeInboundPorts.includes(config.probePort)) excludeInboundPorts.push(config.probePort);
+  // Not the middlebox's ports: Envoy calls it under its own UID, which is never captured, and an
+  // app connection to those ports is checked like any other.
   const excludeOutboundPorts = unique([
-    portOf(config.middleboxAddress),
-    ...(config.middleboxHttpAddress ? [portOf(config.middleboxHttpAddress)] : []),
     ...config.excludeOutboundPorts,
     ...ports(ANNOTATIONS.excludeOutboundPorts, a[ANNOTATIONS.excludeOutboundPorts]),
   ]);
@@ -136,7 +136,7 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
       [ANNOTATIONS.capturedInboundPorts]: captured,
       // What the rules really do, next to the annotations that asked for it (left as written).
       ...(excludeInboundPorts.length > 0 ? { [ANNOTATIONS.excludedInboundPorts]: excludeInboundPorts.join(',') } : {}),
-      [ANNOTATIONS.excludedOutboundPorts]: excludeOutboundPorts.join(','),
+      ...(excludeOutboundPorts.length > 0 ? { [ANNOTATIONS.excludedOutboundPorts]: excludeOutboundPorts.join(',') } : {}),
       ...(excludeOutboundCidrs.length > 0 ? { [ANNOTATIONS.excludedOutboundCidrs]: excludeOutboundCidrs.join(',') } : {}),
       [ANNOTATIONS.failureMode]: failureMode,
       [ANNOTATIONS.appPort]: String(appPort),

@@ -37,6 +37,10 @@ const MIDDLEBOX_PORT = 9001;
 /** Raw TCP echo servers outside the pod; the policy denies connections to the second. */
 const TCP_ECHO_PORT = 7000;
 const TCP_DENIED_PORT = 7001;
+/** etcd's client port, denied by the policy too: no port is a way around the firewall (etcd here listens elsewhere). */
+const ETCD_CLIENT_PORT = 2379;
+/** Where the test's own etcd listens, in the client namespace's loopback. */
+const LAB_ETCD = 'http://127.0.0.1:22379';
 
 const APP_USER: RunAs = { uid: 1000, gid: 1000 };
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -110,7 +114,7 @@ spec:
     default: allow
     rules:
       - { name: no-admin, action: deny, paths: ["/admin/*"] }
-      - { name: no-tcp-7001, action: deny, ports: [7001] }
+      - { name: no-tcp-ports, action: deny, ports: [7001, 2379] }
 `;
 
 /** Envoy stats the checks compare before and after. */
@@ -307,23 +311,23 @@ describe('capture: the init container script in network namespaces', function ()
     // Outside the pod: etcd, one middlebox replica with a policy, and a plain server.
     const etcd = client.spawn('etcd', findExecutable('etcd', ['/usr/bin/etcd']), [
       '--name', 'capture', '--data-dir', path.join(dir, 'etcd'),
-      '--listen-client-urls', 'http://127.0.0.1:2379', '--advertise-client-urls', 'http://127.0.0.1:2379',
-      '--listen-peer-urls', 'http://127.0.0.1:2380', '--initial-advertise-peer-urls', 'http://127.0.0.1:2380',
-      '--initial-cluster', 'capture=http://127.0.0.1:2380', '--logger', 'zap',
+      '--listen-client-urls', LAB_ETCD, '--advertise-client-urls', LAB_ETCD,
+      '--listen-peer-urls', 'http://127.0.0.1:22380', '--initial-advertise-peer-urls', 'http://127.0.0.1:22380',
+      '--initial-cluster', 'capture=http://127.0.0.1:22380', '--logger', 'zap',
     ], { env: etcdEnv(), logFile: path.join(dir, 'etcd.log') });
-    await etcd.waitReady(async () => (await request(client!, 'http://127.0.0.1:2379/health')).status === 200, 20_000, 'etcd /health');
+    await etcd.waitReady(async () => (await request(client!, `${LAB_ETCD}/health`)).status === 200, 20_000, 'etcd /health');
     fs.writeFileSync(path.join(dir, 'policy.yaml'), POLICY);
-    await client.execOk(node, [CLI, 'policy', 'apply', '-f', path.join(dir, 'policy.yaml'), '--etcd', 'http://127.0.0.1:2379']);
-    client.spawn('middlebox', node, [CLI, 'serve', '--listen', `${CLIENT_IP}:${MIDDLEBOX_PORT}`, '--etcd', 'http://127.0.0.1:2379', '--shutdown-delay-ms', '0'], {
+    await client.execOk(node, [CLI, 'policy', 'apply', '-f', path.join(dir, 'policy.yaml'), '--etcd', LAB_ETCD]);
+    client.spawn('middlebox', node, [CLI, 'serve', '--listen', `${CLIENT_IP}:${MIDDLEBOX_PORT}`, '--etcd', LAB_ETCD, '--shutdown-delay-ms', '0'], {
       logFile: path.join(dir, 'middlebox.log'),
     });
     await servers(client, 'outside servers', [
       { port: OUTSIDE_PORT, marker: 'outside' },
       { port: DB_PORT, marker: 'database' },
     ]);
-    tcpServers = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_DENIED_PORT)]);
+    tcpServers = client.spawn('outside TCP servers', node, ['-e', TCP_SERVERS_JS, String(TCP_ECHO_PORT), String(TCP_DENIED_PORT), String(ETCD_CLIENT_PORT)]);
     const tcp = tcpServers;
-    await tcp.waitReady(async () => [TCP_ECHO_PORT, TCP_DENIED_PORT].every((p) => tcp.output().includes(`listening ${p}`)), 15_000, 'TCP servers listening');
+    await tcp.waitReady(async () => [TCP_ECHO_PORT, TCP_DENIED_PORT, ETCD_CLIENT_PORT].every((p) => tcp.output().includes(`listening ${p}`)), 15_000, 'TCP servers listening');
 
     // The pod's containers: the app, and Envoy as the injector wrote its container.
     await servers(pod, 'app', [
@@ -447,17 +451,20 @@ describe('capture: the init container script in network namespaces', function ()
     // The policy denies port 7001: the connection is closed before the server even sees one.
     const denied = await tcp(TCP_DENIED_PORT, hello);
     assert.equal(denied.data, '', JSON.stringify(denied));
+    // So is etcd's port: the capture exempts no port by default (Envoy's own calls go out under its UID).
+    const etcdPort = await tcp(ETCD_CLIENT_PORT, hello);
+    assert.equal(etcdPort.data, '', JSON.stringify(etcdPort));
     const allowed = await tcp(TCP_ECHO_PORT, hello);
     assert.equal(allowed.error, undefined, JSON.stringify(allowed));
     assert.equal(allowed.data, 'echo:\x16\x03\x01\x00\x05hello');
     // The servers log each connection in order: once the allowed one's line is there, a line for
     // the denied one, made earlier, would be too.
     await waitFor(() => new RegExp(`connection ${TCP_ECHO_PORT}`).test(tcpServers!.output()), { timeoutMs: 5000, what: 'the allowed connection logged' });
-    assert.doesNotMatch(tcpServers!.output(), new RegExp(`connection ${TCP_DENIED_PORT}`), 'no connection reached the denied destination');
+    assert.doesNotMatch(tcpServers!.output(), new RegExp(`connection (${TCP_DENIED_PORT}|${ETCD_CLIENT_PORT})`), 'no connection reached a denied destination');
     const after = await stats();
-    assert.equal(after.outboundTcpCx - before.outboundTcpCx, 2, 'both on the TCP chain');
+    assert.equal(after.outboundTcpCx - before.outboundTcpCx, 3, 'all on the TCP chain');
     assert.equal(after.outboundTcpAllowed - before.outboundTcpAllowed, 1);
-    assert.equal(after.outboundTcpDenied - before.outboundTcpDenied, 1);
+    assert.equal(after.outboundTcpDenied - before.outboundTcpDenied, 2);
     assert.equal(after.outboundRq, before.outboundRq, 'neither on the HTTP chain');
   });
 

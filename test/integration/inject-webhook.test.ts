@@ -275,7 +275,8 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
       // The flags reached the injection: the sidecar uses the given image and middlebox address.
       const envoy = (applied as Pod).spec!.initContainers!.find((c) => c.name === NAMES.envoyContainer)!;
       assert.equal(envoy.image, ENVOY_IMAGE);
-      assert.equal(applied.metadata!.annotations![ANNOTATIONS.excludedOutboundPorts], '9101,2379,2380');
+      const bootstrap = (envoy.env as Array<{ name: string; value?: string }>).find((e) => e.name === NAMES.bootstrapEnv)!.value!;
+      assert.match(bootstrap, /address: middlebox\.test-system\.svc\s+port_value: 9101/);
     });
 
     it('injects a pod that says nothing: the namespace selector sent it, so its namespace counts as enabled', async () => {

@@ -106,6 +106,11 @@ function initOf(p: Pod): Doc {
   return c;
 }
 
+/** The capture script the init container runs. */
+function initScript(p: Pod): string {
+  return (initOf(p).command as string[]).join('\n');
+}
+
 function bootstrapOf(p: Pod): Doc {
   const env = (envoyOf(p).env as Doc[]).find((e) => e.name === NAMES.bootstrapEnv);
   return parse(env!.value as string);
@@ -329,14 +334,15 @@ describe('inject', () => {
       assert.equal(open.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.failure_mode_allow, true);
     });
 
-    it('with middleboxHttpAddress, Envoy asks that port over HTTP and the init container leaves it alone', () => {
+    it('with middleboxHttpAddress, Envoy asks that port over HTTP (its own connections are not captured; the app\'s to that port are)', () => {
       const http = injectPod(pod({}), { ...config, middleboxHttpAddress: 'middlebox.middlebox-system.svc:9003' });
       const b = bootstrapOf(http);
       const authz = (b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters as Doc[])[0]!.typed_config;
       assert.equal(authz.http_service.server_uri.cluster, 'middlebox_http');
       const cluster = (b.static_resources.clusters as Doc[]).find((c) => c.name === 'middlebox_http')!;
       assert.deepEqual(cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, { address: 'middlebox.middlebox-system.svc', port_value: 9003 });
-      assert.equal(http.metadata!.annotations![ANNOTATIONS.excludedOutboundPorts], '9001,9003,2379,2380');
+      assert.equal(http.metadata!.annotations![ANNOTATIONS.excludedOutboundPorts], undefined);
+      assert.doesNotMatch(initScript(http), /--dport (9001|9003) -j RETURN/);
     });
 
     it('with middlebox.io/authz-headers, Envoy sends the middlebox only those headers', () => {
@@ -354,7 +360,9 @@ describe('inject', () => {
       const a = out.metadata!.annotations!;
       assert.equal(a[ANNOTATIONS.status], 'injected');
       assert.equal(a[ANNOTATIONS.capturedInboundPorts], '8080');
-      assert.equal(a[ANNOTATIONS.excludedOutboundPorts], '9001,2379,2380');
+      // No outbound port is exempt by default: not the middlebox's, not etcd's.
+      assert.equal(a[ANNOTATIONS.excludedOutboundPorts], undefined);
+      assert.doesNotMatch(initScript(out), /--dport \d+ -j RETURN/);
       assert.equal(a[ANNOTATIONS.failureMode], 'closed');
     });
 
