@@ -225,6 +225,27 @@ function selects(selector: LabelSelector | undefined, labels: Record<string, str
   return true;
 }
 
+/** A pod as a NetworkPolicy sees it: its namespace (name and labels) and its own labels. */
+interface PeerPod {
+  namespace: string;
+  nsLabels: Record<string, string>;
+  labels: Record<string, string>;
+}
+
+/** Whether NetworkPolicy `np` lets `from` in on the container port named `port` (ipBlock peers never match a pod here). */
+function networkPolicyAdmits(np: Doc, from: PeerPod, port: string): boolean {
+  return (np.spec.ingress as Doc[]).some(
+    (rule) =>
+      (rule.ports === undefined || (rule.ports as Doc[]).some((p) => p.port === port)) &&
+      (rule.from === undefined ||
+        (rule.from as Doc[]).some((peer) => {
+          if (peer.ipBlock) return false;
+          const inNamespace = peer.namespaceSelector === undefined ? from.namespace === np.metadata.namespace : selects(peer.namespaceSelector, from.nsLabels);
+          return inNamespace && (peer.podSelector === undefined || selects(peer.podSelector, from.labels));
+        })),
+  );
+}
+
 /** The port number a probe or Service names, resolving a named container port. */
 function portNumber(c: Doc, port: number | string): number {
   if (typeof port === 'number') return port;
@@ -465,11 +486,12 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
 
     it('only the middlebox and the policy Job may reach etcd (NetworkPolicy)', () => {
       const np = find(base, 'NetworkPolicy', 'etcd');
-      const allowedClient = (labels: Record<string, string>) =>
-        (np.spec.ingress as Doc[]).some((rule) => (rule.ports as Doc[]).some((p) => p.port === 'client') && (rule.from as Doc[]).some((f) => selects(f.podSelector, labels)));
+      const nsLabels = { 'kubernetes.io/metadata.name': SYSTEM_NAMESPACE };
+      const allowedClient = (labels: Record<string, string>) => networkPolicyAdmits(np, { namespace: SYSTEM_NAMESPACE, nsLabels, labels }, 'client');
       assert.ok(allowedClient(find(base, 'Deployment', 'middlebox').spec.template.metadata.labels));
       assert.ok(allowedClient(find(samples, 'Job', 'middlebox-policy-apply').spec.template.metadata.labels));
       assert.ok(!allowedClient(find(base, 'Deployment', 'middlebox-webhook').spec.template.metadata.labels), 'the webhook has no business with etcd');
+      assert.ok(!networkPolicyAdmits(np, { namespace: 'shop', nsLabels: { 'kubernetes.io/metadata.name': 'shop' }, labels: { 'middlebox.io/etcd-client': 'true' } }, 'client'), 'nor has a pod of another namespace, whatever its labels');
     });
   });
 
@@ -617,8 +639,13 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       assert.ok(webhookDep.spec.template.spec.terminationGracePeriodSeconds * 1000 >= delayMs + drainMs + 2000);
     });
 
-    it('selectors and the injector agree: namespace enabled or pod labelled "true"; never "false", never the system namespaces, never twice', () => {
+    it('selectors and the injector agree: namespace enabled or pod labelled "true"; never "false", never the system namespaces, never twice; the middlebox\'s NetworkPolicy lets every injected pod in', () => {
       const { config, namespaceLabels } = injectSettings(webhookValues);
+      const middleboxNp = find(base, 'NetworkPolicy', 'middlebox');
+      const middleboxPorts = container(find(base, 'Deployment', 'middlebox'), 'middlebox').ports as Doc[];
+      for (const rule of middleboxNp.spec.ingress as Doc[]) {
+        for (const p of rule.ports as Doc[]) assert.ok(middleboxPorts.some((c) => c.name === p.port), `the NetworkPolicy's port ${p.port} is a container port`);
+      }
       const shopNs = find(samples, 'Namespace', 'shop');
       const nsLabels = (ns: Doc) => ({ ...ns.metadata.labels, 'kubernetes.io/metadata.name': ns.metadata.name });
       const namespaces: Record<string, Record<string, string>> = {
@@ -659,6 +686,17 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
           if (admit(review, config, namespaceLabels).log.injected) injected.push(name);
         }
         assert.deepEqual(injected, expected[ns], `pods injected in namespace ${ns}`);
+        // The sidecars of the pods injected here must reach the replicas' decision ports; pods of a
+        // namespace nobody enabled, and that did not opt in, must not. Every pod reaches the metrics.
+        for (const [name, extra] of Object.entries(pods)) {
+          const from = { namespace: ns, nsLabels: labelsOfNs, labels: { ...template.metadata.labels, ...extra.labels } };
+          for (const port of ['grpc', 'authz-http']) {
+            const admitted = networkPolicyAdmits(middleboxNp, from, port);
+            if (injected.includes(name)) assert.ok(admitted, `${ns}/${name} is injected: its sidecar reaches the middlebox's ${port} port`);
+            if (ns === 'plain' && name === 'plain') assert.ok(!admitted, `${ns}/${name}: neither namespace nor pod opted in, no way to the ${port} port`);
+          }
+          assert.ok(networkPolicyAdmits(middleboxNp, from, 'metrics'), `${ns}/${name} reaches the metrics port`);
+        }
       }
     });
   });
