@@ -362,7 +362,7 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
     it('every object carries the recommended app.kubernetes.io labels', () => {
       for (const d of [...base, ...samples]) {
         const labels = d.metadata.labels ?? {};
-        for (const key of ['app.kubernetes.io/name', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by']) {
+        for (const key of ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by']) {
           assert.ok(labels[key], `${d.kind}/${d.metadata.name} has ${key}`);
         }
       }
