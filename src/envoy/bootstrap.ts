@@ -2,6 +2,7 @@
 // (ext_authz) before traffic reaches the app, and the clusters they use. Pure: the same options
 // always give the same document, so the CLI, the injection webhook and the tests share it and the
 // golden files catch every change.
+import path from 'node:path';
 import { stringify } from 'yaml';
 // What the middlebox reads, so the rendered Envoy always sends it.
 import {
@@ -127,7 +128,20 @@ export interface MiddleboxTlsOptions {
   /** Client certificate (chain) and key Envoy presents, for mTLS; together or not at all. */
   certFile?: string;
   keyFile?: string;
+  /**
+   * The directory that holds the files above, replaced as a whole when they change (a Kubernetes
+   * Secret or projected volume: its files are links through `..data`, which the kubelet swaps).
+   * Envoy then reads them through file-based SDS, from the resource files middleboxTlsSdsFiles()
+   * renders, which must be in that directory too (MIDDLEBOX_TLS_SDS_FILES), and takes new
+   * certificates without a restart. Without it, Envoy reads the files once, at start.
+   */
+  watchedDirectory?: string;
 }
+
+/** The SDS resource files a watchedDirectory holds besides the certificates: what each is for. */
+export const MIDDLEBOX_TLS_SDS_FILES = { ca: 'middlebox-ca.sds.yaml', clientCert: 'middlebox-client-cert.sds.yaml' } as const;
+/** The SDS secrets' names, as the cluster's TLS context asks for them. */
+const SDS_SECRETS = { ca: 'middlebox_ca', clientCert: 'middlebox_client_cert' } as const;
 
 export type InboundFilter = 'ext_authz' | 'ext_proc' | 'ext_authz+ext_proc';
 export const INBOUND_FILTERS: readonly InboundFilter[] = ['ext_authz', 'ext_proc', 'ext_authz+ext_proc'];
@@ -191,6 +205,7 @@ const TYPES = {
   fileAccessLog: 'type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog',
   previousHosts: 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate',
   upstreamTlsContext: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
+  tlsSecret: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret',
 } as const;
 
 const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
@@ -228,6 +243,7 @@ interface ResolvedMiddleboxTls {
   sni: string | undefined;
   certFile: string | undefined;
   keyFile: string | undefined;
+  watchedDirectory: string | undefined;
 }
 
 type Endpoint =
@@ -330,13 +346,42 @@ function resolveMiddleboxTls(t: MiddleboxTlsOptions, endpoints: Endpoint[]): Res
   const names = [...new Set(t.subjectAltNames ?? hosts)];
   for (const n of names) if (!n || /\s/.test(n)) throw new Error(`middleboxTls.subjectAltNames: ${JSON.stringify(n)} is not a name`);
   const sni = nonEmpty('sni', t.sni) ?? endpoints.find((e): e is Extract<Endpoint, { kind: 'dns' }> => e.kind === 'dns')?.address;
+  const watchedDirectory = nonEmpty('watchedDirectory', t.watchedDirectory)?.replace(/\/+$/, '');
+  if (watchedDirectory !== undefined) {
+    if (!path.isAbsolute(watchedDirectory)) throw new Error(`middleboxTls.watchedDirectory must be an absolute path, got ${JSON.stringify(t.watchedDirectory)}`);
+    for (const [name, file] of [['caFile', t.caFile], ['certFile', t.certFile], ['keyFile', t.keyFile]] as const) {
+      if (file !== undefined && path.dirname(file) !== watchedDirectory) throw new Error(`middleboxTls.${name} must be a file in watchedDirectory ${watchedDirectory}, got ${JSON.stringify(file)}`);
+    }
+  }
   return {
     caFile: t.caFile,
     subjectAltNames: names.map((value) => ({ type: isIpLiteral(value) ? 'IP_ADDRESS' : 'DNS', value })),
     sni,
     certFile: nonEmpty('certFile', t.certFile),
     keyFile: nonEmpty('keyFile', t.keyFile),
+    watchedDirectory,
   };
+}
+
+/**
+ * The SDS resource files for middleboxTls.watchedDirectory, by file name (MIDDLEBOX_TLS_SDS_FILES):
+ * each a discovery response with one TLS secret that names the certificate files. They must be in
+ * the watched directory, replaced with it.
+ */
+export function middleboxTlsSdsFiles(t: MiddleboxTlsOptions): Record<string, string> {
+  const r = resolveMiddleboxTls(t, []);
+  if (!r.watchedDirectory) throw new Error('middleboxTls.watchedDirectory is not set: the certificate files are read directly, no SDS files are needed');
+  const file = (secret: Config) => stringify({ resources: [{ '@type': TYPES.tlsSecret, ...secret }] }, { lineWidth: 0 });
+  const files: Record<string, string> = {
+    [MIDDLEBOX_TLS_SDS_FILES.ca]: file({ name: SDS_SECRETS.ca, validation_context: { trusted_ca: { filename: r.caFile } } }),
+  };
+  if (r.certFile && r.keyFile) {
+    files[MIDDLEBOX_TLS_SDS_FILES.clientCert] = file({
+      name: SDS_SECRETS.clientCert,
+      tls_certificate: { certificate_chain: { filename: r.certFile }, private_key: { filename: r.keyFile } },
+    });
+  }
+  return files;
 }
 
 function isIpLiteral(text: string): boolean {
@@ -889,23 +934,41 @@ function replicaCluster(c: {
  * ALPN says h2 for gRPC, which a gRPC server over TLS insists on, and http/1.1 for HTTP ext_authz.
  */
 function middleboxTransportSocket(t: ResolvedMiddleboxTls, alpn: 'h2' | 'http/1.1'): Config {
+  const names =
+    t.subjectAltNames.length > 0 ? { match_typed_subject_alt_names: t.subjectAltNames.map((n) => ({ san_type: n.type, matcher: { exact: n.value } })) } : {};
   return {
     name: 'envoy.transport_sockets.tls',
     typed_config: {
       '@type': TYPES.upstreamTlsContext,
       ...(t.sni ? { sni: t.sni } : {}),
-      common_tls_context: {
-        alpn_protocols: [alpn],
-        ...(t.certFile && t.keyFile
-          ? { tls_certificates: [{ certificate_chain: { filename: t.certFile }, private_key: { filename: t.keyFile } }] }
-          : {}),
-        validation_context: {
-          trusted_ca: { filename: t.caFile },
-          ...(t.subjectAltNames.length > 0
-            ? { match_typed_subject_alt_names: t.subjectAltNames.map((n) => ({ san_type: n.type, matcher: { exact: n.value } })) }
-            : {}),
-        },
-      },
+      common_tls_context: { alpn_protocols: [alpn], ...(t.watchedDirectory ? watchedTlsFiles(t, t.watchedDirectory, names) : tlsFiles(t, names)) },
+    },
+  };
+}
+
+/** The certificate files, read once at start. */
+function tlsFiles(t: ResolvedMiddleboxTls, names: Config): Config {
+  return {
+    ...(t.certFile && t.keyFile ? { tls_certificates: [{ certificate_chain: { filename: t.certFile }, private_key: { filename: t.keyFile } }] } : {}),
+    validation_context: { trusted_ca: { filename: t.caFile }, ...names },
+  };
+}
+
+/**
+ * The certificate files through file-based SDS: Envoy reloads a resource file, and the certificate
+ * files it names, whenever something is moved into the watched directory (the kubelet's swap).
+ * The names to match stay in the bootstrap, combined with the CA that SDS brings.
+ */
+function watchedTlsFiles(t: ResolvedMiddleboxTls, dir: string, names: Config): Config {
+  const sds = (name: string, file: string) => ({
+    name,
+    sds_config: { path_config_source: { path: `${dir}/${file}`, watched_directory: { path: dir } }, resource_api_version: 'V3' },
+  });
+  return {
+    ...(t.certFile && t.keyFile ? { tls_certificate_sds_secret_configs: [sds(SDS_SECRETS.clientCert, MIDDLEBOX_TLS_SDS_FILES.clientCert)] } : {}),
+    combined_validation_context: {
+      default_validation_context: names,
+      validation_context_sds_secret_config: sds(SDS_SECRETS.ca, MIDDLEBOX_TLS_SDS_FILES.ca),
     },
   };
 }

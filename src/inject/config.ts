@@ -38,6 +38,12 @@ export const ANNOTATIONS = {
   excludedOutboundPorts: 'middlebox.io/excluded-outbound-ports',
   /** Written by the injector: the outbound CIDRs excluded from capture, normalised (when any). */
   excludedOutboundCidrs: 'middlebox.io/excluded-outbound-cidrs',
+  /**
+   * Written by the injector with TLS to the middlebox: the file-based SDS resources Envoy reads its
+   * CA (and client certificate) through, projected into the TLS volume beside the Secret's files.
+   */
+  tlsSdsCa: 'middlebox.io/tls-sds-ca',
+  tlsSdsClientCert: 'middlebox.io/tls-sds-client-cert',
 } as const;
 
 /** The namespace label that turns injection on for every pod in the namespace. */
@@ -51,7 +57,12 @@ export const NAMES = {
   initContainer: 'middlebox-init',
   envoyContainer: 'middlebox-envoy',
   bootstrapEnv: 'MIDDLEBOX_BOOTSTRAP',
+  /** The Envoy container's volume with the TLS Secret's files (middleboxTlsSecret). */
+  tlsVolume: 'middlebox-tls',
 } as const;
+
+/** The keys of a TLS Secret the sidecar reads: those cert-manager writes (and `kubectl create secret tls`, but ca.crt). */
+export const TLS_SECRET_KEYS = { ca: 'ca.crt', cert: 'tls.crt', key: 'tls.key' } as const;
 
 export type FailureMode = 'closed' | 'open';
 
@@ -89,6 +100,17 @@ export interface InjectConfig {
    */
   excludeOutboundPorts: number[];
   defaultFailureMode: FailureMode;
+  /**
+   * TLS from the sidecar to the middlebox: a Secret in each injected pod's namespace, with `ca.crt`
+   * (the CA that signed the replicas' certificates) and, with middleboxMtls, `tls.crt` and
+   * `tls.key` (the sidecar's client certificate). Mounted into Envoy only; Envoy takes renewed
+   * files without a restart. Default: plaintext.
+   */
+  middleboxTlsSecret?: string;
+  /** Present the Secret's client certificate (for replicas run with --tls-client-ca). */
+  middleboxMtls?: boolean;
+  /** Where the Envoy container mounts the TLS volume. */
+  middleboxTlsDir: string;
   envoyResources: ResourceRequests;
   initResources: ResourceRequests;
 }
@@ -106,6 +128,7 @@ export const INJECT_DEFAULTS: InjectConfig = {
   defaultAppPort: 8080,
   excludeOutboundPorts: [],
   defaultFailureMode: 'closed',
+  middleboxTlsDir: '/etc/middlebox/tls',
   envoyResources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
   initResources: { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '100m', memory: '64Mi' } },
 };

@@ -1,11 +1,11 @@
 // The injection itself: what a pod looks like with the middlebox sidecar (`injectPod`), and the
 // same change as an RFC 6902 JSON Patch (`patch`), which is what an admission webhook answers.
 // Pure: no I/O, no clock, no randomness; the input pod is never modified.
-import { renderBootstrapYaml } from '../envoy/bootstrap';
+import { MIDDLEBOX_TLS_SDS_FILES, middleboxTlsSdsFiles, renderBootstrapYaml, type MiddleboxTlsOptions } from '../envoy/bootstrap';
 import { HEADER_NAME_RULE, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
-import { ANNOTATIONS, NAMES, STATUS_INJECTED, type FailureMode, type InjectConfig } from './config';
+import { ANNOTATIONS, NAMES, STATUS_INJECTED, TLS_SECRET_KEYS, type FailureMode, type InjectConfig } from './config';
 import type { Container, JsonPatchOperation, Pod } from './types';
 
 /** A pod the injector cannot inject as asked (e.g. a malformed annotation). */
@@ -18,6 +18,8 @@ interface Sidecar {
   envoyContainer: Container;
   /** The app's probes that now go to Envoy's probe listener: container index, probe field, new probe. */
   probes: RewrittenProbe[];
+  /** With TLS to the middlebox: the volume Envoy mounts (the Secret's files and the SDS files). */
+  volume?: { name: string; [key: string]: unknown };
 }
 
 interface RewrittenProbe {
@@ -52,6 +54,7 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   // Envoy in place (their traffic takes the app's path, none slips past before the rules exist),
   // and Envoy, a sidecar listed before the pod's own, is stopped after them.
   spec.initContainers = [s.initContainer, s.envoyContainer, ...(spec.initContainers ?? [])];
+  if (s.volume) spec.volumes = [...(spec.volumes ?? []), s.volume];
   return out;
 }
 
@@ -72,6 +75,7 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
   for (const r of s.probes) ops.push({ op: 'replace', path: `/spec/${r.list}/${r.container}/${r.kind}`, value: r.probe });
   if (pod.spec!.initContainers === undefined) ops.push({ op: 'add', path: '/spec/initContainers', value: [s.initContainer, s.envoyContainer] });
   else [s.initContainer, s.envoyContainer].forEach((c, i) => ops.push({ op: 'add', path: `/spec/initContainers/${i}`, value: c }));
+  if (s.volume) ops.push(pod.spec!.volumes === undefined ? { op: 'add', path: '/spec/volumes', value: [s.volume] } : { op: 'add', path: '/spec/volumes/-', value: s.volume });
   return ops;
 }
 
@@ -92,6 +96,9 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
   const names = [...pod.spec.containers, ...(pod.spec.initContainers ?? [])].map((c) => c.name);
   for (const n of [NAMES.initContainer, NAMES.envoyContainer]) {
     if (names.includes(n)) throw new InjectError(`pod already has a container named ${n} but no ${ANNOTATIONS.status} annotation`);
+  }
+  if (config.middleboxTlsSecret !== undefined && (pod.spec.volumes ?? []).some((v) => v.name === NAMES.tlsVolume)) {
+    throw new InjectError(`pod already has a volume named ${NAMES.tlsVolume}, which the sidecar's TLS to the middlebox takes`);
   }
   const a = pod.metadata?.annotations ?? {};
   const taken = new Set([config.inboundPort, config.outboundPort, config.adminPort, config.probePort]);
@@ -128,6 +135,7 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
     excludeOutboundPorts,
     excludeOutboundCidrs,
   };
+  const tls = middleboxTls(config);
   const excludedSet = new Set(excludeInboundPorts);
   const captured = includeInboundPorts === '*' ? '*' : includeInboundPorts.filter((p) => !excludedSet.has(p)).join(',');
   return {
@@ -140,10 +148,49 @@ function sidecar(pod: Pod, config: InjectConfig): Sidecar {
       ...(excludeOutboundCidrs.length > 0 ? { [ANNOTATIONS.excludedOutboundCidrs]: excludeOutboundCidrs.join(',') } : {}),
       [ANNOTATIONS.failureMode]: failureMode,
       [ANNOTATIONS.appPort]: String(appPort),
+      ...tls?.annotations,
     },
     initContainer: initContainer(config, capture),
-    envoyContainer: envoyContainer(pod, config, appPort, failureMode, authzHeadersOf(a[ANNOTATIONS.authzHeaders]), probes),
+    envoyContainer: envoyContainer(pod, config, appPort, failureMode, authzHeadersOf(a[ANNOTATIONS.authzHeaders]), probes, tls?.options),
     probes,
+    volume: tls?.volume,
+  };
+}
+
+/**
+ * TLS to the middlebox (config.middleboxTlsSecret): the bootstrap's options, and a projected volume
+ * with the Secret's files and, from the pod's own annotations (downward API), the SDS resource
+ * files that name them. The kubelet replaces the whole volume at once when the Secret changes (its
+ * files are links through `..data`); Envoy watches the directory for that and reloads.
+ */
+function middleboxTls(config: InjectConfig): { options: MiddleboxTlsOptions; annotations: Record<string, string>; volume: { name: string; [key: string]: unknown } } | undefined {
+  if (config.middleboxTlsSecret === undefined) {
+    if (config.middleboxMtls) throw new InjectError('mTLS to the middlebox needs the Secret with the client certificate (middleboxTlsSecret)');
+    return undefined;
+  }
+  const dir = config.middleboxTlsDir.replace(/\/+$/, '');
+  const file = (key: string) => `${dir}/${key}`;
+  const options: MiddleboxTlsOptions = {
+    caFile: file(TLS_SECRET_KEYS.ca),
+    ...(config.middleboxMtls ? { certFile: file(TLS_SECRET_KEYS.cert), keyFile: file(TLS_SECRET_KEYS.key) } : {}),
+    watchedDirectory: dir,
+  };
+  const sds = middleboxTlsSdsFiles(options);
+  const fromAnnotation: Array<[string, string]> = [[MIDDLEBOX_TLS_SDS_FILES.ca, ANNOTATIONS.tlsSdsCa]];
+  if (config.middleboxMtls) fromAnnotation.push([MIDDLEBOX_TLS_SDS_FILES.clientCert, ANNOTATIONS.tlsSdsClientCert]);
+  const keys = config.middleboxMtls ? [TLS_SECRET_KEYS.ca, TLS_SECRET_KEYS.cert, TLS_SECRET_KEYS.key] : [TLS_SECRET_KEYS.ca];
+  return {
+    options,
+    annotations: Object.fromEntries(fromAnnotation.map(([f, annotation]) => [annotation, sds[f]!])),
+    volume: {
+      name: NAMES.tlsVolume,
+      projected: {
+        sources: [
+          { secret: { name: config.middleboxTlsSecret, items: keys.map((key) => ({ key, path: key })) } },
+          { downwardAPI: { items: fromAnnotation.map(([f, annotation]) => ({ path: f, fieldRef: { fieldPath: `metadata.annotations['${annotation}']` } })) } },
+        ],
+      },
+    },
   };
 }
 
@@ -206,7 +253,15 @@ function initContainer(config: InjectConfig, capture: CaptureSettings): Containe
  * filesystem stays read-only. The kubelet also expands `$(POD_NAME)` and `$(POD_NAMESPACE)` inside
  * the variable (they are defined before it), which gives every Envoy its own node id.
  */
-function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failureMode: FailureMode, authzHeaders: string[] | undefined, probes: RewrittenProbe[]): Container {
+function envoyContainer(
+  pod: Pod,
+  config: InjectConfig,
+  appPort: number,
+  failureMode: FailureMode,
+  authzHeaders: string[] | undefined,
+  probes: RewrittenProbe[],
+  middleboxTls: MiddleboxTlsOptions | undefined,
+): Container {
   const nodeId = '$(POD_NAME).$(POD_NAMESPACE)';
   const bootstrap = renderBootstrapYaml({
     nodeId,
@@ -221,6 +276,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
     failureModeAllow: failureMode === 'open',
     authzHeaders,
     appProbes: probes.length > 0 ? { address: '0.0.0.0', port: config.probePort, routes: probes.map((p) => p.route) } : undefined,
+    middleboxTls,
   });
   // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.
   if (bootstrap.split(nodeId).join('').includes('$')) throw new InjectError('the rendered bootstrap contains "$", which the kubelet would expand');
@@ -256,6 +312,7 @@ function envoyContainer(pod: Pod, config: InjectConfig, appPort: number, failure
       { name: NAMES.bootstrapEnv, value: bootstrap },
     ],
     readinessProbe: { ...structuredClone(ready), periodSeconds: 2, failureThreshold: 3 },
+    ...(middleboxTls ? { volumeMounts: [{ name: NAMES.tlsVolume, mountPath: middleboxTls.watchedDirectory, readOnly: true }] } : {}),
     resources: structuredClone(config.envoyResources),
     securityContext: {
       runAsUser: config.envoyUid,

@@ -27,6 +27,7 @@ export interface Container {
 export interface PodSpec {
   containers: Container[];
   initContainers?: Container[];
+  volumes?: Array<{ name: string; [key: string]: unknown }>;
   hostNetwork?: boolean;
   [key: string]: unknown;
 }

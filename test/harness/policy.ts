@@ -15,3 +15,14 @@ export function snapshot(policies: Record<string, string>, generation = 1): Poli
   assert.deepEqual(errors.map(formatPolicyError), []);
   return compileSnapshot(documents, generation);
 }
+
+/** The smallest policy a test can tell apart from Envoy failing closed: /admin/* denied by rule no-admin, the rest allowed. */
+export const NO_ADMIN_POLICY = `apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: shop }
+spec:
+  firewall:
+    default: allow
+    rules:
+      - { name: no-admin, action: deny, paths: ["/admin/*"] }
+`;

@@ -198,6 +198,8 @@ describe('middlebox inject (command line)', function () {
       [[], undefined, 2, /-f FILE is required/],
       [['-f', '-', '--namespace-labels', 'nolabel'], '', 2, /key=value/],
       [['--bogus'], undefined, 2, /Unknown option/],
+      [['-f', '-', '--middlebox-mtls'], '', 2, /--middlebox-mtls needs --middlebox-tls-secret/],
+      [['-f', '-', '--middlebox-tls-secret', 'Not_A_Name'], '', 2, /--middlebox-tls-secret must name a Secret/],
     ] as const) {
       const r = run([...args], input);
       assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);

@@ -24,7 +24,7 @@ const HOST = '127.0.0.1';
 // Flags given to every webhook, so that the expected pod is not just the defaults by accident.
 const MIDDLEBOX = 'middlebox.test-system.svc:9101';
 const ENVOY_IMAGE = 'example.test/envoy:webhook-test';
-const config = injectConfig({ middleboxAddress: MIDDLEBOX, envoyImage: ENVOY_IMAGE });
+const config = injectConfig({ middleboxAddress: MIDDLEBOX, envoyImage: ENVOY_IMAGE, middleboxTlsSecret: 'sidecar-tls', middleboxMtls: true });
 
 interface CertFiles {
   cert: string;
@@ -108,7 +108,7 @@ class Webhook {
       name: `middlebox inject serve :${port}`,
       command: process.execPath,
       args: [CLI, 'inject', 'serve', '--listen', `${HOST}:${port}`, '--tls-cert', certs.cert, '--tls-key', certs.key,
-        '--middlebox', MIDDLEBOX, '--envoy-image', ENVOY_IMAGE, '--log-level', 'debug', ...extra],
+        '--middlebox', MIDDLEBOX, '--envoy-image', ENVOY_IMAGE, '--middlebox-tls-secret', 'sidecar-tls', '--middlebox-mtls', '--log-level', 'debug', ...extra],
     });
     const hook = new Webhook(child, port, trusted);
     await child.waitReady(async () => (await hook.request('GET', '/healthz')).status === 200, 15_000, `GET /healthz on :${port}`);
@@ -231,7 +231,7 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
     it('prints its flags with --help', async () => {
       const r = await middlebox(['inject', 'serve', '--help']);
       assert.equal(r.code, 0, r.stderr);
-      for (const flag of ['--listen', '--tls-cert', '--tls-key', '--namespace-labels', '--middlebox', '--envoy-image', '--init-image', '--max-request-bytes']) {
+      for (const flag of ['--listen', '--tls-cert', '--tls-key', '--namespace-labels', '--middlebox', '--envoy-image', '--init-image', '--max-request-bytes', '--middlebox-tls-secret', '--middlebox-mtls']) {
         assert.ok(r.stdout.includes(flag), `--help names ${flag}`);
       }
       const inject = await middlebox(['inject', '--help']);
@@ -277,6 +277,9 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
       assert.equal(envoy.image, ENVOY_IMAGE);
       const bootstrap = (envoy.env as Array<{ name: string; value?: string }>).find((e) => e.name === NAMES.bootstrapEnv)!.value!;
       assert.match(bootstrap, /address: middlebox\.test-system\.svc\s+port_value: 9101/);
+      // So did the TLS flags: the Secret is mounted into Envoy, which presents its client certificate.
+      assert.deepEqual((applied as Pod).spec!.volumes!.map((v) => v.name), [NAMES.tlsVolume]);
+      assert.match(bootstrap, /tls_certificate_sds_secret_configs/);
     });
 
     it('injects a pod that says nothing: the namespace selector sent it, so its namespace counts as enabled', async () => {

@@ -21,6 +21,7 @@ import { ANNOTATIONS, NAMES, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, STATUS_IN
 import { admit, DEFAULT_WEBHOOK_DRAIN_MS, DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS, INJECT_PATH } from '../../src/inject/webhook';
 import { injectObject } from '../../src/inject/workloads';
 import { EtcdProcess } from '../../src/lab/etcd';
+import { makeTestPki } from '../../src/lab/certs';
 import { adminGet, HealthClient } from '../../src/lab/middlebox';
 import { freePort, waitFor } from '../../src/lab/ports';
 import { findExecutable, LabChild, makeTempDir, removeTempDir } from '../../src/lab/processes';
@@ -860,6 +861,95 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       assert.equal(byName(NAMES.envoyContainer)?.image, flagValue(args, 'envoy-image'));
       assert.equal(byName(NAMES.initContainer)?.image, flagValue(args, 'init-image'));
       assert.ok(ops.some((o) => o.path.endsWith(`/${ANNOTATIONS.status.replace('/', '~1')}`) && o.value === STATUS_INJECTED) || ops.some((o) => o.path === '/metadata/annotations' && o.value[ANNOTATIONS.status] === STATUS_INJECTED));
+    });
+  });
+  describe('the mTLS component (k8s/components/mtls), in an overlay of the base', () => {
+    let overlay: Doc[];
+    let overlayText: string;
+    let dir: string;
+    const children: LabChild[] = [];
+
+    before(() => {
+      dir = makeTempDir('middlebox-k8s-overlay-');
+      const rel = path.relative(dir, K8S);
+      fs.writeFileSync(path.join(dir, 'kustomization.yaml'), `resources: [${rel}]\ncomponents: [${rel}/components/mtls]\n`);
+      overlayText = kustomize(dir);
+      overlay = parseDocs(overlayText);
+    });
+    after(async () => {
+      for (const c of children) await c.stop(5000);
+      if (dir) removeTempDir(dir);
+    });
+
+    it('builds, every object is valid (--strict), and only the two Deployments differ from the base', async () => {
+      assertAllValid(overlay, await validate(overlayText), 'the base with k8s/components/mtls');
+      const key = (d: Doc) => `${d.kind}/${d.metadata.name}`;
+      assert.deepEqual(overlay.map(key), base.map(key));
+      const changed = overlay.filter((d, i) => JSON.stringify(d) !== JSON.stringify(base[i])).map(key);
+      assert.deepEqual(changed, ['Deployment/middlebox', 'Deployment/middlebox-webhook']);
+    });
+
+    it('the replicas: TLS files from the Secret middlebox-tls, client certificates required, probes on the admin port', () => {
+      const dep = find(overlay, 'Deployment', 'middlebox');
+      const c = container(dep, 'middlebox');
+      const values = parseFlags(serveCommand, kubeletExpand(c.args.slice(1), c));
+      const files = ['tls-cert', 'tls-key', 'tls-client-ca'].map((f) => String(values[f]));
+      assert.deepEqual(files.map((f) => path.basename(f)), ['tls.crt', 'tls.key', 'ca.crt']);
+      const mount = (c.volumeMounts as Doc[]).find((m) => m.mountPath === path.dirname(files[0]!));
+      assert.ok(mount && files.every((f) => path.dirname(f) === mount.mountPath), 'every file in one mounted volume');
+      const volume = (dep.spec.template.spec.volumes as Doc[]).find((v) => v.name === mount.name);
+      assert.equal(volume?.secret.secretName, 'middlebox-tls');
+      // The kubelet's gRPC probes do not speak TLS: every probe is plain HTTP on the admin port.
+      const admin = portOfListen(String(values['admin-listen']));
+      for (const kind of ['startupProbe', 'livenessProbe', 'readinessProbe']) {
+        assert.equal(c[kind].grpc, undefined, kind);
+        assert.equal(portNumber(c, c[kind].httpGet.port), admin, `${kind} on the admin port`);
+      }
+    });
+
+    it('the webhook: every injected sidecar mounts its namespace\'s middlebox-sidecar-tls and presents its certificate', async () => {
+      const c = container(find(overlay, 'Deployment', 'middlebox-webhook'), 'webhook');
+      const { config, namespaceLabels } = injectSettings(parseFlags(injectServeCommand, kubeletExpand(c.args.slice(2), c)));
+      assert.equal(config.middleboxTlsSecret, 'middlebox-sidecar-tls');
+      assert.equal(config.middleboxMtls, true);
+      const { object } = injectObject(structuredClone(find(samples, 'Deployment', 'shop')), namespaceLabels, config) as { object: Doc };
+      const volume = (object.spec.template.spec.volumes as Doc[]).find((v) => v.name === NAMES.tlsVolume);
+      assert.equal(volume?.projected.sources[0].secret.name, 'middlebox-sidecar-tls');
+      assertAllValid([object], await validate(stringifyYaml(object)), 'the sample Deployment injected with mTLS');
+    });
+
+    it('run for real with those arguments: probes answer 200 on the admin port, gRPC takes only clients with a certificate', async () => {
+      const c = container(find(overlay, 'Deployment', 'middlebox'), 'middlebox');
+      const pki = makeTestPki({ dir: path.join(dir, 'pki') });
+      const etcd = await EtcdProcess.start();
+      try {
+        const port = await freePort();
+        const adminPort = await freePort();
+        let args = kubeletExpand(c.args.slice(1), c, { MIDDLEBOX_ETCD: etcd.endpoint, POD_NAME: 'middlebox-7d9f-abcde' });
+        args = setFlag(setFlag(args, 'listen', `127.0.0.1:${port}`), 'state-dir', path.join(dir, 'state'));
+        args = setFlag(setFlag(args, 'admin-listen', `127.0.0.1:${adminPort}`), 'http-authz-listen', `127.0.0.1:${await freePort()}`);
+        // What the Secret's volume holds, from the test's CA.
+        args = setFlag(setFlag(setFlag(args, 'tls-cert', pki.server.certFile), 'tls-key', pki.server.keyFile), 'tls-client-ca', pki.caFile);
+        const child = LabChild.spawn({ name: 'middlebox serve (mTLS)', command: process.execPath, args: [CLI, 'serve', ...args] });
+        children.push(child);
+        const probe = (kind: string) => adminGet(`127.0.0.1:${adminPort}`, c[kind].httpGet.path as string);
+        await child.waitReady(async () => (await probe('readinessProbe').catch(() => ({ status: 0 }))).status === 200, 15_000, 'the readiness probe answering 200');
+        for (const kind of ['startupProbe', 'livenessProbe']) assert.equal((await probe(kind)).status, 200, kind);
+        const withCert = new HealthClient(`127.0.0.1:${port}`, { caFile: pki.caFile, ...pki.client });
+        const withoutCert = new HealthClient(`127.0.0.1:${port}`, { caFile: pki.caFile });
+        const plain = new HealthClient(`127.0.0.1:${port}`);
+        try {
+          assert.equal(await withCert.check(AUTHORIZATION_SERVICE), 'SERVING');
+          await assert.rejects(withoutCert.check('', 2000), 'no client certificate, no answer');
+          await assert.rejects(plain.check('', 2000), 'no plaintext');
+        } finally {
+          for (const h of [withCert, withoutCert, plain]) h.close();
+          await child.stop(5000);
+        }
+      } finally {
+        await etcd.stop();
+        pki.remove();
+      }
     });
   });
 });

@@ -2,7 +2,8 @@
 // golden files pin that); when on, it always verifies the replicas' certificate. A real Envoy
 // validates and runs these in test/integration/tls.test.ts.
 import assert from 'node:assert/strict';
-import { renderBootstrap, type BootstrapOptions } from '../../src/envoy/bootstrap';
+import { parse } from 'yaml';
+import { middleboxTlsSdsFiles, renderBootstrap, type BootstrapOptions } from '../../src/envoy/bootstrap';
 import { bootstrapOptionsFromFlags } from '../../src/cli/envoy';
 import { UsageError } from '../../src/cli/command';
 
@@ -74,6 +75,32 @@ describe('envoy bootstrap: TLS to the middlebox', () => {
     assert.throws(() => renderBootstrap({ middleboxTls: { caFile: '/ca', certFile: '/c' } }), /certFile and keyFile go together/);
     assert.throws(() => renderBootstrap({ middleboxTls: { caFile: '/ca', sni: ' ' } }), /sni must not be empty/);
     assert.throws(() => renderBootstrap({ middleboxTls: { caFile: '/ca', subjectAltNames: ['a b'] } }), /not a name/);
+  });
+
+  it('with a watched directory, reads the files through SDS resources kept in it, and refuses files elsewhere', () => {
+    const dir = '/etc/middlebox/tls';
+    const tls = { caFile: `${dir}/ca.crt`, certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key`, watchedDirectory: `${dir}/` };
+    const ctx = middleboxCluster({ middlebox: ['mb.svc:9001'], middleboxTls: tls }).transport_socket.typed_config.common_tls_context;
+    assert.equal(ctx.validation_context, undefined, 'no CA read once at start');
+    assert.equal(ctx.tls_certificates, undefined, 'no client certificate read once at start');
+    const watched = { watched_directory: { path: dir } };
+    assert.deepEqual(ctx.combined_validation_context.validation_context_sds_secret_config, {
+      name: 'middlebox_ca',
+      sds_config: { path_config_source: { path: `${dir}/middlebox-ca.sds.yaml`, ...watched }, resource_api_version: 'V3' },
+    });
+    assert.deepEqual(ctx.tls_certificate_sds_secret_configs[0].sds_config.path_config_source, { path: `${dir}/middlebox-client-cert.sds.yaml`, ...watched });
+    // The resource files name the certificate files, under the names the context asks for.
+    const files = middleboxTlsSdsFiles(tls);
+    assert.deepEqual(Object.keys(files), ['middlebox-ca.sds.yaml', 'middlebox-client-cert.sds.yaml']);
+    assert.deepEqual(parse(files['middlebox-client-cert.sds.yaml']!).resources[0].name, 'middlebox_client_cert');
+    for (const [bad, message] of [
+      [{ ...tls, watchedDirectory: 'etc/tls' }, /absolute path/],
+      [{ ...tls, caFile: '/elsewhere/ca.crt' }, /caFile must be a file in watchedDirectory/],
+      [{ ...tls, keyFile: `${dir}/sub/tls.key` }, /keyFile must be a file in watchedDirectory/],
+    ] as const) {
+      assert.throws(() => renderBootstrap({ middlebox: ['mb.svc:9001'], middleboxTls: bad }), message);
+    }
+    assert.throws(() => middleboxTlsSdsFiles({ caFile: '/ca.crt' }), /watchedDirectory is not set/);
   });
 
   it('`middlebox envoy bootstrap` flags map onto the options, and refuse incomplete TLS', () => {

@@ -111,6 +111,11 @@ function initScript(p: Pod): string {
   return (initOf(p).command as string[]).join('\n');
 }
 
+/** The middlebox cluster's transport socket, if any. */
+function tlsContextOrNone(b: Doc): Doc | undefined {
+  return (b.static_resources.clusters as Doc[]).find((c) => c.name === 'middlebox')!.transport_socket;
+}
+
 function bootstrapOf(p: Pod): Doc {
   const env = (envoyOf(p).env as Doc[]).find((e) => e.name === NAMES.bootstrapEnv);
   return parse(env!.value as string);
@@ -255,6 +260,18 @@ describe('inject', () => {
       });
     }
 
+    const tls = { ...config, middleboxTlsSecret: 'sidecar-tls', middleboxMtls: true };
+    for (const [name, p] of [
+      ['a pod without volumes', pod()],
+      ['a pod with volumes', pod(undefined, { spec: { containers: [{ name: 'a' }], volumes: [{ name: 'data', emptyDir: {} }] } })],
+    ] as const) {
+      it(`with TLS to the middlebox, turns ${name} into exactly injectPod's result`, () => {
+        const applied = applyPatch(deepClone(p), deepClone(patch(p, tls)), /* validate */ true).newDocument;
+        assert.deepEqual(applied, injectPod(p, tls));
+        assert.equal(applied.spec!.volumes!.at(-1)!.name, NAMES.tlsVolume);
+      });
+    }
+
     it('is empty for an injected pod, and injecting twice changes nothing', () => {
       const once = injectPod(pod(), config);
       assert.deepEqual(patch(once, config), []);
@@ -389,6 +406,69 @@ describe('inject', () => {
       ] as const) {
         assert.throws(() => injectPod(pod({ [k]: v }), config), (e: Error) => e instanceof InjectError && msg.test(e.message), `${k}=${v}`);
       }
+    });
+  });
+
+  describe('TLS to the middlebox (middleboxTlsSecret)', () => {
+    const volumeOf = (p: Pod) => p.spec!.volumes!.find((v) => v.name === NAMES.tlsVolume) as Doc;
+    const tlsContext = (b: Doc, cluster: string) => (b.static_resources.clusters as Doc[]).find((c) => c.name === cluster)!.transport_socket.typed_config;
+
+    it('mounts the Secret\'s ca.crt into Envoy only, and Envoy reads it through SDS from the mounted directory', () => {
+      const out = injectPod(pod(), { ...config, middleboxTlsSecret: 'sidecar-tls', middleboxHttpAddress: 'middlebox.middlebox-system.svc:9003' });
+      const [secret, downward] = volumeOf(out).projected.sources as Doc[];
+      assert.deepEqual(secret, { secret: { name: 'sidecar-tls', items: [{ key: 'ca.crt', path: 'ca.crt' }] } });
+      assert.deepEqual(downward, {
+        downwardAPI: { items: [{ path: 'middlebox-ca.sds.yaml', fieldRef: { fieldPath: `metadata.annotations['${ANNOTATIONS.tlsSdsCa}']` } }] },
+      });
+      assert.deepEqual(envoyOf(out).volumeMounts, [{ name: NAMES.tlsVolume, mountPath: '/etc/middlebox/tls', readOnly: true }]);
+      for (const c of [...out.spec!.containers, initOf(out)]) assert.equal((c as Doc).volumeMounts, undefined, `${c.name} does not see it`);
+      // The SDS file the annotation becomes names the mounted CA.
+      const a = out.metadata!.annotations!;
+      assert.deepEqual(parse(a[ANNOTATIONS.tlsSdsCa]!), {
+        resources: [{ '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret', name: 'middlebox_ca', validation_context: { trusted_ca: { filename: '/etc/middlebox/tls/ca.crt' } } }],
+      });
+      assert.equal(a[ANNOTATIONS.tlsSdsClientCert], undefined);
+      // Both clusters (gRPC and HTTP ext_authz) verify the replicas by the Service's name, with the CA from SDS.
+      for (const cluster of ['middlebox', 'middlebox_http']) {
+        const t = tlsContext(bootstrapOf(out), cluster);
+        assert.equal(t.sni, 'middlebox.middlebox-system.svc');
+        const v = t.common_tls_context.combined_validation_context;
+        assert.deepEqual(v.default_validation_context.match_typed_subject_alt_names, [{ san_type: 'DNS', matcher: { exact: 'middlebox.middlebox-system.svc' } }]);
+        assert.deepEqual(v.validation_context_sds_secret_config.sds_config.path_config_source, {
+          path: '/etc/middlebox/tls/middlebox-ca.sds.yaml',
+          watched_directory: { path: '/etc/middlebox/tls' },
+        });
+        assert.equal(t.common_tls_context.tls_certificate_sds_secret_configs, undefined, 'no client certificate without mTLS');
+      }
+    });
+
+    it('with mTLS, also the Secret\'s tls.crt and tls.key, presented as Envoy\'s client certificate', () => {
+      const out = injectPod(pod(), { ...config, middleboxTlsSecret: 'sidecar-tls', middleboxMtls: true });
+      const [secret, downward] = volumeOf(out).projected.sources as Doc[];
+      assert.deepEqual((secret.secret.items as Doc[]).map((i) => i.key), ['ca.crt', 'tls.crt', 'tls.key']);
+      assert.deepEqual((downward.downwardAPI.items as Doc[]).map((i) => i.path), ['middlebox-ca.sds.yaml', 'middlebox-client-cert.sds.yaml']);
+      const sds = parse(out.metadata!.annotations![ANNOTATIONS.tlsSdsClientCert]!);
+      assert.deepEqual(sds.resources[0].tls_certificate, { certificate_chain: { filename: '/etc/middlebox/tls/tls.crt' }, private_key: { filename: '/etc/middlebox/tls/tls.key' } });
+      const t = tlsContext(bootstrapOf(out), 'middlebox');
+      assert.deepEqual(t.common_tls_context.tls_certificate_sds_secret_configs.map((c: Doc) => [c.name, c.sds_config.path_config_source.path]), [
+        ['middlebox_client_cert', '/etc/middlebox/tls/middlebox-client-cert.sds.yaml'],
+      ]);
+    });
+
+    it('without it, no volume, no mount, no TLS annotations: plaintext', () => {
+      const out = injectPod(pod(), config);
+      assert.equal(out.spec!.volumes, undefined);
+      assert.equal(envoyOf(out).volumeMounts, undefined);
+      assert.equal(out.metadata!.annotations![ANNOTATIONS.tlsSdsCa], undefined);
+      assert.equal(tlsContextOrNone(bootstrapOf(out)), undefined);
+    });
+
+    it('refuses mTLS without the Secret, and a pod that already has a volume of that name', () => {
+      assert.throws(() => injectPod(pod(), { ...config, middleboxMtls: true }), (e: Error) => e instanceof InjectError && /needs the Secret/.test(e.message));
+      const taken = pod(undefined, { spec: { containers: [{ name: 'a' }], volumes: [{ name: NAMES.tlsVolume, emptyDir: {} }] } });
+      assert.throws(() => injectPod(taken, { ...config, middleboxTlsSecret: 's' }), (e: Error) => e instanceof InjectError && /already has a volume named middlebox-tls/.test(e.message));
+      // Without TLS the name is free for the pod's own use.
+      assert.doesNotThrow(() => injectPod(taken, config));
     });
   });
 
