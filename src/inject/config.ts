@@ -52,6 +52,13 @@ export const NAMESPACE_LABEL_ENABLED = 'enabled';
 /** The value of the status annotation on an injected pod. */
 export const STATUS_INJECTED = 'injected';
 
+/**
+ * The label the injector puts on every pod it injects (webhook and `inject -f` alike): what the
+ * middlebox's NetworkPolicy selects the sidecars by, and `kubectl get pods -l` finds them by.
+ */
+export const SIDECAR_LABEL = 'middlebox.io/sidecar';
+export const SIDECAR_LABEL_INJECTED = 'injected';
+
 /** Names of what the injector adds, so that it (and tests) can find them again. */
 export const NAMES = {
   initContainer: 'middlebox-init',

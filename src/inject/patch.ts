@@ -5,7 +5,7 @@ import { MIDDLEBOX_TLS_SDS_FILES, middleboxTlsSdsFiles, renderBootstrapYaml, typ
 import { HEADER_NAME_RULE, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
-import { ANNOTATIONS, NAMES, STATUS_INJECTED, TLS_SECRET_KEYS, type FailureMode, type InjectConfig } from './config';
+import { ANNOTATIONS, NAMES, SIDECAR_LABEL, SIDECAR_LABEL_INJECTED, STATUS_INJECTED, TLS_SECRET_KEYS, type FailureMode, type InjectConfig } from './config';
 import type { Container, JsonPatchOperation, Pod } from './types';
 
 /** A pod the injector cannot inject as asked (e.g. a malformed annotation). */
@@ -47,7 +47,7 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   const out = structuredClone(pod);
   if (isInjected(pod)) return out;
   const s = sidecar(pod, config);
-  out.metadata = { ...out.metadata, annotations: { ...out.metadata?.annotations, ...s.annotations } };
+  out.metadata = { ...out.metadata, labels: { ...out.metadata?.labels, [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED }, annotations: { ...out.metadata?.annotations, ...s.annotations } };
   const spec = out.spec!;
   for (const r of s.probes) spec[r.list]![r.container]![r.kind] = r.probe;
   // First, as Istio's: the pod's own init containers and sidecars then start with the capture and
@@ -64,6 +64,8 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
   const s = sidecar(pod, config);
   const ops: JsonPatchOperation[] = [];
   if (pod.metadata === undefined) ops.push({ op: 'add', path: '/metadata', value: {} });
+  if (pod.metadata?.labels === undefined) ops.push({ op: 'add', path: '/metadata/labels', value: { [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } });
+  else ops.push({ op: 'add', path: `/metadata/labels/${escapePointer(SIDECAR_LABEL)}`, value: SIDECAR_LABEL_INJECTED });
   if (pod.metadata?.annotations === undefined) {
     ops.push({ op: 'add', path: '/metadata/annotations', value: s.annotations });
   } else {

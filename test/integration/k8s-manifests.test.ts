@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { applyPatch, type Operation } from 'fast-json-patch';
 import { parse as parseYaml, parseAllDocuments, stringify as stringifyYaml } from 'yaml';
 import type { Command } from '../../src/cli/command';
 import { injectServeCommand, injectSettings } from '../../src/cli/inject';
@@ -553,6 +554,28 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       assert.ok(dep.spec.template.spec.terminationGracePeriodSeconds * 1000 >= delayMs + drainMs + 2000);
     });
 
+    it('NetworkPolicy: its ports are the container\'s; a pod injected offline gets in from any namespace; the other workloads do not', () => {
+      const np = find(base, 'NetworkPolicy', 'middlebox');
+      const ports = container(find(base, 'Deployment', 'middlebox'), 'middlebox').ports as Doc[];
+      for (const rule of np.spec.ingress as Doc[]) {
+        for (const p of rule.ports as Doc[]) assert.ok(ports.some((c) => c.name === p.port), `the NetworkPolicy's port ${p.port} is a container port`);
+      }
+      // `middlebox inject -f` on a Deployment opted in by annotation, for a namespace with no label at all.
+      const offline = structuredClone(find(samples, 'Deployment', 'shop'));
+      offline.spec.template.metadata.annotations = { ...offline.spec.template.metadata.annotations, [ANNOTATIONS.inject]: 'true' };
+      const { object } = injectObject(offline, {}, injectSettings({}).config) as { object: Doc };
+      const plainNs = { 'kubernetes.io/metadata.name': 'plain' };
+      for (const port of ['grpc', 'authz-http']) {
+        assert.ok(networkPolicyAdmits(np, { namespace: 'plain', nsLabels: plainNs, labels: object.spec.template.metadata.labels }, port), `an offline-injected pod on ${port}`);
+        for (const owner of podTemplates([...base, ...samples])) {
+          const d = [...base, ...samples].find((x) => `${x.kind}/${x.metadata.name}` === owner.owner)!;
+          if (owner.owner === 'Deployment/shop') continue;
+          const from = { namespace: d.metadata.namespace, nsLabels: { 'kubernetes.io/metadata.name': d.metadata.namespace }, labels: owner.template.metadata.labels };
+          assert.ok(!networkPolicyAdmits(np, from, port), `${owner.owner} has no sidecar: not on ${port}`);
+        }
+      }
+    });
+
     it('native gRPC probes on the server port, none on a component that etcd trouble turns NOT_SERVING', () => {
       const c = container(find(base, 'Deployment', 'middlebox'), 'middlebox');
       const listenPort = portOfListen(String(parseFlags(serveCommand, kubeletExpand(c.args.slice(1), c)).listen));
@@ -640,13 +663,9 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
       assert.ok(webhookDep.spec.template.spec.terminationGracePeriodSeconds * 1000 >= delayMs + drainMs + 2000);
     });
 
-    it('selectors and the injector agree: namespace enabled or pod labelled "true"; never "false", never the system namespaces, never twice; the middlebox\'s NetworkPolicy lets every injected pod in', () => {
+    it('selectors and the injector agree: namespace enabled or pod labelled "true"; never "false", never the system namespaces, never twice; the middlebox\'s NetworkPolicy lets in exactly the injected pods', () => {
       const { config, namespaceLabels } = injectSettings(webhookValues);
       const middleboxNp = find(base, 'NetworkPolicy', 'middlebox');
-      const middleboxPorts = container(find(base, 'Deployment', 'middlebox'), 'middlebox').ports as Doc[];
-      for (const rule of middleboxNp.spec.ingress as Doc[]) {
-        for (const p of rule.ports as Doc[]) assert.ok(middleboxPorts.some((c) => c.name === p.port), `the NetworkPolicy's port ${p.port} is a container port`);
-      }
       const shopNs = find(samples, 'Namespace', 'shop');
       const nsLabels = (ns: Doc) => ({ ...ns.metadata.labels, 'kubernetes.io/metadata.name': ns.metadata.name });
       const namespaces: Record<string, Record<string, string>> = {
@@ -671,6 +690,8 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
         [SYSTEM_NAMESPACE]: [],
         'kube-system': [],
       };
+      /** Every pod as the API server stores it: with the webhook's patch applied when it injected. */
+      const created: Array<{ ns: string; name: string; labels: Record<string, string>; injected: boolean }> = [];
       for (const [ns, labelsOfNs] of Object.entries(namespaces)) {
         const injected: string[] = [];
         for (const [name, extra] of Object.entries(pods)) {
@@ -682,22 +703,27 @@ describe('k8s/ manifests (kustomize, kubernetes-validate, and the code they depl
           };
           const called = (mwc.webhooks as Doc[]).filter((h) => selects(h.namespaceSelector, labelsOfNs) && selects(h.objectSelector, pod.metadata.labels));
           assert.ok(called.length <= 1, `${ns}/${name}: reviewed by ${called.map((h) => h.name).join(' and ')}`);
-          if (called.length === 0) continue;
-          const review = { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'u1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: ns, object: pod } };
-          if (admit(review, config, namespaceLabels).log.injected) injected.push(name);
+          let stored: Doc = pod;
+          if (called.length === 1) {
+            const review = { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid: 'u1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation: 'CREATE', namespace: ns, object: pod } };
+            const { log, review: answer } = admit(review, config, namespaceLabels);
+            if (log.injected) {
+              injected.push(name);
+              const ops = JSON.parse(Buffer.from(answer.response.patch!, 'base64').toString('utf8')) as Operation[];
+              stored = applyPatch(structuredClone(pod), ops, /* validate */ true).newDocument;
+            }
+          }
+          created.push({ ns, name, labels: stored.metadata.labels, injected: injected.includes(name) });
         }
         assert.deepEqual(injected, expected[ns], `pods injected in namespace ${ns}`);
-        // The sidecars of the pods injected here must reach the replicas' decision ports; pods of a
-        // namespace nobody enabled, and that did not opt in, must not. Every pod reaches the metrics.
-        for (const [name, extra] of Object.entries(pods)) {
-          const from = { namespace: ns, nsLabels: labelsOfNs, labels: { ...template.metadata.labels, ...extra.labels } };
-          for (const port of ['grpc', 'authz-http']) {
-            const admitted = networkPolicyAdmits(middleboxNp, from, port);
-            if (injected.includes(name)) assert.ok(admitted, `${ns}/${name} is injected: its sidecar reaches the middlebox's ${port} port`);
-            if (ns === 'plain' && name === 'plain') assert.ok(!admitted, `${ns}/${name}: neither namespace nor pod opted in, no way to the ${port} port`);
-          }
-          assert.ok(networkPolicyAdmits(middleboxNp, from, 'metrics'), `${ns}/${name} reaches the metrics port`);
+      }
+      // A sidecar reaches the replicas' decision ports, a pod without one does not; every pod reaches the metrics.
+      for (const { ns, name, labels, injected } of created) {
+        const from = { namespace: ns, nsLabels: namespaces[ns]!, labels };
+        for (const port of ['grpc', 'authz-http']) {
+          assert.equal(networkPolicyAdmits(middleboxNp, from, port), injected, `${ns}/${name} (${injected ? 'injected' : 'not injected'}) on the middlebox's ${port} port`);
         }
+        assert.ok(networkPolicyAdmits(middleboxNp, from, 'metrics'), `${ns}/${name} reaches the metrics port`);
       }
     });
   });

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { applyPatch, deepClone } from 'fast-json-patch';
 import { parse, stringify } from 'yaml';
 import { CHAINS, captureScript, normaliseCidr } from '../../src/inject/capture';
-import { ANNOTATIONS, INJECT_DEFAULTS, injectConfig, NAMES, NAMESPACE_LABEL } from '../../src/inject/config';
+import { ANNOTATIONS, INJECT_DEFAULTS, injectConfig, NAMES, NAMESPACE_LABEL, SIDECAR_LABEL, SIDECAR_LABEL_INJECTED } from '../../src/inject/config';
 import { injectionRequired } from '../../src/inject/decide';
 import { InjectError, injectPod, patch } from '../../src/inject/patch';
 import type { Container, Pod } from '../../src/inject/types';
@@ -377,6 +377,8 @@ describe('inject', () => {
       const a = out.metadata!.annotations!;
       assert.equal(a[ANNOTATIONS.status], 'injected');
       assert.equal(a[ANNOTATIONS.capturedInboundPorts], '8080');
+      // The label the middlebox's NetworkPolicy admits sidecars by.
+      assert.equal(out.metadata!.labels![SIDECAR_LABEL], SIDECAR_LABEL_INJECTED);
       // No outbound port is exempt by default: not the middlebox's, not etcd's.
       assert.equal(a[ANNOTATIONS.excludedOutboundPorts], undefined);
       assert.doesNotMatch(initScript(out), /--dport \d+ -j RETURN/);
@@ -479,7 +481,7 @@ describe('inject', () => {
       outboundPort: 15001,
       includeInboundPorts: [8080] as number[] | '*',
       excludeInboundPorts: [] as number[],
-      excludeOutboundPorts: [9001, 2379],
+      excludeOutboundPorts: [5432, 6379],
       excludeOutboundCidrs: ['10.96.0.0/12'],
     };
 
@@ -491,8 +493,8 @@ describe('inject', () => {
       assert.deepEqual(out, [
         `iptables -t nat -A ${CHAINS.outbound} -m owner --uid-owner 1337 -j RETURN`,
         `iptables -t nat -A ${CHAINS.outbound} -o lo -j RETURN`,
-        `iptables -t nat -A ${CHAINS.outbound} -p tcp --dport 9001 -j RETURN`,
-        `iptables -t nat -A ${CHAINS.outbound} -p tcp --dport 2379 -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -p tcp --dport 5432 -j RETURN`,
+        `iptables -t nat -A ${CHAINS.outbound} -p tcp --dport 6379 -j RETURN`,
         `iptables -t nat -A ${CHAINS.outbound} -d 10.96.0.0/12 -j RETURN`,
         `iptables -t nat -A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports 15001`,
       ]);
