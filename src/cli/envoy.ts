@@ -1,6 +1,6 @@
 // `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
 import { isIP } from 'node:net';
-import { BOOTSTRAP_DEFAULTS, INBOUND_FILTERS, renderBootstrapYaml, type BootstrapOptions, type InboundFilter } from '../envoy/bootstrap';
+import { BOOTSTRAP_DEFAULTS, BootstrapOptionsError, INBOUND_FILTERS, renderBootstrapYaml, type BootstrapOptions, type InboundFilter } from '../envoy/bootstrap';
 import { notHeaderNames, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { intOpt, runGroup, stringOpt, UsageError, type Command } from './command';
@@ -78,8 +78,8 @@ const bootstrap: Command = {
     try {
       yaml = renderBootstrapYaml(options);
     } catch (e) {
-      // What the renderer refuses (a plain Error) came from the flags: an endpoint that is not one, ...
-      if (e instanceof Error && e.constructor === Error) throw new UsageError(e.message);
+      // What the renderer refuses came from the flags: an endpoint that is not one, ...
+      if (e instanceof BootstrapOptionsError) throw new UsageError(e.message);
       throw e;
     }
     process.stdout.write(yaml);

@@ -2,7 +2,7 @@
 // (ext_authz) before traffic reaches the app, and the clusters they use. Pure: the same options
 // always give the same document, so the CLI, the injection webhook and the tests share it and the
 // golden files catch every change.
-import path from 'node:path';
+import { dirname, isAbsolute } from 'node:path';
 import { stringify } from 'yaml';
 // What the middlebox reads, so the rendered Envoy always sends it.
 import {
@@ -213,6 +213,9 @@ const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
 
 type Config = Record<string, unknown>;
 
+/** Options the renderer refuses: what a caller (a command line, an annotation) asked for, not a bug. */
+export class BootstrapOptionsError extends Error {}
+
 interface ResolvedOptions {
   accessLog: string | undefined;
   nodeId: string;
@@ -274,18 +277,18 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
   const timeoutMs = positiveInteger('timeoutMs', opts.timeoutMs ?? d.timeoutMs);
   const statusOnError = opts.statusOnError ?? d.statusOnError;
   if (!Number.isInteger(statusOnError) || statusOnError < 200 || statusOnError > 599) {
-    throw new Error(`statusOnError must be an HTTP status code, got ${statusOnError}`);
+    throw new BootstrapOptionsError(`statusOnError must be an HTTP status code, got ${statusOnError}`);
   }
   const extAuthz = opts.extAuthz ?? true;
   // The outbound listener's NAT asks the middlebox too, whatever the inbound side does.
   const asksMiddlebox = extAuthz || opts.outbound !== undefined;
   const middlebox = (opts.middlebox ?? (asksMiddlebox ? d.middlebox : [])).map(parseEndpoint);
-  if (asksMiddlebox && middlebox.length === 0) throw new Error('middlebox needs at least one endpoint');
-  if (opts.accessLog !== undefined && opts.accessLog.trim() === '') throw new Error('accessLog must be a file path');
+  if (asksMiddlebox && middlebox.length === 0) throw new BootstrapOptionsError('middlebox needs at least one endpoint');
+  if (opts.accessLog !== undefined && opts.accessLog.trim() === '') throw new BootstrapOptionsError('accessLog must be a file path');
   const middleboxHttp = opts.middleboxHttp?.map(parseEndpoint);
-  if (middleboxHttp && middleboxHttp.length === 0) throw new Error('middleboxHttp needs at least one endpoint');
+  if (middleboxHttp && middleboxHttp.length === 0) throw new BootstrapOptionsError('middleboxHttp needs at least one endpoint');
   if (middleboxHttp && (!extAuthz || opts.inboundHttp === false || opts.inboundFilter === 'ext_proc')) {
-    throw new Error('middleboxHttp is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
+    throw new BootstrapOptionsError('middleboxHttp is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
   }
   return {
     accessLog: opts.accessLog,
@@ -319,8 +322,8 @@ function resolveAppProbes(p: AppProbesOptions): AppProbesOptions {
   const seen = new Set<string>();
   for (const r of p.routes) {
     positiveInteger('appProbes.routes[].appPort', r.appPort);
-    if (!r.path.startsWith('/') || !r.appPath.startsWith('/')) throw new Error(`appProbes: paths must start with "/", got ${JSON.stringify(r.path)} -> ${JSON.stringify(r.appPath)}`);
-    if (seen.has(r.path)) throw new Error(`appProbes: ${JSON.stringify(r.path)} is routed twice`);
+    if (!r.path.startsWith('/') || !r.appPath.startsWith('/')) throw new BootstrapOptionsError(`appProbes: paths must start with "/", got ${JSON.stringify(r.path)} -> ${JSON.stringify(r.appPath)}`);
+    if (seen.has(r.path)) throw new BootstrapOptionsError(`appProbes: ${JSON.stringify(r.path)} is routed twice`);
     seen.add(r.path);
   }
   return p;
@@ -328,29 +331,29 @@ function resolveAppProbes(p: AppProbesOptions): AppProbesOptions {
 
 function resolveAuthzHeaders(names: readonly string[], hasFilter: boolean): string[] {
   if (!hasFilter) {
-    throw new Error('authzHeaders is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
+    throw new BootstrapOptionsError('authzHeaders is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
   }
   const bad = names.filter((n) => !isHeaderName(n));
-  if (bad.length) throw new Error(`authzHeaders: not a lower-case header name: ${bad.map((n) => JSON.stringify(n)).join(', ')} (${HEADER_NAME_RULE})`);
+  if (bad.length) throw new BootstrapOptionsError(`authzHeaders: not a lower-case header name: ${bad.map((n) => JSON.stringify(n)).join(', ')} (${HEADER_NAME_RULE})`);
   return sentListFor(names).split(',');
 }
 
 function resolveMiddleboxTls(t: MiddleboxTlsOptions, endpoints: Endpoint[]): ResolvedMiddleboxTls {
   const nonEmpty = (name: string, v: string | undefined) => {
-    if (v !== undefined && v.trim() === '') throw new Error(`middleboxTls.${name} must not be empty`);
+    if (v !== undefined && v.trim() === '') throw new BootstrapOptionsError(`middleboxTls.${name} must not be empty`);
     return v;
   };
-  if (!t.caFile || t.caFile.trim() === '') throw new Error('middleboxTls.caFile is required: TLS that verifies no certificate protects nothing');
-  if ((t.certFile === undefined) !== (t.keyFile === undefined)) throw new Error('middleboxTls.certFile and keyFile go together');
+  if (!t.caFile || t.caFile.trim() === '') throw new BootstrapOptionsError('middleboxTls.caFile is required: TLS that verifies no certificate protects nothing');
+  if ((t.certFile === undefined) !== (t.keyFile === undefined)) throw new BootstrapOptionsError('middleboxTls.certFile and keyFile go together');
   const hosts = endpoints.flatMap((e) => (e.kind === 'unix' ? [] : [e.address]));
   const names = [...new Set(t.subjectAltNames ?? hosts)];
-  for (const n of names) if (!n || /\s/.test(n)) throw new Error(`middleboxTls.subjectAltNames: ${JSON.stringify(n)} is not a name`);
+  for (const n of names) if (!n || /\s/.test(n)) throw new BootstrapOptionsError(`middleboxTls.subjectAltNames: ${JSON.stringify(n)} is not a name`);
   const sni = nonEmpty('sni', t.sni) ?? endpoints.find((e): e is Extract<Endpoint, { kind: 'dns' }> => e.kind === 'dns')?.address;
   const watchedDirectory = nonEmpty('watchedDirectory', t.watchedDirectory)?.replace(/\/+$/, '');
   if (watchedDirectory !== undefined) {
-    if (!path.isAbsolute(watchedDirectory)) throw new Error(`middleboxTls.watchedDirectory must be an absolute path, got ${JSON.stringify(t.watchedDirectory)}`);
+    if (!isAbsolute(watchedDirectory)) throw new BootstrapOptionsError(`middleboxTls.watchedDirectory must be an absolute path, got ${JSON.stringify(t.watchedDirectory)}`);
     for (const [name, file] of [['caFile', t.caFile], ['certFile', t.certFile], ['keyFile', t.keyFile]] as const) {
-      if (file !== undefined && path.dirname(file) !== watchedDirectory) throw new Error(`middleboxTls.${name} must be a file in watchedDirectory ${watchedDirectory}, got ${JSON.stringify(file)}`);
+      if (file !== undefined && dirname(file) !== watchedDirectory) throw new BootstrapOptionsError(`middleboxTls.${name} must be a file in watchedDirectory ${watchedDirectory}, got ${JSON.stringify(file)}`);
     }
   }
   return {
@@ -370,7 +373,7 @@ function resolveMiddleboxTls(t: MiddleboxTlsOptions, endpoints: Endpoint[]): Res
  */
 export function middleboxTlsSdsFiles(t: MiddleboxTlsOptions): Record<string, string> {
   const r = resolveMiddleboxTls(t, []);
-  if (!r.watchedDirectory) throw new Error('middleboxTls.watchedDirectory is not set: the certificate files are read directly, no SDS files are needed');
+  if (!r.watchedDirectory) throw new BootstrapOptionsError('middleboxTls.watchedDirectory is not set: the certificate files are read directly, no SDS files are needed');
   const file = (secret: Config) => stringify({ resources: [{ '@type': TYPES.tlsSecret, ...secret }] }, { lineWidth: 0 });
   const files: Record<string, string> = {
     [MIDDLEBOX_TLS_SDS_FILES.ca]: file({ name: SDS_SECRETS.ca, validation_context: { trusted_ca: { filename: r.caFile } } }),
@@ -390,7 +393,7 @@ function isIpLiteral(text: string): boolean {
 
 function resolveLocalRateLimit(l: LocalRateLimitOptions): LocalRateLimitOptions {
   const fillIntervalMs = positiveInteger('localRateLimit.fillIntervalMs', l.fillIntervalMs);
-  if (fillIntervalMs < 50) throw new Error(`localRateLimit.fillIntervalMs must be at least 50, got ${fillIntervalMs}`);
+  if (fillIntervalMs < 50) throw new BootstrapOptionsError(`localRateLimit.fillIntervalMs must be at least 50, got ${fillIntervalMs}`);
   return {
     maxTokens: positiveInteger('localRateLimit.maxTokens', l.maxTokens),
     tokensPerFill: positiveInteger('localRateLimit.tokensPerFill', l.tokensPerFill),
@@ -402,13 +405,13 @@ function resolveLocalRateLimit(l: LocalRateLimitOptions): LocalRateLimitOptions 
 function parseEndpoint(text: string): Endpoint {
   if (text.startsWith('unix:')) {
     const path = text.slice('unix:'.length);
-    if (!path.startsWith('/')) throw new Error(`unix endpoint needs an absolute path: ${text}`);
+    if (!path.startsWith('/')) throw new BootstrapOptionsError(`unix endpoint needs an absolute path: ${text}`);
     return { kind: 'unix', path };
   }
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 1 || port > 65535) {
-    throw new Error(`middlebox endpoint must be host:port, [v6]:port or unix:/path, got "${text}"`);
+    throw new BootstrapOptionsError(`middlebox endpoint must be host:port, [v6]:port or unix:/path, got "${text}"`);
   }
   if (m[1] !== undefined) return { kind: 'ip', address: m[1], port };
   const host = m[2]!;
@@ -980,7 +983,7 @@ function watchedTlsFiles(t: ResolvedMiddleboxTls, dir: string, names: Config): C
 function middleboxDiscoveryType(endpoints: Endpoint[]): 'STATIC' | 'STRICT_DNS' {
   if (!endpoints.some((e) => e.kind === 'dns')) return 'STATIC';
   if (endpoints.some((e) => e.kind === 'unix')) {
-    throw new Error('middlebox endpoints cannot mix host names and unix sockets in one cluster');
+    throw new BootstrapOptionsError('middlebox endpoints cannot mix host names and unix sockets in one cluster');
   }
   return 'STRICT_DNS';
 }
@@ -1024,7 +1027,7 @@ function socketAddress(address: string, port: number): Config {
 }
 
 function positiveInteger(name: string, value: number): number {
-  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${value}`);
+  if (!Number.isInteger(value) || value <= 0) throw new BootstrapOptionsError(`${name} must be a positive integer, got ${value}`);
   return value;
 }
 

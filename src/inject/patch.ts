@@ -1,7 +1,7 @@
 // The injection itself: what a pod looks like with the middlebox sidecar (`injectPod`), and the
 // same change as an RFC 6902 JSON Patch (`patch`), which is what an admission webhook answers.
 // Pure: no I/O, no clock, no randomness; the input pod is never modified.
-import { MIDDLEBOX_TLS_SDS_FILES, middleboxTlsSdsFiles, renderBootstrapYaml, type MiddleboxTlsOptions } from '../envoy/bootstrap';
+import { BootstrapOptionsError, MIDDLEBOX_TLS_SDS_FILES, middleboxTlsSdsFiles, renderBootstrapYaml, type MiddleboxTlsOptions } from '../envoy/bootstrap';
 import { HEADER_NAME_RULE, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { captureScript, normaliseCidr, type CaptureSettings } from './capture';
@@ -42,10 +42,17 @@ export function isInjected(pod: Pod): boolean {
   return pod.metadata?.annotations?.[ANNOTATIONS.status] === STATUS_INJECTED;
 }
 
-/** The pod with the sidecar; an already injected pod comes back unchanged (a copy). */
+/**
+ * The pod with the sidecar. An already injected pod comes back as it is (a copy), with the sidecar
+ * label added if it lacks it (injected by a version from before the label, which the middlebox's
+ * NetworkPolicy admits sidecars by).
+ */
 export function injectPod(pod: Pod, config: InjectConfig): Pod {
   const out = structuredClone(pod);
-  if (isInjected(pod)) return out;
+  if (isInjected(pod)) {
+    if (!hasSidecarLabel(pod)) out.metadata = { ...out.metadata, labels: { ...out.metadata?.labels, [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } };
+    return out;
+  }
   const s = sidecar(pod, config);
   out.metadata = { ...out.metadata, labels: { ...out.metadata?.labels, [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED }, annotations: { ...out.metadata?.annotations, ...s.annotations } };
   const spec = out.spec!;
@@ -58,14 +65,13 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
   return out;
 }
 
-/** The JSON Patch that turns `pod` into `injectPod(pod, config)`; empty for an injected pod. */
+/** The JSON Patch that turns `pod` into `injectPod(pod, config)`; for an injected pod, at most the label. */
 export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
-  if (isInjected(pod)) return [];
+  if (isInjected(pod)) return hasSidecarLabel(pod) ? [] : labelOps(pod);
   const s = sidecar(pod, config);
   const ops: JsonPatchOperation[] = [];
   if (pod.metadata === undefined) ops.push({ op: 'add', path: '/metadata', value: {} });
-  if (pod.metadata?.labels === undefined) ops.push({ op: 'add', path: '/metadata/labels', value: { [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } });
-  else ops.push({ op: 'add', path: `/metadata/labels/${escapePointer(SIDECAR_LABEL)}`, value: SIDECAR_LABEL_INJECTED });
+  ops.push(...labelOps(pod));
   if (pod.metadata?.annotations === undefined) {
     ops.push({ op: 'add', path: '/metadata/annotations', value: s.annotations });
   } else {
@@ -81,12 +87,32 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
   return ops;
 }
 
+function hasSidecarLabel(pod: Pod): boolean {
+  return pod.metadata?.labels?.[SIDECAR_LABEL] === SIDECAR_LABEL_INJECTED;
+}
+
+/** Adds the sidecar label (metadata exists). */
+function labelOps(pod: Pod): JsonPatchOperation[] {
+  if (pod.metadata?.labels === undefined) return [{ op: 'add', path: '/metadata/labels', value: { [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } }];
+  return [{ op: 'add', path: `/metadata/labels/${escapePointer(SIDECAR_LABEL)}`, value: SIDECAR_LABEL_INJECTED }];
+}
+
 /** RFC 6901: "~" -> "~0", "/" -> "~1". */
 export function escapePointer(token: string): string {
   return token.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 
 // ---- what is added ------------------------------------------------------------------------------
+
+/** The sidecar's bootstrap; options the renderer refuses come from the pod or the flags: the pod is refused with them. */
+function renderOrRefuse(options: Parameters<typeof renderBootstrapYaml>[0]): string {
+  try {
+    return renderBootstrapYaml(options);
+  } catch (e) {
+    if (e instanceof BootstrapOptionsError) throw new InjectError(`the sidecar's Envoy bootstrap: ${e.message}`);
+    throw e;
+  }
+}
 
 const ISTIO_PROXY = 'istio-proxy';
 const ISTIO_STATUS = 'sidecar.istio.io/status';
@@ -265,7 +291,7 @@ function envoyContainer(
   middleboxTls: MiddleboxTlsOptions | undefined,
 ): Container {
   const nodeId = '$(POD_NAME).$(POD_NAMESPACE)';
-  const bootstrap = renderBootstrapYaml({
+  const bootstrap = renderOrRefuse({
     nodeId,
     cluster: clusterName(pod),
     adminAddress: '127.0.0.1',

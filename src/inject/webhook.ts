@@ -22,7 +22,7 @@ import { drainHttpServer } from '../http-drain';
 import type { Logger } from '../observability/logger';
 import { ANNOTATIONS, type InjectConfig } from './config';
 import { injectionRequired } from './decide';
-import { InjectError, patch } from './patch';
+import { InjectError, isInjected, patch } from './patch';
 import type { Pod } from './types';
 
 export const ADMISSION_API_VERSION = 'admission.k8s.io/v1';
@@ -116,6 +116,11 @@ export function admit(body: unknown, config: InjectConfig, namespaceLabels: Reco
   const podName = pod.metadata?.name || (pod.metadata?.generateName ? `${pod.metadata.generateName}*` : undefined);
 
   const decision = injectionRequired(pod, namespaceLabels);
+  if (!decision.inject && isInjected(pod)) {
+    // Injected before (a pod from an injected template): it only gets the sidecar label if it lacks it.
+    const ops = patch(pod, config);
+    if (ops.length > 0) return answer({ allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(ops), 'utf8').toString('base64') }, false, `${decision.reason}; labelled`, podName);
+  }
   if (!decision.inject) {
     // A value that is neither "true" nor "false", as an annotation or a label, is most likely a typo
     // of an opt-in: the pod is admitted as it is (as Istio does), and kubectl shows why.

@@ -2,7 +2,7 @@
 // injector works on pods; this finds the pod in an object and puts the injected one back.
 import type { InjectConfig } from './config';
 import { injectionRequired, type Decision } from './decide';
-import { injectPod } from './patch';
+import { injectPod, isInjected } from './patch';
 import type { Pod } from './types';
 
 /** Kinds whose spec.template is a pod template. */
@@ -35,7 +35,8 @@ export function injectObject(object: unknown, namespaceLabels: Record<string, st
   // A template's metadata carries the pod's annotations; a workload's own annotations do not count.
   const pod: Pod = { metadata: holder.metadata, spec: holder.spec };
   const decision = injectionRequired(pod, namespaceLabels);
-  if (!decision.inject) return { object, decision };
+  // An injected template still gets the sidecar label if it lacks it (injectPod adds only that).
+  if (!decision.inject && !isInjected(pod)) return { object, decision };
   const injected = injectPod(pod, config);
   const out = structuredClone(obj);
   let target: K8sObject = out;

@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { applyPatch, deepClone, type Operation } from 'fast-json-patch';
-import { ANNOTATIONS, injectConfig, NAMES } from '../../src/inject/config';
+import { ANNOTATIONS, SIDECAR_LABEL, SIDECAR_LABEL_INJECTED, injectConfig, NAMES } from '../../src/inject/config';
 import { injectPod } from '../../src/inject/patch';
 import type { Pod } from '../../src/inject/types';
 import { freePort, waitFor } from '../../src/lab/ports';
@@ -299,6 +299,14 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
       const injected = injectPod(pod({ [ANNOTATIONS.inject]: 'true' }), config);
       const { response } = await hook.review(admissionReview('uid-again', injected));
       assert.deepEqual(response, { uid: 'uid-again', allowed: true });
+    });
+
+    it('gives a pod injected before the sidecar label only that label (what the NetworkPolicy admits sidecars by)', async () => {
+      const older = injectPod(pod({ [ANNOTATIONS.inject]: 'true' }), config);
+      delete older.metadata!.labels![SIDECAR_LABEL];
+      const { response } = await hook.review(admissionReview('uid-older', older));
+      assert.equal(response.allowed, true);
+      assert.deepEqual(decodePatch(response), [{ op: 'add', path: '/metadata/labels/middlebox.io~1sidecar', value: SIDECAR_LABEL_INJECTED }]);
     });
 
     it('echoes each request\'s own uid', async () => {

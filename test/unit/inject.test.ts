@@ -278,6 +278,18 @@ describe('inject', () => {
       assert.deepEqual(injectPod(once, config), once);
     });
 
+    it('gives a pod injected before the sidecar label that label, and nothing else (webhook patch and inject -f alike)', () => {
+      const older = injectPod(pod(), config);
+      delete older.metadata!.labels![SIDECAR_LABEL];
+      const again = injectPod(older, tls);
+      assert.deepEqual(again, { ...older, metadata: { ...older.metadata, labels: { ...older.metadata!.labels, [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } } });
+      assert.deepEqual(applyPatch(deepClone(older), deepClone(patch(older, tls)), true).newDocument, again);
+      const template = { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'd' }, spec: { template: { metadata: older.metadata, spec: older.spec } } };
+      const { object } = injectObject(template, {}, config) as { object: Record<string, any> };
+      assert.equal(object.spec.template.metadata.labels[SIDECAR_LABEL], SIDECAR_LABEL_INJECTED);
+      assert.deepEqual(object.spec.template.spec, older.spec);
+    });
+
     it('never modifies its input', () => {
       const p = pod({ [ANNOTATIONS.inject]: 'true' });
       const before = structuredClone(p);
@@ -463,6 +475,10 @@ describe('inject', () => {
       assert.equal(envoyOf(out).volumeMounts, undefined);
       assert.equal(out.metadata!.annotations![ANNOTATIONS.tlsSdsCa], undefined);
       assert.equal(tlsContextOrNone(bootstrapOf(out)), undefined);
+    });
+
+    it('refuses a pod, not crashes, when the bootstrap renderer refuses the settings', () => {
+      assert.throws(() => injectPod(pod(), { ...config, middleboxAddress: 'no-port' }), (e: Error) => e instanceof InjectError && /sidecar's Envoy bootstrap: middlebox endpoint must be host:port/.test(e.message));
     });
 
     it('refuses mTLS without the Secret, and a pod that already has a volume of that name', () => {
