@@ -32,7 +32,7 @@ deps-envoy:
 # iptables for the capture test (test/integration/capture-netns.test.ts), which runs the init
 # container's script in network namespaces of its own; it skips itself where that is not allowed.
 deps-iptables:
-	@command -v iptables >/dev/null 2>&1 || { \
+	@{ command -v iptables && command -v ip6tables; } >/dev/null 2>&1 || { \
 	  echo "installing iptables (Debian iptables)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
 

@@ -4,14 +4,19 @@
 //   PREROUTING -> MIDDLEBOX_INBOUND: captured inbound ports REDIRECT to Envoy's inbound listener.
 //   OUTPUT     -> MIDDLEBOX_OUTPUT:  Envoy's own traffic (its UID), loopback, excluded ports and
 //                                    CIDRs RETURN; everything else REDIRECTs to the outbound listener.
-// Only IPv4 TCP is captured (no ip6tables rules yet); UDP, e.g. DNS, is never touched.
+// Only IPv4 TCP is captured; UDP, e.g. DNS, is never touched. Envoy's listeners are IPv4, so TCP over
+// IPv6 is refused instead (ip6tables, filter table), as far as capture would take it: inbound to
+// the captured ports, outbound but for Envoy's UID, loopback and the excluded ports. Without that,
+// a dual-stack pod's IPv6 address would be a way around the firewall. The IPv6 rules are only
+// installed where the pod has IPv6 on an interface other than loopback; where it has, and
+// ip6tables fails, the script fails: the pod does not start rather than start unguarded.
 //
 // Safe to run again in the same network namespace, as Kubernetes may re-run an init container (it
 // is retried after a failure part-way, for one): the chains are created or else emptied, and the
 // jumps into them are added only when missing, so a second run leaves exactly the same rules.
 import ipaddr from 'ipaddr.js';
 
-export const CHAINS = { inbound: 'MIDDLEBOX_INBOUND', outbound: 'MIDDLEBOX_OUTPUT' } as const;
+export const CHAINS = { inbound: 'MIDDLEBOX_INBOUND', outbound: 'MIDDLEBOX_OUTPUT', inbound6: 'MIDDLEBOX_INBOUND6', outbound6: 'MIDDLEBOX_OUTPUT6' } as const;
 
 export interface CaptureSettings {
   envoyUid: number;
@@ -56,7 +61,37 @@ export function captureScript(s: CaptureSettings): string {
   for (const c of unique(cidrs)) lines.push(nat(`-A ${CHAINS.outbound} -d ${c} -j RETURN`));
   lines.push(nat(`-A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports ${s.outboundPort}`));
   lines.push(jump(`OUTPUT -p tcp -j ${CHAINS.outbound}`));
+  lines.push(...refuseIpv6(s));
   return `${lines.join('\n')}\n`;
+}
+
+/** The IPv6 part (see the header): refuse what capture would have sent to Envoy, where the pod has IPv6. */
+function refuseIpv6(s: CaptureSettings): string[] {
+  const filter = (rule: string) => `  ip6tables -t filter ${rule}`;
+  const jump = (rule: string) => `${filter(`-C ${rule}`)} 2>/dev/null || ${filter(`-A ${rule}`).trim()}`;
+  // Only connection attempts (SYN): replies of allowed connections, either way, pass.
+  const refuse = '--syn -j REJECT --reject-with tcp-reset';
+  const lines = [
+    // /proc/net/if_inet6: one line per IPv6 address, the interface name last.
+    "if [ -r /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then",
+    ...[CHAINS.inbound6, CHAINS.outbound6].map((c) => `${filter(`-N ${c}`)} 2>/dev/null || ${filter(`-F ${c}`).trim()}`),
+    filter(`-A ${CHAINS.inbound6} -i lo -j RETURN`),
+  ];
+  if (s.includeInboundPorts === '*') {
+    for (const p of unique(s.excludeInboundPorts)) lines.push(filter(`-A ${CHAINS.inbound6} -p tcp --dport ${p} -j RETURN`));
+    lines.push(filter(`-A ${CHAINS.inbound6} -p tcp ${refuse}`));
+  } else {
+    const excluded = new Set(s.excludeInboundPorts);
+    for (const p of unique(s.includeInboundPorts).filter((p) => !excluded.has(p))) lines.push(filter(`-A ${CHAINS.inbound6} -p tcp --dport ${p} ${refuse}`));
+  }
+  lines.push(jump(`INPUT -p tcp -j ${CHAINS.inbound6}`));
+  lines.push(filter(`-A ${CHAINS.outbound6} -m owner --uid-owner ${s.envoyUid} -j RETURN`));
+  lines.push(filter(`-A ${CHAINS.outbound6} -o lo -j RETURN`));
+  for (const p of unique(s.excludeOutboundPorts)) lines.push(filter(`-A ${CHAINS.outbound6} -p tcp --dport ${p} -j RETURN`));
+  lines.push(filter(`-A ${CHAINS.outbound6} -p tcp ${refuse}`));
+  lines.push(jump(`OUTPUT -p tcp -j ${CHAINS.outbound6}`));
+  lines.push('fi');
+  return lines;
 }
 
 function checkPort(p: number): void {

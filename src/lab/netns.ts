@@ -124,7 +124,7 @@ export class NetworkNamespace {
 
 /**
  * A veth pair between two namespaces, each end with an address (CIDR notation, e.g.
- * "10.0.0.1/29"; more than one for the second end gives it extra addresses) and up. The ends are
+ * "10.0.0.1/29" or "fd00::1/64"; more than one gives it extra addresses) and up. The ends are
  * created inside the namespaces, so their names never meet the root namespace's interfaces; they
  * disappear with the namespaces.
  */
@@ -134,7 +134,8 @@ export async function connectVeth(
 ): Promise<void> {
   await runOk(ipPath(), ['link', 'add', a.ifname, 'netns', a.ns.name, 'type', 'veth', 'peer', 'name', b.ifname, 'netns', b.ns.name]);
   for (const end of [a, b]) {
-    for (const address of end.addresses) await end.ns.execOk('ip', ['addr', 'add', address, 'dev', end.ifname]);
+    // IPv6 addresses without duplicate address detection: usable at once, not seconds later.
+    for (const address of end.addresses) await end.ns.execOk('ip', ['addr', 'add', address, 'dev', end.ifname, ...(address.includes(':') ? ['nodad'] : [])]);
     await end.ns.execOk('ip', ['link', 'set', end.ifname, 'up']);
   }
 }

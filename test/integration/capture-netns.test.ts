@@ -23,6 +23,9 @@ const CLIENT_IP = '10.213.0.2';
 /** A second address of the client namespace, named in the pod's exclude-outbound-cidrs. */
 const CLIENT_IP_EXCLUDED = '10.213.0.3';
 const PREFIX_LEN = 29;
+/** The same two ends over IPv6, which the sidecar does not capture: it must refuse it instead. */
+const POD_IP6 = 'fd00:213::1';
+const CLIENT_IP6 = 'fd00:213::2';
 
 const APP_PORT = 8080;
 /** Inbound port excluded by annotation: the app's metrics, reached directly. */
@@ -45,18 +48,23 @@ const LAB_ETCD = 'http://127.0.0.1:22379';
 const APP_USER: RunAs = { uid: 1000, gid: 1000 };
 const CLI = path.join(__dirname, '..', '..', 'src', 'cli', 'main.js');
 
-/** HTTP servers that answer every request with who they are and what reached them. argv[1]: JSON [{port, marker}]. */
+/**
+ * HTTP servers that answer every request with who they are and what reached them, each on IPv4
+ * and, separately, IPv6 (same port, [::] only). argv[1]: JSON [{port, marker}].
+ */
 const SERVERS_JS = `
 const http = require('node:http');
 for (const { port, marker } of JSON.parse(process.argv[1])) {
-  http.createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ marker, uid: process.getuid(), path: req.url, headers: req.headers,
-        remote: req.socket.remoteAddress, local: req.socket.localAddress, localPort: req.socket.localPort }));
-    });
-  }).listen(port, '0.0.0.0', () => console.log('listening ' + port));
+  for (const host of ['0.0.0.0', '::']) {
+    http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ marker, uid: process.getuid(), path: req.url, headers: req.headers,
+          remote: req.socket.remoteAddress, local: req.socket.localAddress, localPort: req.socket.localPort }));
+      });
+    }).listen({ port, host, ipv6Only: host === '::' }, () => console.log('listening ' + port + ' ' + host));
+  }
 }`;
 
 /** TCP echo servers on the ports of argv[1..]: each answers "echo:" + the first bytes that came. */
@@ -241,36 +249,44 @@ describe('capture: the init container script in network namespaces', function ()
     return Object.fromEntries(Object.entries(STATS).map(([k, name]) => [k, value(name)])) as Record<keyof typeof STATS, number>;
   }
 
+  /** The pod's rules the script writes: IPv4 nat, and the IPv6 filter rules. */
   async function natRules(): Promise<string> {
-    return pod!.execOk('iptables', ['-t', 'nat', '-S'], { env: scriptEnv });
+    return `${await pod!.execOk('iptables', ['-t', 'nat', '-S'], { env: scriptEnv })}${await pod!.execOk('ip6tables', ['-t', 'filter', '-S'], { env: scriptEnv })}`;
   }
 
   /**
    * The first variant of iptables that works in the pod namespace (or the one named in
-   * MIDDLEBOX_TEST_IPTABLES, e.g. iptables-legacy); PATH is arranged so that the script's
-   * `iptables` is it. Why none works is the reason to skip.
+   * MIDDLEBOX_TEST_IPTABLES, e.g. iptables-legacy), with its ip6tables (the pod has IPv6, and the
+   * script refuses TCP over it); PATH is arranged so that the script's `iptables` and `ip6tables`
+   * are they. Why none works is the reason to skip.
    */
   async function pickIptables(): Promise<string | undefined> {
     const errors: string[] = [];
-    const wanted = process.env.MIDDLEBOX_TEST_IPTABLES;
-    for (const variant of wanted ? [wanted] : ['iptables', 'iptables-nft', 'iptables-legacy']) {
+    /** The variant's executable if it lists `table` in the pod namespace; else why not, in errors. */
+    const working = async (variant: string, table: string): Promise<string | undefined> => {
       let file: string;
       try {
         file = findExecutable(variant, [`/usr/sbin/${variant}`, `/sbin/${variant}`]);
       } catch {
         errors.push(`${variant}: not installed`);
-        continue;
+        return undefined;
       }
-      const r = await pod!.exec(file, ['-t', 'nat', '-S']);
-      if (r.code !== 0) {
-        errors.push(`${variant}: ${r.stderr.trim()}`);
-        continue;
-      }
+      const r = await pod!.exec(file, ['-t', table, '-S']);
+      if (r.code === 0) return file;
+      errors.push(`${variant}: ${r.stderr.trim()}`);
+      return undefined;
+    };
+    const wanted = process.env.MIDDLEBOX_TEST_IPTABLES;
+    for (const variant of wanted ? [wanted] : ['iptables', 'iptables-nft', 'iptables-legacy']) {
+      const file = await working(variant, 'nat');
+      const file6 = file && (await working(variant.replace(/^iptables/, 'ip6tables'), 'filter'));
+      if (!file || !file6) continue;
       iptablesVariant = variant;
       if (variant !== 'iptables') {
         const bin = path.join(dir!, 'bin');
         fs.mkdirSync(bin, { recursive: true });
         fs.symlinkSync(file, path.join(bin, 'iptables'));
+        fs.symlinkSync(file6, path.join(bin, 'ip6tables'));
         scriptEnv = { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH ?? ''}` };
       }
       return undefined;
@@ -280,7 +296,7 @@ describe('capture: the init container script in network namespaces', function ()
 
   async function servers(ns: NetworkNamespace, name: string, specs: Array<{ port: number; marker: string }>, as?: RunAs): Promise<void> {
     const child = ns.spawn(name, node, ['-e', SERVERS_JS, JSON.stringify(specs)], { as });
-    await child.waitReady(async () => specs.every((s) => child.output().includes(`listening ${s.port}`)), 15_000, `${name} listening`);
+    await child.waitReady(async () => specs.every((s) => ['0.0.0.0', '::'].every((h) => child.output().includes(`listening ${s.port} ${h}`))), 15_000, `${name} listening`);
   }
 
   before(async function () {
@@ -291,8 +307,8 @@ describe('capture: the init container script in network namespaces', function ()
     pod = await NetworkNamespace.create('mbx-pod');
     client = await NetworkNamespace.create('mbx-client');
     await connectVeth(
-      { ns: pod, ifname: 'eth0', addresses: [`${POD_IP}/${PREFIX_LEN}`] },
-      { ns: client, ifname: 'eth0', addresses: [`${CLIENT_IP}/${PREFIX_LEN}`, `${CLIENT_IP_EXCLUDED}/${PREFIX_LEN}`] },
+      { ns: pod, ifname: 'eth0', addresses: [`${POD_IP}/${PREFIX_LEN}`, `${POD_IP6}/64`] },
+      { ns: client, ifname: 'eth0', addresses: [`${CLIENT_IP}/${PREFIX_LEN}`, `${CLIENT_IP_EXCLUDED}/${PREFIX_LEN}`, `${CLIENT_IP6}/64`] },
     );
     const noIptables = await pickIptables();
     if (noIptables) skip(this, noIptables);
@@ -494,6 +510,26 @@ describe('capture: the init container script in network namespaces', function ()
     const after = await stats();
     assert.equal(after.outboundRq, before.outboundRq);
     assert.equal(after.inboundRq, before.inboundRq);
+  });
+
+  it('refuses TCP over IPv6 where IPv4 would be captured, and leaves alone what IPv4 leaves alone', async () => {
+    // Both ends listen on IPv6 too: without the rules, each of these would get through, past Envoy.
+    const refused = async (ns: NetworkNamespace, url: string, as?: RunAs) => {
+      const r = await request(ns, url, as);
+      assert.equal(r.status, undefined, `${url} must not be answered: ${JSON.stringify(r)}`);
+      assert.match(r.error ?? '', /ECONNREFUSED|ECONNRESET/, url);
+    };
+    const before = await stats();
+    await refused(client!, `http://[${POD_IP6}]:${APP_PORT}/admin/users`);
+    await refused(pod!, `http://[${CLIENT_IP6}]:${OUTSIDE_PORT}/orders`, APP_USER);
+    // An excluded inbound port, an excluded outbound port and Envoy's own traffic, as over IPv4.
+    assert.equal((await echo(client!, `http://[${POD_IP6}]:${METRICS_PORT}/metrics`)).marker, 'metrics');
+    assert.equal((await echo(pod!, `http://[${CLIENT_IP6}]:${DB_PORT}/`, APP_USER)).marker, 'database');
+    assert.equal((await echo(pod!, `http://[${CLIENT_IP6}]:${OUTSIDE_PORT}/direct`, envoyUser)).marker, 'outside');
+    // And loopback: the app reaching itself.
+    assert.equal((await echo(pod!, `http://[::1]:${APP_PORT}/`, APP_USER)).marker, 'app');
+    const after = await stats();
+    assert.equal(after.inboundRq, before.inboundRq, 'nothing over IPv6 reached Envoy');
   });
 
   it('can run again in the same pod (init containers are retried) and leaves the same rules', async () => {

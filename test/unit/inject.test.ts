@@ -505,7 +505,7 @@ describe('inject', () => {
       const lines = captureScript(base).trim().split('\n');
       assert.equal(lines[0], 'set -eu');
       assert.ok(lines.includes(`iptables -t nat -A ${CHAINS.inbound} -p tcp --dport 8080 -j REDIRECT --to-ports 15006`));
-      const out = lines.filter((l) => l.includes(`-A ${CHAINS.outbound}`));
+      const out = lines.filter((l) => l.includes(`-A ${CHAINS.outbound} `));
       assert.deepEqual(out, [
         `iptables -t nat -A ${CHAINS.outbound} -m owner --uid-owner 1337 -j RETURN`,
         `iptables -t nat -A ${CHAINS.outbound} -o lo -j RETURN`,
@@ -515,7 +515,27 @@ describe('inject', () => {
         `iptables -t nat -A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports 15001`,
       ]);
       // The jumps into the chains come after the chains are complete.
-      assert.ok(lines.at(-1)!.endsWith(`-A OUTPUT -p tcp -j ${CHAINS.outbound}`));
+      const ipv6 = lines.indexOf("if [ -r /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then");
+      assert.ok(ipv6 > 0, 'an IPv6 part');
+      assert.ok(lines[ipv6 - 1]!.endsWith(`-A OUTPUT -p tcp -j ${CHAINS.outbound}`));
+    });
+
+    it('refuses new TCP connections over IPv6 where IPv4 would be captured, where the pod has IPv6', () => {
+      const lines = captureScript(base).trim().split('\n');
+      const ipv6 = lines.slice(lines.findIndex((l) => l.startsWith('if [ -r /proc/net/if_inet6 ]')));
+      assert.equal(ipv6.at(-1), 'fi');
+      const rules = ipv6.filter((l) => l.includes(' -A ') && !l.includes(' -C ')).map((l) => l.trim());
+      assert.deepEqual(rules, [
+        `ip6tables -t filter -A ${CHAINS.inbound6} -i lo -j RETURN`,
+        `ip6tables -t filter -A ${CHAINS.inbound6} -p tcp --dport 8080 --syn -j REJECT --reject-with tcp-reset`,
+        `ip6tables -t filter -A ${CHAINS.outbound6} -m owner --uid-owner 1337 -j RETURN`,
+        `ip6tables -t filter -A ${CHAINS.outbound6} -o lo -j RETURN`,
+        `ip6tables -t filter -A ${CHAINS.outbound6} -p tcp --dport 5432 -j RETURN`,
+        `ip6tables -t filter -A ${CHAINS.outbound6} -p tcp --dport 6379 -j RETURN`,
+        `ip6tables -t filter -A ${CHAINS.outbound6} -p tcp --syn -j REJECT --reject-with tcp-reset`,
+      ]);
+      const all = captureScript({ ...base, includeInboundPorts: '*', excludeInboundPorts: [9100] });
+      assert.match(all, new RegExp(`-A ${CHAINS.inbound6} -p tcp --dport 9100 -j RETURN\n  ip6tables -t filter -A ${CHAINS.inbound6} -p tcp --syn -j REJECT`));
     });
 
     it('captures every inbound port but the excluded ones with "*"', () => {
