@@ -47,7 +47,7 @@ function injectHelp(namespaceLabels: string[]): string[] {
     '                             mounted into Envoy only, renewed files taken without a restart (default: plaintext)',
     '  --middlebox-mtls           Envoy presents the Secret\'s tls.crt and tls.key (replicas run with --tls-client-ca)',
     `  --envoy-image IMAGE        (default ${d.envoyImage})`,
-    `  --init-image IMAGE         image with iptables and sh for the init container (default ${d.initImage})`,
+    `  --init-image IMAGE         image with sh, iptables and ip6tables for the init container (default ${d.initImage})`,
   ];
 }
 
@@ -229,8 +229,9 @@ function injectDocument(doc: unknown, labels: Record<string, string>, config: In
   }
   const name = obj && typeof obj === 'object' ? `${obj.kind ?? '?'}/${obj.metadata?.name ?? obj.metadata?.generateName ?? '?'}` : where;
   try {
-    const { object, decision } = injectObject(doc, labels, config);
+    const { object, decision, stale } = injectObject(doc, labels, config);
     if (explain && decision) process.stderr.write(`${name}: ${decision.inject ? 'injected' : 'not injected'}: ${decision.reason}\n`);
+    if (stale) process.stderr.write(`middlebox inject: warning: ${name}: ${stale}\n`);
     return object;
   } catch (e) {
     if (e instanceof InjectError || e instanceof Error) throw new MiddleboxError('bad_usage', `${where} (${name}): ${e.message}`);

@@ -8,8 +8,9 @@
 // IPv6 is refused instead (ip6tables, filter table), as far as capture would take it: inbound to
 // the captured ports, outbound but for Envoy's UID, loopback and the excluded ports. Without that,
 // a dual-stack pod's IPv6 address would be a way around the firewall. The IPv6 rules are only
-// installed where the pod has IPv6 on an interface other than loopback; where it has, and
-// ip6tables fails, the script fails: the pod does not start rather than start unguarded.
+// installed where the pod has IPv6 on an interface other than loopback (nearly every pod: a
+// link-local address is enough); where it has, and ip6tables fails, the script fails: the pod does
+// not start rather than start unguarded. So the init image needs sh, iptables and ip6tables.
 //
 // Safe to run again in the same network namespace, as Kubernetes may re-run an init container (it
 // is retried after a failure part-way, for one): the chains are created or else emptied, and the
@@ -72,8 +73,11 @@ function refuseIpv6(s: CaptureSettings): string[] {
   // Only connection attempts (SYN): replies of allowed connections, either way, pass.
   const refuse = '--syn -j REJECT --reject-with tcp-reset';
   const lines = [
-    // /proc/net/if_inet6: one line per IPv6 address, the interface name last.
-    "if [ -r /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then",
+    // /proc/net/if_inet6: one line per IPv6 address, the interface name last. Read by the shell
+    // itself: a missing tool in an `if` condition would not stop the script (set -e), only skip this.
+    'ipv6=',
+    'if [ -r /proc/net/if_inet6 ]; then while read -r _ _ _ _ _ dev; do [ "$dev" = lo ] || ipv6=1; done < /proc/net/if_inet6; fi',
+    'if [ -n "$ipv6" ]; then',
     ...[CHAINS.inbound6, CHAINS.outbound6].map((c) => `${filter(`-N ${c}`)} 2>/dev/null || ${filter(`-F ${c}`).trim()}`),
     filter(`-A ${CHAINS.inbound6} -i lo -j RETURN`),
   ];

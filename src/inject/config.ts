@@ -124,7 +124,7 @@ export interface InjectConfig {
 
 export const INJECT_DEFAULTS: InjectConfig = {
   envoyImage: 'envoyproxy/envoy:v1.40.0',
-  // Any image with iptables and a POSIX shell.
+  // Any image with a POSIX shell, iptables and ip6tables.
   initImage: 'middlebox/init:latest',
   middleboxAddress: 'middlebox.middlebox-system.svc:9001',
   envoyUid: 1337,

@@ -50,7 +50,7 @@ export function isInjected(pod: Pod): boolean {
 export function injectPod(pod: Pod, config: InjectConfig): Pod {
   const out = structuredClone(pod);
   if (isInjected(pod)) {
-    if (!hasSidecarLabel(pod)) out.metadata = { ...out.metadata, labels: { ...out.metadata?.labels, [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } };
+    if (needsSidecarLabel(pod)) out.metadata = { ...out.metadata, labels: { ...out.metadata?.labels, [SIDECAR_LABEL]: SIDECAR_LABEL_INJECTED } };
     return out;
   }
   const s = sidecar(pod, config);
@@ -67,7 +67,7 @@ export function injectPod(pod: Pod, config: InjectConfig): Pod {
 
 /** The JSON Patch that turns `pod` into `injectPod(pod, config)`; for an injected pod, at most the label. */
 export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
-  if (isInjected(pod)) return hasSidecarLabel(pod) ? [] : labelOps(pod);
+  if (isInjected(pod)) return needsSidecarLabel(pod) ? labelOps(pod) : [];
   const s = sidecar(pod, config);
   const ops: JsonPatchOperation[] = [];
   if (pod.metadata === undefined) ops.push({ op: 'add', path: '/metadata', value: {} });
@@ -87,8 +87,34 @@ export function patch(pod: Pod, config: InjectConfig): JsonPatchOperation[] {
   return ops;
 }
 
-function hasSidecarLabel(pod: Pod): boolean {
-  return pod.metadata?.labels?.[SIDECAR_LABEL] === SIDECAR_LABEL_INJECTED;
+/**
+ * For a pod injected before: how its sidecar differs from what `config` would inject now, in the
+ * settings that matter to reaching the middlebox (TLS), or undefined. Injection does not redo a
+ * sidecar, so such a pod keeps its old one until it is injected afresh from its original manifest.
+ */
+export function staleSidecar(pod: Pod, config: InjectConfig): string | undefined {
+  if (!isInjected(pod)) return undefined;
+  const init = (pod.spec?.initContainers ?? []).find((c) => c.name === NAMES.initContainer);
+  const script = Array.isArray(init?.command) ? init.command.join(' ') : '';
+  if (init && !script.includes('ip6tables')) {
+    return 'its capture, injected before, lets TCP over IPv6 past the sidecar: inject its original manifest (without the middlebox.io/status annotation) and re-create it';
+  }
+  const a = pod.metadata?.annotations ?? {};
+  const had = a[ANNOTATIONS.tlsSdsCa] === undefined ? 'plaintext' : a[ANNOTATIONS.tlsSdsClientCert] === undefined ? 'TLS' : 'mTLS';
+  const now = config.middleboxTlsSecret === undefined ? 'plaintext' : config.middleboxMtls ? 'mTLS' : 'TLS';
+  if (had === now) return undefined;
+  return `its sidecar, injected before, asks the middlebox over ${had}, not ${now} as the injector is set to: inject its original manifest (without the ${ANNOTATIONS.status} annotation) to change that`;
+}
+
+/**
+ * An injected pod without the sidecar label (injected before the label existed). Only one that has
+ * the sidecar's containers: the status annotation alone, which anyone can write, must not earn the
+ * label the middlebox's NetworkPolicy admits sidecars by.
+ */
+function needsSidecarLabel(pod: Pod): boolean {
+  if (pod.metadata?.labels?.[SIDECAR_LABEL] === SIDECAR_LABEL_INJECTED) return false;
+  const names = (pod.spec?.initContainers ?? []).map((c) => c.name);
+  return names.includes(NAMES.initContainer) && names.includes(NAMES.envoyContainer);
 }
 
 /** Adds the sidecar label (metadata exists). */
@@ -104,10 +130,10 @@ export function escapePointer(token: string): string {
 
 // ---- what is added ------------------------------------------------------------------------------
 
-/** The sidecar's bootstrap; options the renderer refuses come from the pod or the flags: the pod is refused with them. */
-function renderOrRefuse(options: Parameters<typeof renderBootstrapYaml>[0]): string {
+/** Runs the bootstrap renderer; options it refuses come from the pod or the flags: the pod is refused with them. */
+function refuseOnBadOptions<T>(render: () => T): T {
   try {
-    return renderBootstrapYaml(options);
+    return render();
   } catch (e) {
     if (e instanceof BootstrapOptionsError) throw new InjectError(`the sidecar's Envoy bootstrap: ${e.message}`);
     throw e;
@@ -203,7 +229,7 @@ function middleboxTls(config: InjectConfig): { options: MiddleboxTlsOptions; ann
     ...(config.middleboxMtls ? { certFile: file(TLS_SECRET_KEYS.cert), keyFile: file(TLS_SECRET_KEYS.key) } : {}),
     watchedDirectory: dir,
   };
-  const sds = middleboxTlsSdsFiles(options);
+  const sds = refuseOnBadOptions(() => middleboxTlsSdsFiles(options));
   const fromAnnotation: Array<[string, string]> = [[MIDDLEBOX_TLS_SDS_FILES.ca, ANNOTATIONS.tlsSdsCa]];
   if (config.middleboxMtls) fromAnnotation.push([MIDDLEBOX_TLS_SDS_FILES.clientCert, ANNOTATIONS.tlsSdsClientCert]);
   const keys = config.middleboxMtls ? [TLS_SECRET_KEYS.ca, TLS_SECRET_KEYS.cert, TLS_SECRET_KEYS.key] : [TLS_SECRET_KEYS.ca];
@@ -291,7 +317,7 @@ function envoyContainer(
   middleboxTls: MiddleboxTlsOptions | undefined,
 ): Container {
   const nodeId = '$(POD_NAME).$(POD_NAMESPACE)';
-  const bootstrap = renderOrRefuse({
+  const bootstrap = refuseOnBadOptions(() => renderBootstrapYaml({
     nodeId,
     cluster: clusterName(pod),
     adminAddress: '127.0.0.1',
@@ -305,7 +331,7 @@ function envoyContainer(
     authzHeaders,
     appProbes: probes.length > 0 ? { address: '0.0.0.0', port: config.probePort, routes: probes.map((p) => p.route) } : undefined,
     middleboxTls,
-  });
+  }));
   // The kubelet turns "$$" into "$" and "$(X)" into X's value: only our own references may appear.
   if (bootstrap.split(nodeId).join('').includes('$')) throw new InjectError('the rendered bootstrap contains "$", which the kubelet would expand');
   // Envoy's /ready is on the admin listener, which is bound to 127.0.0.1 (the admin API must not

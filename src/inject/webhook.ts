@@ -22,7 +22,7 @@ import { drainHttpServer } from '../http-drain';
 import type { Logger } from '../observability/logger';
 import { ANNOTATIONS, type InjectConfig } from './config';
 import { injectionRequired } from './decide';
-import { InjectError, isInjected, patch } from './patch';
+import { InjectError, isInjected, patch, staleSidecar } from './patch';
 import type { Pod } from './types';
 
 export const ADMISSION_API_VERSION = 'admission.k8s.io/v1';
@@ -117,9 +117,22 @@ export function admit(body: unknown, config: InjectConfig, namespaceLabels: Reco
 
   const decision = injectionRequired(pod, namespaceLabels);
   if (!decision.inject && isInjected(pod)) {
-    // Injected before (a pod from an injected template): it only gets the sidecar label if it lacks it.
+    // Injected before (a pod from an injected template): it only gets the sidecar label if it
+    // lacks it, and a warning if its sidecar is not what the injector would make now.
     const ops = patch(pod, config);
-    if (ops.length > 0) return answer({ allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(ops), 'utf8').toString('base64') }, false, `${decision.reason}; labelled`, podName);
+    const stale = staleSidecar(pod, config);
+    if (ops.length > 0 || stale) {
+      return answer(
+        {
+          allowed: true,
+          ...(ops.length > 0 ? { patchType: 'JSONPatch' as const, patch: Buffer.from(JSON.stringify(ops), 'utf8').toString('base64') } : {}),
+          ...(stale ? { warnings: [`middlebox: ${stale}`] } : {}),
+        },
+        false,
+        `${decision.reason}${ops.length > 0 ? '; labelled' : ''}${stale ? `; ${stale}` : ''}`,
+        podName,
+      );
+    }
   }
   if (!decision.inject) {
     // A value that is neither "true" nor "false", as an annotation or a label, is most likely a typo

@@ -2,7 +2,7 @@
 // injector works on pods; this finds the pod in an object and puts the injected one back.
 import type { InjectConfig } from './config';
 import { injectionRequired, type Decision } from './decide';
-import { injectPod, isInjected } from './patch';
+import { injectPod, isInjected, staleSidecar } from './patch';
 import type { Pod } from './types';
 
 /** Kinds whose spec.template is a pod template. */
@@ -14,6 +14,8 @@ export interface InjectedObject {
   object: unknown;
   /** Undefined for objects that carry no pod (printed unchanged). */
   decision?: Decision;
+  /** An injected pod whose sidecar differs from what the settings would inject now: how (patch.staleSidecar). */
+  stale?: string;
 }
 
 /** Where the pod sits in the object, or undefined when the object carries none. */
@@ -37,11 +39,12 @@ export function injectObject(object: unknown, namespaceLabels: Record<string, st
   const decision = injectionRequired(pod, namespaceLabels);
   // An injected template still gets the sidecar label if it lacks it (injectPod adds only that).
   if (!decision.inject && !isInjected(pod)) return { object, decision };
+  const stale = staleSidecar(pod, config);
   const injected = injectPod(pod, config);
   const out = structuredClone(obj);
   let target: K8sObject = out;
   for (const key of where) target = target[key];
   target.metadata = injected.metadata;
   target.spec = injected.spec;
-  return { object: out, decision };
+  return { object: out, decision, ...(stale ? { stale } : {}) };
 }

@@ -190,6 +190,16 @@ describe('middlebox inject (command line)', function () {
     assert.equal(JSON.parse(r.stdout).metadata.annotations[ANNOTATIONS.status], 'injected');
   });
 
+  it('warns when a manifest injected before would get other TLS settings now, and prints it unchanged', () => {
+    const injected = injectPod(structuredClone(POD), injectConfig());
+    const r = run(['-f', '-', '--middlebox-tls-secret', 'sidecar-tls', '-o', 'json'], JSON.stringify(injected));
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), injected);
+    assert.match(r.stderr, /^middlebox inject: warning: Pod\/web: its sidecar, injected before, asks the middlebox over plaintext, not TLS as the injector is set to/);
+    const same = run(['-f', '-', '-o', 'json'], JSON.stringify(injected));
+    assert.equal(same.stderr, '', 'no warning when nothing differs');
+  });
+
   it('fails with one clear line, never a stack trace', () => {
     for (const [args, input, status, message] of [
       [['-f', path.join(dir, 'missing.yaml')], undefined, 1, /no such file/],

@@ -309,6 +309,16 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
       assert.deepEqual(decodePatch(response), [{ op: 'add', path: '/metadata/labels/middlebox.io~1sidecar', value: SIDECAR_LABEL_INJECTED }]);
     });
 
+    it('warns about a pod injected before with other TLS settings, and leaves its sidecar as it is', async () => {
+      const plaintext = injectPod(pod({ [ANNOTATIONS.inject]: 'true' }), injectConfig({ middleboxAddress: MIDDLEBOX, envoyImage: ENVOY_IMAGE }));
+      const { response } = await hook.review(admissionReview('uid-stale', plaintext));
+      assert.equal(response.allowed, true);
+      assert.equal(response.patch, undefined);
+      assert.deepEqual(response.warnings, [
+        `middlebox: its sidecar, injected before, asks the middlebox over plaintext, not mTLS as the injector is set to: inject its original manifest (without the ${ANNOTATIONS.status} annotation) to change that`,
+      ]);
+    });
+
     it('echoes each request\'s own uid', async () => {
       const uids = ['a', 'b', 'c'].map((x) => `${x}-${crypto.randomUUID()}`);
       const answers = await Promise.all(uids.map((u) => hook.review(admissionReview(u, pod({ [ANNOTATIONS.inject]: 'true' })))));

@@ -9,7 +9,7 @@ import { parse, stringify } from 'yaml';
 import { CHAINS, captureScript, normaliseCidr } from '../../src/inject/capture';
 import { ANNOTATIONS, INJECT_DEFAULTS, injectConfig, NAMES, NAMESPACE_LABEL, SIDECAR_LABEL, SIDECAR_LABEL_INJECTED } from '../../src/inject/config';
 import { injectionRequired } from '../../src/inject/decide';
-import { InjectError, injectPod, patch } from '../../src/inject/patch';
+import { InjectError, injectPod, patch, staleSidecar } from '../../src/inject/patch';
 import type { Container, Pod } from '../../src/inject/types';
 import { injectObject } from '../../src/inject/workloads';
 import { assertGolden, repoRoot } from '../harness/golden';
@@ -290,6 +290,24 @@ describe('inject', () => {
       assert.deepEqual(object.spec.template.spec, older.spec);
     });
 
+    it('gives no label to a pod that only says it is injected (the annotation, without the sidecar)', () => {
+      const claims = pod({ [ANNOTATIONS.status]: 'injected' });
+      assert.deepEqual(injectPod(claims, config), claims);
+      assert.deepEqual(patch(claims, config), []);
+    });
+
+    it('says when an injected pod\'s sidecar is not what the settings would inject now', () => {
+      const now = injectPod(pod(), tls);
+      assert.equal(staleSidecar(now, tls), undefined);
+      assert.match(staleSidecar(now, config)!, /asks the middlebox over mTLS, not plaintext/);
+      assert.equal(staleSidecar(pod(), config), undefined, 'not injected: nothing to say');
+      // A capture from before the IPv6 rules.
+      const old = structuredClone(now);
+      const init = old.spec!.initContainers!.find((c) => c.name === NAMES.initContainer)!;
+      init.command = (init.command as string[]).map((part) => part.split('\n').filter((l) => !/ipv6|ip6tables|^fi$/.test(l)).join('\n'));
+      assert.match(staleSidecar(old, tls)!, /lets TCP over IPv6 past the sidecar/);
+    });
+
     it('never modifies its input', () => {
       const p = pod({ [ANNOTATIONS.inject]: 'true' });
       const before = structuredClone(p);
@@ -515,14 +533,19 @@ describe('inject', () => {
         `iptables -t nat -A ${CHAINS.outbound} -p tcp -j REDIRECT --to-ports 15001`,
       ]);
       // The jumps into the chains come after the chains are complete.
-      const ipv6 = lines.indexOf("if [ -r /proc/net/if_inet6 ] && grep -qv ' lo$' /proc/net/if_inet6; then");
+      const ipv6 = lines.indexOf('ipv6=');
       assert.ok(ipv6 > 0, 'an IPv6 part');
       assert.ok(lines[ipv6 - 1]!.endsWith(`-A OUTPUT -p tcp -j ${CHAINS.outbound}`));
     });
 
     it('refuses new TCP connections over IPv6 where IPv4 would be captured, where the pod has IPv6', () => {
       const lines = captureScript(base).trim().split('\n');
-      const ipv6 = lines.slice(lines.findIndex((l) => l.startsWith('if [ -r /proc/net/if_inet6 ]')));
+      const ipv6 = lines.slice(lines.indexOf('ipv6='));
+      // Whether the pod has IPv6 beyond loopback, read by the shell alone (no tool that could be missing).
+      assert.deepEqual(ipv6.slice(1, 3), [
+        'if [ -r /proc/net/if_inet6 ]; then while read -r _ _ _ _ _ dev; do [ "$dev" = lo ] || ipv6=1; done < /proc/net/if_inet6; fi',
+        'if [ -n "$ipv6" ]; then',
+      ]);
       assert.equal(ipv6.at(-1), 'fi');
       const rules = ipv6.filter((l) => l.includes(' -A ') && !l.includes(' -C ')).map((l) => l.trim());
       assert.deepEqual(rules, [
