@@ -61,7 +61,7 @@ class FakeSharedRateLimits {
   consumes = 0;
   refunds = 0;
   /** Charges that reached the shared buckets. */
-  readonly charges: Array<{ id: string; n: number; now: number }> = [];
+  readonly charges: Array<{ id: string; n: number; now: number; window?: number }> = [];
   chargeAttempts = 0;
   /** Overrides etcd's mode for charges only. */
   chargeMode: Mode | undefined;
@@ -99,13 +99,13 @@ class FakeSharedRateLimits {
       .catch(() => undefined);
   }
 
-  charge(req: RateLimitRequest, n: number): Promise<void> {
+  charge(req: RateLimitRequest, n: number, window?: number): Promise<void> {
     this.chargeAttempts += 1;
     const gate = this.chargeGate?.promise ?? Promise.resolve();
     return this.guard(() => gate.then(() => this.etcd.gate(() => {
       const id = bucketId(req);
-      this.buckets.set(id, charge(fullParams(req.rule), this.buckets.get(id), n, req.now));
-      this.charges.push({ id, n, now: req.now });
+      this.buckets.set(id, charge(fullParams(req.rule), this.buckets.get(id), n, req.now, window));
+      this.charges.push({ id, n, now: req.now, window });
     }, this.chargeMode ?? this.etcd.mode)));
   }
 
@@ -183,6 +183,7 @@ const STRICT = limit('strict');
 const LEASED = limit('leased');
 const LOCAL = limit('local');
 const BUCKET = limit('bucket');
+const SLIDING = limit('sliding');
 
 const POOL = ['10.0.0.1:8080', '10.0.0.2:8080', '10.0.0.3:8080', '10.0.0.4:8080'];
 const NAT: CompiledNatRule = snapshot({ vip: `{ nat: [{ name: web, to: ${JSON.stringify(POOL)} }] }` }).policies[0]!.nat[0]!;
@@ -454,6 +455,48 @@ describe('ResilientRateLimitStore', () => {
         [2],
       );
       assert.equal(store.reconciled, 2);
+    });
+
+    it('charges a sliding window the tokens of the window before, as its previous count, when the outage spans the boundary', async () => {
+      await outage();
+      const yesterday = Date.now() - DAY;
+      assert.equal(await admitted(store, () => ask(SLIDING, 'k', yesterday), 5), 5);
+      await recovery();
+      assert.deepEqual(shared.charges.map((c) => [c.n, c.window]), [[5, windowIndex(DAY, yesterday)]]);
+      const state = shared.buckets.get(bucketId(ask(SLIDING))) as { w: number; c: number; p: number };
+      assert.deepEqual([state.w, state.c, state.p], [windowIndex(DAY, Date.now()), 0, 5], 'counted in the window before, which still weighs');
+    });
+
+    it('a second outage in the same window starts from what etcd counted since, not from the first outage\'s count', async () => {
+      await outage();
+      assert.equal(await admitted(store, () => ask(STRICT), 2), 2);
+      await recovery();
+      // The other replicas, through etcd, take 20 more: 22 of 30 are gone.
+      assert.equal(await admitted(store, () => ask(STRICT), 20), 20);
+      await outage();
+      // This replica's share of what is left: its part of 22 (7.3 of its 10) is counted, so 2, not 8.
+      assert.equal(await admitted(store, () => ask(STRICT), 10), 2);
+    });
+
+    it('runs one write-back at a time: a debt is charged once however many passes are asked for', async () => {
+      await outage();
+      assert.equal(await admitted(store, () => ask(STRICT), 3), 3);
+      assert.equal(await admitted(store, () => ask(STRICT, 'b'), 2), 2);
+      shared.chargeGate = deferred<void>();
+      etcd.mode = 'ok';
+      await waitFor('the breaker to close', () => breaker.state === 'closed');
+      await waitFor('the write-back to be under way', () => shared.chargeAttempts === 1);
+      // A request decided meanwhile (locally, as the write-back runs) schedules a pass of its own.
+      assert.equal(await admitted(store, () => ask(STRICT, 'other'), 1), 1);
+      const reconcile = (store as unknown as { reconcile(): Promise<boolean> }).reconcile.bind(store);
+      const again = reconcile();
+      shared.chargeGate.resolve();
+      await again;
+      await waitFor('reconciliation', () => store.owedBuckets === 0);
+      await sleep(600);
+      assert.deepEqual(new Map(shared.charges.map((c) => [c.id, c.n])), new Map([[bucketId(ask(STRICT)), 3], [bucketId(ask(STRICT, 'b')), 2], [bucketId(ask(STRICT, 'other')), 1]]));
+      assert.equal(shared.charges.length, 3, 'each debt charged once');
+      assert.equal(store.reconciled, 6);
     });
 
     it('writes a token bucket\'s debt back, which denies until refill repays it', async () => {

@@ -232,8 +232,14 @@ export function giveBack(params: LimitParams, state: BucketState, n: number, now
  * while the shared bucket could not be asked). Windows count past the limit; a token bucket goes
  * into debt that refill pays off.
  */
-export function charge(params: LimitParams, state: BucketState | undefined, n: number, now: number): BucketState {
+export function charge(params: LimitParams, state: BucketState | undefined, n: number, now: number, window?: number): BucketState {
   const current = take(params, state, 0, now).state;
   if ('k' in current) return { k: current.k - n, t: current.t };
+  // Tokens admitted in an earlier window (`window`): a sliding window still weighs the one before
+  // its current window (its `p`); anything older no longer limits anything.
+  if (window !== undefined && window !== current.w) {
+    if ('p' in current && window === current.w - 1) return { ...current, p: current.p + n };
+    return current;
+  }
   return { ...current, c: current.c + n };
 }

@@ -206,9 +206,16 @@ export class EtcdRateLimitStore implements RateLimitPort {
       if (n >= 1) {
         b.pool -= n;
         b.pooled -= n;
-        if (await this.giveBackShared(b, now, n)) returned += n;
       }
-      if (ahead >= 1 && (await this.giveBackShared(b, aheadAt, ahead))) returned += ahead;
+      // One bucket's failure (etcd gone) leaves its tokens to lapse, not the other buckets' too.
+      for (const [tokens, at] of [[n, now], [ahead, aheadAt]] as const) {
+        if (tokens < 1) continue;
+        try {
+          if (await this.giveBackShared(b, at, tokens)) returned += tokens;
+        } catch (e) {
+          this.opts.logger.warn({ limit: b.rule.id, tokens, err: (e as Error).message }, 'could not give leased tokens back to etcd: they lapse with their window');
+        }
+      }
     }
     // A block that lands now goes back as it lands (keepAhead, prefetch): wait for those.
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
@@ -276,12 +283,14 @@ export class EtcdRateLimitStore implements RateLimitPort {
 
   /**
    * Adds `n` tokens consumed elsewhere (by the local fallback during an outage) to the shared
-   * bucket, whether or not they fit: the shared count must show what was really admitted.
+   * bucket, whether or not they fit: the shared count must show what was really admitted. For a
+   * window limit, `window` is the window they were admitted in (default: req.now's); a sliding
+   * window counts the previous one's tokens as its previous count.
    */
-  async charge(req: RateLimitRequest, n: number): Promise<void> {
+  async charge(req: RateLimitRequest, n: number, window?: number): Promise<void> {
     const b = this.bucket(req);
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      if (await this.compareAndSwap(b, charge(b.params, b.state, n, req.now), req.now)) return;
+      if (await this.compareAndSwap(b, charge(b.params, b.state, n, req.now, window), req.now)) return;
     }
     throw new NotAnEtcdFailure(`rate limit ${b.rule.id}: could not write back ${n} tokens`);
   }

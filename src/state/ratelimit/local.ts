@@ -1,7 +1,7 @@
 // Consistency `local`: each replica counts in memory against its share of the limit (limit ÷ live
 // replicas), so N replicas together admit about the limit with no etcd traffic at all. Also the
 // fallback when etcd cannot be asked.
-import { charge, giveBack, take, windowIndex, type BucketState, type LimitParams } from '../../middlebox/ratelimit/algorithms';
+import { charge, giveBack, peek, take, type BucketState, type LimitParams } from '../../middlebox/ratelimit/algorithms';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
 import { BoundedMap } from './bounded-map';
 
@@ -39,18 +39,21 @@ export class LocalRateLimitStore implements RateLimitPort {
   }
 
   /**
-   * Starts this window's count of a window limit at this replica's part of `used`, the tokens the
-   * shared bucket had already counted in it (all replicas together): a fallback that begins mid-window
-   * then admits a share of what is left, not a share of the whole limit on top of it. Does nothing
-   * when the bucket already counts this window, or for a token bucket.
+   * Raises this window's count of a window limit to at least this replica's part of `used`, the
+   * tokens the shared bucket had counted in it when last seen (all replicas together): a fallback
+   * that begins mid-window then admits a share of what is left, not a share of the whole limit on
+   * top of it, and so does a second fallback in the same window after etcd counted more meanwhile.
+   * Never lowers the count; nothing for a token bucket.
    */
   seed(req: RateLimitRequest, used: number): void {
     if (req.rule.algorithm === 'token-bucket' || used <= 0) return;
     const id = bucketId(req);
     const state = this.buckets.get(id);
-    if (state && 'w' in state && state.w === windowIndex(req.rule.perMs, req.now)) return;
-    const n = Math.max(1, this.opts.replicas());
-    this.buckets.set(id, charge(this.share(req), state, used / n, req.now));
+    const share = this.share(req);
+    const mine = used / Math.max(1, this.opts.replicas());
+    // Counted here so far, as the shared count is measured (the limit less what is left).
+    const counted = share.limit - peek(share, state, req.now).remaining;
+    if (mine > counted) this.buckets.set(id, charge(share, state, mine - counted, req.now));
   }
 
   refund(req: RateLimitRequest): void {

@@ -12,8 +12,9 @@ import { windowIndex } from '../../middlebox/ratelimit/algorithms';
 import type { Logger } from '../../observability/logger';
 import type { EtcdRateLimitStore } from '../etcd/ratelimit';
 import type { RateLimitGrant, RateLimitPort, RateLimitRequest } from '../port';
+import { BoundedMap } from '../ratelimit/bounded-map';
 import type { LocalRateLimitStore } from '../ratelimit/local';
-import { bucketId } from '../ratelimit/local';
+import { bucketId, DEFAULT_MAX_BUCKETS } from '../ratelimit/local';
 import type { EtcdBreaker } from './breaker';
 
 /** After a fallback that did not open the breaker, how soon its tokens are written back. */
@@ -21,14 +22,29 @@ const RECONCILE_DELAY_MS = 500;
 /** Write-back passes after an outage before decisions return to etcd with some debt still owed. */
 const WRITE_BACK_PASSES = 3;
 
+/** What a bucket's fallback admitted and etcd has not counted yet. */
 interface Owed {
+  /** The latest request that owed (its rule and key; its time is not used). */
   req: RateLimitRequest;
-  tokens: number;
+  /**
+   * Tokens per window they were admitted in (a token bucket: one entry, TOKEN_BUCKET_WINDOW); only
+   * the latest two windows, the ones a write-back can still count in (a sliding window weighs the
+   * one before the current).
+   */
+  byWindow: Map<number, number>;
 }
 
+const TOKEN_BUCKET_WINDOW = -1;
+
 export class ResilientRateLimitStore implements RateLimitPort {
-  /** Tokens admitted by the fallback, per bucket and window, not yet written back to etcd. */
-  private readonly owed = new Map<string, Owed>();
+  /**
+   * Tokens admitted by the fallback, per bucket, not yet written back to etcd. Bounded as the local
+   * buckets are: a long outage over many keys cannot grow it without end (a bucket dropped to make
+   * room loses its write-back, as its local count is lost too).
+   */
+  private readonly owed = new BoundedMap<Owed>(DEFAULT_MAX_BUCKETS);
+  /** The write-back under way: one at a time, or two could charge the same debt twice. */
+  private reconciling: Promise<boolean> | undefined;
   /** Tokens written back after outages (for tests and metrics). */
   reconciled = 0;
   private reconcileTimer: NodeJS.Timeout | undefined;
@@ -67,9 +83,11 @@ export class ResilientRateLimitStore implements RateLimitPort {
 
   refund(req: RateLimitRequest): void {
     if (req.rule.consistency === 'local') return this.local.refund(req);
-    const owed = this.owed.get(owedId(req));
-    if (owed && owed.tokens > 0) {
-      owed.tokens -= 1;
+    const owed = this.owed.get(bucketId(req));
+    const window = owedWindow(req);
+    const tokens = owed?.byWindow.get(window) ?? 0;
+    if (owed && tokens > 0) {
+      owed.byWindow.set(window, tokens - 1);
       this.local.refund(req);
       return;
     }
@@ -84,13 +102,19 @@ export class ResilientRateLimitStore implements RateLimitPort {
     const used = this.shared.sharedUsed(req);
     if (used) this.local.seed(req, used);
     const grant = this.local.consume(req);
-    if (grant.allowed) {
-      const id = owedId(req);
-      const owed = this.owed.get(id);
-      if (owed) owed.tokens += 1;
-      else this.owed.set(id, { req, tokens: 1 });
-    }
+    if (grant.allowed) this.owe(req, owedWindow(req), 1);
     return grant;
+  }
+
+  /** Adds `tokens` admitted in `window` to what `req`'s bucket owes etcd. */
+  private owe(req: RateLimitRequest, window: number, tokens: number): void {
+    const id = bucketId(req);
+    const owed = this.owed.get(id) ?? { req, byWindow: new Map<number, number>() };
+    owed.req = req;
+    owed.byWindow.set(window, (owed.byWindow.get(window) ?? 0) + tokens);
+    const latest = Math.max(...owed.byWindow.keys());
+    for (const w of owed.byWindow.keys()) if (w < latest - 1) owed.byWindow.delete(w);
+    this.owed.set(id, owed);
   }
 
   private async writeBackThenResume(): Promise<void> {
@@ -117,38 +141,52 @@ export class ResilientRateLimitStore implements RateLimitPort {
 
   /**
    * Writes the fallback's admissions back into the shared buckets once etcd answers again; false
-   * when a charge failed (its debt is kept for the next recovery).
+   * when a charge failed (its debt is kept, and tried again shortly if the breaker stays closed).
+   * One pass at a time: a caller during a pass gets that pass's result.
    */
-  private async reconcile(): Promise<boolean> {
+  private reconcile(): Promise<boolean> {
+    this.reconciling ??= this.reconcileOnce().finally(() => (this.reconciling = undefined));
+    return this.reconciling;
+  }
+
+  private async reconcileOnce(): Promise<boolean> {
     const now = Date.now();
     let written = 0;
     let failed = false;
-    for (const [id, owed] of [...this.owed]) {
+    for (const id of [...this.owedIds()]) {
+      // Taken out as it is now: tokens owed from here on go to a new entry, not lost with this one.
+      const owed = this.owed.get(id);
+      if (!owed) continue;
       this.owed.delete(id);
       const { rule } = owed.req;
-      // A window that has ended no longer limits anything: its debt is void. (Each entry holds one
-      // window's tokens, so an outage across a boundary charges only the current window's.)
-      if (rule.algorithm !== 'token-bucket' && windowIndex(rule.perMs, owed.req.now) !== windowIndex(rule.perMs, now)) continue;
-      try {
-        await this.shared.charge({ ...owed.req, now }, owed.tokens);
-        written += owed.tokens;
-      } catch (e) {
-        // etcd failed again: keep the debt for the next recovery.
-        const again = this.owed.get(id);
-        if (again) again.tokens += owed.tokens;
-        else this.owed.set(id, owed);
-        failed = true;
-        this.logger.warn({ limit: rule.id, err: (e as Error).message }, 'could not write local rate-limit consumption back to etcd');
+      for (const [window, tokens] of owed.byWindow) {
+        if (tokens <= 0) continue;
+        // A window that has ended no longer limits anything (a sliding window's previous one still
+        // does): its debt is void.
+        if (window !== TOKEN_BUCKET_WINDOW && window < windowIndex(rule.perMs, now) - (rule.algorithm === 'sliding-window' ? 1 : 0)) continue;
+        try {
+          await this.shared.charge({ ...owed.req, now }, tokens, window === TOKEN_BUCKET_WINDOW ? undefined : window);
+          written += tokens;
+        } catch (e) {
+          // etcd failed again: keep the debt for the next attempt.
+          this.owe(owed.req, window, tokens);
+          failed = true;
+          this.logger.warn({ limit: rule.id, err: (e as Error).message }, 'could not write local rate-limit consumption back to etcd');
+        }
       }
     }
     this.reconciled += written;
     if (written) this.logger.info({ tokens: written }, 'local rate-limit consumption written back to etcd');
+    if (failed && !this.breaker.isDegraded) this.reconcileSoon();
     return !failed;
+  }
+
+  private *owedIds(): Generator<string> {
+    for (const o of this.owed.values()) yield bucketId(o.req);
   }
 }
 
-/** Owed tokens are kept per bucket and, for windows, per window: only the current window's count. */
-function owedId(req: RateLimitRequest): string {
-  const { rule } = req;
-  return rule.algorithm === 'token-bucket' ? bucketId(req) : `${bucketId(req)}\u0000${windowIndex(rule.perMs, req.now)}`;
+/** The window a fallback's token counts in (a token bucket has none). */
+function owedWindow(req: RateLimitRequest): number {
+  return req.rule.algorithm === 'token-bucket' ? TOKEN_BUCKET_WINDOW : windowIndex(req.rule.perMs, req.now);
 }
