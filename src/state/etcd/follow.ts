@@ -1,6 +1,7 @@
 // Load everything under a key prefix, then follow a watch from the revision that was loaded, so
 // that no change falls between the two. An unreachable etcd is retried with backoff until it
-// answers or the follower is closed. Used by the policy store, the NAT table and membership.
+// answers or the follower is closed; a watch that etcd ends (its revision compacted) starts over
+// with a fresh load. Used by the policy store, the NAT table and membership.
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
 import type { Logger } from '../../observability/logger';
 import { withDeadline } from './client';
@@ -43,7 +44,17 @@ export class PrefixFollower {
             handlers.connection?.(false);
           })
           .on('connected', () => handlers.connection?.(true))
-          .on('error', (err) => this.logger.error({ err: err.message }, `${this.what}: watch error`));
+          .on('error', (err) => {
+            // etcd ended the watch (the revision it would resume from was compacted while the
+            // connection was down, say): it delivers nothing more. Load everything again and
+            // watch from there, or this replica would keep a table that never changes.
+            if (this.watcher !== watcher || this.closed) return;
+            this.watcher = undefined;
+            this.logger.error({ err: err.message }, `${this.what}: etcd ended the watch; loading everything again`);
+            handlers.connection?.(false);
+            void watcher.cancel().catch(() => undefined);
+            void this.start(handlers, loadTimeoutMs);
+          });
         handlers.connection?.(true);
         return;
       } catch (e) {
