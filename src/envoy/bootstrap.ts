@@ -206,6 +206,7 @@ const TYPES = {
   previousHosts: 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate',
   upstreamTlsContext: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
   tlsSecret: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret',
+  headerMutation: 'type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation',
 } as const;
 
 const AUTHORIZATION_SERVICE = 'envoy.service.auth.v3.Authorization';
@@ -637,12 +638,23 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
                   { name: 'outbound', domains: ['*'], routes: [{ match: { prefix: '/' }, route: { cluster: CLUSTERS.outbound } }] },
                 ],
               },
-              http_filters: [httpExtProcFilter(o), routerFilter()],
+              // The destination header steers the ORIGINAL_DST cluster: only NAT may set it. The
+              // middlebox removes a client's copy in its answer, but with failure_mode_allow a
+              // request ext_proc could not ask about would keep it, and the app's client could
+              // send itself anywhere. So it goes before ext_proc, always.
+              http_filters: [dropDestinationHeaderFilter(), httpExtProcFilter(o), routerFilter()],
             },
           },
         ],
       },
     ],
+  };
+}
+
+function dropDestinationHeaderFilter(): Config {
+  return {
+    name: 'envoy.filters.http.header_mutation',
+    typed_config: { '@type': TYPES.headerMutation, mutations: { request_mutations: [{ remove: DESTINATION_HEADER }] } },
   };
 }
 

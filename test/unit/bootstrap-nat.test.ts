@@ -73,9 +73,11 @@ describe('renderBootstrap with NAT', () => {
       assert.equal(out.continue_on_listener_filters_timeout, undefined);
     });
 
-    it('runs ext_proc, and only ext_proc, before the router', () => {
-      assert.deepEqual(httpFilterNames(out), ['envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
+    it('drops a client\'s destination header, then runs ext_proc, and only ext_proc, before the router', () => {
+      assert.deepEqual(httpFilterNames(out), ['envoy.filters.http.header_mutation', 'envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
       assert.ok(!httpFilterNames(out).includes('envoy.filters.http.ext_authz'));
+      // Only NAT (through ext_proc) may steer the ORIGINAL_DST cluster, even when ext_proc fails open.
+      assert.deepEqual(hcm(out).http_filters[0].typed_config.mutations, { request_mutations: [{ remove: 'x-envoy-original-dst-host' }] });
     });
 
     it('configures ext_proc for NAT: mutations, attributes, mode override, the middlebox cluster', () => {
@@ -180,7 +182,7 @@ describe('renderBootstrap with NAT', () => {
     it('uses ext_proc on both listeners when combined with outbound', () => {
       const both = render({ inboundFilter: 'ext_proc', outbound: OUTBOUND });
       assert.deepEqual(httpFilterNames(listener(both, 'inbound_http')), ['envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
-      assert.deepEqual(httpFilterNames(listener(both, 'outbound_http')), ['envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
+      assert.deepEqual(httpFilterNames(listener(both, 'outbound_http')), ['envoy.filters.http.header_mutation', 'envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
       assert.equal(both.static_resources.clusters.filter((c: Config) => c.name === CLUSTERS.middlebox).length, 1, 'one middlebox cluster');
     });
   });
