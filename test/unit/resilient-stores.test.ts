@@ -621,6 +621,13 @@ describe('ResilientNatTable', () => {
     await waitFor('reconciliation', () => table.pendingFlows === 0);
   }
 
+  /** Makes etcd fail and trips the breaker with operations that are not this table's. */
+  async function outage(): Promise<void> {
+    etcd.mode = 'fail';
+    for (let i = 0; i < SETTINGS.consecutiveFailures; i++) await breaker.run(() => etcd.gate(() => 'x')).catch(() => undefined);
+    assert.equal(breaker.state, 'open');
+  }
+
   it('assigns through the shared table while etcd answers', async () => {
     assert.equal(await table.assign(NAT, 'f1', chosen('f1'), undefined, Date.now()), chosen('f1'));
     assert.deepEqual(shared.assigns, [{ flow: 'f1', backend: chosen('f1'), replacing: undefined }]);
@@ -633,6 +640,37 @@ describe('ResilientNatTable', () => {
     shared.flows.set(flowId(NAT, 'f1'), POOL[3]!);
     assert.equal(await table.assign(NAT, 'f1', POOL[0]!, undefined, Date.now()), POOL[3]);
     assert.equal(table.lookup(NAT, 'f1'), POOL[3]);
+  });
+
+  it('a single failed assign, which does not open the breaker, is written to etcd shortly', async () => {
+    shared.assignMode = 'fail';
+    assert.equal(await table.assign(NAT, 'f1', chosen('f1'), undefined, Date.now()), chosen('f1'));
+    assert.equal(breaker.state, 'closed');
+    assert.equal(table.pendingFlows, 1);
+    shared.assignMode = undefined;
+    await waitFor('the pending mapping to be written', () => table.pendingFlows === 0, 3000);
+    assert.equal(shared.flows.get(flowId(NAT, 'f1')), chosen('f1'));
+  });
+
+  it('a successful assign takes the flow out of the pending mappings', async () => {
+    await outage();
+    await table.assign(NAT, 'f1', chosen('f1'), undefined, Date.now());
+    assert.equal(table.pendingFlows, 1);
+    etcd.mode = 'ok';
+    await waitFor('the breaker to close', () => breaker.state === 'closed');
+    await table.assign(NAT, 'f1', POOL[0]!, chosen('f1'), Date.now());
+    assert.equal(table.pendingFlows, 0);
+  });
+
+  it('a pending mapping idle past its rule\'s idle time expires: not looked up, not written', async () => {
+    await outage();
+    const long = Date.now() - NAT.idleMs - 1000;
+    await table.assign(NAT, 'old', chosen('old'), undefined, long);
+    await table.assign(NAT, 'new', chosen('new'), undefined, Date.now());
+    assert.equal(table.lookup(NAT, 'old'), undefined, 'expired, as it would have in etcd');
+    assert.equal(table.lookup(NAT, 'new'), chosen('new'));
+    await recovery();
+    assert.deepEqual(shared.assigns.map((a) => a.flow).filter((f) => f === 'old' || f === 'new'), ['new']);
   });
 
   it('forwards touches while etcd answers', () => {

@@ -9,25 +9,34 @@ import type { CompiledNatRule } from '../../policy/types';
 import type { EtcdNatTable } from '../etcd/nat';
 import { flowId } from '../nat/memory';
 import type { NatTablePort } from '../port';
+import { BoundedMap } from '../ratelimit/bounded-map';
 import type { EtcdBreaker } from './breaker';
+import { WriteBack } from './write-back';
 
 interface Pending {
   rule: CompiledNatRule;
   flow: string;
   backend: string;
+  /** When the flow was last mapped or used: a mapping idle past its rule's idle time has expired. */
+  usedAt: number;
 }
+
+/** Most mappings kept pending; the least recently used goes first (its flow is mapped afresh, by the same hashing). */
+const MAX_PENDING = 100_000;
 
 export class ResilientNatTable implements NatTablePort {
   /** Mappings made while etcd could not record them. */
-  private readonly pending = new Map<string, Pending>();
+  private readonly pending = new BoundedMap<Pending>(MAX_PENDING);
+  private readonly writeBack: WriteBack<void>;
 
   constructor(
     private readonly shared: EtcdNatTable,
     private readonly breaker: EtcdBreaker,
     private readonly logger: Logger,
   ) {
+    this.writeBack = new WriteBack(breaker, () => this.reconcileOnce());
     breaker.onTransition((state) => {
-      if (state === 'closed') void this.reconcile();
+      if (state === 'closed') void this.writeBack.run();
     });
   }
 
@@ -36,16 +45,28 @@ export class ResilientNatTable implements NatTablePort {
   }
 
   lookup(rule: CompiledNatRule, flow: string): string | undefined {
-    return this.pending.get(flowId(rule, flow))?.backend ?? this.shared.lookup(rule, flow);
+    const p = this.pending.get(flowId(rule, flow));
+    // Expired like a mapping in etcd would (idle past the rule's idle time): etcd's, if any, holds.
+    if (p && Date.now() - p.usedAt <= rule.idleMs) return p.backend;
+    return this.shared.lookup(rule, flow);
   }
 
   assign(rule: CompiledNatRule, flow: string, backend: string, replacing: string | undefined, now: number): string | Promise<string> {
-    if (this.breaker.isDegraded) return this.remember(rule, flow, backend);
-    return this.breaker.run(() => this.shared.assign(rule, flow, backend, replacing, now), 'nat_assign').catch(() => this.remember(rule, flow, backend));
+    if (this.breaker.isDegraded) return this.remember(rule, flow, backend, now);
+    return this.breaker.run(() => this.shared.assign(rule, flow, backend, replacing, now), 'nat_assign').then(
+      (inForce) => {
+        // etcd has the flow now: what was remembered for it is done with.
+        this.pending.delete(flowId(rule, flow));
+        return inForce;
+      },
+      () => this.remember(rule, flow, backend, now),
+    );
   }
 
   touch(rule: CompiledNatRule, flow: string, now: number): void {
-    if (!this.breaker.isDegraded && !this.pending.has(flowId(rule, flow))) this.shared.touch(rule, flow, now);
+    const p = this.pending.get(flowId(rule, flow));
+    if (p) p.usedAt = now;
+    else if (!this.breaker.isDegraded) this.shared.touch(rule, flow, now);
   }
 
   isDrained(backend: string): boolean {
@@ -56,24 +77,38 @@ export class ResilientNatTable implements NatTablePort {
     return this.shared.nextIndex(ruleId);
   }
 
-  private remember(rule: CompiledNatRule, flow: string, backend: string): string {
+  private remember(rule: CompiledNatRule, flow: string, backend: string, now: number): string {
     this.breaker.fellBack();
-    this.pending.set(flowId(rule, flow), { rule, flow, backend });
+    this.pending.set(flowId(rule, flow), { rule, flow, backend, usedAt: now });
+    // A single failure need not open the breaker (nor ever see it close): write it shortly.
+    if (!this.breaker.isDegraded) this.writeBack.soon();
     return backend;
   }
 
-  private async reconcile(): Promise<void> {
+  private async reconcileOnce(): Promise<void> {
     let moved = 0;
-    for (const [id, p] of [...this.pending]) {
-      try {
-        const inForce = await this.breaker.run(() => this.shared.assign(p.rule, p.flow, p.backend, undefined, Date.now()), 'nat_assign');
+    let expired = 0;
+    for (const p of [...this.pending.values()]) {
+      const id = flowId(p.rule, p.flow);
+      // Taken away by a successful assign, or replaced since: nothing to write for this one.
+      if (this.pending.get(id) !== p) continue;
+      const now = Date.now();
+      if (now - p.usedAt > p.rule.idleMs) {
+        // Idle past its rule's idle time: in etcd it would have expired already.
         this.pending.delete(id);
+        expired += 1;
+        continue;
+      }
+      try {
+        const inForce = await this.breaker.run(() => this.shared.assign(p.rule, p.flow, p.backend, undefined, now), 'nat_assign');
+        if (this.pending.get(id) === p) this.pending.delete(id);
         if (inForce !== p.backend) moved += 1;
       } catch (e) {
         this.logger.warn({ rule: p.rule.id, err: (e as Error).message }, 'could not write a NAT mapping made during the outage to etcd');
+        if (!this.breaker.isDegraded) this.writeBack.soon();
         return;
       }
     }
-    this.logger.info({ moved }, 'NAT mappings made during the outage written to etcd');
+    this.logger.info({ moved, expired }, 'NAT mappings made during the outage written to etcd');
   }
 }

@@ -16,9 +16,8 @@ import { BoundedMap } from '../ratelimit/bounded-map';
 import type { LocalRateLimitStore } from '../ratelimit/local';
 import { bucketId, DEFAULT_MAX_BUCKETS } from '../ratelimit/local';
 import type { EtcdBreaker } from './breaker';
+import { WriteBack } from './write-back';
 
-/** After a fallback that did not open the breaker, how soon its tokens are written back. */
-const RECONCILE_DELAY_MS = 500;
 /** Write-back passes after an outage before decisions return to etcd with some debt still owed. */
 const WRITE_BACK_PASSES = 3;
 
@@ -43,11 +42,10 @@ export class ResilientRateLimitStore implements RateLimitPort {
    * room loses its write-back, as its local count is lost too).
    */
   private readonly owed = new BoundedMap<Owed>(DEFAULT_MAX_BUCKETS);
-  /** The write-back under way: one at a time, or two could charge the same debt twice. */
-  private reconciling: Promise<boolean> | undefined;
+  /** Write-back passes: one at a time, or two could charge the same debt twice. */
+  private readonly writeBack: WriteBack<boolean>;
   /** Tokens written back after outages (for tests and metrics). */
   reconciled = 0;
-  private reconcileTimer: NodeJS.Timeout | undefined;
   /**
    * Set while the outage's tokens are being written back after the breaker closed: decisions stay
    * local until then, or fresh grants from etcd would come on top of a count that is not complete.
@@ -60,6 +58,7 @@ export class ResilientRateLimitStore implements RateLimitPort {
     private readonly breaker: EtcdBreaker,
     private readonly logger: Logger,
   ) {
+    this.writeBack = new WriteBack(breaker, () => this.reconcileOnce());
     breaker.onTransition((state) => {
       if (state === 'closed') void this.writeBackThenResume();
     });
@@ -97,7 +96,7 @@ export class ResilientRateLimitStore implements RateLimitPort {
   private fallback(req: RateLimitRequest): RateLimitGrant {
     this.breaker.fellBack();
     // A single failed call need not open the breaker; its debt is then written back shortly.
-    if (!this.breaker.isDegraded) this.reconcileSoon();
+    if (!this.breaker.isDegraded) this.writeBack.soon();
     // The window's count so far, as last seen in etcd, so the fallback's share is of what is left.
     const used = this.shared.sharedUsed(req);
     if (used) this.local.seed(req, used);
@@ -130,23 +129,13 @@ export class ResilientRateLimitStore implements RateLimitPort {
     }
   }
 
-  private reconcileSoon(): void {
-    if (this.reconcileTimer) return;
-    this.reconcileTimer = setTimeout(() => {
-      this.reconcileTimer = undefined;
-      if (!this.breaker.isDegraded) void this.reconcile();
-    }, RECONCILE_DELAY_MS);
-    this.reconcileTimer.unref();
-  }
-
   /**
    * Writes the fallback's admissions back into the shared buckets once etcd answers again; false
    * when a charge failed (its debt is kept, and tried again shortly if the breaker stays closed).
    * One pass at a time: a caller during a pass gets that pass's result.
    */
   private reconcile(): Promise<boolean> {
-    this.reconciling ??= this.reconcileOnce().finally(() => (this.reconciling = undefined));
-    return this.reconciling;
+    return this.writeBack.run();
   }
 
   private async reconcileOnce(): Promise<boolean> {
@@ -177,7 +166,7 @@ export class ResilientRateLimitStore implements RateLimitPort {
     }
     this.reconciled += written;
     if (written) this.logger.info({ tokens: written }, 'local rate-limit consumption written back to etcd');
-    if (failed && !this.breaker.isDegraded) this.reconcileSoon();
+    if (failed && !this.breaker.isDegraded) this.writeBack.soon();
     return !failed;
   }
 
