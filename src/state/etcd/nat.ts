@@ -110,11 +110,12 @@ export class EtcdNatTable implements NatTablePort {
     const key = flowKey(this.opts.prefix, rule, flow);
     const id = flowId(rule, flow);
     const known = this.flows.get(id);
-    const lease = await this.leases.leaseFor(rule.idleMs, now);
     const value = JSON.stringify({ flow, backend, rule: rule.id } satisfies StoredFlow);
     // Replace only the mapping we know of; create only where there is none.
-    const txn = replacing !== undefined && known ? client.if(key, 'Mod', '==', known.mod) : client.if(key, 'Create', '==', 0);
-    const res = await txn.then(client.put(key).value(value).lease(lease)).else(client.get(key)).commit();
+    const res = await this.leases.withLease(rule.idleMs, now, (lease) => {
+      const txn = replacing !== undefined && known ? client.if(key, 'Mod', '==', known.mod) : client.if(key, 'Create', '==', 0);
+      return txn.then(client.put(key).value(value).lease(lease)).else(client.get(key)).commit();
+    });
     if (res.succeeded) {
       this.flows.set(id, { backend, mod: String(res.header.revision), writtenAt: now });
       this.idsByKey.set(key, id);
@@ -134,10 +135,14 @@ export class EtcdNatTable implements NatTablePort {
     const id = flowId(rule, flow);
     const cached = this.flows.get(id);
     if (!cached || now - cached.writtenAt < rule.idleMs / 3) return;
+    // Marked now so that the requests meanwhile do not each write too; a failed write is undone, so
+    // that the next request tries again rather than a third of the idle time later.
+    const before = cached.writtenAt;
     cached.writtenAt = now;
-    void this.assign(rule, flow, cached.backend, cached.backend, now).catch((e) =>
-      this.opts.logger.warn({ rule: rule.id, err: (e as Error).message }, 'could not keep a NAT mapping alive'),
-    );
+    void this.assign(rule, flow, cached.backend, cached.backend, now).catch((e) => {
+      if (cached.writtenAt === now) cached.writtenAt = before;
+      this.opts.logger.warn({ rule: rule.id, err: (e as Error).message }, 'could not keep a NAT mapping alive');
+    });
   }
 
   isDrained(backend: string): boolean {

@@ -550,6 +550,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
                 .commit(),
             'cas',
           );
+        } catch (e) {
+          for (const o of writes) this.leases.dropIfGone(o.lease, e);
+          throw e;
         } finally {
           // Every bucket of the batch was held for this call, whether or not its key is in it.
           for (const b of batch) b.settled += 1;
@@ -722,6 +725,9 @@ export class EtcdRateLimitStore implements RateLimitPort {
           .commit(),
         'cas',
       );
+    } catch (e) {
+      this.leases.dropIfGone(lease, e);
+      throw e;
     } finally {
       b.settled += 1;
     }

@@ -1,0 +1,68 @@
+// Keys that must expire when idle (NAT flows, rate-limit buckets) share etcd leases that a replica
+// keeps until they run short. When etcd no longer has such a lease (revoked, or etcd restored from
+// a backup), the next write that uses it fails; the one after must get a new lease, not fail until
+// the old one would have run out (twice the idle time: minutes, with the NAT breaker open all along).
+import assert from 'node:assert/strict';
+import type { Etcd3 } from 'etcd3';
+import { EtcdProcess } from '../../src/lab/etcd';
+import { waitFor } from '../../src/lab/ports';
+import { silentLogger } from '../../src/observability/logger';
+import { connectEtcd } from '../../src/state/etcd/client';
+import { EtcdNatTable } from '../../src/state/etcd/nat';
+import { EtcdRateLimitStore } from '../../src/state/etcd/ratelimit';
+import { snapshot } from '../harness/policy';
+
+const POLICY = snapshot({
+  shop: `{ rateLimits: [{ name: exact, limit: 100, per: 1h, algorithm: fixed-window, consistency: strict }],
+           nat: [{ name: vip, match: { hosts: ["vip.local"] }, to: ["10.0.0.1:80", "10.0.0.2:80"], affinity: sourceIp }] }`,
+}).policies[0]!;
+
+describe('a shared lease that etcd no longer has', function () {
+  this.timeout(60_000);
+  let etcd: EtcdProcess;
+  let client: Etcd3;
+
+  before(async () => {
+    etcd = await EtcdProcess.start();
+    client = connectEtcd({ endpoints: [etcd.endpoint] });
+  });
+  after(async () => {
+    client?.close();
+    await etcd?.stop();
+  });
+
+  /** Revokes the lease `key` is bound to, as an operator (or a restore from backup) would lose it. */
+  async function revokeLeaseOf(key: string): Promise<void> {
+    const kv = (await client.get(key).exec()).kvs[0];
+    assert.ok(kv && kv.lease !== '0', `${key} is bound to a lease`);
+    await client.leaseClient.leaseRevoke({ ID: kv.lease });
+  }
+
+  it('NAT: one write fails, the next is granted a new lease', async () => {
+    const rule = POLICY.nat[0]!;
+    const table = EtcdNatTable.open({ client, prefix: '/lease-nat', logger: silentLogger() });
+    try {
+      await waitFor(() => table.isLoaded, { timeoutMs: 10_000, what: 'the NAT table to load' });
+      const now = Date.now();
+      assert.equal(await table.assign(rule, '192.0.2.1', '10.0.0.1:80', undefined, now), '10.0.0.1:80');
+      const [key] = Object.keys(await client.getAll().prefix('/lease-nat/nat/').strings());
+      await revokeLeaseOf(key!);
+      await assert.rejects(table.assign(rule, '192.0.2.2', '10.0.0.2:80', undefined, now), /lease not found/);
+      assert.equal(await table.assign(rule, '192.0.2.2', '10.0.0.2:80', undefined, now), '10.0.0.2:80');
+      assert.equal(Object.keys(await client.getAll().prefix('/lease-nat/nat/').strings()).length, 1, 'the revoked flow expired with its lease; the new one is stored');
+    } finally {
+      await table.close();
+    }
+  });
+
+  it('rate limits: one compare-and-swap fails, the next is granted a new lease', async () => {
+    const rule = POLICY.rateLimits[0]!;
+    const store = new EtcdRateLimitStore({ client, prefix: '/lease-rl', logger: silentLogger(), replicas: () => 1 });
+    const now = Date.now();
+    assert.equal((await store.consume({ rule, key: 'a', now })).allowed, true);
+    const [key] = Object.keys(await client.getAll().prefix('/lease-rl/ratelimit/').strings());
+    await revokeLeaseOf(key!);
+    await assert.rejects(Promise.resolve(store.consume({ rule, key: 'b', now })), /lease not found/);
+    assert.equal((await store.consume({ rule, key: 'b', now })).allowed, true);
+  });
+});
