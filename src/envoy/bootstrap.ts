@@ -16,7 +16,7 @@ import {
   httpAuthzPeerValue,
 } from '../grpc/authz/http';
 import { DECISION_HEADER } from '../grpc/authz/response';
-import { AFTER_EXT_AUTHZ_HEADER, REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
+import { AFTER_EXT_AUTHZ_HEADER, INBOUND_LISTENER_HEADER, REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
 import { DESTINATION_HEADER } from '../middlebox/nat/engine';
 import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, HEADER_NAME_RULE, isHeaderName, SENT_HEADERS_HEADER, sentListFor } from '../policy/headers';
 
@@ -512,7 +512,7 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
               http_filters: [
                 o.localRateLimit && httpLocalRateLimitFilter(o.localRateLimit),
                 o.extAuthz && o.inboundFilter !== 'ext_proc' && httpExtAuthzFilter(o),
-                o.extAuthz && o.inboundFilter !== 'ext_authz' && httpExtProcFilter(o, o.inboundFilter === 'ext_authz+ext_proc'),
+                o.extAuthz && o.inboundFilter !== 'ext_authz' && httpExtProcFilter(o, o.inboundFilter === 'ext_authz+ext_proc', true),
                 routerFilter(),
               ].filter((f): f is Config => Boolean(f)),
             },
@@ -663,14 +663,19 @@ function dropDestinationHeaderFilter(): Config {
 /**
  * ext_proc to the middlebox. `afterAuthz`: ext_authz runs before it on the same listener and has
  * decided the firewall and the rate limits, which the stream is told (AFTER_EXT_AUTHZ_HEADER) so
- * that it only translates and charges no limit a second time.
+ * that it only translates and charges no limit a second time. `inbound`: the inbound listener,
+ * whose route goes to the app, so NAT does not apply (INBOUND_LISTENER_HEADER).
  */
-function httpExtProcFilter(o: ResolvedOptions, afterAuthz = false): Config {
+function httpExtProcFilter(o: ResolvedOptions, afterAuthz = false, inbound = false): Config {
+  const metadata = [
+    ...(afterAuthz ? [{ key: AFTER_EXT_AUTHZ_HEADER, value: 'true' }] : []),
+    ...(inbound ? [{ key: INBOUND_LISTENER_HEADER, value: 'true' }] : []),
+  ];
   return {
     name: 'envoy.filters.http.ext_proc',
     typed_config: {
       '@type': TYPES.httpExtProc,
-      grpc_service: afterAuthz ? { ...middleboxGrpcService(o), initial_metadata: [{ key: AFTER_EXT_AUTHZ_HEADER, value: 'true' }] } : middleboxGrpcService(o),
+      grpc_service: metadata.length > 0 ? { ...middleboxGrpcService(o), initial_metadata: metadata } : middleboxGrpcService(o),
       failure_mode_allow: o.failureModeAllow,
       message_timeout: duration(o.timeoutMs),
       // Headers both ways (decide and translate); bodies stream past untouched.

@@ -42,7 +42,7 @@ export function decide(
     if (nat === undefined) return v;
     return nat instanceof Promise ? nat.then((n) => withNat(v, n)) : withNat(v, nat);
   };
-  if (opts.natOnly) return translate(ALLOWED);
+  if (opts.natOnly) return opts.nat ? translate(ALLOWED) : ALLOWED;
   const firewall = decideFirewall(snapshot, req);
   if (!firewall.allow) return firewall;
   const limited = decideRateLimit(snapshot, req, ports.rateLimits, now);

@@ -107,6 +107,19 @@ spec:
     assert.equal(first.headers['x-real-ip'], '192.0.2.10');
   });
 
+  it('applies no NAT on the inbound listener, whose route goes to the app: a request for a NAT rule\'s host reaches the app as sent', async () => {
+    for (const host of ['vip.local', 'user.local']) {
+      const r = await httpRequest({ port: lab.httpPort, path: '/in', headers: { host, 'x-user': 'ada' } });
+      assert.equal(r.status, 200);
+      const echo = JSON.parse(r.body);
+      assert.equal(echo.upstream, 'app');
+      assert.equal(echo.headers.host, host, ':authority as the client sent it');
+      assert.equal(echo.headers['x-envoy-original-dst-host'], undefined);
+      assert.equal(echo.headers['x-real-ip'], undefined, 'no sourceAs rewriting');
+      assert.equal(r.headers['x-middlebox-nat'], undefined);
+    }
+  });
+
   it('leaves unmatched traffic untouched (inbound through ext_proc), and strips a forged destination', async () => {
     const r = await httpRequest({ port: lab.httpPort, path: '/plain', headers: { host: 'shop.local', 'x-envoy-original-dst-host': addr(evil), 'x-custom': 'kept' } });
     assert.equal(r.status, 200);

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { parse } from 'yaml';
 import { CLUSTERS, renderBootstrap, renderBootstrapYaml, type BootstrapOptions } from '../../src/envoy/bootstrap';
-import { AFTER_EXT_AUTHZ_HEADER, REQUEST_ATTRIBUTES } from '../../src/grpc/extproc/request';
+import { AFTER_EXT_AUTHZ_HEADER, INBOUND_LISTENER_HEADER, REQUEST_ATTRIBUTES } from '../../src/grpc/extproc/request';
 import { DESTINATION_HEADER } from '../../src/middlebox/nat/engine';
 
 type Config = Record<string, any>;
@@ -188,14 +188,17 @@ describe('renderBootstrap with NAT', () => {
   });
 
   describe("inboundFilter: 'ext_authz+ext_proc'", () => {
-    it('tells the inbound ext_proc stream that ext_authz decided first, and only that one', () => {
+    it('tells the inbound ext_proc stream that ext_authz decided first, and only that one; every inbound stream that it is inbound (no NAT)', () => {
       const b = render({ inboundFilter: 'ext_authz+ext_proc', outbound: OUTBOUND, middlebox: ['10.0.0.11:9001'] });
       const inbound = listener(b, 'inbound_http');
       assert.deepEqual(httpFilterNames(inbound), ['envoy.filters.http.ext_authz', 'envoy.filters.http.ext_proc', 'envoy.filters.http.router']);
-      assert.deepEqual(extProc(inbound).grpc_service.initial_metadata, [{ key: AFTER_EXT_AUTHZ_HEADER, value: 'true' }]);
-      // The outbound listener's ext_proc and an inbound ext_proc alone decide everything themselves.
+      assert.deepEqual(extProc(inbound).grpc_service.initial_metadata, [
+        { key: AFTER_EXT_AUTHZ_HEADER, value: 'true' },
+        { key: INBOUND_LISTENER_HEADER, value: 'true' },
+      ]);
+      // The outbound listener's ext_proc decides everything itself, NAT included.
       assert.equal(extProc(listener(b, 'outbound_http')).grpc_service.initial_metadata, undefined);
-      assert.equal(extProc(listener(render({ inboundFilter: 'ext_proc' }), 'inbound_http')).grpc_service.initial_metadata, undefined);
+      assert.deepEqual(extProc(listener(render({ inboundFilter: 'ext_proc' }), 'inbound_http')).grpc_service.initial_metadata, [{ key: INBOUND_LISTENER_HEADER, value: 'true' }]);
     });
   });
 });

@@ -16,6 +16,11 @@ export const ATTRIBUTES_KEY = 'envoy.filters.http.ext_proc';
  * limit charged two tokens per request.
  */
 export const AFTER_EXT_AUTHZ_HEADER = 'x-middlebox-ext-proc-after-ext-authz';
+/**
+ * gRPC initial metadata of the inbound listener's ext_proc stream: its route goes to the app, so
+ * NAT (which picks where a request goes) cannot apply, and must not rewrite its headers.
+ */
+export const INBOUND_LISTENER_HEADER = 'x-middlebox-ext-proc-inbound';
 
 /** What the rendered bootstrap asks Envoy to send; see src/envoy/bootstrap.ts. */
 export const REQUEST_ATTRIBUTES = [

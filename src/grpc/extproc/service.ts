@@ -32,7 +32,7 @@ import {
 import { HeaderCollector } from '../headers';
 import { externalProcessorService, RpcCode } from '../protos';
 import type { DuplexCall, ServiceHost } from '../transport';
-import { AFTER_EXT_AUTHZ_HEADER, translateRequestHeaders } from './request';
+import { AFTER_EXT_AUTHZ_HEADER, INBOUND_LISTENER_HEADER, translateRequestHeaders } from './request';
 
 export interface ExternalProcessorDeps {
   policies: PolicySource;
@@ -56,6 +56,8 @@ interface StreamState {
   done?: boolean;
   /** ext_authz decided the request before this filter (see AFTER_EXT_AUTHZ_HEADER): translate only. */
   afterAuthz: boolean;
+  /** The inbound listener's stream (see INBOUND_LISTENER_HEADER): no NAT. */
+  inbound: boolean;
 }
 
 class StreamError extends Error {}
@@ -76,7 +78,11 @@ export class ExternalProcessorService {
   }
 
   private readonly process = (call: DuplexCall<ProcessingRequest, ProcessingResponse>): void => {
-    const state: StreamState = { phase: 'awaiting_request_headers', afterAuthz: call.metadata?.get(AFTER_EXT_AUTHZ_HEADER)[0] !== undefined };
+    const state: StreamState = {
+      phase: 'awaiting_request_headers',
+      afterAuthz: call.metadata?.get(AFTER_EXT_AUTHZ_HEADER)[0] !== undefined,
+      inbound: call.metadata?.get(INBOUND_LISTENER_HEADER)[0] !== undefined,
+    };
     // Answers must leave in the order the messages came, though a decision may wait for etcd.
     let queue: Promise<void> = Promise.resolve();
     call.on('data', (msg: ProcessingRequest) => {
@@ -163,7 +169,7 @@ export class ExternalProcessorService {
     state.virtualHost = req.headers.get(':authority') || req.headers.get('host') || req.host;
     let verdict: Verdict;
     try {
-      verdict = await decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now(), { nat: true, natOnly: afterAuthz });
+      verdict = await decide(this.deps.policies.snapshot(), req, this.deps.ports, Date.now(), { nat: !state.inbound, natOnly: afterAuthz });
     } catch (e) {
       this.deps.logger.error({ decision: state.decisionId, err: (e as Error).message }, 'shared state did not answer');
       verdict = STATE_UNAVAILABLE;
