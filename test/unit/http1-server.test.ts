@@ -41,6 +41,7 @@ function talk(port: number, chunks: string[], opts: { responses?: number; gapMs?
   });
 }
 
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const get = (path: string, extra = '') => `GET ${path} HTTP/1.1\r\nhost: x\r\n${extra}\r\n`;
 const statuses = (text: string) => [...text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
 const bodies = (text: string) => text.split(/HTTP\/1\.1 \d{3}[^\r]*\r\n/).slice(1).map((r) => r.split('\r\n\r\n')[1] ?? '');
@@ -77,6 +78,39 @@ describe('HTTP/1.1 server of the HTTP ext_authz listener', () => {
     assert.deepEqual(bodies(r.text), ['/a', '/b']);
     assert.match(r.text, /x-method: GET\r\ncontent-length: 2\r\n\r\n\/a/);
     assert.equal(r.closed, false);
+  });
+
+  it('stops reading from a peer that does not read its answers, and answers everything once it does', async () => {
+    // Answers much larger than the requests: a few hundred fill the socket's buffers.
+    const big = 'x'.repeat(64 * 1024);
+    server.close(0, () => undefined);
+    server = new Http1Server({ maxHeaderBytes: 4096, keepAliveMs: 60_000, requestTimeoutMs: 5000, handler: (req) => (seen.push(req), { status: 200, headers: [], body: big }), onConnectionError: (e) => errors.push(e) });
+    await new Promise<void>((r) => server.server.listen(0, '127.0.0.1', r));
+    port = (server.server.address() as net.AddressInfo).port;
+    const N = 2000;
+    const socket = net.connect(port, '127.0.0.1');
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    socket.pause();
+    // 2,000 requests of about 1 KB: they reach the server in many reads, as buffers allow.
+    const pad = `x-pad: ${'p'.repeat(1000)}\r\n`;
+    socket.write(Array.from({ length: N }, (_, i) => get(`/${i}`, pad)).join(''));
+    await sleep(500);
+    const handledWhileBlocked = seen.length;
+    assert.ok(handledWhileBlocked < N / 2, `the server stopped reading: ${handledWhileBlocked} of ${N} handled while nothing was read`);
+    // Read everything: every request is answered, in order.
+    let received = 0;
+    let answers = 0;
+    const done = new Promise<void>((resolve) =>
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        answers = Math.floor(received / (big.length + 40));
+        if (seen.length === N && received >= N * big.length) resolve();
+      }),
+    );
+    socket.resume();
+    await Promise.race([done, sleep(15_000)]);
+    socket.destroy();
+    assert.equal(seen.length, N, `every request handled (${answers} answers read)`);
   });
 
   it('answers pipelined requests in order, even when an earlier one answers later', async () => {

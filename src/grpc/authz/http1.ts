@@ -273,6 +273,9 @@ class Connection {
       }
     }
     if (this.ending && this.idle) this.close();
+    // A peer that sends without reading the answers fills the socket's buffer: read nothing more
+    // until it drains ('drain' resumes), or the answers would pile up in memory without bound.
+    else if (this.socket.writableNeedDrain) this.socket.pause();
     else this.resumeIfRoom();
   }
 
