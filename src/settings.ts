@@ -68,6 +68,8 @@ export const BOUNDS = {
   maxRulesPerPolicy: { flag: 'max-rules-per-policy', env: 'MIDDLEBOX_MAX_RULES_PER_POLICY', min: 1, max: 1_000_000 },
   /** Distinct bucket keys one rate limit tracks per replica (`serve`). */
   maxKeysPerRateLimit: { flag: 'max-keys-per-rate-limit', env: 'MIDDLEBOX_MAX_KEYS_PER_RATE_LIMIT', min: 1, max: 10_000_000 },
+  /** Flows recorded per NAT rule in etcd, all replicas together (`serve`). */
+  maxNatFlowsPerRule: { flag: 'max-nat-flows-per-rule', env: 'MIDDLEBOX_MAX_NAT_FLOWS_PER_RULE', min: 1, max: 10_000_000 },
   /** Bytes of request header names and values examined per request (`serve`). */
   maxHeaderBytes: { flag: 'max-header-bytes', env: 'MIDDLEBOX_MAX_HEADER_BYTES', min: 1024, max: 64 * MIB },
   /** Bytes of one gRPC message received or sent (`serve`); gRPC's own int32 limit above. */

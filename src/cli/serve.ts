@@ -13,7 +13,7 @@ import { MiddleboxMetrics } from '../observability/metrics';
 import { BOUNDS, DEFAULTS, SERVER_TLS_ENV, settingsFromEnv } from '../settings';
 import { classifyEtcdError, type EtcdErrorContext } from '../state/etcd/client';
 import { EtcdMembership, DEFAULT_MEMBER_TTL_S } from '../state/etcd/membership';
-import { EtcdNatTable } from '../state/etcd/nat';
+import { DEFAULT_MAX_NAT_FLOWS_PER_RULE, EtcdNatTable } from '../state/etcd/nat';
 import { EtcdPolicyStore, ON_NO_STATE, type OnNoState } from '../state/etcd/policies';
 import { ensureStateDir } from '../state/disk';
 import { EtcdRateLimitStore } from '../state/etcd/ratelimit';
@@ -65,6 +65,10 @@ export const serveCommand: Command = {
     `                           further keys share the limit's one overflow bucket, counted in`,
     `                           middlebox_ratelimit_keys_overflow_total (env ${BOUNDS.maxKeysPerRateLimit.env},`,
     `                           default ${DEFAULT_MAX_KEYS_PER_RULE})`,
+    `  --max-nat-flows-per-rule N`,
+    `                           flow mappings one NAT rule records in etcd, all replicas together; further`,
+    `                           flows keep the backend hashing picks, unrecorded, counted in`,
+    `                           middlebox_nat_flows_over_cap_total (env ${BOUNDS.maxNatFlowsPerRule.env}, default ${DEFAULT_MAX_NAT_FLOWS_PER_RULE})`,
     `  --max-header-bytes N     request header bytes (names and values) examined per request; more is`,
     `                           refused 431 headers_too_large (env ${BOUNDS.maxHeaderBytes.env}, default ${DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes})`,
     `  --max-message-bytes N    largest gRPC message received or sent; gRPC refuses a bigger one with`,
@@ -107,6 +111,7 @@ export const serveCommand: Command = {
     'etcd-timeout-ms': { type: 'string' },
     'max-rate-limit-keys': { type: 'string' },
     [BOUNDS.maxKeysPerRateLimit.flag]: { type: 'string' },
+    [BOUNDS.maxNatFlowsPerRule.flag]: { type: 'string' },
     [BOUNDS.maxHeaderBytes.flag]: { type: 'string' },
     [BOUNDS.maxMessageBytes.flag]: { type: 'string' },
     ...policyLimitOptions,
@@ -134,6 +139,7 @@ export const serveCommand: Command = {
     const etcdTimeoutMs = intOpt(values, 'etcd-timeout-ms', 1, 60_000) ?? intEnv('MIDDLEBOX_ETCD_TIMEOUT_MS', 1, 60_000) ?? DEFAULT_BREAKER.timeoutMs;
     const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? intEnv('MIDDLEBOX_MAX_RATE_LIMIT_KEYS', 1) ?? DEFAULT_MAX_BUCKETS;
     const maxKeysPerRule = boundOpt(values, BOUNDS.maxKeysPerRateLimit, DEFAULT_MAX_KEYS_PER_RULE);
+    const maxNatFlowsPerRule = boundOpt(values, BOUNDS.maxNatFlowsPerRule, DEFAULT_MAX_NAT_FLOWS_PER_RULE);
     const maxHeaderBytes = boundOpt(values, BOUNDS.maxHeaderBytes, DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes);
     const maxMessageBytes = boundOpt(values, BOUNDS.maxMessageBytes, DEFAULT_MAX_MESSAGE_BYTES);
     const policyLimits = policyLimitsFrom(values);
@@ -188,7 +194,7 @@ export const serveCommand: Command = {
     const resilientLimits = new ResilientRateLimitStore(sharedLimits, new LocalRateLimitStore({ replicas, maxBuckets: maxKeys }), breaker, logger);
     const rateLimits = new KeyCappedRateLimits(resilientLimits, { maxKeysPerRule, logger });
     metrics.watchRateLimits({ shared: sharedLimits, resilient: resilientLimits, keys: rateLimits });
-    const natTable = EtcdNatTable.open({ client, prefix, logger, stateDir });
+    const natTable = EtcdNatTable.open({ client, prefix, logger, stateDir, maxFlowsPerRule: maxNatFlowsPerRule });
     const nat = new ResilientNatTable(natTable, breaker, logger);
     metrics.watchNat({ table: natTable, resilient: nat });
     server = await startServer({
@@ -205,7 +211,7 @@ export const serveCommand: Command = {
       httpAuthzListen,
     });
     const running = server;
-    logger.info({ listen: server.address, httpAuthz: server.httpAuthzAddress, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState, bounds: { ...policyLimits, maxKeysPerRule, maxHeaderBytes, maxMessageBytes } }, 'middlebox serving');
+    logger.info({ listen: server.address, httpAuthz: server.httpAuthzAddress, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState, bounds: { ...policyLimits, maxKeysPerRule, maxNatFlowsPerRule, maxHeaderBytes, maxMessageBytes } }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
       let stopping = false;

@@ -103,7 +103,7 @@ export const RATE_LIMIT_CONSISTENCIES: readonly RateLimitConsistency[] = ['stric
 
 export interface NatSources {
   /** The replica's watch-fed copy of the shared NAT table. */
-  table: { readonly size: number };
+  table: { readonly size: number; readonly overCap: number };
   /** Mappings made while etcd could not record them. */
   resilient?: { readonly pendingFlows: number };
 }
@@ -362,6 +362,11 @@ export class MiddleboxMetrics implements DecisionMetrics {
   watchNat(sources: NatSources): void {
     const { table, resilient } = sources;
     this.gauge('middlebox_nat_flows', "Flow mappings in this replica's copy of the shared NAT table.", () => table.size);
+    this.mirrorCounter(
+      'middlebox_nat_flows_over_cap_total',
+      'New NAT flows of a rule that already had --max-nat-flows-per-rule flows: mapped by hashing alone, not recorded in etcd.',
+      () => table.overCap,
+    );
     if (resilient) {
       this.gauge('middlebox_nat_pending_flows', 'NAT mappings made while etcd could not record them, not yet written to etcd.', () => resilient.pendingFlows);
     }

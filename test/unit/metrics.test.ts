@@ -155,7 +155,7 @@ describe('metrics', () => {
     const m = new MiddleboxMetrics({ processMetrics: false });
     const shared = { stats: { writes: 3, conflicts: 1, cachedDenials: 0, leasedWaits: 7 }, size: 4, held: 9, heldTokens() { return this.held; } };
     const resilient = { owedBuckets: 0, reconciled: 0 };
-    const table = { size: 2 };
+    const table = { size: 2, overCap: 6 };
     m.watchRateLimits({ shared, resilient });
     m.watchNat({ table, resilient: { pendingFlows: 1 } });
     let s = await scrape(m);
@@ -166,6 +166,7 @@ describe('metrics', () => {
     assert.equal(sumMetric(s, 'middlebox_ratelimit_leased_waits_total'), 7);
     assert.equal(sumMetric(s, 'middlebox_nat_flows'), 2);
     assert.equal(sumMetric(s, 'middlebox_nat_pending_flows'), 1);
+    assert.equal(sumMetric(s, 'middlebox_nat_flows_over_cap_total'), 6);
     shared.stats.writes = 10;
     shared.stats.leasedWaits = 8;
     shared.held = 0;

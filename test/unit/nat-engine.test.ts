@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { decide } from '../../src/middlebox/pipeline';
 import {
   decideNat,
+  MAX_FLOW_KEY_CHARS,
   DESTINATION_HEADER,
   NAT_RESPONSE_HEADER,
   requestChanges,
@@ -260,6 +261,15 @@ describe('decideNat', () => {
       const got = Array.from({ length: 4 }, () => sync(decideNat(snap, request(), table, NOW)).backend);
       assert.deepEqual(got, POOL);
     });
+  });
+
+  it('keys a flow by the digest of a header value longer than MAX_FLOW_KEY_CHARS, by the value otherwise', () => {
+    const snap = snapshot({ vip: `{ nat: [{ name: web, match: { hosts: [vip.local] }, to: ${POOL_YAML}, affinity: "header:X-User" }] }` });
+    const long = 'u'.repeat(MAX_FLOW_KEY_CHARS + 1);
+    const flows = [long, long, 'u'.repeat(MAX_FLOW_KEY_CHARS)].map((v) => sync(decideNat(snap, request({ host: 'vip.local', headers: { 'x-user': v } }), new SpyTable(), NOW)).flow!);
+    assert.match(flows[0]!, /^sha256:[A-Za-z0-9_-]{43}$/);
+    assert.equal(flows[1], flows[0], 'the same value, the same flow');
+    assert.equal(flows[2], 'u'.repeat(MAX_FLOW_KEY_CHARS));
   });
 
   for (const [affinity, flowOf] of [

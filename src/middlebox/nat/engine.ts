@@ -6,6 +6,7 @@
 // `sourceIp` or `header:<name>` the request's flow key picks its backend: the shared NAT table's
 // mapping when there is one, else rendezvous hashing over the pool minus drained backends, which
 // every replica computes alike, recorded in the table so that it stays put when the pool changes.
+import { createHash } from 'node:crypto';
 import type { CompiledNatRule, PolicySnapshot } from '../../policy/types';
 import type { NatTablePort } from '../../state/port';
 import type { HeaderValue, NatDecision, RequestAttributes } from '../types';
@@ -55,10 +56,17 @@ function flowKey(rule: CompiledNatRule, req: RequestAttributes): string | undefi
       return undefined;
     case 'sourceIp':
       return req.source.ip?.text;
-    case 'header':
-      return req.headers.get(rule.affinity.name) || undefined;
+    case 'header': {
+      const value = req.headers.get(rule.affinity.name);
+      if (!value) return undefined;
+      // A client chooses it: a long one is stored and kept in memory as its digest.
+      return value.length > MAX_FLOW_KEY_CHARS ? `sha256:${createHash('sha256').update(value).digest('base64url')}` : value;
+    }
   }
 }
+
+/** Longest header value used as a flow key as it is; a longer one is replaced by its digest. */
+export const MAX_FLOW_KEY_CHARS = 256;
 
 function decision(rule: CompiledNatRule, backend: string, flow?: string): NatDecision {
   return { policy: rule.policy, rule: rule.name, backend, flow, rewriteHost: rule.rewriteHost, sourceAs: rule.sourceAs };

@@ -48,6 +48,8 @@ export interface EtcdNatTableOptions {
   stateDir?: string;
   /** Least time between two writes of the state file (default 1000). */
   persistIntervalMs?: number;
+  /** Flows recorded per NAT rule, all replicas together (default DEFAULT_MAX_NAT_FLOWS_PER_RULE). */
+  maxFlowsPerRule?: number;
 }
 
 /** The state file's name in the state dir (nat.json). */
@@ -62,8 +64,46 @@ export interface NatStateFile {
   drained: string[];
 }
 
+/** The flows in force, and how many each rule has (for the per-rule cap). Ids are `<rule>\0<flow>`. */
+class FlowMap extends Map<string, CachedFlow> {
+  private readonly perRule = new Map<string, number>();
+
+  override set(id: string, flow: CachedFlow): this {
+    if (!this.has(id)) this.count(id, 1);
+    return super.set(id, flow);
+  }
+
+  override delete(id: string): boolean {
+    if (this.has(id)) this.count(id, -1);
+    return super.delete(id);
+  }
+
+  override clear(): void {
+    this.perRule?.clear();
+    super.clear();
+  }
+
+  of(ruleId: string): number {
+    return this.perRule.get(ruleId) ?? 0;
+  }
+
+  private count(id: string, by: number): void {
+    const rule = id.slice(0, id.indexOf('\u0000'));
+    const n = (this.perRule.get(rule) ?? 0) + by;
+    if (n > 0) this.perRule.set(rule, n);
+    else this.perRule.delete(rule);
+  }
+}
+
+/** Default of `serve --max-nat-flows-per-rule`. */
+export const DEFAULT_MAX_NAT_FLOWS_PER_RULE = 10_000;
+
 export class EtcdNatTable implements NatTablePort {
-  private readonly flows = new Map<string, CachedFlow>();
+  private readonly flows = new FlowMap();
+  /** Rules whose cap was reached, logged once each. */
+  private readonly capped = new Set<string>();
+  /** New flows past the cap, mapped by hashing alone and not recorded (for metrics). */
+  overCap = 0;
   /** etcd key → flow id, because a watch's delete event carries only the key. */
   private readonly idsByKey = new Map<string, string>();
   private readonly drained = new Set<string>();
@@ -110,6 +150,17 @@ export class EtcdNatTable implements NatTablePort {
     const key = flowKey(this.opts.prefix, rule, flow);
     const id = flowId(rule, flow);
     const known = this.flows.get(id);
+    const max = this.opts.maxFlowsPerRule ?? DEFAULT_MAX_NAT_FLOWS_PER_RULE;
+    if (!known && this.flows.of(rule.id) >= max) {
+      // Past the cap, a new flow keeps the backend hashing chose (every replica chooses alike) but
+      // is not recorded: flows keyed by a client-chosen header must not fill etcd.
+      this.overCap += 1;
+      if (!this.capped.has(rule.id)) {
+        this.capped.add(rule.id);
+        this.opts.logger.warn({ rule: rule.id, maxNatFlowsPerRule: max }, 'NAT rule has --max-nat-flows-per-rule flows: new flows are mapped by hashing alone, not recorded');
+      }
+      return backend;
+    }
     const value = JSON.stringify({ flow, backend, rule: rule.id } satisfies StoredFlow);
     // Replace only the mapping we know of; create only where there is none.
     const res = await this.leases.withLease(rule.idleMs, now, (lease) => {

@@ -1,7 +1,10 @@
-// Keys that must expire when idle (NAT flows, rate-limit buckets) share etcd leases that a replica
-// keeps until they run short. When etcd no longer has such a lease (revoked, or etcd restored from
-// a backup), the next write that uses it fails; the one after must get a new lease, not fail until
-// the old one would have run out (twice the idle time: minutes, with the NAT breaker open all along).
+// The keys a replica writes to etcd for NAT flows and rate-limit buckets, on a real etcd.
+// - They are bound to shared leases that a replica keeps until they run short. When etcd no longer
+//   has such a lease (revoked, or etcd restored from a backup), the next write that uses it fails;
+//   the one after must get a new lease, not fail until the old one would have run out (twice the
+//   idle time: minutes, with the NAT breaker open all along).
+// - A NAT rule records a bounded number of flows: flows keyed by a client-chosen header must not
+//   fill etcd.
 import assert from 'node:assert/strict';
 import type { Etcd3 } from 'etcd3';
 import { EtcdProcess } from '../../src/lab/etcd';
@@ -17,7 +20,7 @@ const POLICY = snapshot({
            nat: [{ name: vip, match: { hosts: ["vip.local"] }, to: ["10.0.0.1:80", "10.0.0.2:80"], affinity: sourceIp }] }`,
 }).policies[0]!;
 
-describe('a shared lease that etcd no longer has', function () {
+describe('NAT flow and rate-limit keys in etcd: lost leases, the per-rule flow cap', function () {
   this.timeout(60_000);
   let etcd: EtcdProcess;
   let client: Etcd3;
@@ -50,6 +53,26 @@ describe('a shared lease that etcd no longer has', function () {
       await assert.rejects(table.assign(rule, '192.0.2.2', '10.0.0.2:80', undefined, now), /lease not found/);
       assert.equal(await table.assign(rule, '192.0.2.2', '10.0.0.2:80', undefined, now), '10.0.0.2:80');
       assert.equal(Object.keys(await client.getAll().prefix('/lease-nat/nat/').strings()).length, 1, 'the revoked flow expired with its lease; the new one is stored');
+    } finally {
+      await table.close();
+    }
+  });
+
+  it('NAT: a rule records at most --max-nat-flows-per-rule flows; further ones keep their hashed backend, unrecorded', async () => {
+    const rule = POLICY.nat[0]!;
+    const table = EtcdNatTable.open({ client, prefix: '/cap-nat', logger: silentLogger(), maxFlowsPerRule: 2 });
+    try {
+      await waitFor(() => table.isLoaded, { timeoutMs: 10_000, what: 'the NAT table to load' });
+      const now = Date.now();
+      for (const [flow, backend] of [['192.0.2.1', '10.0.0.1:80'], ['192.0.2.2', '10.0.0.2:80'], ['192.0.2.3', '10.0.0.1:80']]) {
+        assert.equal(await table.assign(rule, flow!, backend!, undefined, now), backend);
+      }
+      assert.equal(Object.keys(await client.getAll().prefix('/cap-nat/nat/').strings()).length, 2, 'two flows stored');
+      assert.equal(table.overCap, 1);
+      assert.equal(table.lookup(rule, '192.0.2.3'), undefined, 'the third is not recorded');
+      // A flow already recorded may still move (a drained backend's flows do).
+      assert.equal(await table.assign(rule, '192.0.2.1', '10.0.0.2:80', '10.0.0.1:80', now), '10.0.0.2:80');
+      assert.equal(table.lookup(rule, '192.0.2.1'), '10.0.0.2:80');
     } finally {
       await table.close();
     }
