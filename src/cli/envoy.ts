@@ -30,7 +30,7 @@ const bootstrap: Command = {
     `  --app-port N             the app's HTTP port on ${d.inboundHttp.appAddress} (default ${d.inboundHttp.appPort})`,
     '  --no-http                render no HTTP listener',
     '  --inbound-filter NAME    ext_authz (default), ext_proc, or ext_authz+ext_proc: which filters ask the',
-    '                           middlebox inbound (both: ext_authz decides, ext_proc only translates)',
+    '                           middlebox inbound (both: ext_authz decides; inbound ext_proc applies no NAT)',
     '  --outbound-port N        add an outbound listener on this port: HTTP through ext_proc (firewall, rate',
     '                           limits, NAT), other TCP through network ext_authz; then ORIGINAL_DST',
     '  --tcp-port N             add a TCP listener with the network ext_authz filter on this port',

@@ -270,6 +270,10 @@ describe('decideNat', () => {
     assert.match(flows[0]!, /^sha256:[A-Za-z0-9_-]{43}$/);
     assert.equal(flows[1], flows[0], 'the same value, the same flow');
     assert.equal(flows[2], 'u'.repeat(MAX_FLOW_KEY_CHARS));
+    // A client sending another flow's digest as its value gets a key of its own.
+    const forged = sync(decideNat(snap, request({ host: 'vip.local', headers: { 'x-user': flows[0]! } }), new SpyTable(), NOW)).flow!;
+    assert.match(forged, /^sha256:/);
+    assert.notEqual(forged, flows[0]);
   });
 
   for (const [affinity, flowOf] of [

@@ -60,13 +60,15 @@ function flowKey(rule: CompiledNatRule, req: RequestAttributes): string | undefi
       const value = req.headers.get(rule.affinity.name);
       if (!value) return undefined;
       // A client chooses it: a long one is stored and kept in memory as its digest.
-      return value.length > MAX_FLOW_KEY_CHARS ? `sha256:${createHash('sha256').update(value).digest('base64url')}` : value;
+      // A value that looks like such a digest is digested too: no client can send another's key.
+      return value.length > MAX_FLOW_KEY_CHARS || value.startsWith(DIGEST_PREFIX) ? `${DIGEST_PREFIX}${createHash('sha256').update(value).digest('base64url')}` : value;
     }
   }
 }
 
 /** Longest header value used as a flow key as it is; a longer one is replaced by its digest. */
 export const MAX_FLOW_KEY_CHARS = 256;
+const DIGEST_PREFIX = 'sha256:';
 
 function decision(rule: CompiledNatRule, backend: string, flow?: string): NatDecision {
   return { policy: rule.policy, rule: rule.name, backend, flow, rewriteHost: rule.rewriteHost, sourceAs: rule.sourceAs };

@@ -33,12 +33,22 @@ export class PrefixFollower {
     while (!this.closed) {
       try {
         const res = await withDeadline(`${this.what} load`, loadTimeoutMs, () => this.client.getAll().prefix(this.prefix).exec());
+        // Closed while loading (a shutdown during a restart): nothing more is delivered.
+        if (this.closed) return;
         handlers.loaded(res.kvs, res.header.revision);
         const watcher = await this.client.watch().prefix(this.prefix).startRevision(String(BigInt(res.header.revision) + 1n)).create();
+        if (this.closed) {
+          await watcher.cancel().catch(() => undefined);
+          return;
+        }
         this.watcher = watcher;
         watcher
-          .on('put', (kv) => handlers.put(kv))
-          .on('delete', (kv) => handlers.delete(kv))
+          .on('put', (kv) => {
+            if (this.watcher === watcher) handlers.put(kv);
+          })
+          .on('delete', (kv) => {
+            if (this.watcher === watcher) handlers.delete(kv);
+          })
           .on('disconnected', () => {
             this.logger.warn(`${this.what}: watch disconnected from etcd; keeping what is known`);
             handlers.connection?.(false);
@@ -52,7 +62,7 @@ export class PrefixFollower {
             this.watcher = undefined;
             this.logger.error({ err: err.message }, `${this.what}: etcd ended the watch; loading everything again`);
             handlers.connection?.(false);
-            void watcher.cancel().catch(() => undefined);
+            // (No cancel: etcd has ended this watch already, and etcd3 would wait for its answer.)
             void this.start(handlers, loadTimeoutMs);
           });
         handlers.connection?.(true);

@@ -17,6 +17,7 @@ import type { NatTablePort } from '../port';
 import { withDeadline } from './client';
 import { PrefixFollower } from './follow';
 import { SharedLeases } from './leases';
+import { BoundedMap } from '../ratelimit/bounded-map';
 import { isCorruptSnapshot, readSnapshot, snapshotPath, SnapshotWriter } from '../disk';
 
 export interface StoredFlow {
@@ -104,6 +105,8 @@ export class EtcdNatTable implements NatTablePort {
   private readonly capped = new Set<string>();
   /** New flows past the cap, mapped by hashing alone and not recorded (for metrics). */
   overCap = 0;
+  /** The flows counted in overCap lately, so that each counts once. */
+  private readonly unrecorded = new BoundedMap<true>(DEFAULT_MAX_NAT_FLOWS_PER_RULE);
   /** etcd key → flow id, because a watch's delete event carries only the key. */
   private readonly idsByKey = new Map<string, string>();
   private readonly drained = new Set<string>();
@@ -153,8 +156,12 @@ export class EtcdNatTable implements NatTablePort {
     const max = this.opts.maxFlowsPerRule ?? DEFAULT_MAX_NAT_FLOWS_PER_RULE;
     if (!known && this.flows.of(rule.id) >= max) {
       // Past the cap, a new flow keeps the backend hashing chose (every replica chooses alike) but
-      // is not recorded: flows keyed by a client-chosen header must not fill etcd.
-      this.overCap += 1;
+      // is not recorded: flows keyed by a client-chosen header must not fill etcd. Counted once
+      // per flow (its every request comes here, as it is never found).
+      if (this.unrecorded.get(id) === undefined) {
+        this.unrecorded.set(id, true);
+        this.overCap += 1;
+      }
       if (!this.capped.has(rule.id)) {
         this.capped.add(rule.id);
         this.opts.logger.warn({ rule: rule.id, maxNatFlowsPerRule: max }, 'NAT rule has --max-nat-flows-per-rule flows: new flows are mapped by hashing alone, not recorded');

@@ -64,9 +64,15 @@ export class ResilientNatTable implements NatTablePort {
   }
 
   touch(rule: CompiledNatRule, flow: string, now: number): void {
-    const p = this.pending.get(flowId(rule, flow));
-    if (p) p.usedAt = now;
-    else if (!this.breaker.isDegraded) this.shared.touch(rule, flow, now);
+    const id = flowId(rule, flow);
+    const p = this.pending.get(id);
+    // An expired pending mapping (lookup no longer answers with it) is not revived: etcd's holds.
+    if (p && now - p.usedAt > rule.idleMs) this.pending.delete(id);
+    else if (p) {
+      p.usedAt = now;
+      return;
+    }
+    if (!this.breaker.isDegraded) this.shared.touch(rule, flow, now);
   }
 
   isDrained(backend: string): boolean {

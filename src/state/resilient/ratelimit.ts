@@ -2,8 +2,9 @@
 // whose calls go through the breaker; when one fails, times out or the breaker is open, the request is
 // decided by the local approximation instead (the limit ÷ the last known number of live replicas,
 // counted in memory) and the tokens it admits are remembered. When the breaker closes, those tokens
-// are written back into the shared buckets (for windows that have not ended yet; a token bucket's
-// always), so the shared count shows what was really admitted, and decisions return to their mode.
+// are written back into the shared buckets (for windows that have not ended yet, and a sliding
+// window's previous one, which still weighs; a token bucket's always), so the shared count shows
+// what was really admitted, and decisions return to their mode.
 //
 // Bound while degraded: each replica admits at most its share, so all of them together admit about
 // the limit when the load balancer spreads requests evenly, and at most the limit plus one share per
