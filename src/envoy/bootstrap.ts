@@ -471,10 +471,20 @@ function appProbesListener(p: AppProbesOptions): Config {
   };
 }
 
+/**
+ * The connection's original destination (the app's port, before the capture's REDIRECT to this
+ * listener) restored as its local address, so that the middlebox is asked about the port the
+ * client dialled (firewall `ports`), not the listener's. (A connection made to the listener
+ * directly keeps the listener's address.) Nothing is handed to another listener: that would take
+ * use_original_dst.
+ */
+const RESTORE_ORIGINAL_DST = { name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } };
+
 function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config {
   return {
     name: 'inbound_http',
     address: socketAddress(target.address, target.port),
+    listener_filters: [RESTORE_ORIGINAL_DST],
     filter_chains: [
       {
         filters: [
@@ -527,6 +537,7 @@ function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config 
   return {
     name: 'inbound_tcp',
     address: socketAddress(target.address, target.port),
+    listener_filters: [RESTORE_ORIGINAL_DST],
     filter_chains: [
       {
         filters: [

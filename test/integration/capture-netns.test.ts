@@ -34,6 +34,8 @@ const APP_PORT = 8080;
 const METRICS_PORT = 9100;
 /** Inbound port nothing listens on: with include-inbound-ports "*", Envoy still takes it. */
 const OTHER_INBOUND_PORT = 9200;
+/** Another such port, which the policy denies by its number (a rule on the port the client dialled). */
+const DENIED_INBOUND_PORT = 9300;
 /** The server outside the pod, in the client namespace. */
 const OUTSIDE_PORT = 8000;
 /** Outbound port excluded by annotation (a database, say); the outside server listens there too. */
@@ -125,6 +127,7 @@ spec:
     rules:
       - { name: no-admin, action: deny, paths: ["/admin/*"] }
       - { name: no-tcp-ports, action: deny, ports: [7001, 2379] }
+      - { name: no-port-9300, action: deny, ports: [9300] }
 `;
 
 /** Envoy stats the checks compare before and after. */
@@ -439,6 +442,13 @@ describe('capture: the init container script in network namespaces', function ()
     const got = await echo(client!, `http://${POD_IP}:${OTHER_INBOUND_PORT}/x`);
     assert.equal(got.marker, 'app');
     assert.ok(got.headers['x-request-id']);
+  });
+
+  it('asks the middlebox about the port the client dialled, not Envoy\'s listener port: a rule on it applies', async () => {
+    const denied = await request(client!, `http://${POD_IP}:${DENIED_INBOUND_PORT}/x`);
+    assert.equal(denied.status, 403, JSON.stringify(denied));
+    assert.equal(JSON.parse(denied.body!).rule, 'no-port-9300');
+    assert.equal((await echo(client!, `http://${POD_IP}:${OTHER_INBOUND_PORT}/x`)).marker, 'app', 'another port is allowed');
   });
 
   it('leaves an excluded inbound port alone', async () => {
