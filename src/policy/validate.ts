@@ -1,6 +1,7 @@
 // Validation and normalisation of one parsed policy document. Works on the YAML syntax tree rather
 // than on plain values, so that every problem carries the line and column it comes from. All
 // problems are collected; none stops the walk.
+import safeRegex from 'safe-regex2';
 import { isAlias, isMap, isPair, isScalar, isSeq, Scalar, visit } from 'yaml';
 import type { Alias, Document, LineCounter, Node } from 'yaml';
 import { parseCidr, parseIp } from '../middlebox/ip';
@@ -310,14 +311,25 @@ function headerKey(v: Walk, node: Node, path: string, text: string): string | un
     v.report(node, path, `"${text}": "${name}" is not a valid header name`);
     return undefined;
   }
+  if (name === 'host') {
+    v.report(node, path, `"${text}": ${HOST_IS_AUTHORITY}`);
+    return undefined;
+  }
   return HEADER_PREFIX + name;
 }
+
+const HOST_IS_AUTHORITY = 'Envoy sends the request\'s host as ":authority", never as "host": use hosts: [...], or the name ":authority"';
 
 function readHeaderName(v: Walk, node: Node, path: string): string | undefined {
   const name = v.string(node, path)?.toLowerCase();
   if (name === undefined) return undefined;
   if (!HEADER_NAME.test(name)) {
     v.report(node, path, `"${name}" is not a valid header name`);
+    return undefined;
+  }
+  if (name === 'host') {
+    // A rule on it would never see a value: matching nothing, or (present: false) everything.
+    v.report(node, path, HOST_IS_AUTHORITY);
     return undefined;
   }
   return name;
@@ -439,8 +451,23 @@ function readRegex(v: Walk, node: Node, path: string): string | undefined {
     v.report(node, path, `invalid regex: ${(e as Error).message}`);
     return undefined;
   }
+  // Regexes run on the replica's event loop against paths and header values the client chooses: one
+  // that can take exponential time would let a single request stall every decision (and, with
+  // failure mode open, let everything through). Nested quantifiers and backreferences are the
+  // usual ways to write one.
+  if (BACKREFERENCE.test(source)) {
+    v.report(node, path, 'backreferences (\\1, \\k<name>) are not allowed: matching with them can take exponential time on a crafted value');
+    return undefined;
+  }
+  if (!safeRegex(source)) {
+    v.report(node, path, 'a repeated group that itself repeats (like (a+)+ or (\\w+\\s?)*) can take exponential time on a crafted value: rewrite it without nesting quantifiers');
+    return undefined;
+  }
   return source;
 }
+
+/** `\1`…`\9` or `\k<name>` not escaped itself. */
+const BACKREFERENCE = /(^|[^\\])(\\\\)*\\([1-9]|k<)/;
 
 function readPositiveInteger(v: Walk, node: Node, path: string): number | undefined {
   const value = v.integer(node, path);

@@ -278,6 +278,21 @@ describe('parsePolicies', () => {
       assert.equal(parse(withRule(`{ name: r, action: deny, paths: [{ regex: "${'x'.repeat(1024)}" }] }`)).errors.length, 0);
     });
 
+    it('regexes that can take exponential time: nested quantifiers and backreferences', () => {
+      assertRefused(withRule('{ name: r, action: deny, headers: [{ name: x-id, regex: "^(\\\\w+\\\\s?)*$" }] }'), 8, 'spec.firewall.rules[0].headers[0].regex', /repeated group that itself repeats/);
+      assertRefused(withRule('{ name: r, action: deny, paths: [{ regex: "^/(a+)+$" }] }'), 8, 'spec.firewall.rules[0].paths[0].regex', /exponential time/);
+      assertRefused(withRule('{ name: r, action: deny, headers: [{ name: x-id, regex: "(a)\\\\1" }] }'), 8, 'spec.firewall.rules[0].headers[0].regex', /backreferences/);
+      // An escaped backslash before a digit, and ordinary quantifiers, are fine.
+      for (const ok of ['"^/v[0-9]+/.*$"', '"^[a-z]+-[0-9]+$"', '"a\\\\\\\\1"']) {
+        assert.deepEqual(parse(withRule(`{ name: r, action: deny, headers: [{ name: x-id, regex: ${ok} }] }`)).errors, [], ok);
+      }
+    });
+
+    it('a rule on the "host" header, which never reaches the middlebox (":authority" does)', () => {
+      assertRefused(withRule('{ name: r, action: deny, headers: [{ name: Host, present: false }] }'), 8, 'spec.firewall.rules[0].headers[0].name', /use hosts: \[\.\.\.\], or the name ":authority"/);
+      assert.deepEqual(parse(withRule('{ name: r, action: deny, headers: [{ name: ":authority", value: admin.local }] }')).errors, []);
+    });
+
     it('duplicate rule names within a list', () => {
       const text = `${HEADER}spec:\n  firewall:\n    rules:\n      - { name: r, action: deny }\n      - { name: s, action: deny }\n      - { name: r, action: allow }\n`;
       assertRefused(text, 9, 'spec.firewall.rules[2].name', /duplicate name "r"/);
