@@ -113,6 +113,18 @@ describe('firewall matchers', () => {
       assert.ok(!m(request()));
     });
 
+    it('matches a header sent more than once (its values joined with ",") by any one of its values', () => {
+      const exact = headerMatcher([{ name: 'x-debug', value: 'true' }]);
+      assert.ok(exact(request({ headers: { 'x-debug': 'true,true' } })), 'twice');
+      assert.ok(exact(request({ headers: { 'x-debug': 'false, true' } })));
+      assert.ok(!exact(request({ headers: { 'x-debug': 'false,yes' } })));
+      const regex = headerMatcher([{ name: 'x-role', regex: '^admin$' }]);
+      assert.ok(regex(request({ headers: { 'x-role': 'user,admin' } })));
+      assert.ok(!regex(request({ headers: { 'x-role': 'user,administrator' } })));
+      // A value with a comma of its own still matches as a whole.
+      assert.ok(headerMatcher([{ name: 'accept', value: 'a/b, c/d' }])(request({ headers: { accept: 'a/b, c/d' } })));
+    });
+
     it('matches presence (the default) and absence', () => {
       const present = headerMatcher([{ name: 'authorization' }]);
       assert.ok(present(request({ headers: { authorization: '' } })));

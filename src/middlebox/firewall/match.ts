@@ -137,15 +137,25 @@ function headerCondition(spec: HeaderMatchSpec): RequestMatcher {
   const name = spec.name.toLowerCase();
   if (spec.present === false) return (req) => !req.headers.has(name);
   const value = spec.value;
-  if (value !== undefined) return (req) => req.headers.get(name) === value;
+  if (value !== undefined) return (req) => eachValue(req.headers.get(name), (v) => v === value);
   if (spec.regex !== undefined) {
     const regex = new RegExp(spec.regex);
-    return (req) => {
-      const actual = req.headers.get(name);
-      return actual !== undefined && regex.test(actual);
-    };
+    return (req) => eachValue(req.headers.get(name), (v) => regex.test(v));
   }
   return (req) => req.headers.has(name);
+}
+
+/**
+ * A header sent more than once reaches the middlebox as its values joined with ",": a rule matches
+ * the whole, or any one of them. Otherwise `x-debug: true` sent twice ("true,true") would slip past
+ * a deny rule on "true" while the app reads its first value.
+ */
+function eachValue(actual: string | undefined, test: (v: string) => boolean): boolean {
+  if (actual === undefined) return false;
+  if (test(actual)) return true;
+  if (!actual.includes(',')) return false;
+  for (const part of actual.split(',')) if (test(part.trim())) return true;
+  return false;
 }
 
 function compileCidrs(texts: readonly string[]): CidrSet {
