@@ -1,6 +1,7 @@
 // The `middlebox` command.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { useLinearRegexFallback } from '../policy/regex-engine';
 import { reportFailure, runCommand } from './command';
 import { demoCommand } from './demo';
 import { envoyCommand } from './envoy';
@@ -77,6 +78,7 @@ export async function main(argv: string[]): Promise<number> {
 
 /** Runs the command line and exits with its code. */
 export function run(): void {
+  useLinearRegexFallback();
   main(process.argv.slice(2)).then(
     (code) => {
       // serve resolves only after a clean shutdown; other commands may leave client sockets behind.

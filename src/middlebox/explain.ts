@@ -536,7 +536,7 @@ function ruleChecks(rule: FirewallRuleSpec | undefined): FieldCheck[] {
   }
   if (rule.headers !== undefined) {
     for (const header of rule.headers) {
-      checks.push({ matcher: headerMatcher([header]), describe: (req) => `headers: ${headerWhy(header, req)}` });
+      checks.push({ matcher: headerMatcher([header], rule.action === 'deny'), describe: (req) => `headers: ${headerWhy(header, req)}` });
     }
   }
   return checks;

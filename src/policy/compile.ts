@@ -73,7 +73,8 @@ function firewallRuleMatcher(rule: FirewallRuleSpec): RequestMatcher {
   if (rule.principals !== undefined) matchers.push(principalMatcher(rule.principals));
   if (rule.hosts !== undefined) matchers.push(hostMatcher(rule.hosts));
   if (rule.paths !== undefined) matchers.push(pathMatcher(rule.paths));
-  if (rule.headers !== undefined) matchers.push(headerMatcher(rule.headers));
+  // A deny rule holds for any one value of a repeated header; an allow rule only for the whole.
+  if (rule.headers !== undefined) matchers.push(headerMatcher(rule.headers, rule.action === 'deny'));
   return allOf(matchers);
 }
 

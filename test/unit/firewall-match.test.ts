@@ -113,16 +113,21 @@ describe('firewall matchers', () => {
       assert.ok(!m(request()));
     });
 
-    it('matches a header sent more than once (its values joined with ",") by any one of its values', () => {
-      const exact = headerMatcher([{ name: 'x-debug', value: 'true' }]);
+    it('for a deny rule, matches a header sent more than once (its values joined with ",") by any one of its values', () => {
+      const exact = headerMatcher([{ name: 'x-debug', value: 'true' }], true);
       assert.ok(exact(request({ headers: { 'x-debug': 'true,true' } })), 'twice');
       assert.ok(exact(request({ headers: { 'x-debug': 'false, true' } })));
       assert.ok(!exact(request({ headers: { 'x-debug': 'false,yes' } })));
-      const regex = headerMatcher([{ name: 'x-role', regex: '^admin$' }]);
+      const regex = headerMatcher([{ name: 'x-role', regex: '^admin$' }], true);
       assert.ok(regex(request({ headers: { 'x-role': 'user,admin' } })));
       assert.ok(!regex(request({ headers: { 'x-role': 'user,administrator' } })));
-      // A value with a comma of its own still matches as a whole.
-      assert.ok(headerMatcher([{ name: 'accept', value: 'a/b, c/d' }])(request({ headers: { accept: 'a/b, c/d' } })));
+      assert.ok(headerMatcher([{ name: 'accept', value: 'a/b, c/d' }], true)(request({ headers: { accept: 'a/b, c/d' } })), 'the whole still matches');
+    });
+
+    it('for an allow rule, only by the whole value: a client cannot add a value to earn it', () => {
+      const trusted = headerMatcher([{ name: 'x-forwarded-for', regex: '^10\\.0\\.0\\.5$' }]);
+      assert.ok(trusted(request({ headers: { 'x-forwarded-for': '10.0.0.5' } })));
+      assert.ok(!trusted(request({ headers: { 'x-forwarded-for': '10.0.0.5,192.0.2.9' } })));
     });
 
     it('matches presence (the default) and absence', () => {

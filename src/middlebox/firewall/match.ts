@@ -128,33 +128,43 @@ export function principalMatcher(patterns: readonly string[]): RequestMatcher {
  * Unlike the other fields, headers is a conjunction: each entry names a different header and all
  * must hold (as in Envoy's and the Gateway API's header matches). Any-of is two rules. HTTP only.
  */
-export function headerMatcher(specs: readonly HeaderMatchSpec[]): RequestMatcher {
-  const all = allOf(specs.map(headerCondition));
+export function headerMatcher(specs: readonly HeaderMatchSpec[], anyValue = false): RequestMatcher {
+  const all = allOf(specs.map((spec) => headerCondition(spec, anyValue)));
   return (req) => req.protocol === 'http' && all(req);
 }
 
-function headerCondition(spec: HeaderMatchSpec): RequestMatcher {
+function headerCondition(spec: HeaderMatchSpec, anyValue: boolean): RequestMatcher {
   const name = spec.name.toLowerCase();
   if (spec.present === false) return (req) => !req.headers.has(name);
-  const value = spec.value;
-  if (value !== undefined) return (req) => eachValue(req.headers.get(name), (v) => v === value);
-  if (spec.regex !== undefined) {
-    const regex = new RegExp(spec.regex);
-    return (req) => eachValue(req.headers.get(name), (v) => regex.test(v));
-  }
-  return (req) => req.headers.has(name);
+  const matchesValue = spec.value !== undefined ? (v: string) => v === spec.value : spec.regex !== undefined ? regexTest(spec.regex) : undefined;
+  if (matchesValue === undefined) return (req) => req.headers.has(name);
+  return (req) => {
+    const actual = req.headers.get(name);
+    return actual !== undefined && (matchesValue(actual) || (anyValue && anyOneValue(actual, matchesValue)));
+  };
+}
+
+function regexTest(source: string): (v: string) => boolean {
+  const regex = new RegExp(source);
+  return (v) => regex.test(v);
 }
 
 /**
- * A header sent more than once reaches the middlebox as its values joined with ",": a rule matches
- * the whole, or any one of them. Otherwise `x-debug: true` sent twice ("true,true") would slip past
- * a deny rule on "true" while the app reads its first value.
+ * A header sent more than once reaches the middlebox as its values joined with ",". For a deny rule
+ * any one of them counts (`x-debug: true` sent twice, "true,true", must not slip past a rule on
+ * "true" while the app reads its first value); an allow rule needs the whole, or a client could add
+ * a value to earn it (x-forwarded-for, where Envoy appends the real client last).
  */
-function eachValue(actual: string | undefined, test: (v: string) => boolean): boolean {
-  if (actual === undefined) return false;
-  if (test(actual)) return true;
-  if (!actual.includes(',')) return false;
-  for (const part of actual.split(',')) if (test(part.trim())) return true;
+function anyOneValue(actual: string, test: (v: string) => boolean): boolean {
+  let start = 0;
+  while (start <= actual.length) {
+    const comma = actual.indexOf(',', start);
+    if (comma < 0 && start === 0) return false;
+    const end = comma < 0 ? actual.length : comma;
+    if (test(actual.slice(start, end).trim())) return true;
+    if (comma < 0) return false;
+    start = comma + 1;
+  }
   return false;
 }
 

@@ -1,0 +1,53 @@
+// A policy regex that backtracks exponentially on a crafted header value must not stall the
+// replica: `middlebox` turns on V8's linear-time engine for matches that backtrack too much
+// (src/policy/regex-engine.ts). Without it, the Check below would not be answered for hours.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { EtcdProcess } from '../../src/lab/etcd';
+import { MiddleboxProcess } from '../../src/lab/middlebox';
+import { CheckClient, httpCheck, statusOf } from '../harness/check';
+import { middlebox } from '../harness/cli';
+
+const POLICY = `apiVersion: middlebox.io/v1alpha1
+kind: Policy
+metadata: { name: ids }
+spec:
+  firewall:
+    default: allow
+    rules:
+      - { name: odd-ids, action: deny, headers: [{ name: x-id, regex: "^(\\\\w|\\\\d)+$" }] }
+`;
+
+describe('a policy regex that backtracks exponentially, against a crafted value', function () {
+  this.timeout(60_000);
+  let etcd: EtcdProcess;
+  let mb: MiddleboxProcess | undefined;
+  let dir: string;
+
+  before(async () => {
+    etcd = await EtcdProcess.start();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'middlebox-regex-'));
+    fs.writeFileSync(path.join(dir, 'policy.yaml'), POLICY);
+    const r = await middlebox(['policy', 'apply', '-f', path.join(dir, 'policy.yaml'), '--etcd', etcd.endpoint]);
+    assert.equal(r.code, 0, r.stderr);
+    mb = await MiddleboxProcess.start({ etcd: etcd.endpoint });
+  });
+  after(async () => {
+    await mb?.kill();
+    await etcd?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is answered (the replica does not stall), and the rule still decides', async () => {
+    const check = new CheckClient(mb!.address);
+    try {
+      // 40 digits and a character the regex refuses: 2^40 ways to fail for a backtracking engine.
+      assert.equal(statusOf(await check.check(httpCheck({ path: '/', headers: { 'x-id': `${'1'.repeat(40)}!` } }))), 200);
+      assert.equal(statusOf(await check.check(httpCheck({ path: '/', headers: { 'x-id': 'abc123' } }))), 403);
+    } finally {
+      check.close();
+    }
+  });
+});
