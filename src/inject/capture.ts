@@ -1,7 +1,8 @@
 // The init container's script: iptables (nat table) rules that send the pod's TCP traffic through
 // Envoy. Pure: the same settings always give the same script, so golden files pin it.
 //
-//   PREROUTING -> MIDDLEBOX_INBOUND: captured inbound ports REDIRECT to Envoy's inbound listener.
+//   PREROUTING -> MIDDLEBOX_INBOUND: captured inbound ports, of connections addressed to the pod,
+//                                    REDIRECT to Envoy's inbound listener.
 //   OUTPUT     -> MIDDLEBOX_OUTPUT:  Envoy's own traffic (its UID), loopback, excluded ports and
 //                                    CIDRs RETURN; everything else REDIRECTs to the outbound listener.
 // Only IPv4 TCP is captured; UDP, e.g. DNS, is never touched. Envoy's listeners are IPv4, so TCP over
@@ -52,7 +53,10 @@ export function captureScript(s: CaptureSettings): string {
       lines.push(nat(`-A ${CHAINS.inbound} -p tcp --dport ${p} ${toInbound}`));
     }
   }
-  lines.push(jump(`PREROUTING -p tcp -j ${CHAINS.inbound}`));
+  // Only connections addressed to the pod itself: one a neighbour sends through the pod to some other
+  // address would otherwise be taken in too, and the middlebox would see that address as its
+  // destination (a `to` rule's input, chosen by the client).
+  lines.push(jump(`PREROUTING -p tcp -m addrtype --dst-type LOCAL -j ${CHAINS.inbound}`));
 
   // Outbound. Envoy's own connections (to the app, the middlebox, original destinations) must
   // never come back to Envoy: that is what the UID match is for.

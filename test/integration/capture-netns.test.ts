@@ -20,6 +20,8 @@ import { findExecutable, type LabChild, makeTempDir, removeTempDir } from '../..
 
 const POD_IP = '10.213.0.1';
 const CLIENT_IP = '10.213.0.2';
+/** An address neither namespace has, which the client routes through the pod. */
+const FOREIGN_IP = '10.213.99.1';
 /** A second address of the client namespace, named in the pod's exclude-outbound-cidrs. */
 const CLIENT_IP_EXCLUDED = '10.213.0.3';
 const PREFIX_LEN = 29;
@@ -406,7 +408,7 @@ describe('capture: the init container script in network namespaces', function ()
 
   it('installs the nat rules with the iptables this machine has', async () => {
     for (const rule of [
-      '-A PREROUTING -p tcp -j MIDDLEBOX_INBOUND',
+      '-A PREROUTING -p tcp -m addrtype --dst-type LOCAL -j MIDDLEBOX_INBOUND',
       '-A OUTPUT -p tcp -j MIDDLEBOX_OUTPUT',
       `-A MIDDLEBOX_INBOUND -p tcp -m tcp --dport ${METRICS_PORT} -j RETURN`,
       `-A MIDDLEBOX_OUTPUT -m owner --uid-owner ${config.envoyUid} -j RETURN`,
@@ -449,6 +451,13 @@ describe('capture: the init container script in network namespaces', function ()
     assert.equal(denied.status, 403, JSON.stringify(denied));
     assert.equal(JSON.parse(denied.body!).rule, 'no-port-9300');
     assert.equal((await echo(client!, `http://${POD_IP}:${OTHER_INBOUND_PORT}/x`)).marker, 'app', 'another port is allowed');
+  });
+
+  it('takes in only connections addressed to the pod: one routed through it to another address is not served', async () => {
+    // The client sends a foreign address's packets to the pod, as a neighbour on its network could.
+    await client!.execOk('ip', ['route', 'replace', `${FOREIGN_IP}/32`, 'via', POD_IP]);
+    const r = await request(client!, `http://${FOREIGN_IP}:${APP_PORT}/x`);
+    assert.equal(r.status, undefined, `not answered: ${JSON.stringify(r)}`);
   });
 
   it('leaves an excluded inbound port alone', async () => {
