@@ -96,8 +96,10 @@ export function staleSidecar(pod: Pod, config: InjectConfig): string | undefined
   if (!isInjected(pod)) return undefined;
   const init = (pod.spec?.initContainers ?? []).find((c) => c.name === NAMES.initContainer);
   const script = Array.isArray(init?.command) ? init.command.join(' ') : '';
-  if (init && !script.includes('ip6tables')) {
-    return 'its capture, injected before, lets TCP over IPv6 past the sidecar: inject its original manifest (without the middlebox.io/status annotation) and re-create it';
+  // The rules a capture from before this version lacks: TCP over IPv6 refused, and only
+  // connections addressed to the pod taken in.
+  if (init && !(script.includes('ip6tables') && script.includes('--dst-type LOCAL'))) {
+    return 'its capture, injected before, lacks rules this version adds (TCP over IPv6 refused; only connections addressed to the pod taken in): inject its original manifest (without the middlebox.io/status annotation) and re-create it';
   }
   const a = pod.metadata?.annotations ?? {};
   const had = a[ANNOTATIONS.tlsSdsCa] === undefined ? 'plaintext' : a[ANNOTATIONS.tlsSdsClientCert] === undefined ? 'TLS' : 'mTLS';

@@ -1,6 +1,7 @@
 // Validation and normalisation of one parsed policy document. Works on the YAML syntax tree rather
 // than on plain values, so that every problem carries the line and column it comes from. All
 // problems are collected; none stops the walk.
+import { runsInLinearTime } from './regex-engine';
 import { isAlias, isMap, isPair, isScalar, isSeq, Scalar, visit } from 'yaml';
 import type { Alias, Document, LineCounter, Node } from 'yaml';
 import { parseCidr, parseIp } from '../middlebox/ip';
@@ -450,18 +451,16 @@ function readRegex(v: Walk, node: Node, path: string): string | undefined {
     v.report(node, path, `invalid regex: ${(e as Error).message}`);
     return undefined;
   }
-  // Regexes run on the replica's event loop against paths and header values the client chooses.
-  // The CLI turns on V8's linear-time engine for a match that backtracks too much (regex-engine.ts),
-  // which cannot run backreferences: a regex with one could still take exponential time.
-  if (BACKREFERENCE.test(source)) {
-    v.report(node, path, 'backreferences (\\1, \\k<name>) are not allowed: matching with them can take exponential time on a crafted value');
+  // Regexes run on the replica's event loop against paths and header values the client chooses:
+  // only those V8's linear-time engine can run, which takes over a match that backtracks too much
+  // (regex-engine.ts), so that no crafted value can stall a replica.
+  if (!runsInLinearTime(source)) {
+    v.report(node, path, 'this regex cannot run in linear time (it has a lookahead or lookbehind, a backreference, or a bounded repeat over 16 such as {0,32}): rewrite it without them, or a crafted value could stall the replica');
     return undefined;
   }
   return source;
 }
 
-/** `\1`…`\9` or `\k<name>` not escaped itself. */
-const BACKREFERENCE = /(^|[^\\])(\\\\)*\\([1-9]|k<)/;
 
 function readPositiveInteger(v: Walk, node: Node, path: string): number | undefined {
   const value = v.integer(node, path);

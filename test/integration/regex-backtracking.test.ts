@@ -1,6 +1,7 @@
 // A policy regex that backtracks exponentially on a crafted header value must not stall the
 // replica: `middlebox` turns on V8's linear-time engine for matches that backtrack too much
-// (src/policy/regex-engine.ts). Without it, the Check below would not be answered for hours.
+// (src/policy/regex-engine.ts), and refuses regexes that engine cannot run. Without it, the Check
+// below would not be answered for hours.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -38,6 +39,15 @@ describe('a policy regex that backtracks exponentially, against a crafted value'
     await mb?.kill();
     await etcd?.stop();
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a regex the linear-time engine cannot run (a lookahead) is refused where it is applied', async () => {
+    const file = path.join(dir, 'lookahead.yaml');
+    fs.writeFileSync(file, POLICY.replace('^(\\\\w|\\\\d)+$', '^(?=\\\\d)(\\\\w|\\\\d)+$'));
+    assert.match(fs.readFileSync(file, 'utf8'), /\(\?=/);
+    const r = await middlebox(['policy', 'apply', '-f', file, '--etcd', etcd.endpoint]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /cannot run in linear time/);
   });
 
   it('is answered (the replica does not stall), and the rule still decides', async () => {

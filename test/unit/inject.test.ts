@@ -305,7 +305,11 @@ describe('inject', () => {
       const old = structuredClone(now);
       const init = old.spec!.initContainers!.find((c) => c.name === NAMES.initContainer)!;
       init.command = (init.command as string[]).map((part) => part.split('\n').filter((l) => !/ipv6|ip6tables|^fi$/.test(l)).join('\n'));
-      assert.match(staleSidecar(old, tls)!, /lets TCP over IPv6 past the sidecar/);
+      assert.match(staleSidecar(old, tls)!, /lacks rules this version adds/);
+      const older = structuredClone(now);
+      const init2 = older.spec!.initContainers!.find((c) => c.name === NAMES.initContainer)!;
+      init2.command = (init2.command as string[]).map((part) => part.split(' -m addrtype --dst-type LOCAL').join(''));
+      assert.match(staleSidecar(older, tls)!, /only connections addressed to the pod/);
     });
 
     it('never modifies its input', () => {

@@ -278,11 +278,17 @@ describe('parsePolicies', () => {
       assert.equal(parse(withRule(`{ name: r, action: deny, paths: [{ regex: "${'x'.repeat(1024)}" }] }`)).errors.length, 0);
     });
 
-    it('regexes with backreferences, which the linear-time engine cannot run', () => {
-      assertRefused(withRule('{ name: r, action: deny, headers: [{ name: x-id, regex: "(a)\\\\1" }] }'), 8, 'spec.firewall.rules[0].headers[0].regex', /backreferences/);
-      assertRefused(withRule('{ name: r, action: deny, paths: [{ regex: "(?<x>a)\\\\k<x>" }] }'), 8, 'spec.firewall.rules[0].paths[0].regex', /backreferences/);
-      // Nested quantifiers, bounded repeats, lookarounds and an escaped backslash before a digit are fine.
-      for (const ok of ['"^(\\\\w+\\\\s?)*$"', '"^(\\\\d{1,3}\\\\.){3}\\\\d{1,3}$"', '"(?<!/internal)/admin"', '"a\\\\\\\\1"']) {
+    it('regexes the linear-time engine cannot run: lookarounds, backreferences, bounded repeats over 16', () => {
+      const refused = (regex: string) =>
+        assertRefused(withRule(`{ name: r, action: deny, headers: [{ name: x-id, regex: ${regex} }] }`), 8, 'spec.firewall.rules[0].headers[0].regex', /cannot run in linear time/);
+      refused('"(a)\\\\1"');
+      refused('"^(?=\\\\d)(\\\\w|\\\\d)+$"');
+      refused('"(?<!/internal)/admin"');
+      refused('"^(\\\\w|\\\\d)+[a-z]{0,32}$"');
+      assertRefused(withRule('{ name: r, action: deny, paths: [{ regex: "(?<x>a)\\\\k<x>" }] }'), 8, 'spec.firewall.rules[0].paths[0].regex', /linear time/);
+      // Nested quantifiers and alternatives (the linear engine takes them over), bounded repeats up
+      // to 16, and an escaped backslash before a digit are fine.
+      for (const ok of ['"^(\\\\w+\\\\s?)*$"', '"^(\\\\w|\\\\d)+$"', '"^(\\\\d{1,3}\\\\.){3}\\\\d{1,3}$"', '"[a-z]{0,16}"', '"a\\\\\\\\1"']) {
         assert.deepEqual(parse(withRule(`{ name: r, action: deny, headers: [{ name: x-id, regex: ${ok} }] }`)).errors, [], ok);
       }
     });
