@@ -23,7 +23,7 @@ export const REDACTED = '[redacted]';
 
 /** Headers in one line at most, and bytes of one header's value; the rest is cut and counted. */
 const MAX_LOGGED_HEADERS = 32;
-const MAX_LOGGED_VALUE_BYTES = 256;
+const MAX_LOGGED_VALUE_CHARS = 256;
 
 export const DEFAULT_DECISION_LOG: DecisionLogSettings = { mode: 'denied', sample: 1, redact: new Set(ALWAYS_REDACTED) };
 
@@ -93,7 +93,7 @@ export class DecisionLog {
         break;
       }
       if (this.settings.redact.has(name)) out[name] = REDACTED;
-      else out[name] = value.length > MAX_LOGGED_VALUE_BYTES ? `${value.slice(0, MAX_LOGGED_VALUE_BYTES)}… (${value.length} bytes)` : value;
+      else out[name] = value.length > MAX_LOGGED_VALUE_CHARS ? `${value.slice(0, MAX_LOGGED_VALUE_CHARS)}… (${value.length} characters)` : value;
     }
     return out;
   }
