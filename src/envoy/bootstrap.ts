@@ -476,7 +476,7 @@ function appProbesListener(p: AppProbesOptions): Config {
  * listener) restored as its local address, so that the middlebox is asked about the port the
  * client dialled (firewall `ports`), not the listener's. (A connection made to the listener
  * directly keeps the listener's address.) Nothing is handed to another listener: that would take
- * use_original_dst.
+ * use_original_dst. The outbound listener has it too, for where its connections were going.
  */
 const RESTORE_ORIGINAL_DST = { name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } };
 
@@ -612,7 +612,7 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
     name: 'outbound_http',
     address: socketAddress(target.address, target.port),
     listener_filters: [
-      { name: 'envoy.filters.listener.original_dst', typed_config: { '@type': TYPES.originalDstListener } },
+      RESTORE_ORIGINAL_DST,
       { name: 'envoy.filters.listener.http_inspector', typed_config: { '@type': TYPES.httpInspector } },
     ],
     // 0: no timeout (Envoy's default is 15 s, after which the connection would be closed).

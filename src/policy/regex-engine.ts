@@ -7,7 +7,7 @@
 import v8 from 'node:v8';
 
 /** Backtracks a match may take before V8 goes on with its linear-time engine. */
-export const REGEX_BACKTRACKS_BEFORE_LINEAR = 1000;
+const REGEX_BACKTRACKS_BEFORE_LINEAR = 1000;
 
 let enabled = false;
 

@@ -11,17 +11,10 @@ import { waitFor } from '../../src/lab/ports';
 import { SidecarLab } from '../../src/lab/sidecar';
 import { parsePolicies } from '../../src/policy/parse';
 import type { PolicyDocument } from '../../src/policy/types';
+import { NO_ADMIN_POLICY } from '../harness/policy';
 
 const POLICY = `
-apiVersion: middlebox.io/v1alpha1
-kind: Policy
-metadata: { name: shop }
-spec:
-  firewall:
-    default: allow
-    rules:
-      - { name: no-admin, action: deny, paths: ["/admin/*"] }
-      - { name: no-debug, action: deny, headers: [{ name: x-debug, value: "1" }] }
+${NO_ADMIN_POLICY}      - { name: no-debug, action: deny, headers: [{ name: x-debug, value: "1" }] }
   rateLimits:
     - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1m, by: ["header:x-api-key"], algorithm: fixed-window, consistency: local }
 `;

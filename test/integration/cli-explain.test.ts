@@ -15,16 +15,9 @@ import { connectEtcd } from '../../src/state/etcd/client';
 import { EtcdNatTable } from '../../src/state/etcd/nat';
 import { EtcdRateLimitStore } from '../../src/state/etcd/ratelimit';
 import { middlebox } from '../harness/cli';
+import { NO_ADMIN_POLICY } from '../harness/policy';
 
-const POLICY = `apiVersion: middlebox.io/v1alpha1
-kind: Policy
-metadata: { name: shop }
-spec:
-  firewall:
-    default: allow
-    rules:
-      - { name: no-admin, action: deny, paths: ["/admin/*"] }
-      - { name: blocked-client, action: deny, from: ["127.0.0.66/32"] }
+const POLICY = `${NO_ADMIN_POLICY}      - { name: blocked-client, action: deny, from: ["127.0.0.66/32"] }
       - { name: no-debug, action: deny, headers: [{ name: x-debug }] }
   rateLimits:
     # A token bucket has no window edge, so a test that crosses a minute sees the same count.

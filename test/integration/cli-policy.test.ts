@@ -7,16 +7,9 @@ import { EtcdProcess } from '../../src/lab/etcd';
 import { connectEtcd } from '../../src/state/etcd/client';
 import { policyKey } from '../../src/state/etcd/policies';
 import { middlebox } from '../harness/cli';
+import { NO_ADMIN_POLICY } from '../harness/policy';
 
-const GOOD = `apiVersion: middlebox.io/v1alpha1
-kind: Policy
-metadata: { name: shop }
-spec:
-  firewall:
-    default: allow
-    rules:
-      - { name: no-admin, action: deny, paths: ["/admin/*"] }
----
+const GOOD = `${NO_ADMIN_POLICY}---
 apiVersion: middlebox.io/v1alpha1
 kind: Policy
 metadata: { name: edge }

@@ -9,17 +9,10 @@ import { waitFor } from '../../src/lab/ports';
 import { parsePolicies } from '../../src/policy/parse';
 import type { PolicyDocument } from '../../src/policy/types';
 import { HTTP_AUTHZ_PEER_HEADER } from '../../src/grpc/authz/http';
+import { NO_ADMIN_POLICY } from '../harness/policy';
 
 const POLICY = `
-apiVersion: middlebox.io/v1alpha1
-kind: Policy
-metadata: { name: shop }
-spec:
-  firewall:
-    default: allow
-    rules:
-      - { name: no-admin, action: deny, paths: ["/admin/*"] }
-      - { name: blocked-client, action: deny, from: ["127.0.0.66/32"] }
+${NO_ADMIN_POLICY}      - { name: blocked-client, action: deny, from: ["127.0.0.66/32"] }
       - { name: orders-read-only, action: deny, paths: ["/orders/*"], methods: [DELETE] }
       - { name: no-debug, action: deny, headers: [{ name: x-debug, value: "1" }] }
       - { name: beta, action: deny, shadow: true, paths: ["/beta/*"] }

@@ -22,16 +22,9 @@ import { parsePolicies } from '../../src/policy/parse';
 import { connectEtcd } from '../../src/state/etcd/client';
 import { CheckClient, httpCheck, statusOf } from '../harness/check';
 import { middlebox, type CliResult } from '../harness/cli';
+import { NO_ADMIN_POLICY } from '../harness/policy';
 
-const POLICY = `apiVersion: middlebox.io/v1alpha1
-kind: Policy
-metadata: { name: shop }
-spec:
-  firewall:
-    default: allow
-    rules:
-      - { name: no-admin, action: deny, paths: ["/admin/*"] }
-  rateLimits:
+const POLICY = `${NO_ADMIN_POLICY}  rateLimits:
     - { name: counted, match: { paths: ["/counted/*"] }, limit: 2, per: 1h, by: ["header:x-run"], algorithm: fixed-window, consistency: strict }
 `;
 

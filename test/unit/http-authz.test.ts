@@ -18,16 +18,9 @@ import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { parsePolicies } from '../../src/policy/parse';
 import { compileSnapshot } from '../../src/policy/compile';
+import { NO_ADMIN_POLICY } from '../harness/policy';
 
-const POLICY = `apiVersion: middlebox.io/v1alpha1
-kind: Policy
-metadata: { name: shop }
-spec:
-  firewall:
-    default: allow
-    rules:
-      - { name: no-admin, action: deny, paths: ["/admin/*"] }
-      - { name: office, action: allow, paths: ["/office/*"], from: ["2001:db8::/32"], ports: [8443] }
+const POLICY = `${NO_ADMIN_POLICY}      - { name: office, action: allow, paths: ["/office/*"], from: ["2001:db8::/32"], ports: [8443] }
       - { name: office-only, action: deny, paths: ["/office/*"], from: ["0.0.0.0/0", "::/0"] }
       - { name: payments, action: deny, paths: ["/pay/*"], principals: ["spiffe://evil/*"] }
       - { name: pseudo, action: deny, headers: [{ name: ":authority", value: "blocked.local" }] }

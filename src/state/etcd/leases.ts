@@ -5,7 +5,7 @@
 import { EtcdLeaseInvalidError, type Etcd3 } from 'etcd3';
 
 /** etcd refused a write for a lease it does not have (anymore). */
-export function isLeaseGone(e: unknown): boolean {
+function isLeaseGone(e: unknown): boolean {
   return e instanceof EtcdLeaseInvalidError || /requested lease not found/.test((e as Error)?.message ?? '');
 }
 

@@ -37,4 +37,8 @@ export class BoundedMap<V> {
   values(): IterableIterator<V> {
     return this.map.values();
   }
+
+  keys(): IterableIterator<string> {
+    return this.map.keys();
+  }
 }

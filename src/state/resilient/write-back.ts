@@ -4,7 +4,7 @@
 import type { EtcdBreaker } from './breaker';
 
 /** After a failure that did not open the breaker, how soon a pass runs. */
-export const WRITE_BACK_DELAY_MS = 500;
+const WRITE_BACK_DELAY_MS = 500;
 
 export class WriteBack<T> {
   private timer: NodeJS.Timeout | undefined;
