@@ -15,7 +15,7 @@ import {
   HTTP_AUTHZ_UPSTREAM_HEADER_PREFIX,
   httpAuthzPeerValue,
 } from '../grpc/authz/http';
-import { DECISION_HEADER } from '../grpc/authz/response';
+import { DECISION_HEADER, SHADOW_DENY_HEADER } from '../grpc/authz/response';
 import { AFTER_EXT_AUTHZ_HEADER, INBOUND_LISTENER_HEADER, REQUEST_ATTRIBUTES } from '../grpc/extproc/request';
 import { DESTINATION_HEADER } from '../middlebox/nat/engine';
 import { ALWAYS_SENT, ALWAYS_SENT_PREFIX, HEADER_NAME_RULE, isHeaderName, SENT_HEADERS_HEADER, sentListFor } from '../policy/headers';
@@ -521,6 +521,10 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
               // costs a middlebox decision.
               http_filters: [
                 o.localRateLimit && httpLocalRateLimitFilter(o.localRateLimit),
+                // The middlebox overwrites the headers it vouches for on every request it answers;
+                // with failure_mode_allow a request it could not be asked about would keep a
+                // client's copies, and the app could not tell them apart.
+                o.extAuthz && o.failureModeAllow && dropHeadersFilter([DECISION_HEADER, SHADOW_DENY_HEADER]),
                 o.extAuthz && o.inboundFilter !== 'ext_proc' && httpExtAuthzFilter(o),
                 o.extAuthz && o.inboundFilter !== 'ext_authz' && httpExtProcFilter(o, o.inboundFilter === 'ext_authz+ext_proc', true),
                 routerFilter(),
@@ -653,7 +657,7 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
               // middlebox removes a client's copy in its answer, but with failure_mode_allow a
               // request ext_proc could not ask about would keep it, and the app's client could
               // send itself anywhere. So it goes before ext_proc, always.
-              http_filters: [dropDestinationHeaderFilter(), httpExtProcFilter(o), routerFilter()],
+              http_filters: [dropHeadersFilter([DESTINATION_HEADER]), httpExtProcFilter(o), routerFilter()],
             },
           },
         ],
@@ -662,10 +666,11 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
   };
 }
 
-function dropDestinationHeaderFilter(): Config {
+/** Removes request headers a client must not hand on (Envoy's header_mutation filter). */
+function dropHeadersFilter(names: readonly string[]): Config {
   return {
     name: 'envoy.filters.http.header_mutation',
-    typed_config: { '@type': TYPES.headerMutation, mutations: { request_mutations: [{ remove: DESTINATION_HEADER }] } },
+    typed_config: { '@type': TYPES.headerMutation, mutations: { request_mutations: names.map((remove) => ({ remove })) } },
   };
 }
 

@@ -173,6 +173,18 @@ describe('envoy bootstrap in a real Envoy', function () {
     it('lets TCP connections through', async () => {
       assert.equal(await tcpRoundTrip(sidecar.tcpPort, 'ping'), 'ping');
     });
+
+    it('drops a client\'s copies of the headers the middlebox vouches for: the app cannot take them for its', async () => {
+      const res = await fetch(`http://127.0.0.1:${sidecar.httpPort}/orders`, {
+        headers: { 'x-middlebox-decision': 'forged', 'x-middlebox-shadow-deny': 'firewall/p/r', 'x-other': 'kept' },
+        signal: AbortSignal.timeout(5000),
+      });
+      assert.equal(res.status, 200);
+      const body = (await res.json()) as UpstreamEcho;
+      assert.equal(body.headers['x-middlebox-decision'], undefined);
+      assert.equal(body.headers['x-middlebox-shadow-deny'], undefined);
+      assert.equal(body.headers['x-other'], 'kept');
+    });
   });
 
   describe('gRPC health checks of the middlebox replicas', () => {

@@ -102,6 +102,18 @@ describe('envoy bootstrap', () => {
     assert.equal(doc.admin.address.socket_address.port_value, BOOTSTRAP_DEFAULTS.adminPort);
   });
 
+  it('fails open only behind a filter that drops a client\'s copies of the headers the middlebox vouches for', () => {
+    const doc = renderBootstrap({ failureModeAllow: true }) as Doc;
+    const hcm = doc.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+    assert.deepEqual(
+      hcm.http_filters.map((f: Doc) => f.name),
+      ['envoy.filters.http.header_mutation', 'envoy.filters.http.ext_authz', 'envoy.filters.http.router'],
+      'before ext_authz, so that the headers of an answer are kept',
+    );
+    assert.deepEqual(hcm.http_filters[0].typed_config.mutations.request_mutations, [{ remove: 'x-middlebox-decision' }, { remove: 'x-middlebox-shadow-deny' }]);
+    assert.equal(hcm.http_filters[1].typed_config.failure_mode_allow, true);
+  });
+
   it('uses STRICT_DNS as soon as a replica is a host name', () => {
     const doc = renderBootstrap({ middlebox: ['middlebox.mesh.svc:9001', '10.0.0.1:9001'] }) as Doc;
     assert.equal(clusterNamed(doc, 'middlebox').type, 'STRICT_DNS');

@@ -382,7 +382,8 @@ describe('inject', () => {
       assert.equal(b.admin.address.socket_address.address, '127.0.0.1');
       assert.equal(listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.failure_mode_allow, false);
       const open = bootstrapOf(injectPod(pod({ [ANNOTATIONS.failureMode]: 'open' }), config));
-      assert.equal(open.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.failure_mode_allow, true);
+      const openFilters = open.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters as Doc[];
+      assert.equal(openFilters.find((f) => f.name === 'envoy.filters.http.ext_authz')!.typed_config.failure_mode_allow, true);
     });
 
     it('with middleboxHttpAddress, Envoy asks that port over HTTP (its own connections are not captured; the app\'s to that port are)', () => {

@@ -12,7 +12,7 @@ import { SENT_LIST } from '../../policy/headers';
 import { HeaderCollector } from '../headers';
 import type { TransportTls } from '../transport';
 import { headersTooLarge, hostWithoutPort, pathWithoutQuery, type Translation, type TranslationLimits } from './request';
-import { DECISION_HEADER, denialBody, OWN_HEADER_PREFIX } from './response';
+import { DECISION_HEADER, denialBody, OWN_HEADER_PREFIX, SHADOW_DENY_HEADER } from './response';
 import { Http1Server, type Http1Request, type Http1Response } from './http1';
 import { clientOwnHeaders, type Decision } from './service';
 
@@ -184,7 +184,7 @@ export function httpCheckResponse(verdict: Verdict, decisionId: string, clientOw
   if (verdict.allow) {
     if (verdict.shadowDenials?.length) {
       const d = verdict.shadowDenials[0]!;
-      headers.push('x-middlebox-shadow-deny', `${d.middlebox}/${d.policy}/${d.rule}`);
+      headers.push(SHADOW_DENY_HEADER, `${d.middlebox}/${d.policy}/${d.rule}`);
     }
     for (const h of verdict.responseHeaders ?? []) headers.push(h.key, h.value);
     // The peer header as the client may have sent it rides on the request itself (Envoy replaced

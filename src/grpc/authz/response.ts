@@ -36,6 +36,9 @@ export const OWN_HEADER_PREFIX = 'x-middlebox-';
 /** The id of a decision, on every answer: joins Envoy's access log, the app and the decision log. */
 export const DECISION_HEADER = 'x-middlebox-decision';
 
+/** On an allowed request that a shadow rule would have denied: which one (middlebox/policy/rule). */
+export const SHADOW_DENY_HEADER = 'x-middlebox-shadow-deny';
+
 /**
  * `clientOwnHeaders`: x-middlebox-* names the client sent; those the verdict does not overwrite
  * are removed before the request goes upstream.
@@ -53,7 +56,7 @@ export function checkResponse(verdict: Verdict, decisionId: string, protocol: 'h
     for (const h of verdict.headers ?? []) headers.push(overwrite(h.key, h.value));
     if (verdict.shadowDenials?.length) {
       const d = verdict.shadowDenials[0]!;
-      headers.push(overwrite('x-middlebox-shadow-deny', `${d.middlebox}/${d.policy}/${d.rule}`));
+      headers.push(overwrite(SHADOW_DENY_HEADER, `${d.middlebox}/${d.policy}/${d.rule}`));
     }
     const ok: NonNullable<CheckResponse['ok_response']> = { headers };
     const remove = clientOwnHeaders.filter((name) => !headers.some((h) => h.header.key === name));

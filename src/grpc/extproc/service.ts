@@ -20,7 +20,7 @@ import type { Logger } from '../../observability/logger';
 import type { DecisionMetrics } from '../../observability/metrics';
 import type { PolicySource } from '../../state/port';
 import { DEFAULT_TRANSLATION_LIMITS, type TranslationLimits } from '../authz/request';
-import { DECISION_HEADER, denialBody, OWN_HEADER_PREFIX } from '../authz/response';
+import { DECISION_HEADER, denialBody, OWN_HEADER_PREFIX, SHADOW_DENY_HEADER } from '../authz/response';
 import {
   HeaderAppend,
   HeaderSendMode,
@@ -194,7 +194,7 @@ export class ExternalProcessorService {
       set.push({ key: DECISION_HEADER, value: state.decisionId }, ...(verdict.headers ?? []));
       if (verdict.shadowDenials?.length) {
         const d = verdict.shadowDenials[0]!;
-        set.push({ key: 'x-middlebox-shadow-deny', value: `${d.middlebox}/${d.policy}/${d.rule}` });
+        set.push({ key: SHADOW_DENY_HEADER, value: `${d.middlebox}/${d.policy}/${d.rule}` });
       }
       remove.push(...clientOwnHeaders(req, set));
     }
