@@ -81,14 +81,6 @@ export function settingName(setting: BoundSetting): string {
   return `--${setting.flag}, env ${setting.env}`;
 }
 
-/**
- * A bound from its environment variable: undefined when unset or empty; an Error with one clear
- * line when it is not a whole number in the bound's range.
- */
-export function boundFromEnv(setting: BoundSetting, env: NodeJS.ProcessEnv = process.env): number | undefined {
-  return wholeNumberFromEnv(setting.env, setting.min, setting.max, env);
-}
-
 /** Environment variable `name` as a whole number in [min, max]: undefined when unset or empty, else an Error with one clear line. */
 export function wholeNumberFromEnv(name: string, min: number, max: number, env: NodeJS.ProcessEnv = process.env): number | undefined {
   const text = env[name];

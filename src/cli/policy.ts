@@ -12,10 +12,10 @@ import { intEnv, intOpt, runGroup, stringOpt, UsageError, type Command, type Opt
 import { etcdHelp, etcdOptions, withEtcd } from './etcd-flags';
 
 /** A bound's value: its flag, else its environment variable, else `fallback`; out of range is a usage error. */
-export function boundOpt(values: Record<string, unknown>, setting: BoundSetting, fallback: number): number {
+export function boundOpt(values: Record<string, unknown>, setting: BoundSetting, fallback: number, env: NodeJS.ProcessEnv = process.env): number {
   const flag = intOpt(values, setting.flag, setting.min, setting.max);
   if (flag !== undefined) return flag;
-  return intEnv(setting.env, setting.min, setting.max) ?? fallback;
+  return intEnv(setting.env, setting.min, setting.max, env) ?? fallback;
 }
 
 /** --max-policy-bytes and --max-rules-per-policy (or their env vars), shared by `serve` and `policy validate|apply`. */

@@ -19,7 +19,9 @@ import { MiddleboxMetrics } from '../../src/observability/metrics';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../../src/policy/limits';
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../../src/policy/parse';
 import type { PolicySnapshot } from '../../src/policy/types';
-import { BOUNDS, boundFromEnv } from '../../src/settings';
+import { BOUNDS } from '../../src/settings';
+import { UsageError } from '../../src/cli/command';
+import { boundOpt } from '../../src/cli/policy';
 import { readPolicyState, readStored } from '../../src/state/etcd/policies';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { StaticPolicySource, type RateLimitGrant, type RateLimitPort, type RateLimitRequest } from '../../src/state/port';
@@ -155,14 +157,16 @@ describe('bounds', () => {
   });
 
   describe('settings from the environment', () => {
-    it('reads a whole number in range; refuses anything else with one line', () => {
+    it('reads a whole number in range, after the flag and before the default; refuses anything else with one line', () => {
       const s = BOUNDS.maxPolicyBytes;
-      assert.equal(boundFromEnv(s, {}), undefined);
-      assert.equal(boundFromEnv(s, { [s.env]: '' }), undefined);
-      assert.equal(boundFromEnv(s, { [s.env]: '4096' }), 4096);
-      assert.throws(() => boundFromEnv(s, { [s.env]: '1e3' }), /MIDDLEBOX_MAX_POLICY_BYTES must be a whole number from 1024 to \d+, got "1e3"/);
-      assert.throws(() => boundFromEnv(s, { [s.env]: 'lots' }), /got "lots"/);
-      assert.throws(() => boundFromEnv(BOUNDS.maxMessageBytes, { [BOUNDS.maxMessageBytes.env]: String(2 ** 31) }), /MIDDLEBOX_MAX_MESSAGE_BYTES/);
+      assert.equal(boundOpt({}, s, 7777, {}), 7777);
+      assert.equal(boundOpt({}, s, 7777, { [s.env]: '' }), 7777);
+      assert.equal(boundOpt({}, s, 7777, { [s.env]: '4096' }), 4096);
+      assert.equal(boundOpt({ [s.flag]: '2048' }, s, 7777, { [s.env]: '4096' }), 2048, 'the flag wins');
+      assert.throws(() => boundOpt({}, s, 7777, { [s.env]: '1e3' }), (e: Error) => e instanceof UsageError && /MIDDLEBOX_MAX_POLICY_BYTES must be a whole number from 1024 to \d+, got "1e3"/.test(e.message));
+      assert.throws(() => boundOpt({}, s, 7777, { [s.env]: 'lots' }), /got "lots"/);
+      const m = BOUNDS.maxMessageBytes;
+      assert.throws(() => boundOpt({}, m, 4096, { [m.env]: String(2 ** 31) }), /MIDDLEBOX_MAX_MESSAGE_BYTES/);
     });
   });
 
