@@ -48,15 +48,9 @@ export class DecisionLog {
 
   /** Logs one decision if the settings choose it. `latencyMs`: from the request's arrival. */
   record(req: RequestAttributes, decisionId: string, verdict: Verdict, latencyMs: number): void {
-    const { mode, sample } = this.settings;
-    if (mode === 'off') return;
     const notable = !verdict.allow || verdict.shadowDenials !== undefined;
-    if (mode === 'denied' && !notable) return;
-    if (sample < 1 && this.random() >= sample) {
-      this.stats.sampledOut += 1;
-      return;
-    }
-    this.stats.written += 1;
+    if (!this.chosen(notable)) return;
+    const { sample } = this.settings;
     this.logger.info(
       {
         decision: decisionId,
@@ -81,6 +75,40 @@ export class DecisionLog {
       },
       verdict.allow ? (notable ? 'allowed (shadow deny)' : 'allowed') : 'denied',
     );
+  }
+
+  /**
+   * Logs a request refused before it could be read as one (no attributes, a source that is not an
+   * address, too many header bytes): a denial like any other, with `detail` in place of the
+   * request's fields, which are unknown or not to be trusted.
+   */
+  refused(decisionId: string, verdict: Verdict, detail: string | undefined, latencyMs: number): void {
+    if (!this.chosen(true)) return;
+    const { sample } = this.settings;
+    this.logger.info(
+      {
+        decision: decisionId,
+        allow: false,
+        status: verdict.status,
+        reason: verdict.reason,
+        detail,
+        latency_ms: Math.round(latencyMs * 1000) / 1000,
+        ...(sample < 1 ? { sample } : {}),
+      },
+      'denied',
+    );
+  }
+
+  /** Whether the settings keep this decision's line (`notable`: a denial or shadow denial); counts it. */
+  private chosen(notable: boolean): boolean {
+    const { mode, sample } = this.settings;
+    if (mode === 'off' || (mode === 'denied' && !notable)) return false;
+    if (sample < 1 && this.random() >= sample) {
+      this.stats.sampledOut += 1;
+      return false;
+    }
+    this.stats.written += 1;
+    return true;
   }
 
   private headers(headers: ReadonlyMap<string, string>): Record<string, string> {

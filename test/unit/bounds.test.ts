@@ -22,12 +22,14 @@ import type { PolicySnapshot } from '../../src/policy/types';
 import { BOUNDS } from '../../src/settings';
 import { UsageError } from '../../src/cli/command';
 import { boundOpt } from '../../src/cli/policy';
+import { DecisionLog } from '../../src/observability/decision-log';
 import { readPolicyState, readStored } from '../../src/state/etcd/policies';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { StaticPolicySource, type RateLimitGrant, type RateLimitPort, type RateLimitRequest } from '../../src/state/port';
 import { KeyCappedRateLimits, OVERFLOW_KEY } from '../../src/state/ratelimit/key-cap';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
 import { httpCheck } from '../harness/check';
+import { captureLogger } from '../harness/log';
 import { snapshot } from '../harness/policy';
 import { request } from '../harness/request';
 
@@ -327,12 +329,14 @@ describe('bounds', () => {
       assert.deepEqual([t.status, t.reason, t.message], [431, 'headers_too_large', 'request headers exceed 1024 bytes (--max-header-bytes)']);
     });
 
-    it('a refusal is counted as a decision with reason headers_too_large', async () => {
+    it('a refusal is counted and logged as a decision with reason headers_too_large', async () => {
       const metrics = new MiddleboxMetrics({ processMetrics: false });
+      const { logger, lines } = captureLogger();
       const service = new AuthorizationService({
         policies: new StaticPolicySource(snapshot({})),
         ports: { rateLimits: new LocalRateLimitStore({ replicas: () => 1 }), nat: new MemoryNatTable() },
         logger: silentLogger(),
+        decisionLog: new DecisionLog(logger),
         limits: small,
         metrics,
       });
@@ -343,6 +347,11 @@ describe('bounds', () => {
       const samples = parseMetrics(await metrics.render());
       assert.equal(sumMetric(samples, 'middlebox_decisions_total', { verdict: 'deny', reason: 'headers_too_large' }), 1);
       assert.equal(sumMetric(samples, 'middlebox_decisions_total', { verdict: 'allow' }), 1);
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(
+        lines.map((l) => [l.msg, l.decision, l.status, l.reason, l.detail]),
+        [['denied', refused.decisionId, 431, 'headers_too_large', 'request headers exceed 1024 bytes (--max-header-bytes)']],
+      );
     });
   });
 });

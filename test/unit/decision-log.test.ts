@@ -1,20 +1,8 @@
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
-import pino from 'pino';
 import type { Verdict } from '../../src/middlebox/types';
 import { DecisionLog, decisionLogSettings, REDACTED } from '../../src/observability/decision-log';
+import { captureLogger as capture } from '../harness/log';
 import { request } from '../harness/request';
-
-function capture(): { logger: pino.Logger; lines: Array<Record<string, any>> } {
-  const lines: Array<Record<string, any>> = [];
-  const sink = new Writable({
-    write(chunk, _enc, done) {
-      for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l));
-      done();
-    },
-  });
-  return { logger: pino({ level: 'info' }, sink), lines };
-}
 
 const ALLOW: Verdict = { allow: true, reason: 'allowed' };
 const DENY: Verdict = { allow: false, status: 403, reason: 'firewall_rule_deny', middlebox: 'firewall', policy: 'shop', rule: 'no-admin' };
@@ -55,6 +43,28 @@ describe('DecisionLog', () => {
     assert.equal(all.lines.length, 1);
     assert.equal(all.lines[0]!.msg, 'allowed');
     assert.equal(off.lines.length, 0);
+  });
+
+  it('logs a request refused unread as a denial with what is known, under the same settings', async () => {
+    const { logger, lines } = capture();
+    const refused: Verdict = { allow: false, status: 431, reason: 'headers_too_large' };
+    new DecisionLog(logger).refused('d1', refused, 'request headers exceed 1024 bytes (--max-header-bytes)', 0.2);
+    const off = capture();
+    new DecisionLog(off.logger, decisionLogSettings('off')).refused('d2', refused, undefined, 1);
+    const sampled = capture();
+    const draws = [0.9, 0.1];
+    const log = new DecisionLog(sampled.logger, decisionLogSettings('denied', '0.5'), () => draws.shift()!);
+    log.refused('d3', refused, undefined, 1);
+    log.refused('d4', refused, undefined, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(lines.length, 1);
+    assert.deepEqual(
+      [lines[0]!.msg, lines[0]!.decision, lines[0]!.allow, lines[0]!.status, lines[0]!.reason, lines[0]!.detail, lines[0]!.latency_ms],
+      ['denied', 'd1', false, 431, 'headers_too_large', 'request headers exceed 1024 bytes (--max-header-bytes)', 0.2],
+    );
+    assert.equal(off.lines.length, 0);
+    assert.deepEqual(sampled.lines.map((l) => [l.decision, l.sample]), [['d4', 0.5]]);
+    assert.deepEqual(log.stats, { written: 1, sampledOut: 1 });
   });
 
   it('keeps the sampled share of lines and says the rate in each', async () => {

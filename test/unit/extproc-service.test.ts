@@ -8,10 +8,12 @@ import type { ProcessingRequest } from '../../src/grpc/envoy-types';
 import { externalProcessorClient } from '../../src/grpc/protos';
 import { GrpcTransport } from '../../src/grpc/transport';
 import { rendezvous } from '../../src/middlebox/nat/rendezvous';
+import { DecisionLog } from '../../src/observability/decision-log';
 import { silentLogger } from '../../src/observability/logger';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { StaticPolicySource } from '../../src/state/port';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
+import { captureLogger } from '../harness/log';
 import { snapshot } from '../harness/policy';
 
 const A = '10.0.0.1:8080';
@@ -94,12 +96,14 @@ async function start(deps: ExternalProcessorDeps): Promise<{ server: GrpcTranspo
 describe('ExternalProcessorService', function () {
   let server: GrpcTransport;
   let client: grpc.Client & Record<string, any>;
+  const decisions = captureLogger();
 
   before(async () => {
     ({ server, client } = await start({
       policies: new StaticPolicySource(snapshot({ vip: POLICY })),
       ports: { rateLimits: new LocalRateLimitStore({ replicas: () => 1 }), nat: new MemoryNatTable() },
       logger: silentLogger(),
+      decisionLog: new DecisionLog(decisions.logger),
     }));
   });
 
@@ -241,10 +245,15 @@ describe('ExternalProcessorService', function () {
       });
       const none = requestHeaders(GET('vip.local'), { attributes: undefined });
       for (const msg of [snake, none]) {
+        const logged = decisions.lines.length;
         const { answers } = await exchange([msg]);
         assert.equal(answers[0]!.response, 'immediate_response');
         assert.equal(answers[0]!.immediate_response.status.code, 400);
-        assert.equal(JSON.parse(answers[0]!.immediate_response.body.toString()).reason, 'missing_attributes');
+        const body = JSON.parse(answers[0]!.immediate_response.body.toString());
+        assert.equal(body.reason, 'missing_attributes');
+        await new Promise((r) => setImmediate(r));
+        const lines = decisions.lines.slice(logged);
+        assert.deepEqual(lines.map((l) => [l.msg, l.decision, l.status, l.reason]), [['denied', body.decision, 400, 'missing_attributes']], 'one decision log line');
       }
     });
   });

@@ -75,8 +75,9 @@ export class AuthorizationService {
     if (!translation.ok) {
       const decisionId = randomUUID();
       const verdict: Verdict = { allow: false, status: translation.status, reason: translation.reason };
-      this.deps.logger.info({ decision: decisionId, reason: translation.reason, detail: translation.message }, 'request refused');
-      this.deps.metrics?.decided('ext_authz', verdict, (performance.now() - started) / 1000);
+      const seconds = (performance.now() - started) / 1000;
+      this.decisionLog.refused(decisionId, verdict, translation.message, seconds * 1000);
+      this.deps.metrics?.decided('ext_authz', verdict, seconds);
       return { verdict, decisionId };
     }
     const req = translation.request;

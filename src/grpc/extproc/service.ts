@@ -157,9 +157,10 @@ export class ExternalProcessorService {
     if (!translation.ok) {
       state.decisionId = randomUUID();
       state.done = true;
-      this.deps.logger.info({ decision: state.decisionId, reason: translation.reason, detail: translation.message }, 'request refused');
       const refused: Verdict = { allow: false, status: translation.status, reason: translation.reason };
-      this.deps.metrics?.decided('ext_proc', refused, (performance.now() - started) / 1000);
+      const seconds = (performance.now() - started) / 1000;
+      this.decisionLog.refused(state.decisionId, refused, translation.message, seconds * 1000);
+      this.deps.metrics?.decided('ext_proc', refused, seconds);
       return immediate(refused, state.decisionId);
     }
     const req = translation.request;
