@@ -144,6 +144,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       health.drain();
       if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
       const httpClosed = httpAuthz?.close(drainMs);
+      health.close();
       await new Promise<void>((resolve) => {
         const cut = setTimeout(() => {
           opts.logger.warn({ drainMs }, 'in-flight calls did not finish in time; cutting them off');
