@@ -11,6 +11,7 @@ import { EtcdProcess } from '../../src/lab/etcd';
 import { waitFor } from '../../src/lab/ports';
 import { silentLogger } from '../../src/observability/logger';
 import { connectEtcd } from '../../src/state/etcd/client';
+import { EtcdMembership } from '../../src/state/etcd/membership';
 import { EtcdNatTable } from '../../src/state/etcd/nat';
 import { EtcdRateLimitStore } from '../../src/state/etcd/ratelimit';
 import { snapshot } from '../harness/policy';
@@ -20,7 +21,7 @@ const POLICY = snapshot({
            nat: [{ name: vip, match: { hosts: ["vip.local"] }, to: ["10.0.0.1:80", "10.0.0.2:80"], affinity: sourceIp }] }`,
 }).policies[0]!;
 
-describe('NAT flow and rate-limit keys in etcd: lost leases, the per-rule flow cap', function () {
+describe('NAT flow, rate-limit and membership keys in etcd: leases, the per-rule flow cap', function () {
   this.timeout(60_000);
   let etcd: EtcdProcess;
   let client: Etcd3;
@@ -40,6 +41,24 @@ describe('NAT flow and rate-limit keys in etcd: lost leases, the per-rule flow c
     assert.ok(kv && kv.lease !== '0', `${key} is bound to a lease`);
     await client.leaseClient.leaseRevoke({ ID: kv.lease });
   }
+
+  // First in the file: the leases it counts are its own (the etcd is fresh).
+  it('membership: each registration etcd refuses leaves no lease kept alive behind it', async () => {
+    let refused = 0;
+    const logger = silentLogger();
+    logger.warn = ((_: unknown, msg?: string) => {
+      if (msg === 'cannot register in replica membership; retrying') refused += 1;
+    }) as typeof logger.warn;
+    // A key past etcd's request size: the lease is granted, the write refused, every time.
+    const membership = EtcdMembership.join({ client, prefix: '/lease-members', logger, id: 'x'.repeat(2 * 1024 * 1024), ttlS: 30 });
+    try {
+      await waitFor(() => refused >= 4, { timeoutMs: 20_000, what: 'four refused registrations' });
+      const { leases } = await client.leaseClient.leaseLeases();
+      assert.ok(leases.length <= 1, `${leases.length} leases alive after ${refused} refused registrations`);
+    } finally {
+      await membership.leave();
+    }
+  });
 
   it('NAT: one write fails, the next is granted a new lease', async () => {
     const rule = POLICY.nat[0]!;

@@ -49,8 +49,9 @@ export class EtcdMembership {
 
   async leave(): Promise<void> {
     this.closed = true;
-    await this.follower.close();
+    // The key first: the others stop counting this replica at once, whatever the watch does.
     await this.lease?.revoke().catch(() => undefined);
+    await this.follower.close();
   }
 
   private get keyPrefix(): string {
@@ -81,8 +82,10 @@ export class EtcdMembership {
     const { client, logger } = this.opts;
     let backoff = 200;
     while (!this.closed) {
+      // Granted and kept alive from here on: one whose registration fails is revoked (or at least
+      // no longer kept alive), or each retry would leave one more lease alive for good.
+      const lease = client.lease(this.opts.ttlS ?? DEFAULT_MEMBER_TTL_S);
       try {
-        const lease = client.lease(this.opts.ttlS ?? DEFAULT_MEMBER_TTL_S);
         lease.on('lost', (err) => {
           // A lease whose registration failed is retried by this loop already; only the one in
           // force, lost later (etcd away longer than its TTL), starts a new registration.
@@ -92,9 +95,12 @@ export class EtcdMembership {
           if (!this.closed) void this.registerUntilDone();
         });
         await lease.put(`${this.keyPrefix}${this.id}`).value(JSON.stringify({ id: this.id, since: new Date().toISOString() }));
-        this.lease = lease;
+        // leave() came while the key was being written: it had no lease to revoke yet.
+        if (this.closed) await lease.revoke().catch(() => lease.release());
+        else this.lease = lease;
         return;
       } catch (e) {
+        void lease.revoke().catch(() => lease.release());
         logger.warn({ err: (e as Error).message, retryInMs: backoff }, 'cannot register in replica membership; retrying');
         await new Promise((r) => setTimeout(r, backoff).unref());
         backoff = Math.min(backoff * 2, 5000);
