@@ -70,6 +70,9 @@ export function stringOpt(values: Record<string, unknown>, name: string): string
   return typeof v === 'string' ? v : undefined;
 }
 
+/** The longest delay Node's timers keep (about 24.8 days); a longer one would fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export function intOpt(values: Record<string, unknown>, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {
   const v = stringOpt(values, name);
   if (v === undefined) return undefined;

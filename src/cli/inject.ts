@@ -19,7 +19,7 @@ import {
 import { injectObject, TEMPLATE_KINDS } from '../inject/workloads';
 import { createLogger } from '../observability/logger';
 import { splitList } from '../settings';
-import { intOpt, logLevelOpt, runCommand, stringOpt, UsageError, type Command, type Options } from './command';
+import { intOpt, logLevelOpt, MAX_TIMER_MS, runCommand, stringOpt, UsageError, type Command, type Options } from './command';
 
 const d = INJECT_DEFAULTS;
 const ENABLED_LABEL = `${NAMESPACE_LABEL}=${NAMESPACE_LABEL_ENABLED}`;
@@ -175,8 +175,8 @@ export const injectServeCommand: Command = {
     if (certFile === undefined || keyFile === undefined) throw new UsageError('--tls-cert FILE and --tls-key FILE are required');
     const { config, namespaceLabels } = injectSettings(values, ENABLED_LABEL);
     const maxRequestBytes = intOpt(values, 'max-request-bytes', 1) ?? DEFAULT_MAX_REQUEST_BYTES;
-    const drainMs = intOpt(values, 'drain-ms') ?? DEFAULT_WEBHOOK_DRAIN_MS;
-    const delayMs = intOpt(values, 'shutdown-delay-ms') ?? DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS;
+    const drainMs = intOpt(values, 'drain-ms', 0, MAX_TIMER_MS) ?? DEFAULT_WEBHOOK_DRAIN_MS;
+    const delayMs = intOpt(values, 'shutdown-delay-ms', 0, MAX_TIMER_MS) ?? DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS;
     const listen = stringOpt(values, 'listen') ?? DEFAULT_WEBHOOK_LISTEN;
     try {
       parseHostPort(listen);

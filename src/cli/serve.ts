@@ -22,7 +22,7 @@ import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/loc
 import { DEFAULT_BREAKER } from '../state/resilient/breaker';
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
-import { intEnv, intOpt, logLevelOpt, stringOpt, UsageError, type Command } from './command';
+import { intEnv, intOpt, logLevelOpt, MAX_TIMER_MS, stringOpt, UsageError, type Command } from './command';
 import { connectFromFlags, etcdConnectionFrom, etcdHelpLines, etcdOptions } from './etcd-flags';
 import { boundOpt, policyLimitHelp, policyLimitOptions, policyLimitsFrom } from './policy';
 
@@ -133,8 +133,8 @@ export const serveCommand: Command = {
     const etcd = etcdConn.settings.endpoints;
     const prefix = etcdConn.prefix;
     const serverTls = serverTlsFrom(values);
-    const drainMs = intOpt(values, 'drain-ms') ?? intEnv('MIDDLEBOX_DRAIN_MS') ?? DEFAULTS.drainMs;
-    const delayMs = intOpt(values, 'shutdown-delay-ms') ?? intEnv('MIDDLEBOX_SHUTDOWN_DELAY_MS') ?? 2000;
+    const drainMs = intOpt(values, 'drain-ms', 0, MAX_TIMER_MS) ?? intEnv('MIDDLEBOX_DRAIN_MS', 0, MAX_TIMER_MS) ?? DEFAULTS.drainMs;
+    const delayMs = intOpt(values, 'shutdown-delay-ms', 0, MAX_TIMER_MS) ?? intEnv('MIDDLEBOX_SHUTDOWN_DELAY_MS', 0, MAX_TIMER_MS) ?? 2000;
     const memberTtlS = intOpt(values, 'member-ttl', 2, 3600) ?? DEFAULT_MEMBER_TTL_S;
     const etcdTimeoutMs = intOpt(values, 'etcd-timeout-ms', 1, 60_000) ?? intEnv('MIDDLEBOX_ETCD_TIMEOUT_MS', 1, 60_000) ?? DEFAULT_BREAKER.timeoutMs;
     const maxKeys = intOpt(values, 'max-rate-limit-keys', 1) ?? intEnv('MIDDLEBOX_MAX_RATE_LIMIT_KEYS', 1) ?? DEFAULT_MAX_BUCKETS;

@@ -12,6 +12,7 @@ import { formatPolicyError, parsePolicies } from '../../src/policy/parse';
 import { connectEtcd } from '../../src/state/etcd/client';
 import { policyKey, putPolicies } from '../../src/state/etcd/policies';
 import { CheckClient, httpCheck, statusOf } from '../harness/check';
+import { middlebox } from '../harness/cli';
 
 describe('middlebox serve: health, drain and bad input (real etcd)', function () {
   this.timeout(60_000);
@@ -180,6 +181,19 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       await putPolicies(etcdClient, PREFIX, [shop(2)]);
       await waitFor(async () => (await m.health.check('middlebox.policy')) === 'SERVING', { timeoutMs: 3000, what: 'the policy within the limit to be accepted' });
       assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/1' }))), 403);
+    });
+
+    it('refuses a drain or shutdown delay past what a timer can wait (it would fire at once) as a usage error', async () => {
+      const tooLong = '3000000000';
+      for (const [args, env, message] of [
+        [['serve', '--drain-ms', tooLong], {}, /--drain-ms must be a whole number from 0 to 2147483647/],
+        [['serve'], { MIDDLEBOX_SHUTDOWN_DELAY_MS: tooLong }, /MIDDLEBOX_SHUTDOWN_DELAY_MS must be a whole number from 0 to 2147483647/],
+        [['inject', 'serve', '--tls-cert', '/nonexistent', '--tls-key', '/nonexistent', '--drain-ms', tooLong], {}, /--drain-ms must be a whole number from 0 to 2147483647/],
+      ] as const) {
+        const r = await middlebox([...args], { env: { ...env } });
+        assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+        assert.match(r.stderr, message);
+      }
     });
 
     it('refuses a bound out of range as a usage error (exit 2)', async () => {
