@@ -76,7 +76,8 @@ export const serveCommand: Command = {
     ...policyLimitHelp(),
     '                           A stored policy past these is refused: the last good version stays, and',
     '                           health middlebox.policy is NOT_SERVING. Give `policy apply` the same.',
-    `  --log-level LEVEL        trace|debug|info|warn|error|fatal|silent (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel})`,
+    `  --log-level LEVEL        trace|debug|info|warn|error|fatal|silent (env MIDDLEBOX_LOG_LEVEL, default ${DEFAULTS.logLevel});`,
+    '                           decision lines are chosen by --decision-log alone',
     '  --decision-log WHICH     a log line per decision: denied (denials and shadow denials), all, or off',
     '                           (env MIDDLEBOX_DECISION_LOG, default denied)',
     '  --decision-log-sample F  share of those decisions logged, 0 to 1 (env MIDDLEBOX_DECISION_LOG_SAMPLE, default 1)',
@@ -155,7 +156,8 @@ export const serveCommand: Command = {
     let decisionLog: DecisionLog;
     try {
       decisionLog = new DecisionLog(
-        logger,
+        // --decision-log chooses the decision lines, whatever --log-level says of the others.
+        logger.child({}, { level: 'info' }),
         decisionLogSettings(
           stringOpt(values, 'decision-log') ?? process.env.MIDDLEBOX_DECISION_LOG ?? 'denied',
           stringOpt(values, 'decision-log-sample') ?? process.env.MIDDLEBOX_DECISION_LOG_SAMPLE ?? '1',

@@ -37,7 +37,7 @@ function jsonLines(file: string): Line[] {
     .map((l) => JSON.parse(l) as Line);
 }
 
-describe('decision logs joined with Envoy access logs, credentials redacted', function () {
+describe('decision logs joined with Envoy access logs, credentials redacted, whatever --log-level says', function () {
   this.timeout(60_000);
   let lab: SidecarLab;
   let accessLog: string;
@@ -47,7 +47,8 @@ describe('decision logs joined with Envoy access logs, credentials redacted', fu
     lab = await SidecarLab.start({
       replicas: 1,
       bootstrap: { accessLog, inboundFilter: 'ext_authz+ext_proc' },
-      serveArgs: ['--decision-log', 'all', '--log-redact-headers', 'X-Tenant-Key'],
+      // --log-level warn: the decision log is chosen by --decision-log alone.
+      serveArgs: ['--decision-log', 'all', '--log-redact-headers', 'X-Tenant-Key', '--log-level', 'warn'],
     });
     const { documents, errors } = parsePolicies(POLICY, 'test');
     assert.deepEqual(errors, []);
