@@ -88,6 +88,8 @@ const OK_TRAILERS = Object.freeze({ 'grpc-status': '0' });
 const FRAME_HEADER_BYTES = 5;
 /** Per connection (Node's maxSessionMemory, in megabytes). */
 const SESSION_MEMORY_MB = 64;
+/** How long a TLS handshake may take before the connection is closed. */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 5000;
 
 interface Method {
   path: string;
@@ -313,6 +315,7 @@ function respondTrailersOnly(stream: http2.ServerHttp2Stream, status: StatusObje
 export class GrpcTransport implements ServiceHost {
   private readonly methods = new Map<string, Method>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly sockets = new Set<Socket>();
   private server: http2.Http2Server | http2.Http2SecureServer | undefined;
   private closing = false;
 
@@ -347,9 +350,16 @@ export class GrpcTransport implements ServiceHost {
           key: tls.key,
           ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
           ALPNProtocols: ['h2'],
+          // A connection stuck in its handshake is no session yet, and would hold close() up.
+          handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
         })
       : http2.createServer(sessionOptions);
     this.server = server;
+    // Every connection, sessions or not yet (a TLS handshake under way): forceShutdown ends them all.
+    server.on('connection', (socket: Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+    });
     // Answers are small and go at once; Nagle's algorithm would hold them for the peer's ACK.
     server.on(tls ? 'secureConnection' : 'connection', (socket: Socket | TLSSocket) => socket.setNoDelay(true));
     server.on('session', (session: http2.ServerHttp2Session) => {
@@ -403,6 +413,7 @@ export class GrpcTransport implements ServiceHost {
   /** Ends every connection now, calls in flight included. */
   forceShutdown(): void {
     for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
     this.server?.close();
   }
 

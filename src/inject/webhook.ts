@@ -19,6 +19,7 @@ import tls from 'node:tls';
 import { MiddleboxError } from '../errors';
 import { watchFiles } from '../file-watch';
 import { drainHttpServer } from '../http-drain';
+import { TLS_HANDSHAKE_TIMEOUT_MS } from '../grpc/transport';
 import type { Logger } from '../observability/logger';
 import { ANNOTATIONS, type InjectConfig } from './config';
 import { injectionRequired } from './decide';
@@ -246,9 +247,17 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
       // kube-apiserver gives a webhook at most 30 s; a request that takes longer is not coming.
       requestTimeout: 30_000,
       headersTimeout: 10_000,
+      handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
     },
     (req, res) => handle(req, res),
   );
+  // Every connection, a TLS handshake under way included (closeAllConnections() knows only those
+  // past it): the drain's cut ends them all, or one stuck in its handshake would hold close() up.
+  const sockets = new Set<net.Socket>();
+  server.on('connection', (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
   server.on('tlsClientError', (err, socket: tls.TLSSocket) => {
     logger.debug({ err: err.message, remote: socket.remoteAddress }, 'TLS handshake failed');
   });
@@ -369,7 +378,10 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
       stopping = true;
       watcher.stop();
       if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-      return drainHttpServer(server, drainMs, () => logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off'));
+      return drainHttpServer(server, drainMs, () => {
+        logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off');
+        for (const socket of sockets) socket.destroy();
+      });
     },
   };
 }

@@ -13,6 +13,7 @@
 // flight finished, the rest cut after a deadline.
 import net from 'node:net';
 import tls from 'node:tls';
+import { TLS_HANDSHAKE_TIMEOUT_MS } from '../transport';
 
 /** The parser binding node:http uses; internal to Node, but stable since Node 12 (checked at start). */
 interface Parser {
@@ -318,7 +319,7 @@ export class Http1Server {
           key: opts.tls.key,
           ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
           // A connection stuck in its handshake would hold a shutdown up.
-          handshakeTimeout: 5000,
+          handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
         },
         accept,
       );
