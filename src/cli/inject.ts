@@ -5,7 +5,8 @@
 import fs from 'node:fs';
 import { parseAllDocuments, stringify } from 'yaml';
 import { MiddleboxError } from '../errors';
-import { INJECT_DEFAULTS, injectConfig, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, portOf, type InjectConfig } from '../inject/config';
+import { parseEndpoint } from '../envoy/bootstrap';
+import { INJECT_DEFAULTS, injectConfig, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, type InjectConfig } from '../inject/config';
 import { InjectError } from '../inject/patch';
 import {
   DEFAULT_MAX_REQUEST_BYTES,
@@ -63,11 +64,14 @@ export function injectSettings(values: Record<string, unknown>, defaultLabels = 
   const middleboxHttpAddress = stringOpt(values, 'middlebox-http');
   for (const [flag, address] of [['--middlebox', middleboxAddress], ['--middlebox-http', middleboxHttpAddress]] as const) {
     if (address === undefined) continue;
+    let kind: string | undefined;
     try {
-      portOf(address);
+      kind = parseEndpoint(address).kind;
     } catch {
-      throw new UsageError(`${flag} must be host:port, got ${JSON.stringify(address)}`);
+      // refused below
     }
+    // A unix socket is in another pod's file system: only the Service's host:port reaches it.
+    if (kind === undefined || kind === 'unix') throw new UsageError(`${flag} must be host:port or [ipv6]:port (the middlebox Service), got ${JSON.stringify(address)}`);
   }
   const middleboxTlsSecret = stringOpt(values, 'middlebox-tls-secret');
   if (middleboxTlsSecret !== undefined && !/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(middleboxTlsSecret)) {

@@ -402,14 +402,14 @@ function resolveLocalRateLimit(l: LocalRateLimitOptions): LocalRateLimitOptions 
   };
 }
 
-/** Parses "host:port", "[v6]:port" or "unix:/path". */
-function parseEndpoint(text: string): Endpoint {
+/** Parses "host:port", "[v6]:port" or "unix:/path" (a host: a DNS name or an IPv4 address). */
+export function parseEndpoint(text: string): Endpoint {
   if (text.startsWith('unix:')) {
     const path = text.slice('unix:'.length);
     if (!path.startsWith('/')) throw new BootstrapOptionsError(`unix endpoint needs an absolute path: ${text}`);
     return { kind: 'unix', path };
   }
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 1 || port > 65535) {
     throw new BootstrapOptionsError(`middlebox endpoint must be host:port, [v6]:port or unix:/path, got "${text}"`);

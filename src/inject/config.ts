@@ -144,10 +144,3 @@ export function injectConfig(overrides: Partial<InjectConfig> = {}): InjectConfi
   return { ...INJECT_DEFAULTS, ...overrides };
 }
 
-/** The port of "host:port" / "[v6]:port"; throws on anything else. */
-export function portOf(address: string): number {
-  const m = /:(\d{1,5})$/.exec(address);
-  const port = m ? Number(m[1]) : NaN;
-  if (!m || port < 1 || port > 65535) throw new Error(`middlebox address must be host:port, got "${address}"`);
-  return port;
-}

@@ -248,6 +248,10 @@ describe('middlebox inject serve (admission webhook, real HTTPS)', function () {
         [['--tls-cert', first.cert, '--tls-key', other.key], 1, /not a usable certificate and key/],
         [['--tls-cert', first.cert, '--tls-key', first.key, '--listen', 'nowhere'], 2, /--listen: listen address "nowhere" is not host:port/],
         [['--tls-cert', first.cert, '--tls-key', first.key, '--middlebox', 'no-port'], 2, /--middlebox must be host:port/],
+        // Accepted before, then every pod refused: Envoy's bootstrap cannot dial these.
+        [['--tls-cert', first.cert, '--tls-key', first.key, '--middlebox', 'http://middlebox.middlebox-system.svc:9001'], 2, /--middlebox must be host:port/],
+        [['--tls-cert', first.cert, '--tls-key', first.key, '--middlebox-http', 'foo bar:9003'], 2, /--middlebox-http must be host:port/],
+        [['--tls-cert', first.cert, '--tls-key', first.key, '--middlebox', 'unix:/run/middlebox.sock'], 2, /--middlebox must be host:port/],
         [['--bogus'], 2, /Unknown option/],
       ] as const) {
         const r = await middlebox(['inject', 'serve', ...args], { timeoutMs: 10_000 });
