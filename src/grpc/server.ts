@@ -1,6 +1,7 @@
 // The gRPC server: binds, registers the services, and shuts down gracefully.
 import { X509Certificate } from 'node:crypto';
-import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { MiddleboxError } from '../errors';
 import type { DecisionPorts } from '../middlebox/pipeline';
@@ -106,8 +107,7 @@ export function parseListen(listen: string): { target: string; unixPath?: string
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { target, unixPath, host, port: wantedPort } = parseListen(opts.listen);
   const tls = transportTls(opts.tls);
-  // A socket file left by a killed process would make bind fail.
-  if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
+  if (unixPath) await clearStaleSocket(unixPath, opts.listen);
 
   const maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   const server = new GrpcTransport({
@@ -129,8 +129,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   const address = unixPath ? target : target.replace(/:\d+$/, `:${port}`);
   const httpAuthz = opts.httpAuthzListen === undefined ? undefined : await startHttpAuthz(opts.httpAuthzListen, tls, authorization, health, deps.limits ?? DEFAULT_TRANSLATION_LIMITS, opts.logger).catch(async (e: unknown) => {
+    // (Closing the listener removes its socket file.)
     server.forceShutdown();
-    if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
     throw e;
   });
   const certWatch = opts.tls?.files && watchCertificate([server, ...(httpAuthz ? [httpAuthz.listener] : [])], opts.tls.files, opts.certCheckMs ?? DEFAULT_CERT_CHECK_MS, opts.logger);
@@ -156,8 +156,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           resolve();
         });
       });
+      // A unix socket's file goes with its listener: removing it again here could remove the one a
+      // new process has bound meanwhile.
       await httpClosed;
-      if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
     },
   };
 }
@@ -171,7 +172,7 @@ async function startHttpAuthz(
   logger: Logger,
 ): Promise<{ address: string; listener: HttpAuthzListener; close(drainMs: number): Promise<void> }> {
   const { target, unixPath, host, port: wantedPort } = parseListen(listen);
-  if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
+  if (unixPath) await clearStaleSocket(unixPath, listen);
   const listener = await startHttpAuthzListener({
     where: unixPath ? { path: unixPath } : { host: host!, port: wantedPort! },
     tls,
@@ -185,11 +186,33 @@ async function startHttpAuthz(
   return {
     address: unixPath ? target : target.replace(/:\d+$/, `:${listener.port}`),
     listener,
-    async close(drainMs) {
-      await listener.close(drainMs);
-      if (unixPath && existsSync(unixPath)) unlinkSync(unixPath);
-    },
+    close: (drainMs) => listener.close(drainMs),
   };
+}
+
+/**
+ * Makes way for a unix socket at `path`: a socket file left by a process that was killed is
+ * removed; anything else there is refused, as is a socket a live process listens on.
+ */
+async function clearStaleSocket(path: string, listen: string): Promise<void> {
+  let stat;
+  try {
+    stat = lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: ${(e as Error).message}`);
+  }
+  if (!stat.isSocket()) throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: ${path} exists and is not a socket (not removed)`);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: another process listens on ${path}`);
+  unlinkSync(path);
 }
 
 /** Reloads the server's certificate, key and client CA when their files change. */
