@@ -85,9 +85,14 @@ export function settingName(setting: BoundSetting): string {
 export function wholeNumberFromEnv(name: string, min: number, max: number, env: NodeJS.ProcessEnv = process.env): number | undefined {
   const text = env[name];
   if (text === undefined || text.trim() === '') return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`);
+  const n = wholeNumber(text);
+  if (n === undefined || n < min || n > max) throw new Error(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`);
   return n;
+}
+
+/** Decimal digits only ("8080"), as a number; undefined for anything else ("", "0x50", "8e3", " 80", "-1"). */
+export function wholeNumber(text: string): number | undefined {
+  return /^\d{1,15}$/.test(text) ? Number(text) : undefined;
 }
 
 /** The address settings from the environment (numbers and log level: cli/command's intEnv and logLevelOpt, which check them). */

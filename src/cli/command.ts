@@ -4,7 +4,7 @@
 // it could not be done (a file unreadable or invalid, etcd unreachable, a port taken).
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { MiddleboxError } from '../errors';
-import { wholeNumberFromEnv } from '../settings';
+import { wholeNumber, wholeNumberFromEnv } from '../settings';
 
 export type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -76,8 +76,8 @@ export const MAX_TIMER_MS = 2 ** 31 - 1;
 export function intOpt(values: Record<string, unknown>, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {
   const v = stringOpt(values, name);
   if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  const n = wholeNumber(v);
+  if (n === undefined || n < min || n > max) throw new UsageError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
   return n;
 }
 

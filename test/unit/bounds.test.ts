@@ -167,6 +167,11 @@ describe('bounds', () => {
       assert.equal(boundOpt({ [s.flag]: '2048' }, s, 7777, { [s.env]: '4096' }), 2048, 'the flag wins');
       assert.throws(() => boundOpt({}, s, 7777, { [s.env]: '1e3' }), (e: Error) => e instanceof UsageError && /MIDDLEBOX_MAX_POLICY_BYTES must be a whole number from 1024 to \d+, got "1e3"/.test(e.message));
       assert.throws(() => boundOpt({}, s, 7777, { [s.env]: 'lots' }), /got "lots"/);
+      // Decimal digits only: what Number() would also take is a mistake, not a value.
+      for (const text of ['', '0x1000', '4e3', ' 4096', '4096 ', '+4096', '4096.0']) {
+        assert.throws(() => boundOpt({ [s.flag]: text }, s, 7777, {}), /--max-policy-bytes must be a whole number/, `flag ${JSON.stringify(text)}`);
+        if (text.trim() !== '') assert.throws(() => boundOpt({}, s, 7777, { [s.env]: text }), /MIDDLEBOX_MAX_POLICY_BYTES must be a whole number/, `env ${JSON.stringify(text)}`);
+      }
       const m = BOUNDS.maxMessageBytes;
       assert.throws(() => boundOpt({}, m, 4096, { [m.env]: String(2 ** 31) }), /MIDDLEBOX_MAX_MESSAGE_BYTES/);
     });
