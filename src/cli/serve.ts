@@ -150,7 +150,14 @@ export const serveCommand: Command = {
     if (adminListen !== ADMIN_OFF && !parseAdminListen(adminListen)) {
       throw new UsageError(`--admin-listen must be host:port, [ipv6]:port or ${ADMIN_OFF}, got ${JSON.stringify(adminListen)}`);
     }
+    if (stringOpt(values, 'state-dir')?.trim() === '') throw new UsageError('--state-dir must name a directory, got ""');
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
+    const replicaIdFlag = stringOpt(values, 'replica-id');
+    const replicaId = replicaIdFlag ?? (process.env.MIDDLEBOX_REPLICA_ID || undefined);
+    // One etcd key per replica: replicas sharing a name would count as one in every local share.
+    if (replicaId !== undefined && !/^[^\s/]{1,253}$/.test(replicaId)) {
+      throw new UsageError(`${replicaIdFlag !== undefined ? '--replica-id' : 'MIDDLEBOX_REPLICA_ID'} must be 1 to 253 characters with no space or '/', got ${JSON.stringify(replicaId)}`);
+    }
     const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
     const logger = createLogger({ level: logLevelOpt(values, DEFAULTS.logLevel) });
     let decisionLog: DecisionLog;
@@ -180,7 +187,7 @@ export const serveCommand: Command = {
     const etcdCheck = checkEtcdAccess(client, prefix, etcdConn.context, logger);
     const policies = EtcdPolicyStore.open({ client, prefix, logger, stateDir, onNoState, limits: policyLimits });
     metrics.watchPolicies(policies);
-    const membership = EtcdMembership.join({ client, prefix, logger, id: stringOpt(values, 'replica-id') ?? process.env.MIDDLEBOX_REPLICA_ID, ttlS: memberTtlS });
+    const membership = EtcdMembership.join({ client, prefix, logger, id: replicaId, ttlS: memberTtlS });
     const replicas = () => membership.count();
     // Every per-request etcd operation goes through one breaker; its fallbacks live in state/resilient.
     const breaker = new MeteredBreaker(logger, { ...DEFAULT_BREAKER, timeoutMs: etcdTimeoutMs, confirmTimeoutMs: Math.round(etcdTimeoutMs / 2) }, () => client.get(`${prefix}/replicas/`).exec(), metrics);

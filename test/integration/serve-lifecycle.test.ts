@@ -183,12 +183,16 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       assert.equal(statusOf(await client.check(httpCheck({ path: '/admin/1' }))), 403);
     });
 
-    it('refuses a drain or shutdown delay past what a timer can wait (it would fire at once) as a usage error', async () => {
+    it('refuses a drain or shutdown delay past what a timer can wait (it would fire at once), an empty state dir or replica id, as usage errors', async () => {
       const tooLong = '3000000000';
       for (const [args, env, message] of [
         [['serve', '--drain-ms', tooLong], {}, /--drain-ms must be a whole number from 0 to 2147483647/],
         [['serve'], { MIDDLEBOX_SHUTDOWN_DELAY_MS: tooLong }, /MIDDLEBOX_SHUTDOWN_DELAY_MS must be a whole number from 0 to 2147483647/],
         [['inject', 'serve', '--tls-cert', '/nonexistent', '--tls-key', '/nonexistent', '--drain-ms', tooLong], {}, /--drain-ms must be a whole number from 0 to 2147483647/],
+        // Empty values that would otherwise mean the current directory, or one membership key for all.
+        [['serve', '--state-dir', ''], {}, /--state-dir must name a directory/],
+        [['serve', '--replica-id', ''], {}, /--replica-id must be 1 to 253 characters/],
+        [['serve'], { MIDDLEBOX_REPLICA_ID: 'a b' }, /MIDDLEBOX_REPLICA_ID must be 1 to 253 characters/],
       ] as const) {
         const r = await middlebox([...args], { env: { ...env } });
         assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
