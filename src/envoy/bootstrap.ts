@@ -291,7 +291,7 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
   if (middleboxHttp && (!extAuthz || opts.inboundHttp === false || opts.inboundFilter === 'ext_proc')) {
     throw new BootstrapOptionsError('middleboxHttp is for the inbound HTTP listener\'s ext_authz filter, which this bootstrap does not have (no HTTP listener, extAuthz false, or inboundFilter ext_proc)');
   }
-  return {
+  const resolved: ResolvedOptions = {
     accessLog: opts.accessLog,
     authzHeaders: opts.authzHeaders && resolveAuthzHeaders(opts.authzHeaders, extAuthz && opts.inboundHttp !== false && opts.inboundFilter !== 'ext_proc'),
     nodeId: opts.nodeId ?? d.nodeId,
@@ -316,6 +316,37 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
     middleboxTls: opts.middleboxTls && resolveMiddleboxTls(opts.middleboxTls, [...middlebox, ...(middleboxHttp ?? [])]),
     appProbes: opts.appProbes && resolveAppProbes(opts.appProbes),
   };
+  checkListenerPorts(resolved);
+  return resolved;
+}
+
+/**
+ * Envoy refuses two listeners on one address, and an app target that is one of Envoy's own
+ * listeners would send each request back into Envoy: both are refused here, naming the two.
+ */
+function checkListenerPorts(o: ResolvedOptions): void {
+  const own: Array<{ name: string; address: string; port: number }> = [{ name: 'admin', address: o.adminAddress, port: o.adminPort }];
+  if (o.inboundHttp) own.push({ name: 'inbound HTTP listener', address: o.inboundHttp.address, port: o.inboundHttp.port });
+  if (o.inboundTcp) own.push({ name: 'inbound TCP listener', address: o.inboundTcp.address, port: o.inboundTcp.port });
+  if (o.outbound) own.push({ name: 'outbound listener', address: o.outbound.address, port: o.outbound.port });
+  if (o.appProbes) own.push({ name: 'app probe listener', address: o.appProbes.address, port: o.appProbes.port });
+  const wildcard = (a: string) => a === '0.0.0.0' || a === '::';
+  const overlap = (a: string, b: string) => a === b || wildcard(a) || wildcard(b);
+  own.forEach((l, i) => {
+    for (const other of own.slice(0, i)) {
+      if (l.port === other.port && overlap(l.address, other.address)) {
+        throw new BootstrapOptionsError(`the ${l.name} and the ${other.name} are both on port ${l.port}: Envoy refuses two listeners on one address`);
+      }
+    }
+  });
+  const targets = [
+    o.inboundHttp && { name: 'inbound HTTP listener', address: o.inboundHttp.appAddress, port: o.inboundHttp.appPort },
+    o.inboundTcp && { name: 'inbound TCP listener', address: o.inboundTcp.appAddress, port: o.inboundTcp.appPort },
+  ];
+  for (const t of targets) {
+    const loop = t && own.find((l) => l.port === t.port && overlap(l.address, t.address));
+    if (t && loop) throw new BootstrapOptionsError(`the ${t.name}'s app port ${t.port} is Envoy's own ${loop.name}: every request would come back to Envoy`);
+  }
 }
 
 function resolveAppProbes(p: AppProbesOptions): AppProbesOptions {

@@ -193,4 +193,15 @@ describe('envoy bootstrap', () => {
     assert.throws(() => renderBootstrap({ timeoutMs: 0 }), /timeoutMs/);
     assert.throws(() => renderBootstrap({ statusOnError: 42 }), /statusOnError/);
   });
+
+  it('refuses two listeners on one port, and an app port that is one of Envoy\'s listeners', () => {
+    const http = BOOTSTRAP_DEFAULTS.inboundHttp;
+    assert.throws(() => renderBootstrap({ outbound: { address: '0.0.0.0', port: http.port } }), /the outbound listener and the inbound HTTP listener are both on port 15006/);
+    assert.throws(() => renderBootstrap({ inboundTcp: { address: '127.0.0.1', port: 15006, appAddress: '127.0.0.1', appPort: 9000 } }), /inbound TCP listener and the inbound HTTP listener are both on port 15006/);
+    assert.throws(() => renderBootstrap({ inboundHttp: { ...http, port: 15000 } }), /the inbound HTTP listener and the admin are both on port 15000/);
+    assert.throws(() => renderBootstrap({ inboundHttp: { ...http, appPort: http.port } }), /app port 15006 is Envoy's own inbound HTTP listener/);
+    assert.throws(() => renderBootstrap({ inboundTcp: { address: '0.0.0.0', port: 15007, appAddress: '127.0.0.1', appPort: 15007 } }), /app port 15007 is Envoy's own inbound TCP listener/);
+    // Different addresses, neither a wildcard: two listeners may share a port.
+    assert.doesNotThrow(() => renderBootstrap({ inboundHttp: { ...http, address: '127.0.0.1' }, inboundTcp: { address: '127.0.0.2', port: http.port, appAddress: '127.0.0.1', appPort: 9000 } }));
+  });
 });
