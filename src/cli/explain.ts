@@ -6,7 +6,6 @@
 // Exit codes: 0 the request would be allowed, 1 it would be denied, 2 bad flags or bad input (a
 // policy file that does not validate, an address that is not one), 3 the policies or the state
 // could not be read (etcd unreachable).
-import { readFileSync } from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { MiddleboxError } from '../errors';
 import { translateCheckRequest } from '../grpc/authz/request';
@@ -25,7 +24,7 @@ import type { BucketState } from '../middlebox/ratelimit/algorithms';
 import type { Verdict } from '../middlebox/types';
 import { compileSnapshot } from '../policy/compile';
 import { notHeaderNames, readHeaderList, sentListFor } from '../policy/headers';
-import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
+import type { PolicyLimits } from '../policy/limits';
 import type { PolicyDocument, PolicySnapshot } from '../policy/types';
 import { withDeadline } from '../state/etcd/client';
 import { flowKey } from '../state/etcd/nat';
@@ -33,6 +32,7 @@ import { getPolicies, policyKey, readStored } from '../state/etcd/policies';
 import { etcdKey } from '../state/etcd/ratelimit';
 import { stringOpt, UsageError, type Command } from './command';
 import { etcdHelp, etcdOptions, withEtcd } from './etcd-flags';
+import { loadFiles, policyLimitHelp, policyLimitOptions, policyLimitsFrom } from './policy';
 
 const EXIT_ALLOW = 0;
 const EXIT_DENY = 1;
@@ -66,6 +66,7 @@ export const explainCommand: Command = {
     '                           a request that reaches an enforced rule on a header left out is refused',
     '                           (403 headers_not_sent); default: every header is sent',
     '  -o, --output FORMAT      text (default) or json',
+    ...policyLimitHelp(),
     ...etcdHelp,
     '',
     'Exit status: 0 allowed, 1 denied, 2 bad flags or input (invalid policy file, bad address),',
@@ -85,6 +86,7 @@ export const explainCommand: Command = {
     'authz-headers': { type: 'string' },
     output: { type: 'string', short: 'o' },
     ...etcdOptions,
+    ...policyLimitOptions,
   },
   async run({ values }) {
     const format = stringOpt(values, 'output') ?? 'text';
@@ -111,7 +113,8 @@ export const explainCommand: Command = {
 
     let loaded: Loaded;
     try {
-      loaded = files.length > 0 ? fromFiles(files) : await withEtcd(values, (client, prefix) => fromEtcd(client, prefix, (s) => stateToConsult(s, req, now)));
+      const limits = policyLimitsFrom(values);
+      loaded = files.length > 0 ? fromFiles(files, limits) : await withEtcd(values, (client, prefix) => fromEtcd(client, prefix, limits, (s) => stateToConsult(s, req, now)));
     } catch (e) {
       return failure(e);
     }
@@ -257,24 +260,9 @@ interface Loaded {
   warnings: string[];
 }
 
-/** All files are validated; any problem in any of them is bad input, reported together. */
-function fromFiles(files: string[]): Loaded {
-  const docs: PolicyDocument[] = [];
-  const problems: string[] = [];
-  const seen = new Map<string, string>();
-  for (const file of files) {
-    const result = file === '-' ? parsePolicies(readFileSync(0, 'utf8'), '<stdin>') : parsePolicyFile(file);
-    problems.push(...result.errors.map(formatPolicyError));
-    for (const d of result.documents) {
-      const where = seen.get(d.metadata.name);
-      if (where !== undefined && where !== file) problems.push(`${file}: policy ${JSON.stringify(d.metadata.name)} is also defined in ${where}`);
-      seen.set(d.metadata.name, file);
-      docs.push(d);
-    }
-  }
-  if (problems.length > 0) {
-    throw new MiddleboxError('policy_invalid', `${problems.length} problem${problems.length > 1 ? 's' : ''} found in the policy files`, problems);
-  }
+/** All files are validated (as `policy validate` does); any problem in any of them is bad input, reported together. */
+function fromFiles(files: string[], limits: PolicyLimits): Loaded {
+  const docs = loadFiles(files, ' in the policy files', limits);
   return { snapshot: compileSnapshot(docs, 1), source: { kind: 'files', files }, warnings: [] };
 }
 
@@ -282,12 +270,12 @@ function fromFiles(files: string[]): Loaded {
  * The policies stored in etcd, taken in as a replica takes them in, and the shared state this
  * request would touch: its rate-limit buckets, its NAT flow's mapping, the drained backends.
  */
-async function fromEtcd(client: Etcd3, prefix: string, consult: (s: PolicySnapshot) => ReturnType<typeof stateToConsult>): Promise<Loaded> {
+async function fromEtcd(client: Etcd3, prefix: string, limits: PolicyLimits, consult: (s: PolicySnapshot) => ReturnType<typeof stateToConsult>): Promise<Loaded> {
   const stored = await getPolicies(client, prefix, ETCD_READ_MS);
   const docs: PolicyDocument[] = [];
   const warnings: string[] = [];
   for (const [name, text] of stored) {
-    const { document, errors } = readStored(policyKey(prefix, name), name, text);
+    const { document, errors } = readStored(policyKey(prefix, name), name, text, undefined, limits);
     if (document) docs.push(document);
     else {
       warnings.push(

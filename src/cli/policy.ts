@@ -60,7 +60,10 @@ function filesFrom(values: Record<string, unknown>): string[] {
 }
 
 /** Reads and validates every file; all errors of all files are reported together. */
-function loadFiles(files: string[], consequence: string, limits: PolicyLimits): PolicyDocument[] {
+export function loadFiles(files: string[], consequence: string, limits: PolicyLimits): PolicyDocument[] {
+  // A file read twice would define each of its policies twice (and standard input is empty the second time).
+  const twice = files.find((f, i) => files.indexOf(f) !== i);
+  if (twice !== undefined) throw new UsageError(`-f ${twice === '-' ? '- (standard input)' : twice} is given twice`);
   const docs: PolicyDocument[] = [];
   const problems: string[] = [];
   const seen = new Map<string, string>();

@@ -134,6 +134,30 @@ describe('middlebox policy (real etcd)', function () {
       assert.equal((await middlebox(['policy', 'validate', '-f', p, '--max-rules-per-policy', '4'], { env })).code, 0);
     });
 
+    it('explain takes the same bounds as validate and serve', async () => {
+      const p = file('explain-rules.yaml', rules('many', 4));
+      const args = ['explain', '-f', p, '--path', '/x', '--source', '10.0.0.1'];
+      let r = await middlebox([...args, '--max-rules-per-policy', '3']);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /more than 3 firewall rules in one policy/);
+      r = await middlebox(args, { env: { MIDDLEBOX_MAX_RULES_PER_POLICY: '3' } });
+      assert.equal(r.code, 2, 'the variable too');
+      r = await middlebox([...args, '--max-rules-per-policy', '4'], { env: { MIDDLEBOX_MAX_RULES_PER_POLICY: '3' } });
+      assert.notEqual(r.code, 2, `the flag first: ${r.stderr}`);
+      assert.match((await middlebox(['explain', '--help'])).stdout, /--max-rules-per-policy N/);
+    });
+
+    it('a file given twice is a usage error, not its policies defined twice', async () => {
+      const g = file('twice.yaml', GOOD);
+      for (const cmd of [['policy', 'validate'], ['explain']]) {
+        const r = await middlebox([...cmd, '-f', g, '-f', g]);
+        assert.equal(r.code, 2, `${cmd.join(' ')}: ${r.stderr}`);
+        assert.match(r.stderr, /-f .*twice\.yaml is given twice/);
+      }
+      const r = await middlebox(['policy', 'validate', '-f', '-', '-f', '-'], { input: GOOD });
+      assert.match(r.stderr, /-f - \(standard input\) is given twice/);
+    });
+
     it('apply refuses a policy over either bound and stores nothing', async () => {
       const p = file('apply-big.yaml', `${rules('small', 1)}---\n${rules('toobig', 60)}`);
       let r = await middlebox(withEtcd('policy', 'apply', '-f', p, '--max-policy-bytes', '2048'));
