@@ -75,12 +75,16 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
     const url = URL.canParse(e) ? new URL(e) : undefined;
     if (url?.protocol !== 'http:' && url?.protocol !== 'https:') throw new UsageError(`${etcdSource}: etcd endpoint ${JSON.stringify(e)} is not an http:// or https:// URL (e.g. http://127.0.0.1:2379)`);
   }
-  const tlsFlags = [cacert && '--etcd-cacert', cert && '--etcd-cert', key && '--etcd-key'].filter(Boolean);
   const plaintext = endpoints.filter((e) => e.startsWith('http://'));
+  if (plaintext.length > 0 && plaintext.length < endpoints.length) {
+    throw new UsageError(`${etcdSource}: etcd endpoints must all be http:// or all https://, not a mix`);
+  }
+  const tlsFlags = [cacert && '--etcd-cacert', cert && '--etcd-cert', key && '--etcd-key'].filter(Boolean);
   if (tlsFlags.length > 0 && plaintext.length > 0) {
     throw new UsageError(`${tlsFlags.join(', ')} ${tlsFlags.length === 1 ? 'needs' : 'need'} https:// etcd endpoints; ${plaintext.join(',')} ${plaintext.length === 1 ? 'is' : 'are'} plaintext`);
   }
   if ((cert === undefined) !== (key === undefined)) throw new UsageError('--etcd-cert and --etcd-key go together: a client certificate needs its key');
+  if (user !== undefined && user.trim() === '') throw new UsageError('--etcd-user must name a user, got ""');
   if (user !== undefined && passwordFile === undefined && envPassword === undefined) {
     throw new UsageError(`--etcd-user ${user} needs a password: set ${E.password} or give --etcd-password-file FILE`);
   }

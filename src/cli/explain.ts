@@ -145,7 +145,8 @@ function failure(e: unknown): number {
   process.stderr.write(`middlebox explain: ${message}\n`);
   if (e instanceof MiddleboxError) {
     for (const d of e.details) process.stderr.write(`${d}\n`);
-    if (e.code === 'policy_invalid' || e.code === 'bad_etcd_endpoint') return EXIT_BAD_INPUT;
+    // A file named on the command line that cannot be used (a missing CA, an empty password file) is bad input too.
+    if (e.code === 'policy_invalid' || e.code === 'bad_etcd_endpoint' || e.code === 'file_not_found') return EXIT_BAD_INPUT;
   } else if (process.env.MIDDLEBOX_DEBUG) {
     process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
   }

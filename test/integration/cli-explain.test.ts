@@ -146,6 +146,8 @@ describe('middlebox explain', function () {
         [['explain', '-f', policyFile, '--etcd', 'http://127.0.0.1:2379'], /not both/],
         [['explain', '-f', bad, '--path', '/'], new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:9:\\d+: spec\\.firewall\\.rules\\[1\\]\\.from\\[0\\]`)],
         [['explain', '-f', path.join(dir, 'missing.yaml')], /cannot read the file: no such file/],
+        // A configuration error, not an unreachable etcd (3): retrying will not help.
+        [['explain', '--etcd', 'https://127.0.0.1:1', '--etcd-cacert', path.join(dir, 'missing-ca.pem'), '--path', '/'], /--etcd-cacert .*missing-ca\.pem: cannot read it/],
       ];
       for (const [args, message] of cases) {
         const r = await middlebox(args);

@@ -283,6 +283,8 @@ describe('middlebox policy (real etcd)', function () {
       { args: ['policy', 'get', '--etcd', 'notaurl'], says: /--etcd: etcd endpoint "notaurl" is not an http:\/\/ or https:\/\/ URL/ },
       { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: 'ftp://127.0.0.1:1' }, says: /MIDDLEBOX_ETCD: etcd endpoint "ftp:\/\/127.0.0.1:1"/ },
       { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: ',' }, says: /MIDDLEBOX_ETCD needs at least one URL/ },
+      { args: ['policy', 'get', '--etcd', 'http://127.0.0.1:1,https://127.0.0.1:2'], says: /--etcd: etcd endpoints must all be http:\/\/ or all https:\/\/, not a mix/ },
+      { args: ['policy', 'get', '--etcd', 'http://127.0.0.1:1', '--etcd-user', ''], says: /--etcd-user must name a user/ },
       // An empty flag is a mistake, not a reason to fall back to the environment.
       { args: ['policy', 'get', '--etcd', ''], env: { MIDDLEBOX_ETCD: etcd.endpoint }, says: /--etcd needs at least one URL/ },
       { args: ['policy', 'get', '--etcd', etcd.endpoint, '--prefix', ''], says: /--prefix must not be empty/ },
