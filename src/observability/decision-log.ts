@@ -24,6 +24,13 @@ export const REDACTED = '[redacted]';
 /** Headers in one line at most, and bytes of one header's value; the rest is cut and counted. */
 const MAX_LOGGED_HEADERS = 32;
 const MAX_LOGGED_VALUE_CHARS = 256;
+/** A path or host longer than this is cut (a client chooses them: they would make every line long). */
+const MAX_LOGGED_TARGET_CHARS = 1024;
+
+/** `text` cut at `max` characters, saying how long it was. */
+function cut(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
+}
 
 export const DEFAULT_DECISION_LOG: DecisionLogSettings = { mode: 'denied', sample: 1, redact: new Set(ALWAYS_REDACTED) };
 
@@ -59,8 +66,8 @@ export class DecisionLog {
         // Where a connection went: an outbound one's source is always the pod itself.
         destination: req.destination.ip && hostPort(req.destination.ip.text, req.destination.port),
         method: req.method,
-        host: req.host,
-        path: req.path,
+        host: req.host === undefined ? undefined : cut(req.host, MAX_LOGGED_TARGET_CHARS),
+        path: req.path === undefined ? undefined : cut(req.path, MAX_LOGGED_TARGET_CHARS),
         headers: this.headers(req.headers),
         allow: verdict.allow,
         status: verdict.status,
@@ -120,8 +127,9 @@ export class DecisionLog {
         out['…'] = `${headers.size} headers in all`;
         break;
       }
-      if (this.settings.redact.has(name)) out[name] = REDACTED;
-      else out[name] = value.length > MAX_LOGGED_VALUE_CHARS ? `${value.slice(0, MAX_LOGGED_VALUE_CHARS)}… (${value.length} characters)` : value;
+      const key = cut(name, MAX_LOGGED_VALUE_CHARS);
+      if (this.settings.redact.has(name)) out[key] = REDACTED;
+      else out[key] = cut(value, MAX_LOGGED_VALUE_CHARS);
     }
     return out;
   }

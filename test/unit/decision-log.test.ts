@@ -90,15 +90,20 @@ describe('DecisionLog', () => {
     assert.ok(!JSON.stringify(lines[0]).includes('Bearer t'));
   });
 
-  it('bounds a line: long values are cut, and headers past the cap are counted, not written', async () => {
+  it('bounds a line: long values, header names, paths and hosts are cut, and headers past the cap are counted, not written', async () => {
     const { logger, lines } = capture();
-    const headers: Record<string, string> = { 'x-long': 'v'.repeat(5000) };
+    const headers: Record<string, string> = { 'x-long': 'v'.repeat(5000), [`x-${'n'.repeat(5000)}`]: 'long name' };
     for (let i = 0; i < 50; i++) headers[`x-h${i}`] = String(i);
-    new DecisionLog(logger).record(request({ headers }), 'd1', DENY, 1);
+    new DecisionLog(logger).record(request({ headers, path: `/${'p'.repeat(60_000)}`, host: `${'h'.repeat(5000)}.local` }), 'd1', DENY, 1);
     await new Promise((r) => setImmediate(r));
     const h = lines[0]!.headers as Record<string, string>;
     assert.ok(h['x-long']!.length < 300, 'value cut');
     assert.match(h['x-long']!, /5000 characters/);
+    const longName = Object.keys(h).find((k) => k.startsWith('x-nnn'))!;
+    assert.ok(longName.length < 300 && /5002 characters/.test(longName), 'a header name cut too');
+    assert.ok(lines[0]!.path.length < 1100 && /60001 characters/.test(lines[0]!.path), 'the path cut');
+    assert.ok(lines[0]!.host.length < 1100 && /5006 characters/.test(lines[0]!.host), 'the host cut');
+    assert.ok(JSON.stringify(lines[0]).length < 16_000, 'the whole line bounded');
     assert.ok(Object.keys(h).length <= 33);
     assert.match(h['…']!, /headers in all/);
   });
