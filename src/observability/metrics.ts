@@ -79,8 +79,10 @@ export interface BreakerSource {
   onTransition(listener: (state: BreakerStateName) => void): void;
 }
 
+type PolicyStatus = { loaded: boolean; generation: number; policies: number; rejected: readonly unknown[]; source?: 'etcd' | 'disk' | 'none' };
+
 export interface PolicyStatusSource {
-  status(): { loaded: boolean; generation: number; policies: number; rejected: readonly unknown[] };
+  status(): PolicyStatus;
   onChange(listener: () => void): void;
 }
 
@@ -254,11 +256,14 @@ export class MiddleboxMetrics implements DecisionMetrics {
     const registers = [this.registry];
     let lastSuccessAt: number | undefined;
     let seenGeneration = -1;
+    // Loaded from etcd or the state file, every stored policy accepted: `--on-no-state fail-open`
+    // also counts as loaded (the empty policy), but nothing was.
+    const succeeded = (s: PolicyStatus) => s.loaded && s.rejected.length === 0 && s.source !== 'none';
     const observe = () => {
       const s = policies.status();
       if (s.generation === seenGeneration) return;
       seenGeneration = s.generation;
-      if (s.loaded && s.rejected.length === 0) lastSuccessAt = Date.now();
+      if (succeeded(s)) lastSuccessAt = Date.now();
     };
     observe();
     policies.onChange(observe);
@@ -272,11 +277,20 @@ export class MiddleboxMetrics implements DecisionMetrics {
     });
     new Gauge({
       name: 'middlebox_policy_last_reload_success',
-      help: '1 when policies are loaded and every stored policy was accepted; 0 before the first load or while a stored policy is refused (its last good version stays in force).',
+      help: '1 when policies are loaded and every stored policy was accepted; 0 before the first load, while a stored policy is refused (its last good version stays in force), and under --on-no-state fail-open.',
       registers,
       collect() {
-        const s = policies.status();
-        this.set(s.loaded && s.rejected.length === 0 ? 1 : 0);
+        this.set(succeeded(policies.status()) ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'middlebox_policy_source',
+      help: 'Where the policies in force came from: 1 for the source in force (etcd; disk, the --state-dir file; none, nothing loaded or --on-no-state fail-open), 0 for the others.',
+      labelNames: ['source'],
+      registers,
+      collect() {
+        const source = policies.status().source;
+        for (const s of ['etcd', 'disk', 'none'] as const) this.set({ source: s }, source === s ? 1 : 0);
       },
     });
     new Gauge({

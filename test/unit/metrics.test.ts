@@ -32,7 +32,7 @@ class FakeBreaker {
 }
 
 class FakePolicies {
-  current = { loaded: false, generation: 0, policies: 0, rejected: [] as unknown[] };
+  current = { loaded: false, generation: 0, policies: 0, rejected: [] as unknown[], source: 'none' as 'etcd' | 'disk' | 'none' };
   private readonly listeners: Array<() => void> = [];
   status() {
     return this.current;
@@ -136,7 +136,7 @@ describe('metrics', () => {
     assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success'), 0, 'nothing loaded yet');
     assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success_timestamp_seconds'), 0);
     const before = Date.now() / 1000;
-    p.publish({ loaded: true, policies: 2 });
+    p.publish({ loaded: true, policies: 2, source: 'etcd' });
     s = await scrape(m);
     assert.equal(sumMetric(s, 'middlebox_policy_generation'), 1);
     assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success'), 1);
@@ -149,6 +149,22 @@ describe('metrics', () => {
     assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success'), 0);
     assert.equal(sumMetric(s, 'middlebox_policy_rejected'), 1);
     assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success_timestamp_seconds'), okAt, 'a refused reload is not a success');
+  });
+
+  it('does not count --on-no-state fail-open as a successful reload, and says where the policies came from', async () => {
+    const m = new MiddleboxMetrics({ processMetrics: false });
+    const p = new FakePolicies();
+    m.watchPolicies(p);
+    // fail-open: the empty policy is in force (loaded), but nothing was loaded.
+    p.publish({ loaded: true, policies: 0, source: 'none' });
+    let s = await scrape(m);
+    assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success'), 0);
+    assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success_timestamp_seconds'), 0);
+    assert.deepEqual(['etcd', 'disk', 'none'].map((source) => sumMetric(s, 'middlebox_policy_source', { source })), [0, 0, 1]);
+    p.publish({ loaded: true, policies: 1, source: 'disk' });
+    s = await scrape(m);
+    assert.equal(sumMetric(s, 'middlebox_policy_last_reload_success'), 1, 'the state file is a load');
+    assert.deepEqual(['etcd', 'disk', 'none'].map((source) => sumMetric(s, 'middlebox_policy_source', { source })), [0, 1, 0]);
   });
 
   it('reads rate-limit and NAT state through getters at scrape time', async () => {
