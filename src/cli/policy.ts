@@ -1,10 +1,9 @@
 // `middlebox policy validate|apply|get|delete|headers`.
-import { readFileSync } from 'node:fs';
 import YAML from 'yaml';
 import { MiddleboxError } from '../errors';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../policy/limits';
 import { headersReadBy } from '../policy/headers';
-import { formatPolicyError, parsePolicies, parsePolicyFile } from '../policy/parse';
+import { formatPolicyError, parsePolicies, parsePolicyFile, parsePolicyStdin } from '../policy/parse';
 import type { PolicyDocument } from '../policy/types';
 import { BOUNDS, type BoundSetting } from '../settings';
 import { deletePolicy, getPolicies, putPolicies } from '../state/etcd/policies';
@@ -68,7 +67,7 @@ export function loadFiles(files: string[], consequence: string, limits: PolicyLi
   const problems: string[] = [];
   const seen = new Map<string, string>();
   for (const file of files) {
-    const result = file === '-' ? parsePolicies(readStdin(), '<stdin>', limits) : parsePolicyFile(file, limits);
+    const result = file === '-' ? parsePolicyStdin(limits) : parsePolicyFile(file, limits);
     problems.push(...result.errors.map(formatPolicyError));
     for (const d of result.documents) {
       const where = seen.get(d.metadata.name);
@@ -81,9 +80,6 @@ export function loadFiles(files: string[], consequence: string, limits: PolicyLi
   return docs;
 }
 
-function readStdin(): string {
-  return readFileSync(0, 'utf8');
-}
 
 const validate: Command = {
   name: 'policy validate',
@@ -220,6 +216,8 @@ const headers: Command = {
       }
     };
     if (values.filename !== undefined) {
+      const etcdFlag = Object.keys(etcdOptions).find((name) => values[name] !== undefined);
+      if (etcdFlag !== undefined) throw new UsageError(`give -f FILE or --${etcdFlag}, not both: the policies come from one place`);
       print(loadFiles(filesFrom(values), '', policyLimitsFrom(values)));
       return 0;
     }

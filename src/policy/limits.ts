@@ -25,6 +25,11 @@ export function textTooLarge(bytes: number, limits: PolicyLimits): string {
   return `too large: ${bytes} bytes, more than ${limits.maxPolicyBytes} (${settingName(BOUNDS.maxPolicyBytes)}); split it into smaller policies`;
 }
 
+/** The message for a text found over maxPolicyBytes while reading it (its size unknown: the rest is not read). */
+export function textOverLimit(limits: PolicyLimits): string {
+  return `too large: more than ${limits.maxPolicyBytes} bytes (${settingName(BOUNDS.maxPolicyBytes)}); split it into smaller policies`;
+}
+
 /** The message for a policy whose stored (JSON) form is over maxPolicyBytes. */
 export function storedTooLarge(name: string, bytes: number, limits: PolicyLimits): string {
   return `policy "${name}" is ${bytes} bytes as stored in etcd (JSON, aliases expanded), more than ${limits.maxPolicyBytes} (${settingName(BOUNDS.maxPolicyBytes)}); split it into smaller policies`;

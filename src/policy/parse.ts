@@ -1,8 +1,8 @@
 // Policy files: YAML or JSON (JSON goes through the same YAML 1.2 parser), several documents per
 // file. Every problem comes back located; nothing throws for bad input.
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { isScalar, LineCounter, parseAllDocuments } from 'yaml';
-import { DEFAULT_POLICY_LIMITS, storedTooLarge, textTooLarge, type PolicyLimits } from './limits';
+import { DEFAULT_POLICY_LIMITS, storedTooLarge, textOverLimit, textTooLarge, type PolicyLimits } from './limits';
 import type { PolicyDocument, PolicyError } from './types';
 import { policyNameNode, validatePolicyDocument } from './validate';
 
@@ -71,17 +71,55 @@ export function parsePolicies(text: string, file: string, limits: PolicyLimits =
  * over `limits.maxPolicyBytes` is refused without being read.
  */
 export function parsePolicyFile(path: string, limits: PolicyLimits = DEFAULT_POLICY_LIMITS): ParsedPolicies {
-  let text: string;
+  let text: string | undefined;
   try {
     const stat = statSync(path);
     if (stat.isFile() && stat.size > limits.maxPolicyBytes) {
       return { documents: [], errors: [{ file: path, line: 1, column: 1, message: textTooLarge(stat.size, limits) }] };
     }
-    text = readFileSync(path, 'utf8');
+    // Not a regular file (a pipe, a device): read no more than the bound allows.
+    const fd = openSync(path, 'r');
+    try {
+      text = readAtMost(fd, limits.maxPolicyBytes);
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
     return { documents: [], errors: [{ file: path, message: `cannot read the file: ${readProblem(e)}` }] };
   }
-  return parsePolicies(text, path, limits);
+  return text === undefined ? tooLarge(path, limits) : parsePolicies(text, path, limits);
+}
+
+/** Policies from standard input, read no further than the bound allows. */
+export function parsePolicyStdin(limits: PolicyLimits = DEFAULT_POLICY_LIMITS): ParsedPolicies {
+  const text = readAtMost(0, limits.maxPolicyBytes);
+  return text === undefined ? tooLarge('<stdin>', limits) : parsePolicies(text, '<stdin>', limits);
+}
+
+function tooLarge(file: string, limits: PolicyLimits): ParsedPolicies {
+  return { documents: [], errors: [{ file, line: 1, column: 1, message: textOverLimit(limits) }] };
+}
+
+/** The text at `fd` if it is at most `max` bytes; undefined once it is past them (the rest is not read). */
+function readAtMost(fd: number, max: number): string | undefined {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch (e) {
+      // A non-blocking standard input with nothing yet: wait a little and read again.
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+      continue;
+    }
+    if (n === 0) return Buffer.concat(chunks, total).toString('utf8');
+    total += n;
+    if (total > max) return undefined;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
 }
 
 /** "file:line:column: path: message", the form editors and CI annotate from. */

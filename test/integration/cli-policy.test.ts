@@ -147,6 +147,18 @@ describe('middlebox policy (real etcd)', function () {
       assert.match((await middlebox(['explain', '--help'])).stdout, /--max-rules-per-policy N/);
     });
 
+    it('reads a file that is not a regular one (a device, a pipe) no further than --max-policy-bytes', async () => {
+      const r = await middlebox(['policy', 'validate', '-f', '/dev/zero', '--max-policy-bytes', '4096'], { timeoutMs: 10_000 });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^\/dev\/zero:1:1: too large: more than 4096 bytes/m);
+    });
+
+    it('policy headers takes -f or etcd flags, not both', async () => {
+      const r = await middlebox(['policy', 'headers', '-f', file('h.yaml', GOOD), '--etcd', 'http://127.0.0.1:1']);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /give -f FILE or --etcd, not both/);
+    });
+
     it('a file given twice is a usage error, not its policies defined twice', async () => {
       const g = file('twice.yaml', GOOD);
       for (const cmd of [['policy', 'validate'], ['explain']]) {
