@@ -161,15 +161,18 @@ export const serveCommand: Command = {
     const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
     const logger = createLogger({ level: logLevelOpt(values, DEFAULTS.logLevel) });
     let decisionLog: DecisionLog;
+    // Each value with the flag or variable it came from, for the message if it is bad; an empty variable is unset.
+    const fromFlagOrEnv = (flag: string, envName: string) => {
+      const v = stringOpt(values, flag);
+      return v !== undefined ? { value: v, name: `--${flag}` } : { value: process.env[envName] || undefined, name: envName };
+    };
+    const mode = fromFlagOrEnv('decision-log', 'MIDDLEBOX_DECISION_LOG');
+    const sample = fromFlagOrEnv('decision-log-sample', 'MIDDLEBOX_DECISION_LOG_SAMPLE');
     try {
       decisionLog = new DecisionLog(
         // --decision-log chooses the decision lines, whatever --log-level says of the others.
         logger.child({}, { level: 'info' }),
-        decisionLogSettings(
-          stringOpt(values, 'decision-log') ?? process.env.MIDDLEBOX_DECISION_LOG ?? 'denied',
-          stringOpt(values, 'decision-log-sample') ?? process.env.MIDDLEBOX_DECISION_LOG_SAMPLE ?? '1',
-          stringOpt(values, 'log-redact-headers') ?? process.env.MIDDLEBOX_LOG_REDACT_HEADERS ?? '',
-        ),
+        decisionLogSettings(mode.value, sample.value, stringOpt(values, 'log-redact-headers') ?? process.env.MIDDLEBOX_LOG_REDACT_HEADERS ?? '', { mode: mode.name, sample: sample.name }),
       );
     } catch (e) {
       throw new UsageError((e as Error).message);

@@ -34,11 +34,14 @@ function cut(text: string, max: number): string {
 
 export const DEFAULT_DECISION_LOG: DecisionLogSettings = { mode: 'denied', sample: 1, redact: new Set(ALWAYS_REDACTED) };
 
-/** Settings from the flag values; throws a message for a bad value. */
-export function decisionLogSettings(mode = 'denied', sample = '1', redact = ''): DecisionLogSettings {
-  if (mode !== 'denied' && mode !== 'all' && mode !== 'off') throw new Error(`decision log must be denied, all or off, got ${JSON.stringify(mode)}`);
+/**
+ * Settings from the flag values; throws a message for a bad value, naming it as `names` says (the
+ * flag or environment variable it came from).
+ */
+export function decisionLogSettings(mode = 'denied', sample = '1', redact = '', names = { mode: 'decision log', sample: 'decision log sample' }): DecisionLogSettings {
+  if (mode !== 'denied' && mode !== 'all' && mode !== 'off') throw new Error(`${names.mode} must be denied, all or off, got ${JSON.stringify(mode)}`);
   const rate = Number(sample);
-  if (sample.trim() === '' || !Number.isFinite(rate) || rate < 0 || rate > 1) throw new Error(`decision log sample must be a number from 0 to 1, got ${JSON.stringify(sample)}`);
+  if (!/^(0|1|0?\.\d+|1\.0*)$/.test(sample) || rate > 1) throw new Error(`${names.sample} must be a number from 0 to 1, got ${JSON.stringify(sample)}`);
   const extra = redact.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
   return { mode, sample: rate, redact: new Set([...ALWAYS_REDACTED, ...extra]) };
 }

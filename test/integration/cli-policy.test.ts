@@ -292,6 +292,8 @@ describe('middlebox policy (real etcd)', function () {
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_ETCD_TIMEOUT_MS: '0' }, says: /MIDDLEBOX_ETCD_TIMEOUT_MS must be a whole number from 1/ },
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_MAX_RATE_LIMIT_KEYS: 'many' }, says: /MIDDLEBOX_MAX_RATE_LIMIT_KEYS must be a whole number/ },
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_SHUTDOWN_DELAY_MS: '-1' }, says: /MIDDLEBOX_SHUTDOWN_DELAY_MS must be a whole number/ },
+      { args: ['serve', '--admin-listen', 'off', '--decision-log', 'some'], says: /--decision-log must be denied, all or off, got "some"/ },
+      { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_DECISION_LOG_SAMPLE: 'half' }, says: /MIDDLEBOX_DECISION_LOG_SAMPLE must be a number from 0 to 1/ },
       { args: ['policy', 'get', '--etcd', 'notaurl'], says: /--etcd: etcd endpoint "notaurl" is not an http:\/\/ or https:\/\/ URL/ },
       { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: 'ftp://127.0.0.1:1' }, says: /MIDDLEBOX_ETCD: etcd endpoint "ftp:\/\/127.0.0.1:1"/ },
       { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: ',' }, says: /MIDDLEBOX_ETCD needs at least one URL/ },

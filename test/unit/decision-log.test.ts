@@ -113,5 +113,10 @@ describe('DecisionLog', () => {
     assert.throws(() => decisionLogSettings('all', '1.5'), /0 to 1/);
     assert.throws(() => decisionLogSettings('all', 'x'), /0 to 1/);
     assert.throws(() => decisionLogSettings('all', ''), /0 to 1/);
+    for (const bad of ['0x1', '1e-2', ' 0.5', '-0', '2']) assert.throws(() => decisionLogSettings('all', bad), /0 to 1/, bad);
+    for (const good of ['0', '1', '0.25', '.5', '1.0']) assert.doesNotThrow(() => decisionLogSettings('all', good), good);
+    const names = { mode: '--decision-log', sample: 'MIDDLEBOX_DECISION_LOG_SAMPLE' };
+    assert.throws(() => decisionLogSettings('some', '1', '', names), /^Error: --decision-log must be denied, all or off, got "some"$/);
+    assert.throws(() => decisionLogSettings('all', '3', '', names), /^Error: MIDDLEBOX_DECISION_LOG_SAMPLE must be a number from 0 to 1/);
   });
 });
