@@ -144,11 +144,17 @@ export const serveCommand: Command = {
     const maxHeaderBytes = boundOpt(values, BOUNDS.maxHeaderBytes, DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes);
     const maxMessageBytes = boundOpt(values, BOUNDS.maxMessageBytes, DEFAULT_MAX_MESSAGE_BYTES);
     const policyLimits = policyLimitsFrom(values);
-    const onNoState = (stringOpt(values, 'on-no-state') ?? (process.env.MIDDLEBOX_ON_NO_STATE || 'fail-closed')) as OnNoState;
-    if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`--on-no-state must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
-    const adminListen = stringOpt(values, 'admin-listen') ?? env.adminListen;
+    const onNoStateFlag = stringOpt(values, 'on-no-state');
+    const onNoState = (onNoStateFlag ?? (process.env.MIDDLEBOX_ON_NO_STATE || 'fail-closed')) as OnNoState;
+    if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`${onNoStateFlag !== undefined ? '--on-no-state' : 'MIDDLEBOX_ON_NO_STATE'} must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
+    const adminListenFlag = stringOpt(values, 'admin-listen');
+    const adminListen = adminListenFlag ?? env.adminListen;
+    const adminSource = adminListenFlag !== undefined ? '--admin-listen' : 'MIDDLEBOX_ADMIN_LISTEN';
     if (adminListen !== ADMIN_OFF && !parseAdminListen(adminListen)) {
-      throw new UsageError(`--admin-listen must be host:port, [ipv6]:port or ${ADMIN_OFF}, got ${JSON.stringify(adminListen)}`);
+      throw new UsageError(`${adminSource} must be host:port, [ipv6]:port or ${ADMIN_OFF}, got ${JSON.stringify(adminListen)}`);
+    }
+    for (const [other, address] of [['--listen', listen], ['--http-authz-listen', httpAuthzListen]] as const) {
+      if (address !== undefined && address === adminListen) throw new UsageError(`${adminSource} must differ from ${other} (both ${address})`);
     }
     if (stringOpt(values, 'state-dir')?.trim() === '') throw new UsageError('--state-dir must name a directory, got ""');
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
