@@ -13,6 +13,7 @@ export const BENCH_EXPERIMENTS: ReadonlyArray<{ name: string; script: string; su
   { name: 'latency', script: 'latency', summary: 'latency at fixed rates and saturation throughput per configuration (needs h2load)', quick: true, only: true },
   { name: 'envoy-authz', script: 'envoy-authz-cost', summary: 'what Envoy itself spends per ext_authz call, by setting (needs h2load)', quick: true },
   { name: 'scaling', script: 'scaling', summary: 'replicas added, stopped and killed and etcd frozen under load, over time', quick: true },
+  { name: 'soak', script: 'soak', summary: '10 minutes of steady traffic: replica memory, handles and latency over time (needs h2load)', quick: true },
   { name: 'report', script: 'report', summary: 'regenerate bench/REPORT.md from bench/results/*.json', quick: false },
 ];
 
@@ -22,7 +23,7 @@ Runs a benchmark on this machine (real etcd, Envoy and replicas on loopback) and
 under bench/results/; every experiment ends by regenerating bench/REPORT.md.
 
 Experiments:
-${BENCH_EXPERIMENTS.map((e) => `  ${e.name.padEnd(10)} ${e.summary}`).join('\n')}
+${BENCH_EXPERIMENTS.map((e) => `  ${e.name.padEnd(Math.max(...BENCH_EXPERIMENTS.map((x) => x.name.length)))}  ${e.summary}`).join('\n')}
 
 Flags:
   --quick      a short run that checks the bench (results *.quick.*, not for the report)

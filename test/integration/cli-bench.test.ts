@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { BENCH_EXPERIMENTS } from '../../src/cli/bench';
 import { middlebox } from '../harness/cli';
 
 /** The repository's bench/results (this file runs from dist/test/integration). */
@@ -26,9 +27,21 @@ describe('middlebox bench', function () {
   it('--help lists every experiment and --quick', async () => {
     const r = await middlebox(['bench', '--help']);
     assert.equal(r.code, 0, r.stderr);
-    for (const name of ['ratelimit', 'nat', 'faults', 'latency', 'envoy-authz', 'scaling', 'report']) assert.match(r.stdout, new RegExp(`^  ${name} `, 'm'), name);
+    for (const name of ['ratelimit', 'nat', 'faults', 'latency', 'envoy-authz', 'scaling', 'soak', 'report']) assert.match(r.stdout, new RegExp(`^  ${name} `, 'm'), name);
     assert.match(r.stdout, /--quick/);
     assert.match(r.stdout, /^Usage: middlebox bench <experiment> \[--quick\]/);
+  });
+
+  it('runs every benchmark the Makefile runs', async () => {
+    const makefile = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'Makefile'), 'utf8');
+    const scripts = [...makefile.matchAll(/node dist\/bench\/([a-z-]+)\.js/g)].map((m) => m[1]!);
+    assert.ok(scripts.length >= 7, scripts.join(', '));
+    const help = (await middlebox(['bench', '--help'])).stdout;
+    for (const script of new Set(scripts)) {
+      const experiment = BENCH_EXPERIMENTS.find((e) => e.script === script);
+      assert.ok(experiment, `make runs dist/bench/${script}.js, middlebox bench has no experiment for it`);
+      assert.match(help, new RegExp(`^  ${experiment.name} +\\S`, 'm'));
+    }
   });
 
   it('is listed in the top-level usage', async () => {
@@ -42,7 +55,7 @@ describe('middlebox bench', function () {
     assert.equal(r.code, 2);
     assert.equal(r.stdout, '');
     assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
-    assert.match(r.stderr, /^middlebox bench: unknown experiment "warp-speed" \(one of: ratelimit, nat, faults, latency, envoy-authz, scaling, report\)\n$/);
+    assert.match(r.stderr, /^middlebox bench: unknown experiment "warp-speed" \(one of: ratelimit, nat, faults, latency, envoy-authz, scaling, soak, report\)\n$/);
   });
 
   it('refuses a missing experiment and unknown flags with exit 2, without a stack trace', async () => {
