@@ -177,7 +177,7 @@ async function startHttpAuthz(
     where: unixPath ? { path: unixPath } : { host: host!, port: wantedPort! },
     tls,
     limits,
-    decide: (t) => authorization.decideTranslated(t),
+    decide: (t, started) => authorization.decideTranslated(t, started),
     readiness: () => health.readiness(),
     logger,
   }).catch((e: Error) => {

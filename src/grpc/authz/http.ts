@@ -209,7 +209,8 @@ export interface HttpAuthzListenerOptions {
   tls?: TransportTls;
   limits: TranslationLimits;
   /** The decision, shared with the gRPC Check. */
-  decide(translation: Translation): Decision | Promise<Decision>;
+  /** `started`: when the call arrived (performance.now()), for the decision's duration. */
+  decide(translation: Translation, started: number): Decision | Promise<Decision>;
   /** What /healthz says: serving, or why not. */
   readiness(): { ready: boolean; reason?: string };
   logger: Logger;
@@ -279,7 +280,8 @@ function handle(req: Http1Request, opts: HttpAuthzListenerOptions): Http1Respons
     return INTERNAL_ERROR;
   };
   try {
-    const decision = opts.decide(translateHttpCheck(req, opts.limits));
+    const started = performance.now();
+    const decision = opts.decide(translateHttpCheck(req, opts.limits), started);
     return decision instanceof Promise ? decision.then(answer, fail) : answer(decision);
   } catch (e) {
     return fail(e);

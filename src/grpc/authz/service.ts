@@ -60,9 +60,10 @@ export class AuthorizationService {
 
   /** The whole decision for one CheckRequest; synchronous unless a limit asks shared state. */
   readonly decideCheck = (msg: CheckRequest, sentHeaders?: string): CheckOutcome | Promise<CheckOutcome> => {
+    const started = performance.now();
     const translation = translateCheckRequest(msg, this.limits);
     if (translation.ok && sentHeaders !== undefined) translation.sentHeaders = sentHeaders;
-    const decision = this.decideTranslated(translation);
+    const decision = this.decideTranslated(translation, started);
     return decision instanceof Promise ? decision.then(checkOutcome) : checkOutcome(decision);
   };
 
@@ -70,8 +71,7 @@ export class AuthorizationService {
    * Decides a request already translated from its protocol (gRPC Check, or the HTTP ext_authz
    * call in ./http): one decision log line and one metrics sample whatever carried it.
    */
-  decideTranslated(translation: Translation): Decision | Promise<Decision> {
-    const started = performance.now();
+  decideTranslated(translation: Translation, started = performance.now()): Decision | Promise<Decision> {
     if (!translation.ok) {
       const decisionId = randomUUID();
       const verdict: Verdict = { allow: false, status: translation.status, reason: translation.reason };
