@@ -1,4 +1,5 @@
 // `middlebox demo`: the whole system on loopback, showing what each request got and why. Ends by itself.
+import fs from 'node:fs';
 import path from 'node:path';
 import { httpRequest, tcpProbe } from '../lab/client';
 import { SidecarLab } from '../lab/sidecar';
@@ -9,7 +10,7 @@ import { connectEtcd } from '../state/etcd/client';
 import { listFlows } from '../state/etcd/nat';
 import type { PolicyDocument } from '../policy/types';
 import { MiddleboxError } from '../errors';
-import { stringOpt, type Command } from './command';
+import { stringOpt, UsageError, type Command } from './command';
 
 const DEMO_POLICY = path.join(__dirname, '..', '..', '..', 'examples', 'policies', 'demo.yaml');
 
@@ -30,8 +31,12 @@ export const demoCommand: Command = {
   async run({ values }) {
     const policy = loadPolicy();
     const out = (s = '') => process.stdout.write(`${s}\n`);
-    out('Starting etcd, 2 middlebox replicas, an app and Envoy on 127.0.0.1 ...');
     const logDir = stringOpt(values, 'logs');
+    if (logDir !== undefined) {
+      if (logDir.trim() === '') throw new UsageError('--logs must name a directory, got ""');
+      if (fs.existsSync(logDir) && !fs.statSync(logDir).isDirectory()) throw new UsageError(`--logs ${logDir}: exists and is not a directory`);
+    }
+    out('Starting etcd, 2 middlebox replicas, an app and Envoy on 127.0.0.1 ...');
     const lab = await SidecarLab.start({ replicas: 2, tcp: true, outbound: true, logDir: logDir ? path.resolve(logDir) : undefined });
     const backends = [await startHttpUpstream({ name: 'orders-a' }), await startHttpUpstream({ name: 'orders-b' })];
     try {

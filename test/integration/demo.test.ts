@@ -23,4 +23,13 @@ describe('middlebox demo', function () {
     assert.match(r.stdout, /middlebox nat list: .*127\.0\.0\.11 → 127\.0\.0\.1:\d+/);
     assert.match(r.stdout, /Stopping everything/);
   });
+
+  it('refuses --logs that is a file, or empty, before starting anything', async () => {
+    for (const [logs, message] of [[__filename, /exists and is not a directory/], ['', /--logs must name a directory/]] as const) {
+      const r = await middlebox(['demo', '--logs', logs], { timeoutMs: 10_000 });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+      assert.equal(r.stdout, '', 'nothing started');
+    }
+  });
 });
