@@ -60,7 +60,13 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   const prefixFlag = stringOpt(values, 'prefix');
   if (prefixFlag === '') throw new UsageError('--prefix must not be empty (default /middlebox)');
   const prefix = prefixFlag !== undefined ? normalisePrefix(prefixFlag) : defaults.prefix;
-  const pick = (flag: string, envName: string) => stringOpt(values, flag) ?? (env[envName] || undefined);
+  // Each value with the flag or variable it came from, for messages.
+  const from: Record<string, string> = {};
+  const pick = (flag: string, envName: string) => {
+    const v = stringOpt(values, flag);
+    from[flag] = v !== undefined ? `--${flag}` : envName;
+    return v ?? (env[envName] || undefined);
+  };
   const cacert = pick('etcd-cacert', E.cacert);
   const cert = pick('etcd-cert', E.cert);
   const key = pick('etcd-key', E.key);
@@ -86,18 +92,18 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   if ((cert === undefined) !== (key === undefined)) throw new UsageError('--etcd-cert and --etcd-key go together: a client certificate needs its key');
   if (user !== undefined && user.trim() === '') throw new UsageError('--etcd-user must name a user, got ""');
   if (user !== undefined && passwordFile === undefined && envPassword === undefined) {
-    throw new UsageError(`--etcd-user ${user} needs a password: set ${E.password} or give --etcd-password-file FILE`);
+    throw new UsageError(`${from['etcd-user']} ${user} needs a password: set ${E.password} or give --etcd-password-file FILE`);
   }
   if (user === undefined && (passwordFile !== undefined || envPassword !== undefined)) {
-    throw new UsageError(`an etcd password is set (${passwordFile !== undefined ? '--etcd-password-file' : E.password}) but no --etcd-user`);
+    throw new UsageError(`an etcd password is set (${passwordFile !== undefined ? from['etcd-password-file'] : E.password}) but no --etcd-user`);
   }
 
   const settings: EtcdSettings = { endpoints };
   if (cacert || cert) {
     settings.tls = {
-      ca: cacert ? readPem('--etcd-cacert', cacert, 'CERTIFICATE') : undefined,
-      cert: cert ? readPem('--etcd-cert', cert, 'CERTIFICATE') : undefined,
-      key: key ? readPem('--etcd-key', key, 'PRIVATE KEY') : undefined,
+      ca: cacert ? readPem(from['etcd-cacert']!, cacert, 'CERTIFICATE') : undefined,
+      cert: cert ? readPem(from['etcd-cert']!, cert, 'CERTIFICATE') : undefined,
+      key: key ? readPem(from['etcd-key']!, key, 'PRIVATE KEY') : undefined,
     };
   }
   if (user !== undefined) {

@@ -303,15 +303,23 @@ function boundedWait(work: Promise<unknown>, ms: number, onTimeout: () => void):
  * starts: a missing file or a key that does not match its certificate stops the command with one line.
  */
 function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): ServerTls | undefined {
-  const pick = (flag: string, name: string) => stringOpt(values, flag) ?? (env[name] || undefined);
+  // Each file with the flag or variable that named it, for messages.
+  const names: Record<string, string> = {};
+  const pick = (flag: string, name: string) => {
+    const v = stringOpt(values, flag);
+    names[flag] = v !== undefined ? `--${flag}` : name;
+    return v ?? (env[name] || undefined);
+  };
   const certFile = pick('tls-cert', SERVER_TLS_ENV.cert);
   const keyFile = pick('tls-key', SERVER_TLS_ENV.key);
   const caFile = pick('tls-client-ca', SERVER_TLS_ENV.clientCa);
   if (certFile === undefined && keyFile === undefined) {
-    if (caFile !== undefined) throw new UsageError('--tls-client-ca (mTLS) needs --tls-cert and --tls-key: the server must present a certificate too');
+    if (caFile !== undefined) throw new UsageError(`${names['tls-client-ca']} (mTLS) needs --tls-cert and --tls-key: the server must present a certificate too`);
     return undefined;
   }
-  if (certFile === undefined || keyFile === undefined) throw new UsageError('--tls-cert and --tls-key go together');
+  if (certFile === undefined || keyFile === undefined) {
+    throw new UsageError(`${certFile !== undefined ? names['tls-cert'] : names['tls-key']} needs ${certFile !== undefined ? '--tls-key' : '--tls-cert'} too: --tls-cert and --tls-key go together`);
+  }
   const read = (flag: string, file: string) => {
     try {
       return readFileSync(file);
@@ -321,9 +329,9 @@ function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv =
     }
   };
   const tls: ServerTls = {
-    cert: read('--tls-cert', certFile),
-    key: read('--tls-key', keyFile),
-    clientCa: caFile === undefined ? undefined : read('--tls-client-ca', caFile),
+    cert: read(names['tls-cert']!, certFile),
+    key: read(names['tls-key']!, keyFile),
+    clientCa: caFile === undefined ? undefined : read(names['tls-client-ca']!, caFile),
     // Watched: a rotated certificate is served to new connections without a restart.
     files: { cert: certFile, key: keyFile, clientCa: caFile },
   };

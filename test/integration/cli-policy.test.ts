@@ -296,6 +296,8 @@ describe('middlebox policy (real etcd)', function () {
       { args: ['serve', '--listen', '127.0.0.1:9301', '--admin-listen', '127.0.0.1:9301'], says: /--admin-listen must differ from --listen/ },
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_ON_NO_STATE: 'maybe' }, says: /MIDDLEBOX_ON_NO_STATE must be fail-closed or fail-open/ },
       { args: ['serve'], env: { MIDDLEBOX_ADMIN_LISTEN: 'nowhere' }, says: /MIDDLEBOX_ADMIN_LISTEN must be host:port/ },
+      { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_TLS_CERT: '/nonexistent.pem' }, says: /MIDDLEBOX_TLS_CERT needs --tls-key too/ },
+      { args: ['policy', 'get', '--etcd', 'http://127.0.0.1:1'], env: { MIDDLEBOX_ETCD_USER: 'bob' }, says: /MIDDLEBOX_ETCD_USER bob needs a password/ },
       { args: ['serve', '--admin-listen', 'off'], env: { MIDDLEBOX_DECISION_LOG_SAMPLE: 'half' }, says: /MIDDLEBOX_DECISION_LOG_SAMPLE must be a number from 0 to 1/ },
       { args: ['policy', 'get', '--etcd', 'notaurl'], says: /--etcd: etcd endpoint "notaurl" is not an http:\/\/ or https:\/\/ URL/ },
       { args: ['policy', 'get'], env: { MIDDLEBOX_ETCD: 'ftp://127.0.0.1:1' }, says: /MIDDLEBOX_ETCD: etcd endpoint "ftp:\/\/127.0.0.1:1"/ },
