@@ -235,6 +235,7 @@ function injectDocument(doc: unknown, labels: Record<string, string>, config: In
   try {
     const { object, decision, stale } = injectObject(doc, labels, config);
     if (explain && decision) process.stderr.write(`${name}: ${decision.inject ? 'injected' : 'not injected'}: ${decision.reason}\n`);
+    else if (decision?.malformed) process.stderr.write(`middlebox inject: warning: ${name}: not injected: ${decision.reason}\n`);
     if (stale) process.stderr.write(`middlebox inject: warning: ${name}: ${stale}\n`);
     return object;
   } catch (e) {

@@ -5,6 +5,8 @@ import type { Pod } from './types';
 export interface Decision {
   inject: boolean;
   reason: string;
+  /** The pod's own say is neither "true" nor "false": most likely a typo of an opt-in, worth a warning. */
+  malformed?: boolean;
 }
 
 /**
@@ -25,7 +27,7 @@ export function injectionRequired(pod: Pod, namespaceLabels: Record<string, stri
   ].filter((s): s is { where: string; value: string } => s.value !== undefined);
   for (const { where, value } of said) {
     if (value !== 'true' && value !== 'false') {
-      return { inject: false, reason: `${ANNOTATIONS.inject} (${where}) must be "true" or "false", got ${JSON.stringify(value)}` };
+      return { inject: false, malformed: true, reason: `${ANNOTATIONS.inject} (${where}) must be "true" or "false", got ${JSON.stringify(value)}` };
     }
   }
   const out = said.find((s) => s.value === 'false');

@@ -21,7 +21,7 @@ import { watchFiles } from '../file-watch';
 import { drainHttpServer } from '../http-drain';
 import { TLS_HANDSHAKE_TIMEOUT_MS } from '../grpc/transport';
 import type { Logger } from '../observability/logger';
-import { ANNOTATIONS, type InjectConfig } from './config';
+import type { InjectConfig } from './config';
 import { injectionRequired } from './decide';
 import { InjectError, isInjected, patch, staleSidecar } from './patch';
 import type { Pod } from './types';
@@ -138,9 +138,7 @@ export function admit(body: unknown, config: InjectConfig, namespaceLabels: Reco
   if (!decision.inject) {
     // A value that is neither "true" nor "false", as an annotation or a label, is most likely a typo
     // of an opt-in: the pod is admitted as it is (as Istio does), and kubectl shows why.
-    const said = [pod.metadata?.annotations?.[ANNOTATIONS.inject], pod.metadata?.labels?.[ANNOTATIONS.inject]];
-    const malformed = said.some((v) => v !== undefined && v !== 'true' && v !== 'false');
-    return answer({ allowed: true, ...(malformed ? { warnings: [`middlebox sidecar not injected: ${decision.reason}`] } : {}) }, false, decision.reason, podName);
+    return answer({ allowed: true, ...(decision.malformed ? { warnings: [`middlebox sidecar not injected: ${decision.reason}`] } : {}) }, false, decision.reason, podName);
   }
   let ops;
   try {

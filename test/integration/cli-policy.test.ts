@@ -340,6 +340,13 @@ describe('middlebox policy (real etcd)', function () {
     const twice = await middlebox(['inject', '-f', pod, '-f', pod, '-o', 'json']);
     assert.equal(twice.code, 0, twice.stderr);
     assert.equal((JSON.parse(twice.stdout) as { items: unknown[] }).items.length, 2);
+    // A typo of an opt-in: the pod comes out as it went in, with a warning that says why.
+    const maybe = path.join(dir, 'maybe.yaml');
+    fs.writeFileSync(maybe, 'apiVersion: v1\nkind: Pod\nmetadata: { name: web, annotations: { middlebox.io/inject: "maybe" } }\nspec: { containers: [{ name: app, image: app }] }\n');
+    const typo = await middlebox(['inject', '-f', maybe]);
+    assert.equal(typo.code, 0, typo.stderr);
+    assert.match(typo.stderr, /warning: Pod\/web: not injected: middlebox\.io\/inject \(annotation\) must be "true" or "false", got "maybe"/);
+    assert.doesNotMatch(typo.stdout, /middlebox-sidecar|envoy/);
     const kindOnly = path.join(dir, 'kind-only.yaml');
     fs.writeFileSync(kindOnly, 'kind: Pod\nmetadata: { name: web }\n');
     for (const file of [scalar, kindOnly]) {
