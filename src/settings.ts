@@ -92,7 +92,9 @@ export function wholeNumberFromEnv(name: string, min: number, max: number, env: 
 
 /** Decimal digits only ("8080"), as a number; undefined for anything else ("", "0x50", "8e3", " 80", "-1"). */
 export function wholeNumber(text: string): number | undefined {
-  return /^\d{1,15}$/.test(text) ? Number(text) : undefined;
+  if (!/^\d{1,16}$/.test(text)) return undefined;
+  const n = Number(text);
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 /** The address settings from the environment (numbers and log level: cli/command's intEnv and logLevelOpt, which check them). */

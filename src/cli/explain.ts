@@ -69,7 +69,7 @@ export const explainCommand: Command = {
     ...policyLimitHelp(),
     ...etcdHelp,
     '',
-    'Exit status: 0 allowed, 1 denied, 2 bad flags or input (invalid policy file, bad address),',
+    'Exit status: 0 allowed, 1 denied, 2 bad flags or input (an invalid or unreadable policy, TLS or password file, a bad address),',
     '3 the policies or state could not be read (etcd unreachable).',
   ],
   options: {

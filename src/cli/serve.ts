@@ -127,7 +127,7 @@ export const serveCommand: Command = {
     const httpAuthzListen = stringOpt(values, 'http-authz-listen') ?? (process.env.MIDDLEBOX_HTTP_AUTHZ_LISTEN || undefined);
     if (httpAuthzListen !== undefined) {
       checkListen(stringOpt(values, 'http-authz-listen') !== undefined ? '--http-authz-listen' : 'MIDDLEBOX_HTTP_AUTHZ_LISTEN', httpAuthzListen);
-      if (httpAuthzListen === listen) throw new UsageError(`--http-authz-listen must differ from --listen (both ${listen})`);
+      if (sameAddress(httpAuthzListen, listen)) throw new UsageError(`--http-authz-listen must differ from --listen (both ${listen})`);
     }
     // The etcd flags are the ones every command shares; their files are read (and refused) now.
     const etcdConn = etcdConnectionFrom(values);
@@ -154,7 +154,7 @@ export const serveCommand: Command = {
       throw new UsageError(`${adminSource} must be host:port, [ipv6]:port or ${ADMIN_OFF}, got ${JSON.stringify(adminListen)}`);
     }
     for (const [other, address] of [['--listen', listen], ['--http-authz-listen', httpAuthzListen]] as const) {
-      if (address !== undefined && address === adminListen) throw new UsageError(`${adminSource} must differ from ${other} (both ${address})`);
+      if (address !== undefined && sameAddress(address, adminListen)) throw new UsageError(`${adminSource} must differ from ${other} (both ${address})`);
     }
     if (stringOpt(values, 'state-dir')?.trim() === '') throw new UsageError('--state-dir must name a directory, got ""');
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
@@ -377,6 +377,11 @@ function checkEtcdAccess(client: Etcd3, prefix: string, context: EtcdErrorContex
       if (timer) clearTimeout(timer);
     },
   };
+}
+
+/** Two listen addresses that would be one socket (port 0 picks a free port for each: never the same). */
+export function sameAddress(a: string, b: string): boolean {
+  return a === b && !/:0$/.test(a);
 }
 
 /** parseListen's check, with the flag or variable the address came from in its message. */

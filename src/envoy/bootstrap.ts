@@ -3,6 +3,7 @@
 // always give the same document, so the CLI, the injection webhook and the tests share it and the
 // golden files catch every change.
 import { dirname, isAbsolute } from 'node:path';
+import ipaddr from 'ipaddr.js';
 import { stringify } from 'yaml';
 // What the middlebox reads, so the rendered Envoy always sends it.
 import {
@@ -330,8 +331,15 @@ function checkListenerPorts(o: ResolvedOptions): void {
   if (o.inboundTcp) own.push({ name: 'inbound TCP listener', address: o.inboundTcp.address, port: o.inboundTcp.port });
   if (o.outbound) own.push({ name: 'outbound listener', address: o.outbound.address, port: o.outbound.port });
   if (o.appProbes) own.push({ name: 'app probe listener', address: o.appProbes.address, port: o.appProbes.port });
-  const wildcard = (a: string) => a === '0.0.0.0' || a === '::';
-  const overlap = (a: string, b: string) => a === b || wildcard(a) || wildcard(b);
+  // Envoy binds [::] for IPv6 only (ipv4_compat is off): addresses overlap within one family, where
+  // they are equal or one of them is that family's any-address.
+  const parsed = (a: string) => (ipaddr.isValid(a) ? ipaddr.parse(a) : undefined);
+  const overlap = (a: string, b: string) => {
+    const [x, y] = [parsed(a), parsed(b)];
+    if (!x || !y) return a === b;
+    if (x.kind() !== y.kind()) return false;
+    return x.toNormalizedString() === y.toNormalizedString() || x.range() === 'unspecified' || y.range() === 'unspecified';
+  };
   own.forEach((l, i) => {
     for (const other of own.slice(0, i)) {
       if (l.port === other.port && overlap(l.address, other.address)) {
@@ -440,7 +448,8 @@ export function parseEndpoint(text: string): Endpoint {
     if (!path.startsWith('/')) throw new BootstrapOptionsError(`unix endpoint needs an absolute path: ${text}`);
     return { kind: 'unix', path };
   }
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)):(\d{1,5})$/.exec(text);
+  // A DNS name may end in a dot (fully qualified: no search-path lookups).
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?\.?)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 1 || port > 65535) {
     throw new BootstrapOptionsError(`middlebox endpoint must be host:port, [v6]:port or unix:/path, got "${text}"`);

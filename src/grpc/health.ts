@@ -23,6 +23,9 @@ export const DEFAULT_MAX_HEALTH_WATCHES = 1000;
 
 type Status = ServingStatus | 'SERVICE_UNKNOWN';
 
+/** What an open Watch of a name with no status is kept under (no status is ever set for it). */
+const UNKNOWN_SERVICE = '\u0000unknown';
+
 /** What the handlers use of a call (the transport's, as grpc-js's). */
 interface UnaryCall {
   request: { service?: string };
@@ -57,6 +60,11 @@ export class ServerHealth {
     return this.watches.size;
   }
 
+  /** The service names open Watch calls hold (an unknown one is not held). */
+  watchedNames(): string[] {
+    return [...this.watches].map((w) => w.service).filter((s) => s !== UNKNOWN_SERVICE);
+  }
+
   addToServer(server: ServiceHost): void {
     server.addService(HEALTH_SERVICE as unknown as grpc.ServiceDefinition, {
       check: (call: UnaryCall, callback: Callback) => {
@@ -78,7 +86,11 @@ export class ServerHealth {
           call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details: `${this.maxWatches} health watches open already` });
           return;
         }
-        const watch = { service, call };
+        // A name with no status never gets one (the names are fixed): it is not kept, whatever its size
+        // (nor by the call, which lives as long as the Watch).
+        const known = this.statuses.has(service);
+        if (!known) call.request.service = undefined;
+        const watch = { service: known ? service : UNKNOWN_SERVICE, call };
         this.watches.add(watch);
         call.on('cancelled', () => this.watches.delete(watch));
         call.write({ status });

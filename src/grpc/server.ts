@@ -203,16 +203,22 @@ async function clearStaleSocket(path: string, listen: string): Promise<void> {
     throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: ${(e as Error).message}`);
   }
   if (!stat.isSocket()) throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: ${path} exists and is not a socket (not removed)`);
-  const live = await new Promise<boolean>((resolve) => {
+  // Only a refused connection means nothing listens; any other answer (a full backlog, a socket
+  // of another user) leaves the file alone.
+  const refusedWith = await new Promise<string | undefined>((resolve) => {
     const probe = net.connect(path);
     probe.once('connect', () => {
       probe.destroy();
-      resolve(true);
+      resolve('it accepted a connection');
     });
-    probe.once('error', () => resolve(false));
+    probe.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? undefined : `connecting to it failed with ${e.code ?? e.message}`));
   });
-  if (live) throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: another process listens on ${path}`);
-  unlinkSync(path);
+  if (refusedWith !== undefined) throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: another process listens on ${path} (${refusedWith}); not removed`);
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new MiddleboxError('bad_listen_address', `cannot listen on ${listen}: ${(e as Error).message}`);
+  }
 }
 
 /** Reloads the server's certificate, key and client CA when their files change. */

@@ -101,7 +101,7 @@ export class DecisionLog {
         allow: false,
         status: verdict.status,
         reason: verdict.reason,
-        detail,
+        detail: detail === undefined ? undefined : cut(detail, MAX_LOGGED_TARGET_CHARS),
         latency_ms: Math.round(latencyMs * 1000) / 1000,
         ...(sample < 1 ? { sample } : {}),
       },

@@ -167,6 +167,7 @@ describe('middlebox policy (real etcd)', function () {
         assert.match(r.stderr, /-f .*twice\.yaml is given twice/);
       }
       const r = await middlebox(['policy', 'validate', '-f', '-', '-f', '-'], { input: GOOD });
+      assert.equal(r.code, 2);
       assert.match(r.stderr, /-f - \(standard input\) is given twice/);
     });
 

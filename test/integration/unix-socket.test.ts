@@ -2,7 +2,7 @@
 // taken over; a regular file, or a socket another process still listens on, is refused and left
 // alone. The socket file goes with the server.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -54,6 +54,29 @@ describe('serve on a unix socket: what is already at its path', function () {
       assert.equal(answer, 'other');
     } finally {
       await new Promise((r) => other.close(r));
+    }
+  });
+
+  it('refuses a socket whose listener does not accept now (a full backlog), though connecting to it fails', async () => {
+    const sock = path.join(dir, 'full.sock');
+    // A listener that never accepts, with the smallest backlog: the second connection gets EAGAIN.
+    const script = 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1]); s.listen(0)\nprint("ready", flush=True)\ntime.sleep(30)\n';
+    const listener = spawn('python3', ['-c', script, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const clients: net.Socket[] = [];
+    try {
+      await new Promise<void>((resolve, reject) => {
+        listener.stdout.once('data', () => resolve());
+        listener.once('exit', (code) => reject(new Error(`the listener exited (${code})`)));
+      });
+      clients.push(await new Promise<net.Socket>((resolve, reject) => {
+        const c = net.connect(sock, () => resolve(c));
+        c.once('error', reject);
+      }));
+      await assert.rejects(serve(`unix:${sock}`), /another process listens on .*connecting to it failed with EAGAIN/);
+      assert.ok(fs.lstatSync(sock).isSocket(), 'its socket file is still there');
+    } finally {
+      for (const c of clients) c.destroy();
+      listener.kill('SIGKILL');
     }
   });
 

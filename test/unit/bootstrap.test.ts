@@ -187,6 +187,10 @@ describe('envoy bootstrap', () => {
   it('rejects endpoints and settings it cannot render', () => {
     assert.throws(() => renderBootstrap({ middlebox: [] }), /at least one endpoint/);
     assert.throws(() => renderBootstrap({ middlebox: ['no-port'] }), /host:port/);
+    assert.throws(() => renderBootstrap({ middlebox: ['foo bar:9001'] }), /host:port/);
+    assert.throws(() => renderBootstrap({ middlebox: ['http://mb.svc:9001'] }), /host:port/);
+    // A fully qualified name (trailing dot) is one.
+    assert.doesNotThrow(() => renderBootstrap({ middlebox: ['middlebox.middlebox-system.svc.cluster.local.:9001'] }));
     assert.throws(() => renderBootstrap({ middlebox: ['h:99999'] }), /host:port/);
     assert.throws(() => renderBootstrap({ middlebox: ['unix:relative.sock'] }), /absolute path/);
     assert.throws(() => renderBootstrap({ middlebox: ['unix:/a.sock', 'mb.svc:9001'] }), /cannot mix/);
@@ -201,6 +205,10 @@ describe('envoy bootstrap', () => {
     assert.throws(() => renderBootstrap({ inboundHttp: { ...http, port: 15000 } }), /the inbound HTTP listener and the admin are both on port 15000/);
     assert.throws(() => renderBootstrap({ inboundHttp: { ...http, appPort: http.port } }), /app port 15006 is Envoy's own inbound HTTP listener/);
     assert.throws(() => renderBootstrap({ inboundTcp: { address: '0.0.0.0', port: 15007, appAddress: '127.0.0.1', appPort: 15007 } }), /app port 15007 is Envoy's own inbound TCP listener/);
+    assert.throws(() => renderBootstrap({ inboundHttp: { ...http, address: '0:0:0:0:0:0:0:0', port: 15000 }, adminAddress: '::1' }), /both on port 15000/, 'IPv6 any-address, however written');
+    // [::] is IPv6 only in Envoy: beside IPv4 addresses on the same port it clashes with nothing.
+    assert.doesNotThrow(() => renderBootstrap({ inboundHttp: { ...http, address: '::', port: 15000 } }));
+    assert.doesNotThrow(() => renderBootstrap({ inboundHttp: { ...http, address: '::', appPort: 15006 } }));
     // Different addresses, neither a wildcard: two listeners may share a port.
     assert.doesNotThrow(() => renderBootstrap({ inboundHttp: { ...http, address: '127.0.0.1' }, inboundTcp: { address: '127.0.0.2', port: http.port, appAddress: '127.0.0.1', appPort: 9000 } }));
   });

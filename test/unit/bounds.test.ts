@@ -20,8 +20,9 @@ import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../../src/policy/limit
 import { formatPolicyError, parsePolicies, parsePolicyFile } from '../../src/policy/parse';
 import type { PolicySnapshot } from '../../src/policy/types';
 import { BOUNDS } from '../../src/settings';
-import { UsageError } from '../../src/cli/command';
+import { intOpt, UsageError } from '../../src/cli/command';
 import { boundOpt } from '../../src/cli/policy';
+import { sameAddress } from '../../src/cli/serve';
 import { DecisionLog } from '../../src/observability/decision-log';
 import { readPolicyState, readStored } from '../../src/state/etcd/policies';
 import { MemoryNatTable } from '../../src/state/nat/memory';
@@ -158,6 +159,15 @@ describe('bounds', () => {
     });
   });
 
+  describe('listen addresses that must differ', () => {
+    it('the same host:port, or unix path, is one address; port 0 is a new free port each time', () => {
+      assert.equal(sameAddress('127.0.0.1:9001', '127.0.0.1:9001'), true);
+      assert.equal(sameAddress('unix:/run/mb.sock', 'unix:/run/mb.sock'), true);
+      assert.equal(sameAddress('127.0.0.1:0', '127.0.0.1:0'), false);
+      assert.equal(sameAddress('127.0.0.1:9001', '127.0.0.1:9002'), false);
+    });
+  });
+
   describe('settings from the environment', () => {
     it('reads a whole number in range, after the flag and before the default; refuses anything else with one line', () => {
       const s = BOUNDS.maxPolicyBytes;
@@ -167,6 +177,8 @@ describe('bounds', () => {
       assert.equal(boundOpt({ [s.flag]: '2048' }, s, 7777, { [s.env]: '4096' }), 2048, 'the flag wins');
       assert.throws(() => boundOpt({}, s, 7777, { [s.env]: '1e3' }), (e: Error) => e instanceof UsageError && /MIDDLEBOX_MAX_POLICY_BYTES must be a whole number from 1024 to \d+, got "1e3"/.test(e.message));
       assert.throws(() => boundOpt({}, s, 7777, { [s.env]: 'lots' }), /got "lots"/);
+      assert.equal(intOpt({ n: String(Number.MAX_SAFE_INTEGER) }, 'n'), Number.MAX_SAFE_INTEGER, 'the largest whole number the messages offer');
+      assert.throws(() => intOpt({ n: '9007199254740993' }, 'n'), /--n must be a whole number/);
       // Decimal digits only: what Number() would also take is a mistake, not a value.
       for (const text of ['', '0x1000', '4e3', ' 4096', '4096 ', '+4096', '4096.0']) {
         assert.throws(() => boundOpt({ [s.flag]: text }, s, 7777, {}), /--max-policy-bytes must be a whole number/, `flag ${JSON.stringify(text)}`);

@@ -64,6 +64,11 @@ describe('DecisionLog', () => {
     );
     assert.equal(off.lines.length, 0);
     assert.deepEqual(sampled.lines.map((l) => [l.decision, l.sample]), [['d4', 0.5]]);
+    // The detail may quote what the client sent (an address that is none): it is cut too.
+    const long = capture();
+    new DecisionLog(long.logger).refused('d5', refused, `source address ${JSON.stringify('x'.repeat(100_000))} is not an IP`, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.ok(long.lines[0]!.detail.length < 1100 && /characters\)$/.test(long.lines[0]!.detail));
     assert.deepEqual(log.stats, { written: 1, sampledOut: 1 });
   });
 

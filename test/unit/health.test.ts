@@ -81,6 +81,7 @@ describe('ServerHealth', function () {
       const w = watch(stub, `unknown-${i}-${'x'.repeat(10_000)}`);
       await until('SERVICE_UNKNOWN', () => w.statuses.length === 1);
       assert.deepEqual(w.statuses, ['SERVICE_UNKNOWN']);
+      assert.deepEqual(health.watchedNames(), [], 'an open Watch of an unknown name does not hold the name');
       w.call.cancel();
       await w.ended;
       await until('the watch is dropped', () => health.watching === 0);
