@@ -12,7 +12,8 @@ import { formatPolicyError, parsePolicies } from '../../src/policy/parse';
 import { connectEtcd } from '../../src/state/etcd/client';
 import { policyKey, putPolicies } from '../../src/state/etcd/policies';
 import { CheckClient, httpCheck, statusOf } from '../harness/check';
-import { middlebox } from '../harness/cli';
+import { CLI, middlebox } from '../harness/cli';
+import { spawn } from 'node:child_process';
 
 describe('middlebox serve: health, drain and bad input (real etcd)', function () {
   this.timeout(60_000);
@@ -197,6 +198,24 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
         const r = await middlebox([...args], { env: { ...env } });
         assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
         assert.match(r.stderr, message);
+      }
+    });
+
+    it('exits on SIGTERM when its stdout has gone (a log reader that died)', async () => {
+      const child = spawn(process.execPath, [CLI, 'serve', '--etcd', etcd.endpoint, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay-ms', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.on('data', (d: Buffer) => /"middlebox serving"/.test(d.toString()) && resolve());
+          child.once('exit', (code) => reject(new Error(`exited early (${code})`)));
+        });
+        child.stdout.destroy();
+        child.stderr.destroy();
+        const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+        child.kill('SIGTERM');
+        const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running 15 s after SIGTERM'), 15_000).unref())]);
+        assert.equal(code, 0);
+      } finally {
+        child.kill('SIGKILL');
       }
     });
 
