@@ -1,5 +1,19 @@
 // Graceful close of a node:http(s) server (the injection webhook's).
 import type { Server } from 'node:http';
+import type { Server as NetServer, Socket } from 'node:net';
+
+/**
+ * Every connection `server` accepts, from its first byte (a TLS handshake under way included, which
+ * neither a session nor closeAllConnections() knows of), until it closes: what a cut must end.
+ */
+export function trackSockets(server: NetServer): Set<Socket> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  return sockets;
+}
 
 /**
  * Stops accepting, closes keep-alive connections as soon as they sit idle, lets requests in flight

@@ -70,6 +70,15 @@ export function stringOpt(values: Record<string, unknown>, name: string): string
   return typeof v === 'string' ? v : undefined;
 }
 
+/**
+ * A flag's value, else its environment variable's (empty means unset), with the name it came from:
+ * what a message about a bad value names.
+ */
+export function flagOrEnv(values: Record<string, unknown>, flag: string, envName: string, env: NodeJS.ProcessEnv = process.env): { value: string | undefined; name: string } {
+  const v = stringOpt(values, flag);
+  return v !== undefined ? { value: v, name: `--${flag}` } : { value: env[envName] || undefined, name: envName };
+}
+
 /** The longest delay Node's timers keep (about 24.8 days); a longer one would fire at once. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 

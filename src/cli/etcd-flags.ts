@@ -5,7 +5,7 @@ import type { Etcd3 } from 'etcd3';
 import { MiddleboxError } from '../errors';
 import { ETCD_SECURITY_ENV, normalisePrefix, settingsFromEnv, splitList } from '../settings';
 import { connectEtcd, explainEtcdError, type EtcdErrorContext, type EtcdSettings } from '../state/etcd/client';
-import { stringOpt, UsageError, type Options } from './command';
+import { flagOrEnv, stringOpt, UsageError, type Options } from './command';
 
 export const etcdOptions: Options = {
   etcd: { type: 'string' },
@@ -63,9 +63,9 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   // Each value with the flag or variable it came from, for messages.
   const from: Record<string, string> = {};
   const pick = (flag: string, envName: string) => {
-    const v = stringOpt(values, flag);
-    from[flag] = v !== undefined ? `--${flag}` : envName;
-    return v ?? (env[envName] || undefined);
+    const { value, name } = flagOrEnv(values, flag, envName, env);
+    from[flag] = name;
+    return value;
   };
   const cacert = pick('etcd-cacert', E.cacert);
   const cert = pick('etcd-cert', E.cert);

@@ -22,7 +22,7 @@ import { DEFAULT_MAX_BUCKETS, LocalRateLimitStore } from '../state/ratelimit/loc
 import { DEFAULT_BREAKER } from '../state/resilient/breaker';
 import { ResilientNatTable } from '../state/resilient/nat';
 import { ResilientRateLimitStore } from '../state/resilient/ratelimit';
-import { intEnv, intOpt, logLevelOpt, MAX_TIMER_MS, stringOpt, UsageError, type Command } from './command';
+import { flagOrEnv, intEnv, intOpt, logLevelOpt, MAX_TIMER_MS, stringOpt, UsageError, type Command } from './command';
 import { connectFromFlags, etcdConnectionFrom, etcdHelpLines, etcdOptions } from './etcd-flags';
 import { boundOpt, policyLimitHelp, policyLimitOptions, policyLimitsFrom } from './policy';
 
@@ -144,9 +144,9 @@ export const serveCommand: Command = {
     const maxHeaderBytes = boundOpt(values, BOUNDS.maxHeaderBytes, DEFAULT_TRANSLATION_LIMITS.maxHeaderBytes);
     const maxMessageBytes = boundOpt(values, BOUNDS.maxMessageBytes, DEFAULT_MAX_MESSAGE_BYTES);
     const policyLimits = policyLimitsFrom(values);
-    const onNoStateFlag = stringOpt(values, 'on-no-state');
-    const onNoState = (onNoStateFlag ?? (process.env.MIDDLEBOX_ON_NO_STATE || 'fail-closed')) as OnNoState;
-    if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`${onNoStateFlag !== undefined ? '--on-no-state' : 'MIDDLEBOX_ON_NO_STATE'} must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
+    const onNoStateOpt = flagOrEnv(values, 'on-no-state', 'MIDDLEBOX_ON_NO_STATE');
+    const onNoState = (onNoStateOpt.value ?? 'fail-closed') as OnNoState;
+    if (!ON_NO_STATE.includes(onNoState)) throw new UsageError(`${onNoStateOpt.name} must be ${ON_NO_STATE.join(' or ')}, got ${JSON.stringify(onNoState)}`);
     const adminListenFlag = stringOpt(values, 'admin-listen');
     const adminListen = adminListenFlag ?? env.adminListen;
     const adminSource = adminListenFlag !== undefined ? '--admin-listen' : 'MIDDLEBOX_ADMIN_LISTEN';
@@ -158,22 +158,16 @@ export const serveCommand: Command = {
     }
     if (stringOpt(values, 'state-dir')?.trim() === '') throw new UsageError('--state-dir must name a directory, got ""');
     const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
-    const replicaIdFlag = stringOpt(values, 'replica-id');
-    const replicaId = replicaIdFlag ?? (process.env.MIDDLEBOX_REPLICA_ID || undefined);
+    const { value: replicaId, name: replicaIdName } = flagOrEnv(values, 'replica-id', 'MIDDLEBOX_REPLICA_ID');
     // One etcd key per replica: replicas sharing a name would count as one in every local share.
     if (replicaId !== undefined && !/^[^\s/]{1,253}$/.test(replicaId)) {
-      throw new UsageError(`${replicaIdFlag !== undefined ? '--replica-id' : 'MIDDLEBOX_REPLICA_ID'} must be 1 to 253 characters with no space or '/', got ${JSON.stringify(replicaId)}`);
+      throw new UsageError(`${replicaIdName} must be 1 to 253 characters with no space or '/', got ${JSON.stringify(replicaId)}`);
     }
     const stateDir = stateDirOpt !== undefined ? ensureStateDir(stateDirOpt) : undefined;
     const logger = createLogger({ level: logLevelOpt(values, DEFAULTS.logLevel) });
     let decisionLog: DecisionLog;
-    // Each value with the flag or variable it came from, for the message if it is bad; an empty variable is unset.
-    const fromFlagOrEnv = (flag: string, envName: string) => {
-      const v = stringOpt(values, flag);
-      return v !== undefined ? { value: v, name: `--${flag}` } : { value: process.env[envName] || undefined, name: envName };
-    };
-    const mode = fromFlagOrEnv('decision-log', 'MIDDLEBOX_DECISION_LOG');
-    const sample = fromFlagOrEnv('decision-log-sample', 'MIDDLEBOX_DECISION_LOG_SAMPLE');
+    const mode = flagOrEnv(values, 'decision-log', 'MIDDLEBOX_DECISION_LOG');
+    const sample = flagOrEnv(values, 'decision-log-sample', 'MIDDLEBOX_DECISION_LOG_SAMPLE');
     try {
       decisionLog = new DecisionLog(
         // --decision-log chooses the decision lines, whatever --log-level says of the others.
@@ -305,10 +299,10 @@ function boundedWait(work: Promise<unknown>, ms: number, onTimeout: () => void):
 function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): ServerTls | undefined {
   // Each file with the flag or variable that named it, for messages.
   const names: Record<string, string> = {};
-  const pick = (flag: string, name: string) => {
-    const v = stringOpt(values, flag);
-    names[flag] = v !== undefined ? `--${flag}` : name;
-    return v ?? (env[name] || undefined);
+  const pick = (flag: string, envName: string) => {
+    const { value, name } = flagOrEnv(values, flag, envName, env);
+    names[flag] = name;
+    return value;
   };
   const certFile = pick('tls-cert', SERVER_TLS_ENV.cert);
   const keyFile = pick('tls-key', SERVER_TLS_ENV.key);

@@ -22,6 +22,7 @@ import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { trackSockets } from '../http-drain';
 import type * as grpc from '@grpc/grpc-js';
 
 /** The gRPC status codes this transport sends itself. */
@@ -315,7 +316,7 @@ function respondTrailersOnly(stream: http2.ServerHttp2Stream, status: StatusObje
 export class GrpcTransport implements ServiceHost {
   private readonly methods = new Map<string, Method>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
-  private readonly sockets = new Set<Socket>();
+  private sockets = new Set<Socket>();
   private server: http2.Http2Server | http2.Http2SecureServer | undefined;
   private closing = false;
 
@@ -355,11 +356,8 @@ export class GrpcTransport implements ServiceHost {
         })
       : http2.createServer(sessionOptions);
     this.server = server;
-    // Every connection, sessions or not yet (a TLS handshake under way): forceShutdown ends them all.
-    server.on('connection', (socket: Socket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-    });
+    // Sessions or not yet (a TLS handshake under way): forceShutdown ends them all.
+    this.sockets = trackSockets(server);
     // Answers are small and go at once; Nagle's algorithm would hold them for the peer's ACK.
     server.on(tls ? 'secureConnection' : 'connection', (socket: Socket | TLSSocket) => socket.setNoDelay(true));
     server.on('session', (session: http2.ServerHttp2Session) => {

@@ -18,7 +18,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { MiddleboxError } from '../errors';
 import { watchFiles } from '../file-watch';
-import { drainHttpServer } from '../http-drain';
+import { drainHttpServer, trackSockets } from '../http-drain';
 import { TLS_HANDSHAKE_TIMEOUT_MS } from '../grpc/transport';
 import type { Logger } from '../observability/logger';
 import type { InjectConfig } from './config';
@@ -249,13 +249,8 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
     },
     (req, res) => handle(req, res),
   );
-  // Every connection, a TLS handshake under way included (closeAllConnections() knows only those
-  // past it): the drain's cut ends them all, or one stuck in its handshake would hold close() up.
-  const sockets = new Set<net.Socket>();
-  server.on('connection', (socket: net.Socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-  });
+  // The drain's cut ends them all, or one stuck in its handshake would hold close() up.
+  const sockets = trackSockets(server);
   server.on('tlsClientError', (err, socket: tls.TLSSocket) => {
     logger.debug({ err: err.message, remote: socket.remoteAddress }, 'TLS handshake failed');
   });

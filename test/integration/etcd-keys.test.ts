@@ -7,14 +7,13 @@
 //   fill etcd.
 import assert from 'node:assert/strict';
 import type { Etcd3 } from 'etcd3';
-import { EtcdProcess } from '../../src/lab/etcd';
 import { waitFor } from '../../src/lab/ports';
 import { silentLogger } from '../../src/observability/logger';
-import { connectEtcd } from '../../src/state/etcd/client';
 import { EtcdMembership } from '../../src/state/etcd/membership';
 import { EtcdNatTable } from '../../src/state/etcd/nat';
 import { EtcdRateLimitStore } from '../../src/state/etcd/ratelimit';
 import { snapshot } from '../harness/policy';
+import { etcdForSuite } from '../harness/etcd';
 
 const POLICY = snapshot({
   shop: `{ rateLimits: [{ name: exact, limit: 100, per: 1h, algorithm: fixed-window, consistency: strict }],
@@ -23,16 +22,9 @@ const POLICY = snapshot({
 
 describe('NAT flow, rate-limit and membership keys in etcd: leases, the per-rule flow cap', function () {
   this.timeout(60_000);
-  let etcd: EtcdProcess;
   let client: Etcd3;
-
-  before(async () => {
-    etcd = await EtcdProcess.start();
-    client = connectEtcd({ endpoints: [etcd.endpoint] });
-  });
-  after(async () => {
-    client?.close();
-    await etcd?.stop();
+  etcdForSuite((_, c) => {
+    client = c;
   });
 
   /** Revokes the lease `key` is bound to, as an operator (or a restore from backup) would lose it. */

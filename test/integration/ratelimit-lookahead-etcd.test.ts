@@ -2,11 +2,11 @@
 // by two replicas' stores writing the same keys (the second replica's first batch loses to the first's).
 import assert from 'node:assert/strict';
 import type { Etcd3 } from 'etcd3';
-import { EtcdProcess } from '../../src/lab/etcd';
+import type { EtcdProcess } from '../../src/lab/etcd';
 import { silentLogger } from '../../src/observability/logger';
 import type { CompiledRateLimit } from '../../src/policy/types';
-import { connectEtcd } from '../../src/state/etcd/client';
 import { EtcdRateLimitStore } from '../../src/state/etcd/ratelimit';
+import { etcdForSuite } from '../harness/etcd';
 
 const PREFIX = '/lookahead-test';
 const rule = {
@@ -23,14 +23,9 @@ describe('leased look-ahead for many buckets on a real etcd', function () {
   this.timeout(60_000);
   let etcd: EtcdProcess;
   let client: Etcd3;
-
-  before(async () => {
-    etcd = await EtcdProcess.start();
-    client = connectEtcd({ endpoints: [etcd.endpoint] });
-  });
-  after(async () => {
-    client?.close();
-    await etcd?.stop();
+  etcdForSuite((e, c) => {
+    etcd = e;
+    client = c;
   });
 
   const states = async () => {
