@@ -223,7 +223,6 @@ export const serveCommand: Command = {
       httpAuthzListen,
     });
     const running = server;
-    logger.info({ listen: server.address, httpAuthz: server.httpAuthzAddress, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState, bounds: { ...policyLimits, maxKeysPerRule, maxNatFlowsPerRule, maxHeaderBytes, maxMessageBytes } }, 'middlebox serving');
 
     return new Promise<number>((resolve) => {
       let stopping = false;
@@ -268,6 +267,8 @@ export const serveCommand: Command = {
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+      // Said once the signals are handled: whoever waits for this line may stop the replica at once.
+      logger.info({ listen: server.address, httpAuthz: server.httpAuthzAddress, tls: tlsMode(serverTls), etcdTls: Boolean(etcdConn.settings.tls) || etcd.some((e) => e.startsWith('https:')), etcdUser: etcdConn.settings.auth?.username, admin: admin?.address ?? ADMIN_OFF, etcd, prefix, replica: membership.id, stateDir, onNoState, bounds: { ...policyLimits, maxKeysPerRule, maxNatFlowsPerRule, maxHeaderBytes, maxMessageBytes } }, 'middlebox serving');
     });
   },
 };

@@ -210,7 +210,7 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
         });
         child.stdout.destroy();
         child.stderr.destroy();
-        const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+        const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
         child.kill('SIGTERM');
         const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running 15 s after SIGTERM'), 15_000).unref())]);
         assert.equal(code, 0);
