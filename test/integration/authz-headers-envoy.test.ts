@@ -16,7 +16,7 @@ import { NO_ADMIN_POLICY } from '../harness/policy';
 const POLICY = `
 ${NO_ADMIN_POLICY}      - { name: no-debug, action: deny, headers: [{ name: x-debug, value: "1" }] }
   rateLimits:
-    - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1m, by: ["header:x-api-key"], algorithm: fixed-window, consistency: local }
+    - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1h, by: ["header:x-api-key"], algorithm: fixed-window, consistency: local }
 `;
 
 /** The same, plus a rule on a header the sidecar does not send, for paths under /t/. */

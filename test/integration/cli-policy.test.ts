@@ -91,12 +91,16 @@ describe('middlebox policy (real etcd)', function () {
     assert.match(r.stderr, /policy "edge" not found/);
   });
 
-  it('apply of a bad file stores nothing', async () => {
-    const r = await middlebox(withEtcd('policy', 'apply', '-f', file('bad2.yaml', BAD.replace('name: shop', 'name: other'))));
+  it('apply of a bad file stores nothing, not even its valid policies', async () => {
+    const valid = GOOD.split('---\n')[1]!.replace('name: edge', 'name: fine');
+    const r = await middlebox(withEtcd('policy', 'apply', '-f', file('bad2.yaml', `${valid}---\n${BAD.replace('name: shop', 'name: other')}`)));
     assert.equal(r.code, 1);
     assert.match(r.stderr, /nothing was applied/);
-    const get = await middlebox(withEtcd('policy', 'get', 'other'));
-    assert.equal(get.code, 1);
+    for (const name of ['fine', 'other']) {
+      const get = await middlebox(withEtcd('policy', 'get', name));
+      assert.equal(get.code, 1, `${name}: ${get.stdout}`);
+      assert.match(get.stderr, new RegExp(`policy "${name}" not found`));
+    }
   });
 
   describe('bounds: policy size and rules per policy', () => {

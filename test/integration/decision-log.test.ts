@@ -111,7 +111,9 @@ describe('decision logs joined with Envoy access logs, credentials redacted, wha
     assert.equal(headers['x-tenant-key'], '[redacted]');
     assert.equal(headers['x-plain'], 'visible', 'other headers are logged');
     const whole = fs.readFileSync(path.join(lab.logDir, 'middlebox-1.log'), 'utf8');
-    for (const secret of Object.values(SECRETS)) assert.ok(!whole.includes(secret.split('=').pop()!), `${secret} appears in the log`);
+    // Every secret value shares this part: no piece of one may be in the log.
+    assert.ok(Object.values(SECRETS).every((v) => v.includes('s3cr3t')));
+    assert.ok(!whole.includes('s3cr3t'), 'a secret header value appears in the log');
   });
 
   it('decides a request once with both filters: a limit of 3 admits 3 (ext_proc charges nothing), one decision line each', async () => {

@@ -127,7 +127,7 @@ describe('envoy bootstrap in a real Envoy', function () {
       assert.equal((await sidecar.envoy.stats('^cluster\\.app\\.upstream_rq_total$')).get('cluster.app.upstream_rq_total'), 0);
     });
 
-    it('closes TCP connections before they reach the app', async () => {
+    it('closes TCP connections before any of their bytes reach the app', async () => {
       assert.equal(await tcpRoundTrip(sidecar.tcpPort, 'ping'), null);
       const stats = await sidecar.envoy.stats('ext_authz');
       assert.ok((stats.get('ext_authz.inbound_tcp.error') ?? 0) >= 1, `stats: ${[...stats]}`);

@@ -18,8 +18,8 @@ ${NO_ADMIN_POLICY}      - { name: blocked-client, action: deny, from: ["127.0.0.
       - { name: beta, action: deny, shadow: true, paths: ["/beta/*"] }
       - { name: no-big-uploads, action: deny, paths: ["/upload/*"], headers: [{ name: content-length, regex: "[0-9]{4,}" }] }
   rateLimits:
-    - { name: exact, match: { paths: ["/strict/*"] }, limit: 20, per: 1m, algorithm: fixed-window, consistency: strict, headers: true }
-    - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1m, by: ["header:x-api-key"], algorithm: fixed-window, consistency: strict }
+    - { name: exact, match: { paths: ["/strict/*"] }, limit: 20, per: 1h, algorithm: fixed-window, consistency: strict, headers: true }
+    - { name: per-key, match: { paths: ["/keys/*"] }, limit: 2, per: 1h, by: ["header:x-api-key"], algorithm: fixed-window, consistency: strict }
 `;
 
 function policy(text: string): PolicyDocument {
@@ -163,7 +163,13 @@ describe('ext_authz over HTTP through a real Envoy with two replicas and etcd', 
 /** Calls Envoy made to the replicas over HTTP (cluster middlebox_http) and over gRPC (middlebox). */
 async function authzCalls(lab: SidecarLab): Promise<{ http: number; grpc: number }> {
   const stats = await lab.envoy.stats('^cluster\\.middlebox(_http)?\\.upstream_rq_total$');
-  return { http: stats.get('cluster.middlebox_http.upstream_rq_total') ?? NaN, grpc: stats.get('cluster.middlebox.upstream_rq_total') ?? 0 };
+  const count = (name: string) => {
+    const n = stats.get(name);
+    // A stat that is not there would make "no calls" pass with nothing measured.
+    assert.ok(n !== undefined, `Envoy has no ${name}: ${[...stats.keys()].join(', ')}`);
+    return n;
+  };
+  return { http: count('cluster.middlebox_http.upstream_rq_total'), grpc: count('cluster.middlebox.upstream_rq_total') };
 }
 
 function statuses(rs: HttpResult[]): string {

@@ -128,8 +128,12 @@ describe('rate limits through a real Envoy with three replicas sharing etcd', fu
   });
 
   it('token bucket: the burst is honoured, then it refills at the rate', async () => {
+    const s0 = Date.now();
     const first = await burst(lab, 30, '/bucket/x');
-    assert.equal(admitted(first), 10, 'burst capacity');
+    // The bucket refills while the burst is under way (5 a second): no more than that on top.
+    const during = Math.ceil(((Date.now() - s0) / 1000) * 5);
+    const n0 = admitted(first);
+    assert.ok(n0 >= 10 && n0 <= 10 + during, `admitted ${n0} of a burst of 30: the burst is 10, and ${during} may have refilled during it`);
     const t0 = Date.now();
     await sleep(1000);
     const second = await burst(lab, 30, '/bucket/x');
@@ -139,10 +143,12 @@ describe('rate limits through a real Envoy with three replicas sharing etcd', fu
   });
 
   it('keys from `by` count separately', async () => {
-    const a = await burst(lab, 10, '/keys/x', { 'x-api-key': 'a' });
-    const b = await burst(lab, 10, '/keys/x', { 'x-api-key': 'b' });
-    assert.equal(admitted(a), 3);
-    assert.equal(admitted(b), 3);
+    const [a, b] = await withinOneWindow(60_000, 10_000, async () => [
+      await burst(lab, 10, '/keys/x', { 'x-api-key': 'a' }),
+      await burst(lab, 10, '/keys/x', { 'x-api-key': 'b' }),
+    ]);
+    assert.equal(admitted(a!), 3);
+    assert.equal(admitted(b!), 3);
   });
 
   it('denied requests consume no quota: neither firewall denials nor denials by another limit', async () => {

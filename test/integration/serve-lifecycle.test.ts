@@ -36,7 +36,8 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
   }
 
   it('reports SERVING for the server and each service, NOT_SERVING on SIGTERM, then exits 0', async () => {
-    const m = await replica({ shutdownDelayMs: 1500 });
+    // A delay long enough that the Check below lands inside it, however slow the machine.
+    const m = await replica({ shutdownDelayMs: 4000 });
     assert.equal(await m.health.check(''), 'SERVING');
     assert.equal(await m.health.check('envoy.service.auth.v3.Authorization'), 'SERVING');
     assert.equal(await m.health.check('middlebox.policy'), 'SERVING');
@@ -50,7 +51,7 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       assert.equal(await m.health.check('envoy.service.auth.v3.Authorization'), 'NOT_SERVING');
       // While health checkers take the replica out, calls that still arrive are answered.
       assert.equal(statusOf(await client.check(httpCheck())), 200);
-      const exit = await Promise.race([m.exited, new Promise((r) => setTimeout(() => r('timeout'), 8000))]);
+      const exit = await Promise.race([m.exited, new Promise((r) => setTimeout(() => r('timeout'), 12_000))]);
       assert.deepEqual(exit, { code: 0, signal: null });
     } finally {
       client.close();
@@ -58,13 +59,19 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
   });
 
   it('serves on a unix socket', async () => {
-    const sock = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mb-sock-')), 'mb.sock');
-    const m = await replica({ listen: `unix:${sock}` });
-    const client = new CheckClient(`unix:${sock}`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-sock-'));
+    const sock = path.join(dir, 'mb.sock');
     try {
-      assert.equal(statusOf(await client.check(httpCheck())), 200);
+      const m = await replica({ listen: `unix:${sock}` });
+      const client = new CheckClient(`unix:${sock}`);
+      try {
+        assert.equal(statusOf(await client.check(httpCheck())), 200);
+      } finally {
+        client.close();
+        await m.kill();
+      }
     } finally {
-      client.close();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
@@ -205,8 +212,9 @@ describe('middlebox serve: health, drain and bad input (real etcd)', function ()
       const child = spawn(process.execPath, [CLI, 'serve', '--etcd', etcd.endpoint, '--listen', '127.0.0.1:0', '--admin-listen', 'off', '--shutdown-delay-ms', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
       try {
         await new Promise<void>((resolve, reject) => {
-          child.stdout.on('data', (d: Buffer) => /"middlebox serving"/.test(d.toString()) && resolve());
-          child.once('exit', (code) => reject(new Error(`exited early (${code})`)));
+          const timer = setTimeout(() => reject(new Error('no "middlebox serving" within 20 s')), 20_000);
+          child.stdout.on('data', (d: Buffer) => /"middlebox serving"/.test(d.toString()) && (clearTimeout(timer), resolve()));
+          child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`exited early (${code})`))));
         });
         child.stdout.destroy();
         child.stderr.destroy();

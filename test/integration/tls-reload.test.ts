@@ -9,10 +9,10 @@ import { makeTestPki, type TestPki } from '../../src/lab/certs';
 import { HealthClient } from '../../src/lab/middlebox';
 import { waitFor } from '../../src/lab/ports';
 import { makeTempDir, removeTempDir } from '../../src/lab/processes';
-import { silentLogger } from '../../src/observability/logger';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { StaticPolicySource } from '../../src/state/port';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
+import { captureLogger } from '../harness/log';
 import { snapshot } from '../harness/policy';
 
 describe('gRPC server certificate reload', function () {
@@ -24,6 +24,7 @@ describe('gRPC server certificate reload', function () {
   let certFile: string;
   let keyFile: string;
   const clients: HealthClient[] = [];
+  const log = captureLogger();
 
   /** A new client (so a new TLS connection) trusting `pki`'s CA: its health check, or the error. */
   async function ask(pki: TestPki): Promise<string> {
@@ -67,7 +68,7 @@ describe('gRPC server certificate reload', function () {
       listen: '127.0.0.1:0',
       policies: new StaticPolicySource(snapshot({})),
       ports: { rateLimits: new LocalRateLimitStore({ replicas: () => 1 }), nat: new MemoryNatTable() },
-      logger: silentLogger(),
+      logger: log.logger,
       tls: { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile), files: { cert: certFile, key: keyFile } },
       certCheckMs: 100,
       httpAuthzListen: '127.0.0.1:0',
@@ -102,9 +103,14 @@ describe('gRPC server certificate reload', function () {
   });
 
   it('keeps the current certificate when the new files do not load', async () => {
+    const refusedBefore = log.lines.filter((l) => l.msg === 'TLS certificate reload failed; keeping the current certificate').length;
     fs.writeFileSync(certFile, '-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n');
-    // Longer than several checks: the broken file has been seen and refused.
-    await new Promise((r) => setTimeout(r, 500));
+    // The broken file has been seen and refused, not merely not looked at yet.
+    await waitFor(() => log.lines.filter((l) => l.msg === 'TLS certificate reload failed; keeping the current certificate').length > refusedBefore, {
+      timeoutMs: 5000,
+      what: 'the broken certificate to be tried and refused',
+    });
     assert.equal(await ask(second), 'SERVING');
+    assert.equal(await askHttp(second), '200');
   });
 });

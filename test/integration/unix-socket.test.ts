@@ -65,8 +65,10 @@ describe('serve on a unix socket: what is already at its path', function () {
     const clients: net.Socket[] = [];
     try {
       await new Promise<void>((resolve, reject) => {
-        listener.stdout.once('data', () => resolve());
-        listener.once('exit', (code) => reject(new Error(`the listener exited (${code})`)));
+        const timer = setTimeout(() => reject(new Error('the listener did not start within 10 s')), 10_000);
+        listener.stdout.once('data', () => (clearTimeout(timer), resolve()));
+        listener.once('exit', (code) => (clearTimeout(timer), reject(new Error(`the listener exited (${code})`))));
+        listener.once('error', (e) => (clearTimeout(timer), reject(new Error(`python3 could not be started: ${e.message}`))));
       });
       clients.push(await new Promise<net.Socket>((resolve, reject) => {
         const c = net.connect(sock, () => resolve(c));

@@ -304,7 +304,8 @@ describe('EtcdBreaker', () => {
       // The next request gets the fallback at once instead of waiting out another timeout.
       const next = await settle(b, never);
       assert.equal(next.ok, false);
-      assert.ok(next.ms < SETTINGS.timeoutMs, `rejected in ${next.ms} ms`);
+      // Turned away by the open breaker, not timed out (`never` would only ever time out).
+      assert.equal(next.error?.code, 'EOPENBREAKER', `rejected in ${next.ms} ms: ${next.error?.message}`);
     });
 
     it('turns away operations still waiting on etcd when it opens', async () => {

@@ -136,12 +136,16 @@ describe('state dir: SnapshotWriter', () => {
     await waitFor(() => starts.length === 2, { timeoutMs: 2000, what: 'the second write' });
     assert.ok(starts[1]! - starts[0]! >= 290, `second write ${starts[1]! - starts[0]!} ms after the first`);
     await waitFor(() => readSnapshot(d, 's') !== undefined && (readSnapshot(d, 's') as { v: number }).v === 3, { timeoutMs: 2000, what: 'v 3' });
+    // A flush right after a write does not wait out the interval (5 s here: far from any delay).
+    const slow = new SnapshotWriter(d, 's', { minIntervalMs: 5000 });
+    slow.schedule(produce(4));
+    await slow.flush();
     const t = Date.now();
-    w.schedule(produce(4));
-    await w.flush();
-    assert.ok(Date.now() - t < 250, 'flush does not wait out the interval');
-    assert.deepEqual(readSnapshot(d, 's'), { v: 4 });
-    assert.equal(starts.length, 3);
+    slow.schedule(produce(5));
+    await slow.flush();
+    assert.ok(Date.now() - t < 2500, `flush waited ${Date.now() - t} ms: the interval`);
+    assert.deepEqual(readSnapshot(d, 's'), { v: 5 });
+    assert.equal(starts.length, 4);
   });
 
   it('reports a failed write and tries again on the next schedule', async () => {
