@@ -1,6 +1,6 @@
 // `middlebox envoy bootstrap`: prints a sidecar's Envoy bootstrap (the webhook and tests use the same renderer).
 import { isIP } from 'node:net';
-import { BOOTSTRAP_DEFAULTS, BootstrapOptionsError, INBOUND_FILTERS, renderBootstrapYaml, type BootstrapOptions, type InboundFilter } from '../envoy/bootstrap';
+import { BOOTSTRAP_DEFAULTS, BootstrapOptionsError, INBOUND_FILTERS, renderBootstrapYaml, TCP_CONNECT_MODES, type BootstrapOptions, type InboundFilter, type TcpConnect } from '../envoy/bootstrap';
 import { notHeaderNames, readHeaderList } from '../policy/headers';
 import { splitList } from '../settings';
 import { intOpt, runGroup, stringOpt, UsageError, type Command } from './command';
@@ -35,7 +35,15 @@ const bootstrap: Command = {
     '                           limits, NAT), other TCP through network ext_authz; then ORIGINAL_DST',
     '  --tcp-port N             add a TCP listener with the network ext_authz filter on this port',
     '  --tcp-app-port N         the app\'s TCP port the TCP listener forwards to (required with --tcp-port)',
+    '  --tcp-connect MODE       when the TCP listener connects to the app: immediate (default, Envoy\'s own:',
+    '                           as the client connects, so a server that speaks first works; the app sees',
+    '                           a denied client connect and close) or on-data (once the client\'s first',
+    '                           bytes are allowed: a denied client never reaches the app; a protocol where',
+    '                           the server speaks first, MySQL or SMTP, waits forever)',
     `  --timeout-ms N           deadline of one middlebox call (default ${d.timeoutMs})`,
+    `  --app-idle-timeout-ms N  close a kept-alive HTTP connection to the app after this long idle, before`,
+    `                           the app does (default ${d.appIdleTimeoutMs}: below Node's 5 s, gunicorn's 2 s); an app`,
+    '                           that closes one as Envoy sends on it fails that request with a 503',
     '  --failure-mode-allow     let traffic through when the middlebox cannot be asked (default: fail closed)',
     `  --status-on-error N      HTTP status when the middlebox cannot be asked (default ${d.statusOnError})`,
     '  --access-log PATH        a JSON access-log line per inbound HTTP request, with the middlebox\'s decision',
@@ -62,7 +70,9 @@ const bootstrap: Command = {
     'outbound-port': { type: 'string' },
     'tcp-port': { type: 'string' },
     'tcp-app-port': { type: 'string' },
+    'tcp-connect': { type: 'string' },
     'timeout-ms': { type: 'string' },
+    'app-idle-timeout-ms': { type: 'string' },
     'failure-mode-allow': { type: 'boolean' },
     'status-on-error': { type: 'string' },
     'access-log': { type: 'string' },
@@ -93,6 +103,11 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
   const tcpPort = intOpt(values, 'tcp-port', 1, 65535);
   const tcpAppPort = intOpt(values, 'tcp-app-port', 1, 65535);
   if ((tcpPort === undefined) !== (tcpAppPort === undefined)) throw new UsageError('--tcp-port and --tcp-app-port go together');
+  const tcpConnect = stringOpt(values, 'tcp-connect');
+  if (tcpConnect !== undefined && !(TCP_CONNECT_MODES as readonly string[]).includes(tcpConnect)) {
+    throw new UsageError(`--tcp-connect must be ${TCP_CONNECT_MODES.join(' or ')}, got ${JSON.stringify(tcpConnect)}`);
+  }
+  if (tcpConnect !== undefined && tcpPort === undefined) throw new UsageError('--tcp-connect is for the TCP listener: add --tcp-port and --tcp-app-port');
   const middlebox = stringOpt(values, 'middlebox');
   const middleboxHttp = stringOpt(values, 'middlebox-http');
   for (const [flag, list] of [['--middlebox', middlebox], ['--middlebox-http', middleboxHttp]] as const) {
@@ -118,10 +133,12 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
       ? false
       : definedOnly({ address, port: intOpt(values, 'inbound-port', 1, 65535), appPort: intOpt(values, 'app-port', 1, 65535) }),
     inboundTcp: tcpPort && tcpAppPort ? { address, port: tcpPort, appAddress: d.inboundHttp.appAddress, appPort: tcpAppPort } : undefined,
+    inboundTcpConnect: tcpConnect as TcpConnect | undefined,
     middlebox: middlebox !== undefined ? splitList(middlebox) : undefined,
     middleboxHttp: middleboxHttp !== undefined ? splitList(middleboxHttp) : undefined,
     authzHeaders: authzHeaders(values),
     timeoutMs: intOpt(values, 'timeout-ms', 1, 60_000),
+    appIdleTimeoutMs: intOpt(values, 'app-idle-timeout-ms', 1, 3_600_000),
     failureModeAllow: values['failure-mode-allow'] === true ? true : undefined,
     statusOnError: intOpt(values, 'status-on-error', 200, 599),
     accessLog: accessLog(values),

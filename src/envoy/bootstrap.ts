@@ -40,6 +40,14 @@ export interface BootstrapOptions {
   inboundHttp?: Partial<ListenerTarget> | false;
   /** TCP inbound listener (network ext_authz, then tcp_proxy); rendered only when given. */
   inboundTcp?: ListenerTarget;
+  /**
+   * When the inbound TCP listener connects to the app. `immediate` (default, Envoy's own): as the
+   * client connects, so that a protocol where the server speaks first (MySQL, SMTP) works; the app
+   * then sees a denied client's connection open and close, and such a server has sent its
+   * greeting. `on-data`: only once the client's first bytes pass ext_authz (up to 64 KiB held
+   * meanwhile), so a denied client never reaches the app; a server-first protocol waits forever.
+   */
+  inboundTcpConnect?: TcpConnect;
   /** Middlebox replicas, each "host:port", "[v6]:port" or "unix:/path/to.sock". */
   middlebox?: string[];
   /**
@@ -59,6 +67,13 @@ export interface BootstrapOptions {
   authzHeaders?: string[];
   /** Deadline of one ext_authz call. */
   timeoutMs?: number;
+  /**
+   * Envoy closes a kept-alive HTTP connection to the app (and to the probed ports) after this long
+   * idle, so that it, not the app, closes it: an app with a shorter keep-alive timeout than Envoy's
+   * would close one just as Envoy sends a request on it, which fails with a 503. Default 1000 ms,
+   * below the common servers' (Node and Apache 5 s, gunicorn 2 s).
+   */
+  appIdleTimeoutMs?: number;
   /** Let traffic through when the middlebox cannot be asked. */
   failureModeAllow?: boolean;
   /** HTTP status returned when the middlebox cannot be asked and failureModeAllow is false. */
@@ -146,6 +161,8 @@ const SDS_SECRETS = { ca: 'middlebox_ca', clientCert: 'middlebox_client_cert' } 
 
 export type InboundFilter = 'ext_authz' | 'ext_proc' | 'ext_authz+ext_proc';
 export const INBOUND_FILTERS: readonly InboundFilter[] = ['ext_authz', 'ext_proc', 'ext_authz+ext_proc'];
+export type TcpConnect = 'immediate' | 'on-data';
+export const TCP_CONNECT_MODES: readonly TcpConnect[] = ['immediate', 'on-data'];
 
 /** Envoy's local_ratelimit token bucket: starts with maxTokens, gains tokensPerFill every fillIntervalMs. */
 export interface LocalRateLimitOptions {
@@ -174,6 +191,10 @@ export const BOOTSTRAP_DEFAULTS = {
   // A sidecar fronts one app; the cap keeps a connection flood from exhausting the pod's file
   // descriptors and memory (and Envoy warns at every start when there is none).
   maxDownstreamConnections: 10_000,
+  // Envoy closes a kept-alive connection to the app after this long idle, before the app would:
+  // a server that closes one as Envoy sends a request on it (Node's 5 s keep-alive, gunicorn's
+  // 2 s) fails that request with a 503 (UC, connection termination). Envoy's own default is an hour.
+  appIdleTimeoutMs: 1000,
 } as const;
 
 /** Cluster names, shared with code that reads Envoy's stats and /clusters. */
@@ -226,11 +247,13 @@ interface ResolvedOptions {
   adminPort: number;
   inboundHttp: ListenerTarget | undefined;
   inboundTcp: ListenerTarget | undefined;
+  inboundTcpConnect: TcpConnect;
   middlebox: Endpoint[];
   middleboxHttp: Endpoint[] | undefined;
   /** The whole list sent (ALWAYS_SENT included), sorted; undefined: every header. */
   authzHeaders: string[] | undefined;
   timeoutMs: number;
+  appIdleTimeoutMs: number;
   failureModeAllow: boolean;
   statusOnError: number;
   maxDownstreamConnections: number;
@@ -274,6 +297,15 @@ export function renderBootstrapYaml(opts: BootstrapOptions = {}): string {
   return stringify(renderBootstrap(opts), { aliasDuplicateObjects: false, lineWidth: 0 });
 }
 
+function resolveTcpConnect(mode: TcpConnect | undefined, hasTcpListener: boolean): TcpConnect {
+  if (mode === undefined) return 'immediate';
+  if (!(TCP_CONNECT_MODES as readonly string[]).includes(mode)) {
+    throw new BootstrapOptionsError(`inboundTcpConnect must be ${TCP_CONNECT_MODES.join(' or ')}, got ${JSON.stringify(mode)}`);
+  }
+  if (!hasTcpListener) throw new BootstrapOptionsError('inboundTcpConnect is for the inbound TCP listener, which this bootstrap does not have (no inboundTcp)');
+  return mode;
+}
+
 function resolve(opts: BootstrapOptions): ResolvedOptions {
   const d = BOOTSTRAP_DEFAULTS;
   const timeoutMs = positiveInteger('timeoutMs', opts.timeoutMs ?? d.timeoutMs);
@@ -301,9 +333,11 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
     adminPort: opts.adminPort ?? d.adminPort,
     inboundHttp: opts.inboundHttp === false ? undefined : { ...d.inboundHttp, ...opts.inboundHttp },
     inboundTcp: opts.inboundTcp,
+    inboundTcpConnect: resolveTcpConnect(opts.inboundTcpConnect, opts.inboundTcp !== undefined),
     middlebox,
     middleboxHttp,
     timeoutMs,
+    appIdleTimeoutMs: positiveInteger('appIdleTimeoutMs', opts.appIdleTimeoutMs ?? d.appIdleTimeoutMs),
     failureModeAllow: opts.failureModeAllow ?? d.failureModeAllow,
     statusOnError,
     maxDownstreamConnections: positiveInteger(
@@ -577,6 +611,23 @@ function inboundHttpListener(o: ResolvedOptions, target: ListenerTarget): Config
   };
 }
 
+/**
+ * tcp_proxy to `cluster`. With `onData`, it connects only once the client's first bytes have
+ * passed the filters before it (network ext_authz asks on data, not on accept) instead of as the
+ * client connects (Envoy's default), holding up to 64 KiB that arrives meanwhile.
+ */
+function tcpProxyFilter(statPrefix: string, cluster: string, onData: boolean): Config {
+  return {
+    name: 'envoy.filters.network.tcp_proxy',
+    typed_config: {
+      '@type': TYPES.tcpProxy,
+      stat_prefix: statPrefix,
+      cluster,
+      ...(onData ? { upstream_connect_mode: 'ON_DOWNSTREAM_DATA', max_early_data_bytes: 65536 } : {}),
+    },
+  };
+}
+
 function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config {
   return {
     name: 'inbound_tcp',
@@ -586,14 +637,7 @@ function inboundTcpListener(o: ResolvedOptions, target: ListenerTarget): Config 
       {
         filters: [
           o.extAuthz && networkExtAuthzFilter(o),
-          {
-            name: 'envoy.filters.network.tcp_proxy',
-            typed_config: {
-              '@type': TYPES.tcpProxy,
-              stat_prefix: 'inbound_tcp',
-              cluster: CLUSTERS.appTcp,
-            },
-          },
+          tcpProxyFilter('inbound_tcp', CLUSTERS.appTcp, o.inboundTcpConnect === 'on-data'),
         ].filter((f): f is Config => Boolean(f)),
       },
     ],
@@ -665,13 +709,9 @@ function outboundListener(o: ResolvedOptions, target: { address: string; port: n
       name: 'outbound_tcp',
       filters: [
         networkExtAuthzFilter(o, 'outbound_tcp'),
-        {
-          name: 'envoy.filters.network.tcp_proxy',
-          // Connect only once the first bytes pass ext_authz (which asks on data, not on accept):
-          // by default tcp_proxy connects at once, so a denied destination would see the connection.
-          // What arrives meanwhile is held, up to 64 KiB.
-          typed_config: { '@type': TYPES.tcpProxy, stat_prefix: 'outbound_tcp', cluster: CLUSTERS.outbound, upstream_connect_mode: 'ON_DOWNSTREAM_DATA', max_early_data_bytes: 65536 },
-        },
+        // Only client-first protocols get here (the inspector waited for the client's bytes), so it
+        // connects only once they pass ext_authz: a denied destination never sees the connection.
+        tcpProxyFilter('outbound_tcp', CLUSTERS.outbound, true),
       ],
     },
     filter_chains: [
@@ -895,9 +935,9 @@ function clusters(o: ResolvedOptions): Config[] {
     (o.extAuthz || o.outbound) && middleboxCluster(o.middlebox, o.middleboxTls),
     o.extAuthz && o.inboundHttp && o.inboundFilter !== 'ext_proc' && o.middleboxHttp && middleboxHttpCluster(o.middleboxHttp, o.middleboxTls),
     o.outbound && outboundCluster(),
-    o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort),
+    o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort, o.appIdleTimeoutMs),
     o.inboundTcp && staticCluster(CLUSTERS.appTcp, o.inboundTcp.appAddress, o.inboundTcp.appPort),
-    ...[...new Set(o.appProbes?.routes.map((r) => r.appPort) ?? [])].map((port) => staticCluster(`${CLUSTERS.appProbePrefix}${port}`, '127.0.0.1', port)),
+    ...[...new Set(o.appProbes?.routes.map((r) => r.appPort) ?? [])].map((port) => staticCluster(`${CLUSTERS.appProbePrefix}${port}`, '127.0.0.1', port, o.appIdleTimeoutMs)),
   ].filter((c): c is Config => Boolean(c));
 }
 
@@ -1061,7 +1101,11 @@ function middleboxDiscoveryType(endpoints: Endpoint[]): 'STATIC' | 'STRICT_DNS' 
   return 'STRICT_DNS';
 }
 
-function staticCluster(name: string, address: string, port: number): Config {
+/**
+ * One fixed upstream. With `httpIdleMs`, an HTTP/1.1 one whose kept-alive connections Envoy closes
+ * after that long idle (see appIdleTimeoutMs); without, a TCP one.
+ */
+function staticCluster(name: string, address: string, port: number, httpIdleMs?: number): Config {
   return {
     name,
     type: 'STATIC',
@@ -1070,6 +1114,17 @@ function staticCluster(name: string, address: string, port: number): Config {
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(address, port) } }] }],
     },
+    ...(httpIdleMs === undefined
+      ? {}
+      : {
+          typed_extension_protocol_options: {
+            'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+              '@type': TYPES.httpProtocolOptions,
+              common_http_protocol_options: { idle_timeout: duration(httpIdleMs) },
+              explicit_http_config: { http_protocol_options: {} },
+            },
+          },
+        }),
   };
 }
 

@@ -6,6 +6,10 @@ import { freePort } from './ports';
 
 export interface Upstream {
   port: number;
+  /** Connections accepted so far. */
+  accepted(): number;
+  /** Connections the peer closed (its FIN came first) so far. */
+  closedByPeer(): number;
   close(): Promise<void>;
 }
 
@@ -53,7 +57,11 @@ export async function startTcpEcho(opts: { host?: string; port?: number } = {}):
 
 function listen(server: net.Server, host: string, port: number): Promise<Upstream> {
   const sockets = new Set<net.Socket>();
+  let accepted = 0;
+  let closedByPeer = 0;
   server.on('connection', (socket) => {
+    accepted += 1;
+    socket.once('end', () => (closedByPeer += 1));
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
   });
@@ -63,6 +71,8 @@ function listen(server: net.Server, host: string, port: number): Promise<Upstrea
       server.off('error', reject);
       resolve({
         port,
+        accepted: () => accepted,
+        closedByPeer: () => closedByPeer,
         // Open (keep-alive) connections would hold close() forever; end them.
         close: () =>
           new Promise<void>((done) => {

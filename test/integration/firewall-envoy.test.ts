@@ -106,11 +106,21 @@ describe('firewall through a real Envoy with two replicas and etcd', function ()
     assert.notEqual(echo.headers['x-middlebox-decision'], 'forged');
   });
 
+  it('Envoy closes an idle connection to the app itself, before the app\'s keep-alive timeout (Node\'s 5 s) would', async () => {
+    // Had the app closed it, a request Envoy sent on it at that moment would fail with a 503.
+    const before = lab.app.closedByPeer();
+    assert.equal((await get('/products/1')).status, 200);
+    await waitFor(() => lab.app.closedByPeer() > before, { timeoutMs: 3500, what: 'Envoy to close its idle connection to the app (after 1 s)' });
+  });
+
   it('refuses a TCP connection by rule while another is let through', async () => {
     const ok = await tcpProbe({ port: lab.tcpPort!, localAddress: '127.0.0.1' });
     assert.equal(ok.echoed, true, ok.detail);
+    const before = lab.tcpApp!.accepted();
     const refused = await tcpProbe({ port: lab.tcpPort!, localAddress: '127.0.0.66' });
     assert.equal(refused.echoed, false);
+    // Envoy's default (--tcp-connect immediate): the app sees the denied client connect, and close.
+    await waitFor(() => lab.tcpApp!.accepted() > before, { timeoutMs: 3000, what: 'the app to see the denied connection' });
   });
 
   it('both replicas apply a policy change within one second', async () => {
@@ -158,5 +168,38 @@ describe('firewall through a real Envoy with two replicas and etcd', function ()
       timeoutMs: 3000,
       what: 'the replica to accept the fixed policy',
     });
+  });
+});
+
+describe('the TCP listener with --tcp-connect on-data, through a real Envoy and etcd', function () {
+  this.timeout(60_000);
+  let lab: SidecarLab;
+
+  before(async () => {
+    lab = await SidecarLab.start({ replicas: 1, tcp: true, bootstrap: { inboundTcpConnect: 'on-data' } });
+    await lab.applyPolicies([policy(POLICY)]);
+    await waitFor(async () => !(await tcpProbe({ port: lab.tcpPort!, localAddress: '127.0.0.66', timeoutMs: 1000 })).echoed, {
+      timeoutMs: 5000,
+      what: 'the policy to be in force',
+    });
+  });
+
+  after(async () => {
+    await lab?.stop();
+  });
+
+  it('a denied client never reaches the app; an allowed one does, its first bytes delivered', async () => {
+    const before = lab.tcpApp!.accepted();
+    for (let i = 0; i < 3; i++) {
+      const refused = await tcpProbe({ port: lab.tcpPort!, localAddress: '127.0.0.66' });
+      assert.equal(refused.echoed, false, refused.detail);
+    }
+    // Nothing is on its way to the app either: give a late connect time to show.
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(lab.tcpApp!.accepted(), before, 'the app saw a denied client connect');
+    // The probe writes as soon as it connects, before Envoy has an answer: held, then delivered.
+    const ok = await tcpProbe({ port: lab.tcpPort!, localAddress: '127.0.0.1' });
+    assert.equal(ok.echoed, true, ok.detail);
+    assert.equal(lab.tcpApp!.accepted(), before + 1);
   });
 });

@@ -34,6 +34,7 @@ const GOLDEN_CASES: { file: string; options: BootstrapOptions }[] = [
       nodeId: 'sidecar-shop-2',
       cluster: 'shop',
       inboundTcp: { address: '0.0.0.0', port: 15107, appAddress: '127.0.0.1', appPort: 9091 },
+      inboundTcpConnect: 'on-data',
       middlebox: ['10.0.0.11:9001', '10.0.0.12:9001'],
       middleboxHttp: ['10.0.0.11:9003', '10.0.0.12:9003'],
     },
@@ -196,6 +197,36 @@ describe('envoy bootstrap', () => {
     assert.throws(() => renderBootstrap({ middlebox: ['unix:/a.sock', 'mb.svc:9001'] }), /cannot mix/);
     assert.throws(() => renderBootstrap({ timeoutMs: 0 }), /timeoutMs/);
     assert.throws(() => renderBootstrap({ statusOnError: 42 }), /statusOnError/);
+  });
+
+  it('the TCP listener connects to the app as the client connects, or with on-data only once its bytes are allowed', () => {
+    const inboundTcp = { address: '0.0.0.0', port: 15007, appAddress: '127.0.0.1', appPort: 9000 };
+    const tcpProxy = (o: BootstrapOptions) => {
+      const cfg = renderBootstrap(o) as { static_resources: { listeners: Array<{ name: string; filter_chains: Array<{ filters: Array<{ name: string; typed_config: Record<string, unknown> }> }> }> } };
+      const listener = cfg.static_resources.listeners.find((l) => l.name === 'inbound_tcp')!;
+      return listener.filter_chains[0]!.filters.find((f) => f.name === 'envoy.filters.network.tcp_proxy')!.typed_config;
+    };
+    assert.equal(tcpProxy({ inboundTcp }).upstream_connect_mode, undefined, 'Envoy\'s default: immediate');
+    assert.equal(tcpProxy({ inboundTcp, inboundTcpConnect: 'immediate' }).upstream_connect_mode, undefined);
+    const onData = tcpProxy({ inboundTcp, inboundTcpConnect: 'on-data' });
+    // Envoy refuses ON_DOWNSTREAM_DATA without max_early_data_bytes.
+    assert.deepEqual([onData.upstream_connect_mode, onData.max_early_data_bytes], ['ON_DOWNSTREAM_DATA', 65536]);
+    assert.throws(() => renderBootstrap({ inboundTcpConnect: 'on-data' }), /inboundTcpConnect is for the inbound TCP listener/);
+    assert.throws(() => renderBootstrap({ inboundTcp, inboundTcpConnect: 'later' as never }), /inboundTcpConnect must be immediate or on-data, got "later"/);
+  });
+
+  it('Envoy closes idle HTTP connections to the app and its probed ports after 1 s, or as asked; the TCP app cluster is left alone', () => {
+    const inboundTcp = { address: '0.0.0.0', port: 15007, appAddress: '127.0.0.1', appPort: 9000 };
+    const appProbes = { address: '0.0.0.0', port: 15020, routes: [{ path: '/app-health/app/livez', appPort: 8081, appPath: '/livez' }] };
+    const idle = (o: BootstrapOptions, name: string) => {
+      const opts = clusterNamed(renderBootstrap(o) as Doc, name).typed_extension_protocol_options?.['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'];
+      return opts && [opts.common_http_protocol_options.idle_timeout, Object.keys(opts.explicit_http_config)];
+    };
+    assert.deepEqual(idle({ inboundTcp, appProbes }, 'app'), ['1s', ['http_protocol_options']]);
+    assert.deepEqual(idle({ appProbes }, 'app_probe_8081'), ['1s', ['http_protocol_options']]);
+    assert.equal(idle({ inboundTcp }, 'app_tcp'), undefined);
+    assert.deepEqual(idle({ appIdleTimeoutMs: 250 }, 'app'), ['0.25s', ['http_protocol_options']]);
+    assert.throws(() => renderBootstrap({ appIdleTimeoutMs: 0 }), /appIdleTimeoutMs must be a positive integer, got 0/);
   });
 
   it('refuses two listeners on one port, and an app port that is one of Envoy\'s listeners', () => {
