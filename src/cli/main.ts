@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { useLinearRegexFallback } from '../policy/regex-engine';
+import { BENCH_EXPERIMENTS } from './bench';
 import { reportFailure, runCommand } from './command';
 import { demoCommand } from './demo';
 import { envoyCommand } from './envoy';
@@ -21,7 +22,7 @@ Commands:
   inject             print Kubernetes objects with the middlebox sidecar injected (offline)
   inject serve       run the sidecar injector as a Kubernetes admission webhook (HTTPS)
   demo               bring up etcd, two replicas, Envoy and an app locally and show the firewall at work
-  bench              run a benchmark (ratelimit, nat, faults, latency, envoy-authz, scaling) or regenerate bench/REPORT.md
+  bench              run a benchmark (${BENCH_EXPERIMENTS.filter((e) => e.name !== 'report').map((e) => e.name).join(', ')}) or regenerate bench/REPORT.md
   version            print the version
 
 Run 'middlebox <command> --help' for a command's flags.
