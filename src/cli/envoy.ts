@@ -39,11 +39,13 @@ const bootstrap: Command = {
     '                           as the client connects, so a server that speaks first works; the app sees',
     '                           a denied client connect and close) or on-data (once the client\'s first',
     '                           bytes are allowed: a denied client never reaches the app; a protocol where',
-    '                           the server speaks first, MySQL or SMTP, waits forever)',
+    '                           the server speaks first, MySQL or SMTP, never starts)',
     `  --timeout-ms N           deadline of one middlebox call (default ${d.timeoutMs})`,
-    `  --app-idle-timeout-ms N  close a kept-alive HTTP connection to the app after this long idle, before`,
-    `                           the app does (default ${d.appIdleTimeoutMs}: below Node's 5 s, gunicorn's 2 s); an app`,
-    '                           that closes one as Envoy sends on it fails that request with a 503',
+    '  --upstream-idle-timeout-ms N',
+    '                           close a kept-alive HTTP connection to the app, or to where the app\'s requests',
+    `                           go (outbound listener), after this long idle, before the server does (default`,
+    `                           ${d.upstreamIdleTimeoutMs}: below Node's 5 s, gunicorn's 2 s); a server that closes one as Envoy`,
+    '                           sends on it fails that request with a 503',
     '  --failure-mode-allow     let traffic through when the middlebox cannot be asked (default: fail closed)',
     `  --status-on-error N      HTTP status when the middlebox cannot be asked (default ${d.statusOnError})`,
     '  --access-log PATH        a JSON access-log line per inbound HTTP request, with the middlebox\'s decision',
@@ -72,7 +74,7 @@ const bootstrap: Command = {
     'tcp-app-port': { type: 'string' },
     'tcp-connect': { type: 'string' },
     'timeout-ms': { type: 'string' },
-    'app-idle-timeout-ms': { type: 'string' },
+    'upstream-idle-timeout-ms': { type: 'string' },
     'failure-mode-allow': { type: 'boolean' },
     'status-on-error': { type: 'string' },
     'access-log': { type: 'string' },
@@ -121,6 +123,9 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
     throw new UsageError(`--inbound-filter must be ${INBOUND_FILTERS.join(', ')}, got ${JSON.stringify(inboundFilter)}`);
   }
   const outboundPort = intOpt(values, 'outbound-port', 1, 65535);
+  if (values['upstream-idle-timeout-ms'] !== undefined && values['no-http'] === true && outboundPort === undefined) {
+    throw new UsageError('--upstream-idle-timeout-ms is for HTTP connections to the app or from it: not with --no-http and no --outbound-port');
+  }
   if (values['no-http'] === true && tcpPort === undefined && outboundPort === undefined) {
     throw new UsageError('--no-http leaves the sidecar no listener: add --tcp-port and --tcp-app-port, or --outbound-port');
   }
@@ -138,7 +143,7 @@ export function bootstrapOptionsFromFlags(values: Record<string, unknown>): Boot
     middleboxHttp: middleboxHttp !== undefined ? splitList(middleboxHttp) : undefined,
     authzHeaders: authzHeaders(values),
     timeoutMs: intOpt(values, 'timeout-ms', 1, 60_000),
-    appIdleTimeoutMs: intOpt(values, 'app-idle-timeout-ms', 1, 3_600_000),
+    upstreamIdleTimeoutMs: intOpt(values, 'upstream-idle-timeout-ms', 1, 3_600_000),
     failureModeAllow: values['failure-mode-allow'] === true ? true : undefined,
     statusOnError: intOpt(values, 'status-on-error', 200, 599),
     accessLog: accessLog(values),

@@ -68,12 +68,13 @@ export interface BootstrapOptions {
   /** Deadline of one ext_authz call. */
   timeoutMs?: number;
   /**
-   * Envoy closes a kept-alive HTTP connection to the app (and to the probed ports) after this long
-   * idle, so that it, not the app, closes it: an app with a shorter keep-alive timeout than Envoy's
-   * would close one just as Envoy sends a request on it, which fails with a 503. Default 1000 ms,
-   * below the common servers' (Node and Apache 5 s, gunicorn 2 s).
+   * Envoy closes a kept-alive HTTP connection to the app, to its probed ports and (outbound
+   * listener) to where the app's requests go after this long idle, so that it, not the server,
+   * closes it: a server with a shorter keep-alive timeout than Envoy's would close one just as
+   * Envoy sends a request on it, which fails with a 503. Default 1000 ms, below the common
+   * servers' (Node and Apache 5 s, gunicorn 2 s).
    */
-  appIdleTimeoutMs?: number;
+  upstreamIdleTimeoutMs?: number;
   /** Let traffic through when the middlebox cannot be asked. */
   failureModeAllow?: boolean;
   /** HTTP status returned when the middlebox cannot be asked and failureModeAllow is false. */
@@ -191,10 +192,11 @@ export const BOOTSTRAP_DEFAULTS = {
   // A sidecar fronts one app; the cap keeps a connection flood from exhausting the pod's file
   // descriptors and memory (and Envoy warns at every start when there is none).
   maxDownstreamConnections: 10_000,
-  // Envoy closes a kept-alive connection to the app after this long idle, before the app would:
-  // a server that closes one as Envoy sends a request on it (Node's 5 s keep-alive, gunicorn's
-  // 2 s) fails that request with a 503 (UC, connection termination). Envoy's own default is an hour.
-  appIdleTimeoutMs: 1000,
+  // Envoy closes a kept-alive HTTP connection to the app, or to where the app's own requests go,
+  // after this long idle, before the server would: one that closes a connection as Envoy sends a
+  // request on it (Node's 5 s keep-alive, gunicorn's 2 s) fails that request with a 503 (UC,
+  // connection termination). Envoy's own default is an hour.
+  upstreamIdleTimeoutMs: 1000,
 } as const;
 
 /** Cluster names, shared with code that reads Envoy's stats and /clusters. */
@@ -253,7 +255,7 @@ interface ResolvedOptions {
   /** The whole list sent (ALWAYS_SENT included), sorted; undefined: every header. */
   authzHeaders: string[] | undefined;
   timeoutMs: number;
-  appIdleTimeoutMs: number;
+  upstreamIdleTimeoutMs: number;
   failureModeAllow: boolean;
   statusOnError: number;
   maxDownstreamConnections: number;
@@ -337,7 +339,7 @@ function resolve(opts: BootstrapOptions): ResolvedOptions {
     middlebox,
     middleboxHttp,
     timeoutMs,
-    appIdleTimeoutMs: positiveInteger('appIdleTimeoutMs', opts.appIdleTimeoutMs ?? d.appIdleTimeoutMs),
+    upstreamIdleTimeoutMs: positiveInteger('upstreamIdleTimeoutMs', opts.upstreamIdleTimeoutMs ?? d.upstreamIdleTimeoutMs),
     failureModeAllow: opts.failureModeAllow ?? d.failureModeAllow,
     statusOnError,
     maxDownstreamConnections: positiveInteger(
@@ -934,21 +936,26 @@ function clusters(o: ResolvedOptions): Config[] {
   return [
     (o.extAuthz || o.outbound) && middleboxCluster(o.middlebox, o.middleboxTls),
     o.extAuthz && o.inboundHttp && o.inboundFilter !== 'ext_proc' && o.middleboxHttp && middleboxHttpCluster(o.middleboxHttp, o.middleboxTls),
-    o.outbound && outboundCluster(),
-    o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort, o.appIdleTimeoutMs),
+    o.outbound && outboundCluster(o.upstreamIdleTimeoutMs),
+    o.inboundHttp && staticCluster(CLUSTERS.app, o.inboundHttp.appAddress, o.inboundHttp.appPort, o.upstreamIdleTimeoutMs),
     o.inboundTcp && staticCluster(CLUSTERS.appTcp, o.inboundTcp.appAddress, o.inboundTcp.appPort),
-    ...[...new Set(o.appProbes?.routes.map((r) => r.appPort) ?? [])].map((port) => staticCluster(`${CLUSTERS.appProbePrefix}${port}`, '127.0.0.1', port, o.appIdleTimeoutMs)),
+    ...[...new Set(o.appProbes?.routes.map((r) => r.appPort) ?? [])].map((port) => staticCluster(`${CLUSTERS.appProbePrefix}${port}`, '127.0.0.1', port, o.upstreamIdleTimeoutMs)),
   ].filter((c): c is Config => Boolean(c));
 }
 
-/** Connects to whatever x-envoy-original-dst-host names, else the connection's original destination. */
-function outboundCluster(): Config {
+/**
+ * Connects to whatever x-envoy-original-dst-host names, else the connection's original destination.
+ * Its HTTP connections (the outbound_http chain) close after `idleMs` idle; the outbound_tcp chain's
+ * tcp_proxy connections are not HTTP and keep theirs.
+ */
+function outboundCluster(idleMs: number): Config {
   return {
     name: CLUSTERS.outbound,
     type: 'ORIGINAL_DST',
     lb_policy: 'CLUSTER_PROVIDED',
     connect_timeout: '1s',
     original_dst_lb_config: { use_http_header: true, http_header_name: DESTINATION_HEADER },
+    ...httpIdleOptions(idleMs),
   };
 }
 
@@ -1103,7 +1110,7 @@ function middleboxDiscoveryType(endpoints: Endpoint[]): 'STATIC' | 'STRICT_DNS' 
 
 /**
  * One fixed upstream. With `httpIdleMs`, an HTTP/1.1 one whose kept-alive connections Envoy closes
- * after that long idle (see appIdleTimeoutMs); without, a TCP one.
+ * after that long idle (see upstreamIdleTimeoutMs); without, a TCP one.
  */
 function staticCluster(name: string, address: string, port: number, httpIdleMs?: number): Config {
   return {
@@ -1114,17 +1121,20 @@ function staticCluster(name: string, address: string, port: number, httpIdleMs?:
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(address, port) } }] }],
     },
-    ...(httpIdleMs === undefined
-      ? {}
-      : {
-          typed_extension_protocol_options: {
-            'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
-              '@type': TYPES.httpProtocolOptions,
-              common_http_protocol_options: { idle_timeout: duration(httpIdleMs) },
-              explicit_http_config: { http_protocol_options: {} },
-            },
-          },
-        }),
+    ...(httpIdleMs === undefined ? {} : httpIdleOptions(httpIdleMs)),
+  };
+}
+
+/** HTTP/1.1 (Envoy's default, made explicit as the options require) with idle connections closed after `idleMs`. */
+function httpIdleOptions(idleMs: number): Config {
+  return {
+    typed_extension_protocol_options: {
+      'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+        '@type': TYPES.httpProtocolOptions,
+        common_http_protocol_options: { idle_timeout: duration(idleMs) },
+        explicit_http_config: { http_protocol_options: {} },
+      },
+    },
   };
 }
 

@@ -215,7 +215,7 @@ describe('envoy bootstrap', () => {
     assert.throws(() => renderBootstrap({ inboundTcp, inboundTcpConnect: 'later' as never }), /inboundTcpConnect must be immediate or on-data, got "later"/);
   });
 
-  it('Envoy closes idle HTTP connections to the app and its probed ports after 1 s, or as asked; the TCP app cluster is left alone', () => {
+  it('Envoy closes idle HTTP connections to the app, its probed ports and outbound destinations after 1 s, or as asked; TCP app connections are left alone', () => {
     const inboundTcp = { address: '0.0.0.0', port: 15007, appAddress: '127.0.0.1', appPort: 9000 };
     const appProbes = { address: '0.0.0.0', port: 15020, routes: [{ path: '/app-health/app/livez', appPort: 8081, appPath: '/livez' }] };
     const idle = (o: BootstrapOptions, name: string) => {
@@ -225,8 +225,9 @@ describe('envoy bootstrap', () => {
     assert.deepEqual(idle({ inboundTcp, appProbes }, 'app'), ['1s', ['http_protocol_options']]);
     assert.deepEqual(idle({ appProbes }, 'app_probe_8081'), ['1s', ['http_protocol_options']]);
     assert.equal(idle({ inboundTcp }, 'app_tcp'), undefined);
-    assert.deepEqual(idle({ appIdleTimeoutMs: 250 }, 'app'), ['0.25s', ['http_protocol_options']]);
-    assert.throws(() => renderBootstrap({ appIdleTimeoutMs: 0 }), /appIdleTimeoutMs must be a positive integer, got 0/);
+    assert.deepEqual(idle({ outbound: { address: '0.0.0.0', port: 15001 } }, 'outbound_original_dst'), ['1s', ['http_protocol_options']]);
+    assert.deepEqual(idle({ upstreamIdleTimeoutMs: 250 }, 'app'), ['0.25s', ['http_protocol_options']]);
+    assert.throws(() => renderBootstrap({ upstreamIdleTimeoutMs: 0 }), /upstreamIdleTimeoutMs must be a positive integer, got 0/);
   });
 
   it('refuses two listeners on one port, and an app port that is one of Envoy\'s listeners', () => {
