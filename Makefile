@@ -80,7 +80,7 @@ bench-ratelimit: deps build
 
 
 # NAT path cost: ext_proc NAT throughput beside Envoy routing directly; bench/results/nat-cost.{json,md}.
-bench-nat: deps build
+bench-nat: deps deps-bench build
 	@node dist/bench/nat-cost.js $(BENCH_ARGS)
 
 # etcd frozen (SIGSTOP) and resumed under load over 3 replicas, leased and strict: admitted rate,

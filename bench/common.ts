@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { findExecutable } from '../src/lab/processes';
+import { findExecutable, LabChild } from '../src/lab/processes';
 
 export const startedAt = Date.now();
 
@@ -170,6 +170,15 @@ export function describeCode(code: CodeIdentity): string {
   const uncommitted = code.uncommittedSrc.length ? ` with ${code.uncommittedSrc.length} uncommitted change(s) under src/` : '';
   const changed = code.changedDuringRun ? ' (CHANGED during the run: a build ran meanwhile)' : '';
   return `commit ${code.head}${uncommitted}; dist/src sha256 ${code.distSrcSha256}${changed}`;
+}
+
+/** Runs h2load to the end (killed if it overruns, and with every lab child if the bench ends); its output. */
+export async function h2load(exe: string, args: string[], seconds: number): Promise<string> {
+  const child = LabChild.spawn({ name: 'h2load', command: exe, args });
+  const killer = setTimeout(() => child.signal('SIGKILL'), (seconds + 20) * 1000);
+  await child.exited;
+  clearTimeout(killer);
+  return child.output();
 }
 
 /** h2load's path (the load generator of several benches), or undefined after saying how to install it. */

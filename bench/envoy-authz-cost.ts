@@ -15,7 +15,7 @@ import { EnvoyProcess } from '../src/lab/envoy';
 import { freePort } from '../src/lab/ports';
 import { LabChild } from '../src/lab/processes';
 import { startHttpUpstream } from '../src/lab/upstream';
-import { codeIdentity, describeCode, h2loadExecutable, hardTimeLimit, log, metadataLines, quickFlag, runMetadata, versionOf, writeResults } from './common';
+import { codeIdentity, describeCode, h2load, h2loadExecutable, hardTimeLimit, log, metadataLines, quickFlag, runMetadata, versionOf, writeResults } from './common';
 import { processCpuSeconds } from './timeline';
 
 type Doc = Record<string, unknown>;
@@ -123,15 +123,6 @@ interface Measurement {
   rps: number;
   envoyUsPerRequest: number | null;
   serverUsPerRequest: number | null;
-}
-
-/** Runs h2load to the end (killed if it overruns, and with every lab child if the bench ends); its output. */
-async function h2load(exe: string, args: string[], seconds: number): Promise<string> {
-  const child = LabChild.spawn({ name: 'h2load', command: exe, args });
-  const killer = setTimeout(() => child.signal('SIGKILL'), (seconds + 20) * 1000);
-  await child.exited;
-  clearTimeout(killer);
-  return child.output();
 }
 
 async function measure(v: Variation, round: number, ctx: { h2load: string; appPort: number; servers: Servers; serverPid: number; warmS: number; seconds: number }): Promise<Measurement> {

@@ -755,7 +755,7 @@ function markdown(p: Params, results: ModeResult[], meta: Record<string, string>
   row('admitted ÷ limit in the window etcd thawed in', (r) => fmt(r.thawWindowPerLimit));
   row('admitted ÷ limit after the thaw', (r) => adm(r.phases.after));
   row('failed requests (not 200/429) of all sent', (r) => `${r.failed} of ${r.requests}`);
-  row('p99 latency before / while frozen / after (ms)', (r) => `${fmt(r.phases.before.p99Ms, 0)} / ${fmt(r.phases.during.p99Ms, 0)} / ${fmt(r.phases.after.p99Ms, 0)}`);
+  row('p99 latency before / while frozen / after (ms)', (r) => `${fmt(r.phases.before.p99Ms, 1)} / ${fmt(r.phases.during.p99Ms, 1)} / ${fmt(r.phases.after.p99Ms, 1)}`);
   row(`worst ${p.bucketMs} ms bucket p99 before / while frozen / after (ms)`, (r) =>
     `${fmt(r.phases.before.worstBucketP99Ms, 0)} / ${fmt(r.phases.during.worstBucketP99Ms, 0)} / ${fmt(r.phases.after.worstBucketP99Ms, 0)}`);
   const openMs = (b: ReplicaBreaker) => (b.degradedAtFreeze ? 'already degraded' : ms(b.openAfterFreezeMs));

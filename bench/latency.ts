@@ -477,7 +477,8 @@ interface H2loadOutput {
 let runNumber = 0;
 
 /** Runs h2load with a per-request log; killed if it is still running well past its expected length. */
-async function runH2load(ctx: Context, args: string[], expectS: number, what: string): Promise<H2loadOutput> {
+/** `onExit` runs as soon as h2load has exited, before its log is read (CPU times taken there leave the parsing out). */
+async function runH2load(ctx: Context, args: string[], expectS: number, what: string, onExit?: () => void): Promise<H2loadOutput> {
   const base = path.join(ctx.tmp, `h2load-${++runNumber}`);
   const child = LabChild.spawn({ name: `h2load (${what})`, command: ctx.h2load, args: [...args, `--log-file=${base}.tsv`], logFile: `${base}.out` });
   const started = Date.now();
@@ -488,6 +489,7 @@ async function runH2load(ctx: Context, args: string[], expectS: number, what: st
   }, deadlineMs);
   const ticker = expectS >= 6 ? setInterval(() => log(`    … ${Math.round((Date.now() - started) / 1000)} s of ~${expectS} s`), 5000) : undefined;
   const { code, signal } = await child.exited;
+  onExit?.();
   clearTimeout(killer);
   if (ticker) clearInterval(ticker);
   const stdout = fs.existsSync(`${base}.out`) ? fs.readFileSync(`${base}.out`, 'utf8') : '';
@@ -716,9 +718,9 @@ async function saturate(ctx: Context, urls: string[], pids: Record<string, numbe
     if (replica) waitsAtWarm = leasedWaits(replica);
   }, p.saturationWarmS * 1000);
   // h2load logs the measured duration only, not its warm-up.
-  const { stdout, rows } = await runH2load(ctx, args, p.saturationWarmS + p.saturationS, 'saturation');
+  let atEnd: Record<string, number | undefined> = {};
+  const { stdout, rows } = await runH2load(ctx, args, p.saturationWarmS + p.saturationS, 'saturation', () => (atEnd = cpu()));
   clearTimeout(warmTimer);
-  const atEnd = cpu();
   const [waitsBefore, waitsAfter] = await Promise.all([waitsAtWarm, replica ? leasedWaits(replica) : undefined]);
   const waited = waitsBefore !== undefined && waitsAfter !== undefined ? waitsAfter - waitsBefore : null;
   const ok = rows.filter((r) => r.status === 200).length;
@@ -940,6 +942,12 @@ interface TargetCheck {
   met: boolean | null;
 }
 
+/** For the JSON: four decimals (the checks use the unrounded values). */
+function rounded(c: Comparison | undefined): Comparison {
+  const r4 = (x: number | null | undefined) => (x === null || x === undefined ? null : round(x, 4));
+  return { saturationRatio: r4(c?.saturationRatio), addedP99Ms: r4(c?.addedP99Ms) };
+}
+
 function fixedAt(r: ConfigResult, rate: number): FixedRateRun | undefined {
   return r.fixed.find((f) => f.rate === rate);
 }
@@ -948,9 +956,10 @@ function compare(p: Params, r: ConfigResult, baseline: ConfigResult | undefined)
   const baseSat = baseline?.saturation?.rps;
   const p99 = fixedAt(r, p.targetRate)?.p99Ms;
   const baseP99 = baseline && fixedAt(baseline, p.targetRate)?.p99Ms;
+  // Unrounded: a target is judged on the measured value, not on its display (0.4996 is not 0.5).
   return {
-    saturationRatio: r.saturation && baseSat ? round(r.saturation.rps / baseSat, 3) : null,
-    addedP99Ms: p99 !== undefined && p99 !== null && baseP99 !== undefined && baseP99 !== null ? round(p99 - baseP99, 3) : null,
+    saturationRatio: r.saturation && baseSat ? r.saturation.rps / baseSat : null,
+    addedP99Ms: p99 !== undefined && p99 !== null && baseP99 !== undefined && baseP99 !== null ? p99 - baseP99 : null,
   };
 }
 
@@ -1110,7 +1119,8 @@ function markdown(
   lines.push('| target | configuration | measured | met |');
   lines.push('|---|---|---|---|');
   for (const t of checks) {
-    const value = t.target.startsWith('saturation') ? `${fmt(t.value)} ×` : t.value === null ? '–' : `${t.value >= 0 ? '+' : ''}${fmt(t.value)} ms`;
+    // Three decimals: enough that a value just short of its target never prints as the target.
+    const value = t.target.startsWith('saturation') ? `${fmt(t.value, 3)} ×` : t.value === null ? '–' : `${t.value >= 0 ? '+' : ''}${fmt(t.value, 3)} ms`;
     lines.push(`| ${t.target} | ${t.config} | ${value} | ${t.met === null ? '–' : t.met ? '✔' : '✘'} |`);
   }
   if (p.quick) {
@@ -1299,7 +1309,7 @@ async function main(): Promise<number> {
       r.rounds = perRound.map((done) => {
         const own = done.find((x) => x.id === r.id)!;
         const c = compare(p, own, done.find((x) => x.id === BASELINE_ID && !x.error));
-        return { p99Ms: fixedAt(own, p.targetRate)?.p99Ms ?? null, saturationRps: own.saturation?.rps ?? null, ...c };
+        return { p99Ms: fixedAt(own, p.targetRate)?.p99Ms ?? null, saturationRps: own.saturation?.rps ?? null, ...rounded(c) };
       });
     }
   }
@@ -1322,7 +1332,7 @@ async function main(): Promise<number> {
       ...meta,
       code,
       params: { ...p, allowedPath: ALLOWED_PATH, deniedPath: DENIED_PATH, loadGenerator: `h2load ${h2loadVersion}` },
-      results: results.map((r) => ({ ...r, ...comparisons.get(r.id) })),
+      results: results.map((r) => ({ ...r, ...rounded(comparisons.get(r.id)) })),
       targets: checks,
     },
     md,

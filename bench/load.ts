@@ -5,9 +5,9 @@
 import { loadTest, type LoadTestResult } from 'loadtest';
 
 export interface Sample {
-  /** Date.now() when the response had arrived. */
+  /** When the response had arrived: epoch ms, to a fraction of a ms. */
   at: number;
-  /** Date.now() when the request was sent (at minus its latency); NaN for a connection failure. */
+  /** When the request was handed to Node's HTTP client, on the same clock; NaN for a connection failure. */
   sent: number;
   /** HTTP status; 0 for a connection failure or timeout without a response. */
   status: number;
@@ -24,14 +24,26 @@ export interface OpenLoopOptions {
   onSample?: (s: Sample) => void;
 }
 
+/** Epoch ms to a fraction of a ms (loadtest's own requestElapsed is whole ms, cut down). */
+const now = (): number => performance.timeOrigin + performance.now();
+
+type RequestFn = (params: unknown, callback: (res: unknown) => void) => { labels?: { sentMs: number } };
+
 export async function openLoop(opts: OpenLoopOptions): Promise<Sample[]> {
   const samples: Sample[] = [];
+  // Each request carries its send time, which loadtest hands back with its result (`labels`).
+  const requestGenerator = (_options: unknown, params: unknown, request: RequestFn, callback: (res: unknown) => void) => {
+    const sentMs = now();
+    const req = request(params, callback);
+    req.labels = { sentMs };
+    return req;
+  };
   const record = (error: unknown, result: LoadTestResult | undefined) => {
-    const at = Date.now();
-    const elapsed = result?.requestElapsed;
+    const at = now();
+    const sentMs = (result as { labels?: { sentMs?: unknown } } | undefined)?.labels?.sentMs;
     const s: Sample = {
       at,
-      sent: typeof elapsed === 'number' ? at - elapsed : NaN,
+      sent: typeof sentMs === 'number' ? sentMs : NaN,
       status: result?.statusCode ?? 0,
     };
     samples.push(s);
@@ -61,6 +73,7 @@ export async function openLoop(opts: OpenLoopOptions): Promise<Sample[]> {
             timeout: opts.timeoutMs,
             quiet: true,
             statusCallback: record,
+            requestGenerator,
           }),
         ),
       ),

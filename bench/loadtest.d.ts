@@ -4,8 +4,10 @@ declare module 'loadtest' {
     statusCode: number;
     headers: Record<string, string | string[] | undefined>;
     body: string;
-    /** Milliseconds from sending the request to the end of the response. */
+    /** Milliseconds from sending the request to the end of the response, cut down to whole ms. */
     requestElapsed?: number;
+    /** The `labels` a requestGenerator put on the request, handed back. */
+    labels?: Record<string, unknown>;
   }
 
   export interface LoadTestOptions {
@@ -23,6 +25,11 @@ declare module 'loadtest' {
     quiet?: boolean;
     /** Called once per finished request; `result` is missing when the connection itself failed. */
     statusCallback?: (error: unknown, result: LoadTestResult | undefined) => void;
+    /**
+     * Makes each request: called with the options, the request's parameters, Node's
+     * http.request and the response callback; returns the request (not yet ended).
+     */
+    requestGenerator?: (options: unknown, params: any, request: any, callback: (res: any) => void) => any;
   }
 
   export interface LoadTestSummary {

@@ -1,10 +1,14 @@
 // The NAT path's cost: saturation throughput and latency of requests that Envoy hands to the
 // middlebox over ext_proc for NAT (outbound listener → ORIGINAL_DST), beside the same Envoy routing
 // straight to the same backend with no filter. Both run on one machine in alternating rounds, so
-// the ratio is what the numbers are about, not the absolute requests per second.
+// the ratio is what the numbers are about, not the absolute requests per second. The load comes
+// from h2load, a process of its own: a generator in this process would share its event loop with
+// the backend and cap the baseline well below what Envoy can do.
 //
-//   node dist/bench/nat-cost.js [--quick]        (make bench-nat)
-import { loadTest, type LoadTestSummary } from 'loadtest';
+//   node dist/bench/nat-cost.js [--quick]        (make bench-nat; needs h2load: make deps-bench)
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { renderBootstrapYaml } from '../src/envoy/bootstrap';
 import { EnvoyProcess } from '../src/lab/envoy';
 import { freePort, waitFor } from '../src/lab/ports';
@@ -12,7 +16,8 @@ import { SidecarLab } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { httpRequest } from '../src/lab/client';
 import { parsePolicies } from '../src/policy/parse';
-import { log, quickFlag, runMetadata, writeResults } from './common';
+import { h2load, h2loadExecutable, log, quickFlag, runMetadata, versionOf, writeResults } from './common';
+import { percentile } from './timeline';
 
 interface Round {
   setup: string;
@@ -23,16 +28,49 @@ interface Round {
 }
 
 const CONCURRENCY = 32;
+const WARM_S = 1;
+let runs = 0;
 
-async function saturate(url: string, host: string, seconds: number): Promise<Omit<Round, 'setup'>> {
-  const r: LoadTestSummary = await loadTest({ url, concurrency: CONCURRENCY, maxSeconds: seconds, agentKeepAlive: true, headers: { host }, quiet: true });
-  const p = (k: string) => (typeof r.percentiles[k] === 'number' ? (r.percentiles[k] as number) : NaN);
-  if (r.totalErrors > 0) log(`  errors by status: ${JSON.stringify(r.errorCodes)}`);
-  return { rps: r.effectiveRps, p50: p('50'), p99: p('99'), errors: r.totalErrors };
+/**
+ * h2load, closed loop, HTTP/1.1 keep-alive, after a warm-up it leaves out: requests per second as
+ * h2load counts them, latency percentiles (nearest rank, ms) from its per-request log, and every
+ * request h2load counts as failed (no answer, or one that is not 2xx) as an error.
+ */
+async function saturate(exe: string, url: string, host: string, seconds: number): Promise<Omit<Round, 'setup'>> {
+  const logFile = path.join(os.tmpdir(), `nat-cost-${process.pid}-${++runs}.tsv`);
+  try {
+    const out = await h2load(
+      exe,
+      ['--h1', '-c', String(CONCURRENCY), '-D', `${seconds * 1000}ms`, '--warm-up-time', `${WARM_S * 1000}ms`, '-H', `:authority: ${host}`, `--log-file=${logFile}`, url],
+      WARM_S + seconds,
+    );
+    const rps = /finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(out);
+    const failed = /requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed/.exec(out);
+    if (!rps || !failed) throw new Error(`h2load's output is not what this bench reads:\n${out.slice(-800)}`);
+    const rows = (fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '')
+      .split('\n')
+      .map((l) => l.split('\t'))
+      .filter((f) => f.length >= 3)
+      .map(([, status, durationUs]) => ({ status: Number(status), ms: Number(durationUs) / 1000 }));
+    const latencies = rows.map((r) => r.ms).sort((a, b) => a - b);
+    const notOk = rows.filter((r) => r.status !== 200).length;
+    if (notOk > 0) {
+      const by = new Map<number, number>();
+      for (const r of rows) if (r.status !== 200) by.set(r.status, (by.get(r.status) ?? 0) + 1);
+      log(`  ${notOk} answers were not 200: ${[...by].map(([st, n]) => `${n}× ${st}`).join(', ')}`);
+    }
+    const round2 = (x: number | null) => (x === null ? NaN : Math.round(x * 100) / 100);
+    // h2load counts an answer that is not 2xx as failed, as well as a request that got none.
+    return { rps: Math.round(Number(rps[1])), p50: round2(percentile(latencies, 50)), p99: round2(percentile(latencies, 99)), errors: Number(failed[1]) };
+  } finally {
+    fs.rmSync(logFile, { force: true });
+  }
 }
 
 async function main(): Promise<number> {
   const quick = quickFlag(process.argv.slice(2), 'nat-cost');
+  const exe = h2loadExecutable();
+  if (!exe) return 1;
   const seconds = quick ? 3 : 8;
   const rounds = quick ? 1 : 3;
   const backend: Upstream = await startHttpUpstream({ name: 'backend' });
@@ -64,9 +102,10 @@ async function main(): Promise<number> {
     ];
     const results: Round[] = [];
     for (let round = 1; round <= rounds; round++) {
-      for (const s of setups) {
-        log(`round ${round}/${rounds}: ${s.setup}, ${CONCURRENCY} connections for ${seconds} s`);
-        const r = { setup: s.setup, ...(await saturate(s.url, s.host, seconds)) };
+      // Every other round in reverse order, so that drift during the run favours neither setup.
+      for (const s of round % 2 === 1 ? setups : [...setups].reverse()) {
+        log(`round ${round}/${rounds}: ${s.setup}, ${CONCURRENCY} connections for ${seconds} s after ${WARM_S} s of warm-up`);
+        const r = { setup: s.setup, ...(await saturate(exe, s.url, s.host, seconds)) };
         log(`  ${r.rps} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms, errors ${r.errors}`);
         results.push(r);
       }
@@ -78,12 +117,13 @@ async function main(): Promise<number> {
     });
     const ratio = summary[1]!.rps / summary[0]!.rps;
     const meta = await runMetadata(`node dist/bench/nat-cost.js${quick ? ' --quick' : ''}`);
+    const h2loadVersion = await versionOf(exe, ['--version']);
     const md = [
       '# NAT path cost',
       '',
       `\`${meta.command}\` — ${meta.date} — ${meta.machine} — ${meta.versions}`,
       '',
-      `Closed loop, ${CONCURRENCY} keep-alive connections, ${seconds} s per round, ${rounds} alternating round(s); medians. One middlebox replica, one backend.`,
+      `h2load ${h2loadVersion}, closed loop, ${CONCURRENCY} keep-alive HTTP/1.1 connections, ${seconds} s per round after ${WARM_S} s of warm-up, ${rounds} round(s), every other one in reverse order; medians; latency by nearest rank from h2load's per-request log. One middlebox replica, one backend.`,
       '',
       '| setup | requests/s | p50 ms | p99 ms | errors |',
       '|---|---|---|---|---|',
@@ -93,7 +133,7 @@ async function main(): Promise<number> {
       '',
     ].join('\n');
     process.stdout.write(`\n${md}`);
-    writeResults(quick ? 'nat-cost-quick' : 'nat-cost', { ...meta, concurrency: CONCURRENCY, seconds, rounds, rounds_: results, summary, ratio }, md);
+    writeResults(quick ? 'nat-cost-quick' : 'nat-cost', { ...meta, loadGenerator: `h2load ${h2loadVersion}`, concurrency: CONCURRENCY, seconds, warmUpS: WARM_S, rounds, rounds_: results, summary, ratio }, md);
     return summary.some((s) => s.errors > 0) ? 1 : 0;
   } finally {
     await direct.stop();

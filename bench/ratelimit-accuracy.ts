@@ -19,6 +19,7 @@ import { connectEtcd } from '../src/state/etcd/client';
 import { hardTimeLimit, log, quickFlag, metadataLines, runMetadata, startedAt, writeResults } from './common';
 import { policyDocs, waitPolicyInForce } from './ratelimit-lab';
 import { openLoop, type Sample } from './load';
+import { percentile } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
 
@@ -210,11 +211,6 @@ function windowRows(samples: Sample[], from: number, to: number, writes?: EtcdWr
   return [...rows.values()];
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
 function statusCounts(samples: Sample[]): Record<string, number> {
   const out: Record<string, number> = {};
   for (const s of samples) out[String(s.status)] = (out[String(s.status)] ?? 0) + 1;
@@ -282,7 +278,7 @@ function summarise(p: Params, d: Drive, writes?: EtcdWriteLog): Pick<RunResult, 
       max: Math.max(...ratios),
       min: Math.min(...ratios),
     },
-    latencyMs: { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] ?? NaN },
+    latencyMs: { p50: percentile(latencies, 50) ?? NaN, p99: percentile(latencies, 99) ?? NaN, max: latencies[latencies.length - 1] ?? NaN },
     statuses: statusCounts(d.samples),
   };
 }
@@ -495,7 +491,7 @@ function markdown(p: Params, results: RunResult[], meta: Record<string, string>)
     const other = r.windows.reduce((a, w) => a + w.other, 0);
     const straddling = r.windows.reduce((a, w) => a + w.straddling, 0);
     lines.push(
-      `| ${setup} | ${r.replicas} | ${r.windows.map((w) => w.sent).join(' ')} | ${fmt(r.latencyMs?.p50, 0)} / ${fmt(r.latencyMs?.p99, 0)} | ${other} | ${straddling} | ` +
+      `| ${setup} | ${r.replicas} | ${r.windows.map((w) => w.sent).join(' ')} | ${fmt(r.latencyMs?.p50, 1)} / ${fmt(r.latencyMs?.p99, 1)} | ${other} | ${straddling} | ` +
         `${r.etcd && r.consistency !== 'local' ? r.windows.map((w) => w.etcdGranted).join(' ') : '–'} | ${r.etcd ? r.windows.map((w) => w.etcdWrites).join(' ') : '–'} |`,
     );
   }

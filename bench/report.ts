@@ -174,7 +174,9 @@ export function checkTargets(data: Loaded): TargetCheck[] {
     missing(sat, 'latency.json');
     missing(added, 'latency.json');
   } else {
-    const baseline = lat.results.find((r) => r.id === 'envoy' && !r.error) ?? lat.results.find((r) => r.kind === 'envoy' && !r.error);
+    // Only the baseline measured beside the others: a run whose baseline failed has no ratios (the
+    // row measured again at the end of a one-round run drifted with everything else meanwhile).
+    const baseline = lat.results.find((r) => r.id === 'envoy' && !r.error);
     const row = (consistency: string, transport: string, protocol: string) =>
       lat.results!.find(
         (r) => r.kind === 'middlebox' && r.consistency === consistency && r.filters === 'ext_authz' && r.transport === transport && (r.authzProtocol ?? 'grpc') === protocol,

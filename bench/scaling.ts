@@ -1213,7 +1213,7 @@ function markdown(p: Params, results: ModeResult[], panic: PanicCheck | undefine
       lines.push(
         `| ${s.from}–${s.to}: ${s.label} | ${s.planned.join(', ') || 'none'} | ${range(s.live)} / ${range(s.envoyHealthy)} | ` +
           `${s.windows ? `${fmt(s.admittedPerLimitMean)} (${fmt(s.admittedPerLimitMax)}), ${s.windows} windows` : '– (no whole window)'} | ${fmt(s.etcdCountPerLimitMax)} | ` +
-          `${s.failed} of ${s.responses} | ${fmt(s.p99Ms, 0)} (${fmt(s.worstBucketP99Ms, 0)}) | ${s.degraded.length ? s.degraded.join(', ') : 'none'} |`,
+          `${s.failed} of ${s.responses} | ${fmt(s.p99Ms, 1)} (${fmt(s.worstBucketP99Ms, 1)}) | ${s.degraded.length ? s.degraded.join(', ') : 'none'} |`,
       );
     }
     lines.push('');

@@ -1014,7 +1014,7 @@ function targetLines(r: Report): Array<{ target: string; process: string; value:
       ok: v.fds.endOk,
     });
     lines.push({
-      target: `no upward trend in open fds (trend line rises < ${p.fdSlack} over the run after the warm-up)`,
+      target: `no upward trend in open fds (trend line rises ≤ ${p.fdSlack} over the run after the warm-up)`,
       process: v.name,
       value: `${fmt(v.fds.slopePerMin, 2)} fds/min (rise ${fmt(v.fds.trendRise, 1)})`,
       ok: v.fds.trendOk,

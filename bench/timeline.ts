@@ -15,9 +15,10 @@ export const windowOf = (at: number): number => Math.floor(at / WINDOW_MS);
 
 export const round = (n: number, digits = 3): number => Number(n.toFixed(digits));
 
+/** The p-th percentile of ascending values by nearest rank (as latency.ts): of 75 values, p99 is the 75th. */
 export function percentile(sorted: number[], p: number): number | null {
   if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
 export const latencyOf = (s: Sample): number => s.at - s.sent;
@@ -60,9 +61,12 @@ export function cpuSnapshot(): CpuSnapshot | undefined {
       } catch {
         continue; // gone meanwhile
       }
-      const { ppid, ticks } = parseStat(stat);
+      const { ppid, ticks, reapedTicks } = parseStat(stat);
       const pid = Number(entry);
-      cpu.set(pid, ticks);
+      // With the CPU of its children that have exited (and been waited for): when a replica exits,
+      // its time moves into its parent's, instead of leaving the tree and showing up as the CPU of
+      // processes outside it.
+      cpu.set(pid, ticks + reapedTicks);
       children.set(ppid, [...(children.get(ppid) ?? []), pid]);
     }
     let ours = 0;
@@ -78,10 +82,10 @@ export function cpuSnapshot(): CpuSnapshot | undefined {
   }
 }
 
-/** "pid (comm) state ppid ... utime stime": comm may hold spaces and parentheses. */
-function parseStat(stat: string): { ppid: number; ticks: number } {
+/** "pid (comm) state ppid ... utime stime cutime cstime": comm may hold spaces and parentheses. */
+function parseStat(stat: string): { ppid: number; ticks: number; reapedTicks: number } {
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { ppid: Number(rest[1]), ticks: Number(rest[11]) + Number(rest[12]) };
+  return { ppid: Number(rest[1]), ticks: Number(rest[11]) + Number(rest[12]), reapedTicks: Number(rest[13]) + Number(rest[14]) };
 }
 
 /** Linux reports process CPU times in USER_HZ ticks, 100 a second. */

@@ -8,7 +8,7 @@ import path from 'node:path';
 /** Experiment name → script under dist/bench, and what it measures. */
 export const BENCH_EXPERIMENTS: ReadonlyArray<{ name: string; script: string; summary: string; quick: boolean; only?: boolean }> = [
   { name: 'ratelimit', script: 'ratelimit-accuracy', summary: 'rate-limit accuracy and etcd writes per consistency mode, vs Envoy local_ratelimit', quick: true },
-  { name: 'nat', script: 'nat-cost', summary: 'NAT path cost: ext_proc NAT throughput beside Envoy routing directly', quick: true },
+  { name: 'nat', script: 'nat-cost', summary: 'NAT path cost: ext_proc NAT throughput beside Envoy routing directly (needs h2load)', quick: true },
   { name: 'faults', script: 'fault-timeline', summary: 'etcd frozen and resumed under load: admitted rate, p99 and breakers over time', quick: true },
   { name: 'latency', script: 'latency', summary: 'latency at fixed rates and saturation throughput per configuration (needs h2load)', quick: true, only: true },
   { name: 'envoy-authz', script: 'envoy-authz-cost', summary: 'what Envoy itself spends per ext_authz call, by setting (needs h2load)', quick: true },
