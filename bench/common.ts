@@ -172,13 +172,24 @@ export function describeCode(code: CodeIdentity): string {
   return `commit ${code.head}${uncommitted}; dist/src sha256 ${code.distSrcSha256}${changed}`;
 }
 
-/** Runs h2load to the end (killed if it overruns, and with every lab child if the bench ends); its output. */
+let h2loadRuns = 0;
+
+/**
+ * Runs h2load to the end (killed if it overruns, and with every lab child if the bench ends); its
+ * output, written by h2load straight to a file, so that all of it is there once it has exited (a
+ * pipe may still hold the last lines then).
+ */
 export async function h2load(exe: string, args: string[], seconds: number): Promise<string> {
-  const child = LabChild.spawn({ name: 'h2load', command: exe, args });
+  const out = path.join(os.tmpdir(), `middlebox-h2load-${process.pid}-${++h2loadRuns}.out`);
+  const child = LabChild.spawn({ name: 'h2load', command: exe, args, logFile: out });
   const killer = setTimeout(() => child.signal('SIGKILL'), (seconds + 20) * 1000);
   await child.exited;
   clearTimeout(killer);
-  return child.output();
+  try {
+    return fs.existsSync(out) ? fs.readFileSync(out, 'utf8') : '';
+  } finally {
+    fs.rmSync(out, { force: true });
+  }
 }
 
 /** h2load's path (the load generator of several benches), or undefined after saying how to install it. */

@@ -572,8 +572,10 @@ interface FixedRateRun extends LatencyStats {
 interface SaturationRun extends LatencyStats {
   connections: number;
   seconds: number;
-  /** 200 responses per second of the measured duration. */
+  /** 200 responses per second of the measured duration (rounded: the ratios use ok200 ÷ seconds). */
   rps: number;
+  /** 200 responses in the measured seconds. */
+  ok200: number;
   /** h2load's own figure (every response, whatever its status). */
   h2loadRps: number | null;
   /**
@@ -734,6 +736,7 @@ async function saturate(ctx: Context, urls: string[], pids: Record<string, numbe
     seconds: p.saturationS,
     ...latencyStats(rows),
     rps: Math.round(ok / p.saturationS),
+    ok200: ok,
     h2loadRps: h2loadRps(stdout),
     cpuUsPerRequest: cpuPerRequest(cpuSeconds, ok),
     ...(leased ? { leasedWaitsPerRequest: waited === null || rows.length === 0 ? null : round(waited / rows.length, 4) } : {}),
@@ -799,6 +802,7 @@ function poolRounds(all: ConfigResult[]): ConfigResult {
       seconds,
       ...durationStats(raws.flatMap((r) => r.durationsUs), sumStatuses(sats.map((x) => x.statuses))),
       rps: Math.round(ok / seconds),
+      ok200: ok,
       h2loadRps: h2.length ? round(h2.reduce((a, b) => a + b, 0) / h2.length, 1) : null,
       cpuUsPerRequest: cpuPerRequest(cpu, ok),
       ...('leasedWaitsPerRequest' in sats[0]! ? { leasedWaitsPerRequest: waited === null || responses === 0 ? null : round(waited / responses, 4) } : {}),
@@ -953,13 +957,16 @@ function fixedAt(r: ConfigResult, rate: number): FixedRateRun | undefined {
 }
 
 function compare(p: Params, r: ConfigResult, baseline: ConfigResult | undefined): Comparison {
-  const baseSat = baseline?.saturation?.rps;
+  const perS = (s: SaturationRun | null | undefined) => (s ? s.ok200 / s.seconds : undefined);
+  const sat = perS(r.saturation);
+  const baseSat = perS(baseline?.saturation);
   const p99 = fixedAt(r, p.targetRate)?.p99Ms;
   const baseP99 = baseline && fixedAt(baseline, p.targetRate)?.p99Ms;
-  // Unrounded: a target is judged on the measured value, not on its display (0.4996 is not 0.5).
+  // Unrounded: a target is judged on the measured value, not on its display (0.4996 is not 0.5);
+  // p99s are whole µs, so their difference is taken in µs, free of floating-point residue.
   return {
-    saturationRatio: r.saturation && baseSat ? r.saturation.rps / baseSat : null,
-    addedP99Ms: p99 !== undefined && p99 !== null && baseP99 !== undefined && baseP99 !== null ? p99 - baseP99 : null,
+    saturationRatio: sat !== undefined && baseSat ? sat / baseSat : null,
+    addedP99Ms: p99 !== undefined && p99 !== null && baseP99 !== undefined && baseP99 !== null ? (Math.round(p99 * 1000) - Math.round(baseP99 * 1000)) / 1000 : null,
   };
 }
 
@@ -1119,8 +1126,11 @@ function markdown(
   lines.push('| target | configuration | measured | met |');
   lines.push('|---|---|---|---|');
   for (const t of checks) {
-    // Three decimals: enough that a value just short of its target never prints as the target.
-    const value = t.target.startsWith('saturation') ? `${fmt(t.value, 3)} ×` : t.value === null ? '–' : `${t.value >= 0 ? '+' : ''}${fmt(t.value, 3)} ms`;
+    // Three decimals, rounded towards failing, so that a value just short of its target never
+    // prints as the target: a ratio down, an added latency up.
+    const value = t.target.startsWith('saturation')
+      ? `${t.value === null ? '–' : (Math.floor(t.value * 1000 + 1e-9) / 1000).toFixed(3)} ×`
+      : t.value === null ? '–' : `${t.value >= 0 ? '+' : ''}${(Math.ceil(t.value * 1000 - 1e-9) / 1000).toFixed(3)} ms`;
     lines.push(`| ${t.target} | ${t.config} | ${value} | ${t.met === null ? '–' : t.met ? '✔' : '✘'} |`);
   }
   if (p.quick) {

@@ -5,9 +5,13 @@
 import { loadTest, type LoadTestResult } from 'loadtest';
 
 export interface Sample {
-  /** When the response had arrived: epoch ms, to a fraction of a ms. */
+  /** Date.now() when the response had arrived. */
   at: number;
-  /** When the request was handed to Node's HTTP client, on the same clock; NaN for a connection failure. */
+  /**
+   * When the request was handed to Node's HTTP client: `at` minus its response time, which is
+   * measured on the monotonic clock to a fraction of a ms. NaN where loadtest reports no result
+   * (a connection failure, a timeout, a response stream that broke).
+   */
   sent: number;
   /** HTTP status; 0 for a connection failure or timeout without a response. */
   status: number;
@@ -24,26 +28,25 @@ export interface OpenLoopOptions {
   onSample?: (s: Sample) => void;
 }
 
-/** Epoch ms to a fraction of a ms (loadtest's own requestElapsed is whole ms, cut down). */
-const now = (): number => performance.timeOrigin + performance.now();
-
-type RequestFn = (params: unknown, callback: (res: unknown) => void) => { labels?: { sentMs: number } };
+type RequestFn = (params: unknown, callback: (res: unknown) => void) => { labels?: { sentPerfMs: number } };
 
 export async function openLoop(opts: OpenLoopOptions): Promise<Sample[]> {
   const samples: Sample[] = [];
-  // Each request carries its send time, which loadtest hands back with its result (`labels`).
+  // Each request carries its send time on the monotonic clock, which loadtest hands back with its
+  // result (`labels`): loadtest's own requestElapsed is cut down to whole ms. Windows and events
+  // are on Date.now(), so `at` is too, and `sent` is `at` minus the precise response time.
   const requestGenerator = (_options: unknown, params: unknown, request: RequestFn, callback: (res: unknown) => void) => {
-    const sentMs = now();
+    const sentPerfMs = performance.now();
     const req = request(params, callback);
-    req.labels = { sentMs };
+    req.labels = { sentPerfMs };
     return req;
   };
   const record = (error: unknown, result: LoadTestResult | undefined) => {
-    const at = now();
-    const sentMs = (result as { labels?: { sentMs?: unknown } } | undefined)?.labels?.sentMs;
+    const at = Date.now();
+    const sentPerfMs = (result as { labels?: { sentPerfMs?: unknown } } | undefined)?.labels?.sentPerfMs;
     const s: Sample = {
       at,
-      sent: typeof sentMs === 'number' ? sentMs : NaN,
+      sent: typeof sentPerfMs === 'number' ? at - (performance.now() - sentPerfMs) : NaN,
       status: result?.statusCode ?? 0,
     };
     samples.push(s);

@@ -41,8 +41,10 @@ export interface RatelimitJson extends Meta {
 }
 
 export interface NatJson extends Meta {
+  loadGenerator?: string;
   concurrency?: number;
   seconds?: number;
+  warmUpS?: number;
   rounds?: number;
   summary?: Array<{ setup?: string; rps?: number; p50?: number; p99?: number; errors?: number }>;
   ratio?: number;
@@ -82,7 +84,7 @@ interface LatencyRow {
   /** 'http' for ext_authz over HTTP (http_service); absent (gRPC) in results before it existed. */
   authzProtocol?: string;
   fixed?: Array<{ rate?: number; p50Ms?: number | null; p99Ms?: number | null }>;
-  saturation?: { rps?: number } | null;
+  saturation?: { rps?: number; ok200?: number; seconds?: number } | null;
   saturationRatio?: number | null;
   addedP99Ms?: number | null;
   error?: string;
@@ -192,11 +194,15 @@ export function checkTargets(data: Loaded): TargetCheck[] {
     for (const { transport, r } of cases(['leased'])) {
       const config = r?.label ?? `middlebox leased, ext_authz, ${where(transport)}`;
       const base = baseline?.saturation?.rps;
-      const ratio = r && !r.error && num(r.saturation?.rps) && num(base) && base > 0 ? r.saturation!.rps! / base : r && num(r.saturationRatio) ? r.saturationRatio : null;
+      // 200s per measured second, unrounded where the run recorded them (rps is rounded).
+      const perS = (s: { rps?: number; ok200?: number; seconds?: number } | null | undefined) => (s && num(s.ok200) && num(s.seconds) && s.seconds > 0 ? s.ok200 / s.seconds : s?.rps);
+      const mineS = perS(r?.saturation);
+      const baseS = perS(baseline?.saturation);
+      const ratio = r && !r.error && num(mineS) && num(baseS) && baseS > 0 ? mineS / baseS : r && num(r.saturationRatio) ? r.saturationRatio : null;
       checks.push({
         target: sat,
         configuration: config,
-        measured: ratio === null ? (r?.error ? 'the run failed' : 'not measured') : `${ratio.toFixed(3)} × (${r?.saturation?.rps ?? '?'} vs ${base ?? '?'} req/s)`,
+        measured: ratio === null ? (r?.error ? 'the run failed' : 'not measured') : `${(Math.floor(ratio * 1000 + EPS) / 1000).toFixed(3)} × (${r?.saturation?.rps ?? '?'} vs ${base ?? '?'} req/s)`,
         met: ratio === null ? null : ratio >= TARGETS.saturationRatio - EPS,
         source: 'latency.json',
       });
@@ -209,7 +215,7 @@ export function checkTargets(data: Loaded): TargetCheck[] {
       checks.push({
         target: added,
         configuration: config,
-        measured: diff === null ? (r?.error ? 'the run failed' : `not measured at ${TARGETS.addedP99Rate} req/s`) : `${diff >= 0 ? '+' : ''}${diff.toFixed(2)} ms (p99 ${mine!.toFixed(2)} vs ${base!.toFixed(2)} ms)`,
+        measured: diff === null ? (r?.error ? 'the run failed' : `not measured at ${TARGETS.addedP99Rate} req/s`) : `${diff >= 0 ? '+' : ''}${(Math.ceil(diff * 100 - EPS) / 100).toFixed(2)} ms (p99 ${mine!.toFixed(2)} vs ${base!.toFixed(2)} ms)`,
         met: diff === null ? null : diff <= TARGETS.addedP99Ms + EPS,
         source: 'latency.json',
       });
@@ -337,7 +343,7 @@ function ratelimitSection(j: RatelimitJson): string[] {
 function natSection(j: NatJson): string[] {
   const rows = (j.summary ?? []).map((s) => [s.setup ?? '?', String(s.rps ?? '–'), String(s.p50 ?? '–'), String(s.p99 ?? '–'), String(s.errors ?? '–')]);
   return [
-    `Closed loop, ${j.concurrency ?? '?'} connections, ${j.seconds ?? '?'} s per round, ${j.rounds ?? '?'} alternating rounds; medians.`,
+    `${j.loadGenerator ? `${j.loadGenerator}, c` : 'C'}losed loop, ${j.concurrency ?? '?'} connections, ${j.seconds ?? '?'} s per round${j.warmUpS ? ` after ${j.warmUpS} s of warm-up` : ''}, ${j.rounds ?? '?'} rounds in alternating order; medians.`,
     '',
     ...table(['setup', 'requests/s', 'p50 ms', 'p99 ms', 'errors'], rows),
     '',
