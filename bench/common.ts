@@ -172,6 +172,30 @@ export function describeCode(code: CodeIdentity): string {
   return `commit ${code.head}${uncommitted}; dist/src sha256 ${code.distSrcSha256}${changed}`;
 }
 
+/** One line of h2load's --log-file: start (µs since the epoch), status (-1: failed stream), duration (µs). */
+export interface H2loadRow {
+  startUs: number;
+  status: number;
+  durationUs: number;
+}
+
+/** Every request in an h2load --log-file (none if there is no file). */
+export function readH2loadLog(file: string): H2loadRow[] {
+  const rows: H2loadRow[] = [];
+  for (const line of (fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '').split('\n')) {
+    const [start, status, duration] = line.split('\t');
+    if (duration === undefined) continue;
+    rows.push({ startUs: Number(start), status: Number(status), durationUs: Number(duration) });
+  }
+  return rows;
+}
+
+/** h2load's own requests per second over its measured duration, from its summary; null if absent. */
+export function h2loadRps(output: string): number | null {
+  const m = /finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(output);
+  return m ? Number(m[1]) : null;
+}
+
 let h2loadRuns = 0;
 
 /**

@@ -32,7 +32,7 @@ import { putPolicies } from '../src/state/etcd/policies';
 import { lookaheadOffsetMs } from '../src/state/etcd/ratelimit';
 import { renderSvg, type VegaLiteSpec } from './chart';
 import { nearestRankMs, sliceStats, type SliceStats } from './slice';
-import { type CodeIdentity, codeIdentity, describeCode, h2loadExecutable, hardTimeLimit, log, quickFlag, readWarnings, resultsDir, metadataLines, runMetadata, versionOf, writeResults } from './common';
+import { type CodeIdentity, codeIdentity, describeCode, h2loadExecutable, type H2loadRow, hardTimeLimit, log, quickFlag, h2loadRps, readH2loadLog, readWarnings, resultsDir, metadataLines, runMetadata, versionOf, writeResults } from './common';
 import { processCpuSeconds } from './timeline';
 
 // ---- parameters -----------------------------------------------------------------------------------
@@ -462,16 +462,10 @@ async function checkTarget(s: Setup, t: Target): Promise<string[]> {
 
 // ---- h2load -----------------------------------------------------------------------------------------
 
-/** One line of h2load's --log-file: start (µs since the epoch), status (-1: failed stream), duration (µs). */
-interface Row {
-  startUs: number;
-  status: number;
-  durationUs: number;
-}
 
 interface H2loadOutput {
   stdout: string;
-  rows: Row[];
+  rows: H2loadRow[];
 }
 
 let runNumber = 0;
@@ -496,20 +490,10 @@ async function runH2load(ctx: Context, args: string[], expectS: number, what: st
   if (code !== 0) {
     throw new Error(`h2load (${what}) exited with code ${code}, signal ${signal}:\n${stdout.split('\n').filter((l) => !l.startsWith('progress')).slice(-15).join('\n')}`);
   }
-  const rows: Row[] = [];
-  for (const line of (fs.existsSync(`${base}.tsv`) ? fs.readFileSync(`${base}.tsv`, 'utf8') : '').split('\n')) {
-    const [start, status, duration] = line.split('\t');
-    if (duration === undefined) continue;
-    rows.push({ startUs: Number(start), status: Number(status), durationUs: Number(duration) });
-  }
+  const rows = readH2loadLog(`${base}.tsv`);
   fs.rmSync(`${base}.tsv`, { force: true });
   fs.rmSync(`${base}.out`, { force: true });
   return { stdout, rows };
-}
-
-function h2loadRps(stdout: string): number | null {
-  const m = /finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(stdout);
-  return m ? Number(m[1]) : null;
 }
 
 // ---- measurements -----------------------------------------------------------------------------------
@@ -591,7 +575,7 @@ interface SaturationRun extends LatencyStats {
   leasedWaitsPerRequest?: number | null;
 }
 
-function latencyStats(rows: Row[]): LatencyStats {
+function latencyStats(rows: H2loadRow[]): LatencyStats {
   const statuses: Record<string, number> = {};
   for (const r of rows) {
     const key = r.status < 0 ? 'failed' : String(r.status);

@@ -16,7 +16,7 @@ import { SidecarLab } from '../src/lab/sidecar';
 import { startHttpUpstream, type Upstream } from '../src/lab/upstream';
 import { httpRequest } from '../src/lab/client';
 import { parsePolicies } from '../src/policy/parse';
-import { h2load, h2loadExecutable, log, quickFlag, runMetadata, versionOf, writeResults } from './common';
+import { h2load, h2loadExecutable, h2loadRps, log, quickFlag, readH2loadLog, runMetadata, versionOf, writeResults } from './common';
 import { percentile } from './timeline';
 
 interface Round {
@@ -44,14 +44,10 @@ async function saturate(exe: string, url: string, host: string, seconds: number)
       ['--h1', '-c', String(CONCURRENCY), '-D', `${seconds * 1000}ms`, '--warm-up-time', `${WARM_S * 1000}ms`, '-H', `:authority: ${host}`, `--log-file=${logFile}`, url],
       WARM_S + seconds,
     );
-    const rps = /finished in [\d.]+\w+, ([\d.]+) req\/s/.exec(out);
+    const rps = h2loadRps(out);
     const failed = /requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed/.exec(out);
-    if (!rps || !failed) throw new Error(`h2load's output is not what this bench reads:\n${out.slice(-800)}`);
-    const rows = (fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '')
-      .split('\n')
-      .map((l) => l.split('\t'))
-      .filter((f) => f.length >= 3)
-      .map(([, status, durationUs]) => ({ status: Number(status), ms: Number(durationUs) / 1000 }));
+    if (rps === null || !failed) throw new Error(`h2load's output is not what this bench reads:\n${out.slice(-800)}`);
+    const rows = readH2loadLog(logFile).map((r) => ({ status: r.status, ms: r.durationUs / 1000 }));
     // Response times of the 200s: a failed stream (status -1) or another answer is an error, not a time.
     const latencies = rows.filter((r) => r.status === 200).map((r) => r.ms).sort((a, b) => a - b);
     const notOk = rows.filter((r) => r.status !== 200).length;
@@ -64,7 +60,7 @@ async function saturate(exe: string, url: string, host: string, seconds: number)
     // h2load counts a request that got no answer, or a 4xx/5xx one, as failed; a 1xx-3xx answer
     // that is not 200 counts here too.
     const otherOk = rows.filter((r) => r.status !== 200 && r.status > 0 && r.status < 400).length;
-    return { rps: Math.round(Number(rps[1])), p50: round2(percentile(latencies, 50)), p99: round2(percentile(latencies, 99)), errors: Number(failed[1]) + otherOk };
+    return { rps: Math.round(rps), p50: round2(percentile(latencies, 50)), p99: round2(percentile(latencies, 99)), errors: Number(failed[1]) + otherOk };
   } finally {
     fs.rmSync(logFile, { force: true });
   }

@@ -1,9 +1,15 @@
 // Response times of the requests that started in one slice of every rate-limit window, against the
 // rest: where a once-a-window event (a leased replica's etcd call) shows in a run's tail.
 
+/** The q-quantile (0 < q ≤ 1) of ascending values by nearest rank: of 75 values, q 0.99 is the 75th. */
+export function nearestRank(sorted: readonly number[], q: number): number | null {
+  return sorted.length ? sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)]! : null;
+}
+
 /** The q-quantile of ascending response times (µs) by nearest rank, in ms. */
 export function nearestRankMs(sortedUs: readonly number[], q: number): number | null {
-  return sortedUs.length ? sortedUs[Math.max(0, Math.ceil(q * sortedUs.length) - 1)]! / 1000 : null;
+  const v = nearestRank(sortedUs, q);
+  return v === null ? null : v / 1000;
 }
 
 export interface SliceStats {

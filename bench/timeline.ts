@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import type { Etcd3, Watcher } from 'etcd3';
 import { waitFor } from '../src/lab/ports';
 import type { Sample } from './load';
+import { nearestRank } from './slice';
 
 /** The rate limits' window in these benches. */
 export const WINDOW_MS = 1000;
@@ -15,10 +16,9 @@ export const windowOf = (at: number): number => Math.floor(at / WINDOW_MS);
 
 export const round = (n: number, digits = 3): number => Number(n.toFixed(digits));
 
-/** The p-th percentile of ascending values by nearest rank (as latency.ts): of 75 values, p99 is the 75th. */
+/** The p-th percentile of ascending values by nearest rank, as the latency bench takes it. */
 export function percentile(sorted: number[], p: number): number | null {
-  if (sorted.length === 0) return null;
-  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!;
+  return nearestRank(sorted, p / 100);
 }
 
 export const latencyOf = (s: Sample): number => s.at - s.sent;

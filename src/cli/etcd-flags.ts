@@ -61,17 +61,12 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   if (prefixFlag === '') throw new UsageError('--prefix must not be empty (default /middlebox)');
   const prefix = prefixFlag !== undefined ? normalisePrefix(prefixFlag) : defaults.prefix;
   // Each value with the flag or variable it came from, for messages.
-  const from: Record<string, string> = {};
-  const pick = (flag: string, envName: string) => {
-    const { value, name } = flagOrEnv(values, flag, envName, env);
-    from[flag] = name;
-    return value;
-  };
-  const cacert = pick('etcd-cacert', E.cacert);
-  const cert = pick('etcd-cert', E.cert);
-  const key = pick('etcd-key', E.key);
-  const user = pick('etcd-user', E.user);
-  const passwordFile = pick('etcd-password-file', E.passwordFile);
+  const cacertOpt = flagOrEnv(values, 'etcd-cacert', E.cacert, env);
+  const certOpt = flagOrEnv(values, 'etcd-cert', E.cert, env);
+  const keyOpt = flagOrEnv(values, 'etcd-key', E.key, env);
+  const userOpt = flagOrEnv(values, 'etcd-user', E.user, env);
+  const passwordFileOpt = flagOrEnv(values, 'etcd-password-file', E.passwordFile, env);
+  const [cacert, cert, key, user, passwordFile] = [cacertOpt, certOpt, keyOpt, userOpt, passwordFileOpt].map((o) => o.value);
   const envPassword = env[E.password] || undefined;
 
   const etcdSource = etcdFlag !== undefined ? '--etcd' : 'MIDDLEBOX_ETCD';
@@ -92,18 +87,18 @@ export function etcdConnectionFrom(values: Record<string, unknown>, env: NodeJS.
   if ((cert === undefined) !== (key === undefined)) throw new UsageError('--etcd-cert and --etcd-key go together: a client certificate needs its key');
   if (user !== undefined && user.trim() === '') throw new UsageError('--etcd-user must name a user, got ""');
   if (user !== undefined && passwordFile === undefined && envPassword === undefined) {
-    throw new UsageError(`${from['etcd-user']} ${user} needs a password: set ${E.password} or give --etcd-password-file FILE`);
+    throw new UsageError(`${userOpt.name} ${user} needs a password: set ${E.password} or give --etcd-password-file FILE`);
   }
   if (user === undefined && (passwordFile !== undefined || envPassword !== undefined)) {
-    throw new UsageError(`an etcd password is set (${passwordFile !== undefined ? from['etcd-password-file'] : E.password}) but no --etcd-user`);
+    throw new UsageError(`an etcd password is set (${passwordFile !== undefined ? passwordFileOpt.name : E.password}) but no --etcd-user`);
   }
 
   const settings: EtcdSettings = { endpoints };
   if (cacert || cert) {
     settings.tls = {
-      ca: cacert ? readPem(from['etcd-cacert']!, cacert, 'CERTIFICATE') : undefined,
-      cert: cert ? readPem(from['etcd-cert']!, cert, 'CERTIFICATE') : undefined,
-      key: key ? readPem(from['etcd-key']!, key, 'PRIVATE KEY') : undefined,
+      ca: cacert ? readPem(cacertOpt.name, cacert, 'CERTIFICATE') : undefined,
+      cert: cert ? readPem(certOpt.name, cert, 'CERTIFICATE') : undefined,
+      key: key ? readPem(keyOpt.name, key, 'PRIVATE KEY') : undefined,
     };
   }
   if (user !== undefined) {

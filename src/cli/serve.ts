@@ -124,9 +124,10 @@ export const serveCommand: Command = {
     const env = settingsFromEnv();
     const listen = stringOpt(values, 'listen') ?? env.listen;
     checkListen(stringOpt(values, 'listen') !== undefined ? '--listen' : 'MIDDLEBOX_LISTEN', listen);
-    const httpAuthzListen = stringOpt(values, 'http-authz-listen') ?? (process.env.MIDDLEBOX_HTTP_AUTHZ_LISTEN || undefined);
+    const httpAuthz = flagOrEnv(values, 'http-authz-listen', 'MIDDLEBOX_HTTP_AUTHZ_LISTEN');
+    const httpAuthzListen = httpAuthz.value;
     if (httpAuthzListen !== undefined) {
-      checkListen(stringOpt(values, 'http-authz-listen') !== undefined ? '--http-authz-listen' : 'MIDDLEBOX_HTTP_AUTHZ_LISTEN', httpAuthzListen);
+      checkListen(httpAuthz.name, httpAuthzListen);
       if (sameAddress(httpAuthzListen, listen)) throw new UsageError(`--http-authz-listen must differ from --listen (both ${listen})`);
     }
     // The etcd flags are the ones every command shares; their files are read (and refused) now.
@@ -157,7 +158,7 @@ export const serveCommand: Command = {
       if (address !== undefined && sameAddress(address, adminListen)) throw new UsageError(`${adminSource} must differ from ${other} (both ${address})`);
     }
     if (stringOpt(values, 'state-dir')?.trim() === '') throw new UsageError('--state-dir must name a directory, got ""');
-    const stateDirOpt = stringOpt(values, 'state-dir') ?? (process.env.MIDDLEBOX_STATE_DIR || undefined);
+    const stateDirOpt = flagOrEnv(values, 'state-dir', 'MIDDLEBOX_STATE_DIR').value;
     const { value: replicaId, name: replicaIdName } = flagOrEnv(values, 'replica-id', 'MIDDLEBOX_REPLICA_ID');
     // One etcd key per replica: replicas sharing a name would count as one in every local share.
     if (replicaId !== undefined && !/^[^\s/]{1,253}$/.test(replicaId)) {
@@ -299,21 +300,16 @@ function boundedWait(work: Promise<unknown>, ms: number, onTimeout: () => void):
  */
 function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): ServerTls | undefined {
   // Each file with the flag or variable that named it, for messages.
-  const names: Record<string, string> = {};
-  const pick = (flag: string, envName: string) => {
-    const { value, name } = flagOrEnv(values, flag, envName, env);
-    names[flag] = name;
-    return value;
-  };
-  const certFile = pick('tls-cert', SERVER_TLS_ENV.cert);
-  const keyFile = pick('tls-key', SERVER_TLS_ENV.key);
-  const caFile = pick('tls-client-ca', SERVER_TLS_ENV.clientCa);
+  const cert = flagOrEnv(values, 'tls-cert', SERVER_TLS_ENV.cert, env);
+  const key = flagOrEnv(values, 'tls-key', SERVER_TLS_ENV.key, env);
+  const ca = flagOrEnv(values, 'tls-client-ca', SERVER_TLS_ENV.clientCa, env);
+  const [certFile, keyFile, caFile] = [cert.value, key.value, ca.value];
   if (certFile === undefined && keyFile === undefined) {
-    if (caFile !== undefined) throw new UsageError(`${names['tls-client-ca']} (mTLS) needs --tls-cert and --tls-key: the server must present a certificate too`);
+    if (caFile !== undefined) throw new UsageError(`${ca.name} (mTLS) needs --tls-cert and --tls-key: the server must present a certificate too`);
     return undefined;
   }
   if (certFile === undefined || keyFile === undefined) {
-    throw new UsageError(`${certFile !== undefined ? names['tls-cert'] : names['tls-key']} needs ${certFile !== undefined ? '--tls-key' : '--tls-cert'} too: --tls-cert and --tls-key go together`);
+    throw new UsageError(`${certFile !== undefined ? cert.name : key.name} needs ${certFile !== undefined ? '--tls-key' : '--tls-cert'} too: --tls-cert and --tls-key go together`);
   }
   const read = (flag: string, file: string) => {
     try {
@@ -324,9 +320,9 @@ function serverTlsFrom(values: Record<string, unknown>, env: NodeJS.ProcessEnv =
     }
   };
   const tls: ServerTls = {
-    cert: read(names['tls-cert']!, certFile),
-    key: read(names['tls-key']!, keyFile),
-    clientCa: caFile === undefined ? undefined : read(names['tls-client-ca']!, caFile),
+    cert: read(cert.name, certFile),
+    key: read(key.name, keyFile),
+    clientCa: caFile === undefined ? undefined : read(ca.name, caFile),
     // Watched: a rotated certificate is served to new connections without a restart.
     files: { cert: certFile, key: keyFile, clientCa: caFile },
   };

@@ -22,7 +22,7 @@ import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { trackSockets } from '../http-drain';
+import { TLS_HANDSHAKE_TIMEOUT_MS, trackSockets } from '../http-drain';
 import type * as grpc from '@grpc/grpc-js';
 
 /** The gRPC status codes this transport sends itself. */
@@ -89,8 +89,6 @@ const OK_TRAILERS = Object.freeze({ 'grpc-status': '0' });
 const FRAME_HEADER_BYTES = 5;
 /** Per connection (Node's maxSessionMemory, in megabytes). */
 const SESSION_MEMORY_MB = 64;
-/** How long a TLS handshake may take before the connection is closed. */
-export const TLS_HANDSHAKE_TIMEOUT_MS = 5000;
 
 interface Method {
   path: string;

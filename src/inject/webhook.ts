@@ -18,8 +18,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { MiddleboxError } from '../errors';
 import { watchFiles } from '../file-watch';
-import { drainHttpServer, trackSockets } from '../http-drain';
-import { TLS_HANDSHAKE_TIMEOUT_MS } from '../grpc/transport';
+import { drainHttpServer, TLS_HANDSHAKE_TIMEOUT_MS, trackSockets } from '../http-drain';
 import type { Logger } from '../observability/logger';
 import type { InjectConfig } from './config';
 import { injectionRequired } from './decide';
@@ -371,9 +370,8 @@ export async function startWebhook(opts: WebhookOptions): Promise<RunningWebhook
       stopping = true;
       watcher.stop();
       if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-      return drainHttpServer(server, drainMs, () => {
+      return drainHttpServer(server, sockets, drainMs, () => {
         logger.warn({ drainMs }, 'in-flight requests did not finish in time; cutting them off');
-        for (const socket of sockets) socket.destroy();
       });
     },
   };

@@ -56,6 +56,10 @@ export interface SidecarLabOptions {
 
 export const LAB_ETCD_TIMEOUT_MS = 300;
 
+function replicaLogFile(logDir: string, i: number): string {
+  return path.join(logDir, `middlebox-${i + 1}.log`);
+}
+
 export class SidecarLab {
   private constructor(
     readonly etcd: EtcdProcess,
@@ -88,7 +92,7 @@ export class SidecarLab {
           listen: opts.listen?.[i],
           memberTtlS: opts.memberTtlS,
           etcdTimeoutMs: opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
-          logFile: path.join(logDir, `middlebox-${i + 1}.log`),
+          logFile: replicaLogFile(logDir, i),
           stateDir: replicaStateDir(opts, i),
           onNoState: opts.onNoState,
           ...replicaTls(opts),
@@ -153,7 +157,7 @@ export class SidecarLab {
       etcd: this.etcd.endpoint,
       prefix: this.prefix,
       listen: old.address,
-      logFile: path.join(this.logDir, `middlebox-${i + 1}.log`),
+      logFile: this.replicaLogFile(i),
       memberTtlS: this.opts.memberTtlS,
       etcdTimeoutMs: this.opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
       stateDir: replicaStateDir(this.opts, i),
@@ -163,6 +167,11 @@ export class SidecarLab {
     });
     this.replicas[i] = mb;
     return mb;
+  }
+
+  /** Replica i's log (0-based; the file is numbered from 1): its stdout and stderr, restarts appended. */
+  replicaLogFile(i: number): string {
+    return replicaLogFile(this.logDir, i);
   }
 
   async applyPolicies(docs: PolicyDocument[]): Promise<void> {

@@ -41,7 +41,7 @@ export const DEFAULT_DECISION_LOG: DecisionLogSettings = { mode: 'denied', sampl
 export function decisionLogSettings(mode = 'denied', sample = '1', redact = '', names = { mode: 'decision log', sample: 'decision log sample' }): DecisionLogSettings {
   if (mode !== 'denied' && mode !== 'all' && mode !== 'off') throw new Error(`${names.mode} must be denied, all or off, got ${JSON.stringify(mode)}`);
   const rate = Number(sample);
-  if (!/^(0|1|0?\.\d+|1\.0*)$/.test(sample) || rate > 1) throw new Error(`${names.sample} must be a number from 0 to 1, got ${JSON.stringify(sample)}`);
+  if (!/^(0|1|0?\.\d+|1\.0*)$/.test(sample)) throw new Error(`${names.sample} must be a number from 0 to 1, got ${JSON.stringify(sample)}`);
   const extra = redact.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
   return { mode, sample: rate, redact: new Set([...ALWAYS_REDACTED, ...extra]) };
 }

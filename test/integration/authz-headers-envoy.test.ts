@@ -5,7 +5,6 @@
 // decision made without it — even where Envoy fails open, and whatever the client sends.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import { httpRequest } from '../../src/lab/client';
 import { waitFor } from '../../src/lab/ports';
 import { SidecarLab } from '../../src/lab/sidecar';
@@ -80,7 +79,7 @@ for (const transport of ['grpc', 'http'] as const) {
       let found: Record<string, unknown> | undefined;
       await waitFor(
         async () => {
-          const file = path.join(lab.logDir, 'middlebox-1.log');
+          const file = lab.replicaLogFile(0);
           const lines = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.startsWith('{')) : [];
           found = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.path === p && 'allow' in l);
           return found !== undefined;

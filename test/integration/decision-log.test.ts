@@ -11,6 +11,7 @@ import { httpRequest } from '../../src/lab/client';
 import { waitFor } from '../../src/lab/ports';
 import { SidecarLab } from '../../src/lab/sidecar';
 import { parsePolicies } from '../../src/policy/parse';
+import { jsonLines } from '../harness/log';
 
 const POLICY = `
 apiVersion: middlebox.io/v1alpha1
@@ -26,16 +27,6 @@ spec:
 
 const SECRETS = { authorization: 'Bearer s3cr3t-token', cookie: 'sid=s3cr3t-cookie', 'x-tenant-key': 's3cr3t-tenant' };
 
-type Line = Record<string, unknown>;
-
-function jsonLines(file: string): Line[] {
-  if (!fs.existsSync(file)) return [];
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Line);
-}
 
 describe('decision logs joined with Envoy access logs, credentials redacted, whatever --log-level says', function () {
   this.timeout(60_000);
@@ -74,7 +65,7 @@ describe('decision logs joined with Envoy access logs, credentials redacted, wha
     const allowed = await httpRequest({ port: lab.httpPort, path: '/products/joined', headers: SECRETS });
     assert.equal(denied.status, 403);
     assert.equal(allowed.status, 200);
-    const decisionOf = (p: string) => jsonLines(path.join(lab.logDir, 'middlebox-1.log')).find((l) => l.path === p && 'decision' in l && 'allow' in l);
+    const decisionOf = (p: string) => jsonLines(lab.replicaLogFile(0)).find((l) => l.path === p && 'decision' in l && 'allow' in l);
     const accessOf = (p: string) => jsonLines(accessLog).find((l) => l.path === p);
     // Envoy flushes its access log about once a second.
     await waitFor(() => Boolean(accessOf('/admin/joined') && accessOf('/products/joined') && decisionOf('/admin/joined') && decisionOf('/products/joined')), {
@@ -103,14 +94,14 @@ describe('decision logs joined with Envoy access logs, credentials redacted, wha
 
   it('never writes a credential: authorization, cookie and the configured header are redacted', async () => {
     await httpRequest({ port: lab.httpPort, path: '/admin/redact', headers: { ...SECRETS, 'x-plain': 'visible' } });
-    const line = () => jsonLines(path.join(lab.logDir, 'middlebox-1.log')).find((l) => l.path === '/admin/redact');
+    const line = () => jsonLines(lab.replicaLogFile(0)).find((l) => l.path === '/admin/redact');
     await waitFor(() => Boolean(line()), { timeoutMs: 10_000, what: 'the decision line' });
     const headers = line()!.headers as Record<string, string>;
     assert.equal(headers.authorization, '[redacted]');
     assert.equal(headers.cookie, '[redacted]');
     assert.equal(headers['x-tenant-key'], '[redacted]');
     assert.equal(headers['x-plain'], 'visible', 'other headers are logged');
-    const whole = fs.readFileSync(path.join(lab.logDir, 'middlebox-1.log'), 'utf8');
+    const whole = fs.readFileSync(lab.replicaLogFile(0), 'utf8');
     // Every secret value shares this part: no piece of one may be in the log.
     assert.ok(Object.values(SECRETS).every((v) => v.includes('s3cr3t')));
     assert.ok(!whole.includes('s3cr3t'), 'a secret header value appears in the log');
@@ -120,7 +111,7 @@ describe('decision logs joined with Envoy access logs, credentials redacted, wha
     const statuses: number[] = [];
     for (let i = 1; i <= 5; i++) statuses.push((await httpRequest({ port: lab.httpPort, path: `/limited/${i}` })).status);
     assert.deepEqual(statuses, [200, 200, 200, 429, 429]);
-    const decisions = (p: string) => jsonLines(path.join(lab.logDir, 'middlebox-1.log')).filter((l) => l.path === p && 'decision' in l && 'allow' in l);
+    const decisions = (p: string) => jsonLines(lab.replicaLogFile(0)).filter((l) => l.path === p && 'decision' in l && 'allow' in l);
     await waitFor(() => decisions('/limited/3').length > 0, { timeoutMs: 10_000, what: 'the decision line of /limited/3' });
     for (let i = 1; i <= 3; i++) assert.equal(decisions(`/limited/${i}`).length, 1, `one decision line for /limited/${i}`);
   });

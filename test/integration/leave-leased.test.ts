@@ -3,7 +3,6 @@
 // many buckets at once, and with no shutdown delay or drain to hide behind.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { httpRequest } from '../../src/lab/client';
 import { waitFor } from '../../src/lab/ports';
@@ -65,7 +64,7 @@ describe('a leased replica that stops gives its unspent tokens back', function (
     assert.equal((exit as { code: number | null }).code, 0);
 
     assert.equal(await counted(), admitted, 'every unspent token went back');
-    const log = fs.readFileSync(path.join(lab.logDir, 'middlebox-1.log'), 'utf8');
+    const log = fs.readFileSync(lab.replicaLogFile(0), 'utf8');
     assert.match(log, /gave unspent leased tokens back to etcd/);
     assert.doesNotMatch(log, /could not give leased tokens back|did not take all unspent leased tokens back/);
   });

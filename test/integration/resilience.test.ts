@@ -2,8 +2,6 @@
 // real Envoy and three replicas: no request fails, the breaker opens fast, limits hold within the
 // local bound, the firewall keeps its policy, and counts and NAT mappings reconcile afterwards.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { httpRequest, type HttpResult } from '../../src/lab/client';
 import { sleep, waitFor } from '../../src/lab/ports';
@@ -12,6 +10,7 @@ import { startHttpUpstream, type Upstream } from '../../src/lab/upstream';
 import { parsePolicies } from '../../src/policy/parse';
 import { etcdKey } from '../../src/state/etcd/ratelimit';
 import { flowKey } from '../../src/state/etcd/nat';
+import { jsonLines } from '../harness/log';
 
 const LIMIT = 60;
 
@@ -141,11 +140,9 @@ spec:
       // three replicas' health on two busy cores would add its own delay to the measurement.
       // The whole log file, not the last lines a replica's output() keeps.
       const openedAt = (i: number) =>
-        fs.readFileSync(path.join(lab.logDir, `middlebox-${i + 1}.log`), 'utf8')
-          .split('\n')
-          .filter((l) => l.startsWith('{') && l.includes('etcd breaker open'))
-          .map((l) => JSON.parse(l) as { time: number })
-          .find((l) => l.time >= t0);
+        jsonLines(lab.replicaLogFile(i))
+          .map((l) => l as { msg?: string; time: number })
+          .find((l) => l.msg === 'etcd breaker open: deciding from local state' && l.time >= t0);
       for (const [i, polled] of opened.entries()) {
         await waitFor(() => openedAt(i) !== undefined, { timeoutMs: 3000, what: `replica ${i}'s breaker opening in its log (health said open ${polled} ms after the first request)` });
         const ms = openedAt(i)!.time - t0;

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { ServerHealth } from '../../src/grpc/health';
+import { waitFor } from '../../src/lab/ports';
 import { startServer } from '../../src/grpc/server';
 import { GrpcTransport } from '../../src/grpc/transport';
 import { silentLogger } from '../../src/observability/logger';
@@ -31,10 +32,8 @@ function watch(stub: HealthStub, service: string) {
   return { call, statuses, ended };
 }
 
-async function until(what: string, cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), what);
-}
+/** Waits up to 2 s for `cond`, failing with `what`. */
+const until = (what: string, cond: () => boolean): Promise<void> => waitFor(cond, { timeoutMs: 2000, intervalMs: 10, what });
 
 describe('ServerHealth', function () {
   this.timeout(15_000);

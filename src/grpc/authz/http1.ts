@@ -13,7 +13,7 @@
 // flight finished, the rest cut after a deadline.
 import net from 'node:net';
 import tls from 'node:tls';
-import { TLS_HANDSHAKE_TIMEOUT_MS } from '../transport';
+import { TLS_HANDSHAKE_TIMEOUT_MS, trackSockets } from '../../http-drain';
 
 /** The parser binding node:http uses; internal to Node, but stable since Node 12 (checked at start). */
 interface Parser {
@@ -301,7 +301,8 @@ export class Http1Server {
   readonly server: net.Server | tls.Server;
   closing = false;
   private readonly connections = new Set<Connection>();
-  private readonly sockets = new Set<net.Socket>();
+  /** Every socket, handshakes included, so that a drain past its deadline can cut them all. */
+  private readonly sockets: Set<net.Socket>;
 
   constructor(opts: Http1ServerOptions) {
     if (!parserAvailable()) throw new Error(`this Node (${process.version}) lacks the HTTP parser binding the HTTP ext_authz listener uses`);
@@ -332,11 +333,7 @@ export class Http1Server {
     } else {
       this.server = net.createServer(accept);
     }
-    // Every socket, handshakes included, so that a drain past its deadline can cut them all.
-    this.server.on('connection', (socket: net.Socket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-    });
+    this.sockets = trackSockets(this.server);
   }
 
   forget(c: Connection): void {
