@@ -3,8 +3,7 @@
 // what it was built from ("a CIDR contains every address built from its prefix", "a glob matches
 // the literal path it was built from") and not its near misses.
 //
-// Bounded: a fixed number of runs per property and a time limit, so the suite takes seconds.
-// FUZZ_RUNS=N raises the runs (and lifts the time limit); FUZZ_SEED=S replays the seed a failure printed.
+// Bounded: a fixed number of runs per property and a time limit (test/harness/fuzz.ts).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
@@ -24,12 +23,7 @@ import type { HeaderMatchSpec, PathPattern } from '../../src/policy/types';
 import { parsePolicies } from '../../src/policy/parse';
 import { compileSnapshot } from '../../src/policy/compile';
 import { request } from '../harness/request';
-
-const RUNS = Number(process.env.FUZZ_RUNS) || 0;
-const TIME_LIMIT_MS = RUNS ? 3_600_000 : 4_000;
-function params(numRuns: number): fc.Parameters<unknown> {
-  return { numRuns: RUNS || numRuns, interruptAfterTimeLimit: TIME_LIMIT_MS, seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined };
-}
+import { FUZZ_TIME_LIMIT_MS, fuzz } from '../harness/fuzz';
 
 // --- addresses --------------------------------------------------------------------------------------------
 
@@ -78,10 +72,10 @@ function sourceRequest(ip: string): RequestAttributes {
 }
 
 describe('fuzz: matchers', function () {
-  this.timeout(TIME_LIMIT_MS * 2 + 20_000);
+  this.timeout(FUZZ_TIME_LIMIT_MS * 2 + 20_000);
 
   it('parseIp and parseCidr never throw; what they accept is canonical and parses again to itself', () => {
-    fc.assert(
+    fuzz(
       fc.property(addressy, (text) => {
         const ip = parseIp(text);
         if (ip) {
@@ -98,12 +92,12 @@ describe('fuzz: matchers', function () {
           assert.ok(new CidrSet([cidr]).contains(network));
         }
       }),
-      params(2000),
+      2000,
     );
   });
 
   it('a CIDR contains every address built from its prefix', () => {
-    fc.assert(
+    fuzz(
       fc.property(range, ({ base, host, prefix }) => {
         const address = withHostBits(base, host, prefix);
         const cidrText = `${bytesText(base)}/${prefix}`;
@@ -116,12 +110,12 @@ describe('fuzz: matchers', function () {
         assert.ok(sourceMatcher([cidrText])(sourceRequest(ip)), `from ${ip} in ${cidrText}`);
         assert.ok(destinationMatcher([cidrText])(sourceRequest(ip)), `to ${ip} in ${cidrText}`);
       }),
-      params(2000),
+      2000,
     );
   });
 
   it('a CIDR does not contain an address that differs inside its prefix', () => {
-    fc.assert(
+    fuzz(
       fc.property(range, fc.nat(), ({ base, host, prefix }, which) => {
         fc.pre(prefix > 0);
         const address = withHostBits(base, host, prefix);
@@ -131,12 +125,12 @@ describe('fuzz: matchers', function () {
         const ip = bytesText(address);
         assert.equal(sourceMatcher([cidrText])(sourceRequest(ip)), false, `${ip} not in ${cidrText}`);
       }),
-      params(2000),
+      2000,
     );
   });
 
   it('a CIDR written in a policy matches as the matcher does (validate → compile → match)', () => {
-    fc.assert(
+    fuzz(
       fc.property(range, ({ base, host, prefix }) => {
         const address = withHostBits(base, host, prefix);
         const cidrText = `${bytesText(base)}/${prefix}`;
@@ -149,7 +143,7 @@ describe('fuzz: matchers', function () {
         const req = sourceRequest(bytesText(address));
         assert.equal(rule.matches(req), sourceMatcher([cidrText])(req));
       }),
-      params(300),
+      300,
     );
   });
 
@@ -159,7 +153,7 @@ describe('fuzz: matchers', function () {
   const segments = fc.array(segment, { minLength: 1, maxLength: 5 });
 
   it('a glob matches the literal path it was built from, and the paths below its prefix', () => {
-    fc.assert(
+    fuzz(
       fc.property(segments, fc.nat(), fc.array(segment, { maxLength: 3 }), (segs, cut, more) => {
         const path = `/${segs.join('/')}`;
         assert.ok(pathMatcher([path])(request({ path })), `${path} matches itself`);
@@ -175,13 +169,13 @@ describe('fuzz: matchers', function () {
           assert.equal(pathMatcher([glob])(request({ path: `${base}x` })), false, `${glob} does not match ${base}x`);
         }
       }),
-      params(1000),
+      1000,
     );
   });
 
   it('a glob or regex written in a policy is accepted and matches as the matcher does', () => {
     const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-    fc.assert(
+    fuzz(
       fc.property(segments, fc.boolean(), (segs, prefix) => {
         const path = `/${segs.join('/')}`;
         const patterns: PathPattern[] = [prefix ? `${path}/*` : path, { regex: `^${escape(path)}$` }];
@@ -199,14 +193,14 @@ describe('fuzz: matchers', function () {
         assert.ok(pathMatcher([patterns[1]!])(request({ path })), 'the escaped literal regex matches its path');
         assert.equal(pathMatcher([patterns[1]!])(request({ path: `${path}x` })), false);
       }),
-      params(300),
+      300,
     );
   });
 
   // --- hosts, headers, principals, ports, methods --------------------------------------------------------
 
   it('hosts: a name matches itself, "*.suffix" its subdomains only, "*" anything', () => {
-    fc.assert(
+    fuzz(
       fc.property(fc.domain(), fc.domain(), (suffix, other) => {
         const host = suffix.toLowerCase();
         assert.ok(hostMatcher([suffix])(request({ host })));
@@ -216,7 +210,7 @@ describe('fuzz: matchers', function () {
         assert.ok(hostMatcher(['*'])(request({ host: other })));
         assert.equal(hostMatcher(['*'])(request({ protocol: 'tcp' })), false, 'a TCP connection has no host');
       }),
-      params(500),
+      500,
     );
   });
 
@@ -225,7 +219,7 @@ describe('fuzz: matchers', function () {
 
   it('headers: each kind of entry holds exactly when it should; never on a TCP connection', () => {
     const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-    fc.assert(
+    fuzz(
       fc.property(headerName, headerValue, fc.dictionary(headerName, headerValue, { maxKeys: 4 }), (name, value, others) => {
         const headers = { ...others, [name]: value };
         const withIt = request({ headers });
@@ -247,12 +241,12 @@ describe('fuzz: matchers', function () {
         // Every entry must hold.
         assert.equal(headerMatcher([{ name, value }, { name: `${name}-absent` }])(withIt), `${name}-absent` in headers);
       }),
-      params(500),
+      500,
     );
   });
 
   it('principals: exact, or a prefix with a trailing "*"', () => {
-    fc.assert(
+    fuzz(
       // A "*" in an id is the prefix wildcard (validation allows it only at the end), so ids here have none.
       fc.property(fc.webUrl().filter((u) => !u.includes('*')), fc.string({ maxLength: 10 }), (id, tail) => {
         assert.ok(principalMatcher([id])(request({ principal: id })));
@@ -260,7 +254,7 @@ describe('fuzz: matchers', function () {
         assert.ok(principalMatcher([`${id}*`])(request({ principal: `${id}${tail}` })));
         assert.equal(principalMatcher([`${id}*`])(request({})), false, 'no principal, no match');
       }),
-      params(500),
+      500,
     );
   });
 
@@ -300,11 +294,11 @@ describe('fuzz: matchers', function () {
       trafficMatcher({ hosts: ['*'], paths: ['/*'], methods: ['GET'], ports: [80] }),
       trafficMatcher(undefined),
     ];
-    fc.assert(
+    fuzz(
       fc.property(req, (r) => {
         for (const m of matchers) assert.equal(typeof m(r), 'boolean');
       }),
-      params(2000),
+      2000,
     );
   });
 });

@@ -3,8 +3,7 @@
 // error is located (file:line:column), and what it accepts compiles, decides, and survives the
 // JSON round trip that `policy apply` → etcd → replica makes.
 //
-// Bounded: a fixed number of runs per property and a time limit, so the suite takes seconds.
-// FUZZ_RUNS=N raises the runs (and lifts the time limit); FUZZ_SEED=S replays the seed a failure printed.
+// Bounded: a fixed number of runs per property and a time limit (test/harness/fuzz.ts).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import YAML from 'yaml';
@@ -15,12 +14,7 @@ import { MAX_ALIAS_EXPANSION } from '../../src/policy/validate';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
 import { request } from '../harness/request';
-
-const RUNS = Number(process.env.FUZZ_RUNS) || 0;
-const TIME_LIMIT_MS = RUNS ? 3_600_000 : 4_000;
-function params(numRuns: number): fc.Parameters<unknown> {
-  return { numRuns: RUNS || numRuns, interruptAfterTimeLimit: TIME_LIMIT_MS, seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined };
-}
+import { FUZZ_TIME_LIMIT_MS, fuzz } from '../harness/fuzz';
 
 const FILE = 'fuzz.yaml';
 const HEAD = { apiVersion: 'middlebox.io/v1alpha1', kind: 'Policy' };
@@ -196,7 +190,7 @@ function checkParsed(text: string, result: ParsedPolicies): void {
 }
 
 describe('fuzz: policy parser', function () {
-  this.timeout(TIME_LIMIT_MS * 2 + 20_000);
+  this.timeout(FUZZ_TIME_LIMIT_MS * 2 + 20_000);
 
   it('the seed policies are valid (or the mutations below would prove nothing)', () => {
     for (const style of ['block', 'flow', 'json'] as const) {
@@ -209,11 +203,11 @@ describe('fuzz: policy parser', function () {
   });
 
   it('arbitrary text: never throws, every error located', () => {
-    fc.assert(
+    fuzz(
       fc.property(fc.oneof(fc.string({ maxLength: 400 }), fc.string({ unit: 'binary', maxLength: 400 })), (text) => {
         checkParsed(text, parsePolicies(text, FILE));
       }),
-      params(400),
+      400,
     );
   });
 
@@ -223,14 +217,14 @@ describe('fuzz: policy parser', function () {
       '---\n', '...\n', '%YAML 1.2\n', '<<: ', 'apiVersion: middlebox.io/v1alpha1\n', 'kind: Policy\n', 'metadata: ', 'name: ', 'spec: ', 'firewall: ',
       'rules: ', 'rateLimits: ', 'nat: ', 'selector: ', 'from: ', 'paths: ', 'headers: ', 'action: deny', 'x', '1', '10.0.0.0/8', '/a/*', 'null', '~',
     );
-    fc.assert(
+    fuzz(
       fc.property(fc.array(token, { maxLength: 60 }).map((t) => t.join('')), (text) => checkParsed(text, parsePolicies(text, FILE))),
-      params(400),
+      400,
     );
   });
 
   it('valid policies with mutations, as YAML block, YAML flow and JSON: never throws, errors located, accepted ones compile', () => {
-    fc.assert(
+    fuzz(
       fc.property(
         fc.array(fc.tuple(fc.constantFrom(...BASE.keys()), fc.array(MUTATION, { maxLength: 4 })), { minLength: 1, maxLength: 3 }),
         fc.constantFrom<Style>('block', 'flow', 'json'),
@@ -240,12 +234,12 @@ describe('fuzz: policy parser', function () {
           checkParsed(text, parsePolicies(text, FILE));
         },
       ),
-      params(600),
+      600,
     );
   });
 
   it('anchors and aliases: the work and the errors stay bounded by the text and the expansion limit', () => {
-    fc.assert(
+    fuzz(
       fc.property(fc.integer({ min: 1, max: 150 }), fc.integer({ min: 1, max: 150 }), fc.boolean(), (rules, entries, valid) => {
         const entry = valid ? '{name: x-h}' : '{name: "bad name"}';
         const text =
@@ -256,7 +250,7 @@ describe('fuzz: policy parser', function () {
         checkParsed(text, result);
         assert.ok(result.errors.length <= MAX_ALIAS_EXPANSION + text.length, `${result.errors.length} errors`);
       }),
-      params(30),
+      30,
     );
   });
 

@@ -4,8 +4,7 @@
 // size cap. Whatever the message: the translation returns, and what it returns is either a request
 // the pipeline can decide or a refusal that names what is wrong.
 //
-// Bounded: a fixed number of runs per property and a time limit, so the suite takes seconds.
-// FUZZ_RUNS=N raises the runs (and lifts the time limit); FUZZ_SEED=S replays the seed a failure printed.
+// Bounded: a fixed number of runs per property and a time limit (test/harness/fuzz.ts).
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { translateCheckRequest, type Translation, type TranslationLimits } from '../../src/grpc/authz/request';
@@ -16,12 +15,7 @@ import { decide } from '../../src/middlebox/pipeline';
 import { MemoryNatTable } from '../../src/state/nat/memory';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
 import { snapshot } from '../harness/policy';
-
-const RUNS = Number(process.env.FUZZ_RUNS) || 0;
-const TIME_LIMIT_MS = RUNS ? 3_600_000 : 4_000;
-function params(numRuns: number): fc.Parameters<unknown> {
-  return { numRuns: RUNS || numRuns, interruptAfterTimeLimit: TIME_LIMIT_MS, seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined };
-}
+import { FUZZ_TIME_LIMIT_MS, fuzz } from '../harness/fuzz';
 
 const SNAPSHOT = snapshot({
   shop: `{ firewall: { default: allow, rules: [
@@ -231,17 +225,17 @@ function headerBytes(values: readonly HeaderValue[] | undefined): number {
 }
 
 describe('fuzz: Envoy message translation', function () {
-  this.timeout(TIME_LIMIT_MS * 2 + 20_000);
+  this.timeout(FUZZ_TIME_LIMIT_MS * 2 + 20_000);
 
   it('CheckRequest: never throws; a decidable request or a located refusal', () => {
-    fc.assert(
+    fuzz(
       fc.property(checkRequest, limits, (msg, lim) => checkTranslation(translateCheckRequest(msg, lim), lim.maxHeaderBytes)),
-      params(500),
+      500,
     );
   });
 
   it('CheckRequest: refused for its headers exactly when they pass the cap', () => {
-    fc.assert(
+    fuzz(
       fc.property(checkRequest, limits, (msg, lim) => {
         const t = translateCheckRequest(msg, lim);
         const http = msg.attributes?.request?.http;
@@ -251,12 +245,12 @@ describe('fuzz: Envoy message translation', function () {
         for (const name in http.headers ?? {}) bytes += Buffer.byteLength(name) + Buffer.byteLength(http.headers![name] ?? '');
         assert.equal(!t.ok, bytes > lim.maxHeaderBytes);
       }),
-      params(300),
+      300,
     );
   });
 
   it('CheckRequest: a well-formed HTTP check keeps its attributes', () => {
-    fc.assert(
+    fuzz(
       fc.property(fc.oneof(fc.ipV4(), fc.ipV6()), fc.integer({ min: 1, max: 65535 }), fc.webPath(), fc.domain(), (ip, port, path, host) => {
         const p = path.startsWith('/') ? path : `/${path}`;
         const t = translateCheckRequest({
@@ -275,32 +269,32 @@ describe('fuzz: Envoy message translation', function () {
         assert.equal(t.request.headers.get('x-a'), 'b');
         checkTranslation(t, 64 * 1024);
       }),
-      params(300),
+      300,
     );
   });
 
   it('ProcessingRequest: never throws; a decidable request or a located refusal', () => {
-    fc.assert(
+    fuzz(
       fc.property(processingRequest, limits, (msg, lim) => checkTranslation(translateRequestHeaders(msg, lim), lim.maxHeaderBytes)),
-      params(500),
+      500,
     );
   });
 
   it('ProcessingRequest: refused for its headers exactly when they pass the cap', () => {
-    fc.assert(
+    fuzz(
       fc.property(processingRequest, limits, (msg, lim) => {
         const t = translateRequestHeaders(msg, lim);
         const bytes = headerBytes(msg.request_headers?.headers?.headers);
         // Headers are read first, so the cap decides before anything else is looked at.
         assert.equal(!t.ok && t.reason === 'headers_too_large', bytes > lim.maxHeaderBytes);
       }),
-      params(300),
+      300,
     );
   });
 
   it('ProcessingRequest: source and destination "ip:port" attributes, in every form Envoy writes them', () => {
     const endpoint = fc.tuple(fc.oneof(fc.ipV4(), fc.ipV6()), fc.integer({ min: 1, max: 65535 }));
-    fc.assert(
+    fuzz(
       fc.property(endpoint, endpoint, fc.boolean(), ([sip, sport], [dip, dport], portSeparately) => {
         const hostPort = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
         const fields: Record<string, StructValue> = {
@@ -319,7 +313,7 @@ describe('fuzz: Envoy message translation', function () {
         assert.equal(t.request.destination.port, dport);
         checkTranslation(t, 1024);
       }),
-      params(300),
+      300,
     );
   });
 });
