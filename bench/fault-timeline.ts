@@ -612,7 +612,7 @@ async function runTimeline(p: Params, mode: Consistency): Promise<ModeResult> {
       const degradedAtFreeze = mine.some((d) => d.from < result.frozeAt && (d.to === null || d.to > result.frozeAt));
       const opened = mine.find((d) => d.from >= result.frozeAt);
       const firstClosedPoll = polls.find((x) => x.replica === r && x.t >= result.thawedAt && x.state === 'closed');
-      const fromLog = readReplicaLog(path.join(lab.logDir, `middlebox-${r}.log`), t0);
+      const fromLog = readReplicaLog(lab.replicaLogFile(r - 1), t0);
       const logOpen = fromLog.transitions.find((x) => x.t >= result.frozeAt && x.state === 'open');
       const logBefore = fromLog.transitions.filter((x) => x.t < result.frozeAt);
       const logDegradedAtFreeze = logBefore.length > 0 && logBefore[logBefore.length - 1]!.state !== 'closed';

@@ -23,9 +23,6 @@ export const DEFAULT_MAX_HEALTH_WATCHES = 1000;
 
 type Status = ServingStatus | 'SERVICE_UNKNOWN';
 
-/** What an open Watch of a name with no status is kept under (no status is ever set for it). */
-const UNKNOWN_SERVICE = '\u0000unknown';
-
 /** What the handlers use of a call (the transport's, as grpc-js's). */
 interface UnaryCall {
   request: { service?: string };
@@ -40,8 +37,11 @@ type Callback = (err: Partial<grpc.StatusObject> | null, value?: unknown) => voi
 
 export class ServerHealth {
   private readonly statuses = new Map<string, ServingStatus>();
-  /** Open Watch calls. Only these: a name a client watched holds nothing once its call has gone. */
-  private readonly watches = new Set<{ service: string; call: WatchCall }>();
+  /**
+   * Open Watch calls. Only these: a name a client watched holds nothing once its call has gone. An
+   * unknown name is kept as undefined (no status is ever set for it).
+   */
+  private readonly watches = new Set<{ service: string | undefined; call: WatchCall }>();
   private draining = false;
   private closed = false;
 
@@ -62,7 +62,7 @@ export class ServerHealth {
 
   /** The service names open Watch calls hold (an unknown one is not held). */
   watchedNames(): string[] {
-    return [...this.watches].map((w) => w.service).filter((s) => s !== UNKNOWN_SERVICE);
+    return [...this.watches].flatMap((w) => (w.service === undefined ? [] : [w.service]));
   }
 
   addToServer(server: ServiceHost): void {
@@ -90,7 +90,7 @@ export class ServerHealth {
         // (nor by the call, which lives as long as the Watch).
         const known = this.statuses.has(service);
         if (!known) call.request.service = undefined;
-        const watch = { service: known ? service : UNKNOWN_SERVICE, call };
+        const watch = { service: known ? service : undefined, call };
         this.watches.add(watch);
         call.on('cancelled', () => this.watches.delete(watch));
         call.write({ status });
