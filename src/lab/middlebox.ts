@@ -64,6 +64,8 @@ export function clientCredentials(tls?: ClientTlsFiles): grpc.ChannelCredentials
   return grpc.credentials.createSsl(read(tls.caFile), read(tls.keyFile), read(tls.certFile));
 }
 
+const HEALTH_CHANNEL_OPTIONS: grpc.ChannelOptions = { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 500 };
+
 export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
 
 const STATUS_NAMES: Record<number, HealthStatus> = { 0: 'UNKNOWN', 1: 'SERVING', 2: 'NOT_SERVING', 3: 'SERVICE_UNKNOWN' };
@@ -74,7 +76,9 @@ export class HealthClient {
   /** Plaintext by default; `tls` for a replica served with --tls-cert (and a client certificate for mTLS). */
   constructor(readonly address: string, tls?: ClientTlsFiles) {
     const Ctor = grpc.makeGenericClientConstructor(healthService as unknown as grpc.ServiceDefinition, 'Health');
-    this.client = new Ctor(address, clientCredentials(tls)) as never;
+    // Made before the replica listens: grpc-js's default reconnect backoff (1 s, growing by 1.6 ×)
+    // would see it serving seconds late, past a start-up deadline on a busy machine.
+    this.client = new Ctor(address, clientCredentials(tls), HEALTH_CHANNEL_OPTIONS) as never;
   }
 
   check(service = '', timeoutMs = 1000): Promise<HealthStatus> {
@@ -133,7 +137,12 @@ export class MiddleboxProcess {
     const mb = new MiddleboxProcess(listen, child, adminListen === 'off' ? undefined : adminListen, opts.healthTls, httpAuthz);
     const want = opts.waitFor ?? 'SERVING';
     if (want) {
-      await child.waitReady(async () => (await mb.health.check('')) === want, 15_000, `health ${want} on ${listen}`);
+      try {
+        await child.waitReady(async () => (await mb.health.check('')) === want, 15_000, `health ${want} on ${listen}`);
+      } catch (e) {
+        mb.health.close();
+        throw e;
+      }
     }
     return mb;
   }

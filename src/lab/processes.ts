@@ -17,7 +17,13 @@ let cleanupInstalled = false;
 function cleanupAll(): void {
   for (const child of running) child.kill('SIGKILL');
   running.clear();
-  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+  for (const dir of tempDirs) {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // One that cannot go (a child still writing) must not keep the others.
+    }
+  }
   tempDirs.clear();
 }
 
@@ -27,7 +33,9 @@ function installCleanup(): void {
   process.on('exit', cleanupAll);
   // A terminating signal skips 'exit'. Only take over signals nobody else handles, and re-raise so
   // the default behaviour (terminate with that signal) still happens.
-  for (const signal of ['SIGTERM', 'SIGHUP'] as const) {
+  // SIGINT too: Ctrl-C in a terminal reaches the children as well, but not always (kill -INT of this
+  // process alone), and never removes the temp dirs.
+  for (const signal of ['SIGTERM', 'SIGHUP', 'SIGINT'] as const) {
     if (process.listenerCount(signal) > 0) continue;
     process.once(signal, () => {
       cleanupAll();
@@ -61,7 +69,7 @@ export function findExecutable(name: string, fallbacks: string[] = []): string {
       // not here; try the next one
     }
   }
-  throw new Error(`${name} not found on PATH or in ${fallbacks.join(', ') || 'any fallback'} (run \`make deps\`)`);
+  throw new Error(fallbacks.length ? `${name} not found on PATH or in ${fallbacks.join(', ')} (run \`make deps\`)` : `${name} not found on PATH (run \`make deps\`)`);
 }
 
 /** The last lines of a process's output, kept for error messages. */

@@ -2,7 +2,6 @@
 // middlebox replicas, an app (HTTP echo and TCP echo) and a real Envoy whose bootstrap comes from
 // the same renderer as `middlebox envoy bootstrap`.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { renderBootstrapYaml, type BootstrapOptions } from '../envoy/bootstrap';
 import type { PolicyDocument } from '../policy/types';
@@ -12,6 +11,7 @@ import { putPolicies } from '../state/etcd/policies';
 import { EnvoyProcess } from './envoy';
 import { EtcdProcess } from './etcd';
 import { MiddleboxProcess, type MiddleboxStartOptions } from './middlebox';
+import { makeTempDir, removeTempDir } from './processes';
 import { freePort, waitFor } from './ports';
 import { startHttpUpstream, startTcpEcho, type Upstream } from './upstream';
 
@@ -56,6 +56,29 @@ export interface SidecarLabOptions {
 
 export const LAB_ETCD_TIMEOUT_MS = 300;
 
+/** How replica i is started, the first time and on a restart alike; only where it listens differs. */
+function replicaStartOptions(
+  opts: SidecarLabOptions,
+  etcd: string,
+  prefix: string,
+  logDir: string,
+  i: number,
+  where: Pick<MiddleboxStartOptions, 'listen' | 'httpAuthzListen'>,
+): MiddleboxStartOptions {
+  return {
+    etcd,
+    prefix,
+    ...where,
+    memberTtlS: opts.memberTtlS,
+    etcdTimeoutMs: opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
+    logFile: replicaLogFile(logDir, i),
+    stateDir: replicaStateDir(opts, i),
+    onNoState: opts.onNoState,
+    ...replicaTls(opts),
+    extraArgs: opts.serveArgs,
+  };
+}
+
 function replicaLogFile(logDir: string, i: number): string {
   return path.join(logDir, `middlebox-${i + 1}.log`);
 }
@@ -77,7 +100,7 @@ export class SidecarLab {
   ) {}
 
   static async start(opts: SidecarLabOptions = {}): Promise<SidecarLab> {
-    const logDir = opts.logDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'middlebox-lab-'));
+    const logDir = opts.logDir ?? makeTempDir('middlebox-lab-');
     fs.mkdirSync(logDir, { recursive: true });
     const prefix = opts.prefix ?? '/middlebox';
     const started: Array<{ stop(): Promise<void> } | { close(): Promise<void> }> = [];
@@ -86,19 +109,9 @@ export class SidecarLab {
       started.push(etcd);
       const replicas: MiddleboxProcess[] = [];
       for (let i = 0; i < (opts.replicas ?? 2); i++) {
-        const mb = await MiddleboxProcess.start({
-          etcd: etcd.endpoint,
-          prefix,
-          listen: opts.listen?.[i],
-          memberTtlS: opts.memberTtlS,
-          etcdTimeoutMs: opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
-          logFile: replicaLogFile(logDir, i),
-          stateDir: replicaStateDir(opts, i),
-          onNoState: opts.onNoState,
-          ...replicaTls(opts),
-          extraArgs: opts.serveArgs,
-          httpAuthzListen: opts.httpAuthz ? 'auto' : undefined,
-        });
+        const mb = await MiddleboxProcess.start(
+          replicaStartOptions(opts, etcd.endpoint, prefix, logDir, i, { listen: opts.listen?.[i], httpAuthzListen: opts.httpAuthz ? 'auto' : undefined }),
+        );
         replicas.push(mb);
         started.push(mb);
       }
@@ -153,18 +166,9 @@ export class SidecarLab {
   async restartReplica(i: number): Promise<MiddleboxProcess> {
     const old = this.replicas[i]!;
     await old.stop();
-    const mb = await MiddleboxProcess.start({
-      etcd: this.etcd.endpoint,
-      prefix: this.prefix,
-      listen: old.address,
-      logFile: this.replicaLogFile(i),
-      memberTtlS: this.opts.memberTtlS,
-      etcdTimeoutMs: this.opts.etcdTimeoutMs ?? LAB_ETCD_TIMEOUT_MS,
-      stateDir: replicaStateDir(this.opts, i),
-      onNoState: this.opts.onNoState,
-      ...replicaTls(this.opts),
-      httpAuthzListen: old.httpAuthzAddress,
-    });
+    const mb = await MiddleboxProcess.start(
+      replicaStartOptions(this.opts, this.etcd.endpoint, this.prefix, this.logDir, i, { listen: old.address, httpAuthzListen: old.httpAuthzAddress }),
+    );
     this.replicas[i] = mb;
     return mb;
   }
@@ -189,7 +193,7 @@ export class SidecarLab {
     await this.app.close().catch(() => undefined);
     await this.tcpApp?.close().catch(() => undefined);
     await this.etcd.stop().catch(() => undefined);
-    if (this.ownsLogDir) fs.rmSync(this.logDir, { recursive: true, force: true });
+    if (this.ownsLogDir) removeTempDir(this.logDir);
   }
 }
 

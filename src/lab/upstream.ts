@@ -2,7 +2,6 @@
 // (so a test sees the headers Envoy and the middlebox added) and a TCP echo server.
 import http from 'node:http';
 import net from 'node:net';
-import { freePort } from './ports';
 
 export interface Upstream {
   port: number;
@@ -43,7 +42,8 @@ export async function startHttpUpstream(opts: HttpUpstreamOptions = {}): Promise
       res.end(JSON.stringify(echo));
     });
   });
-  return listen(server, host, opts.port ?? (await freePort(host)));
+  // In this process: the kernel's free port (0), so no other process can take it between a pick and the bind.
+  return listen(server, host, opts.port ?? 0);
 }
 
 export async function startTcpEcho(opts: { host?: string; port?: number } = {}): Promise<Upstream> {
@@ -52,7 +52,7 @@ export async function startTcpEcho(opts: { host?: string; port?: number } = {}):
     socket.on('error', () => socket.destroy());
     socket.pipe(socket);
   });
-  return listen(server, host, opts.port ?? (await freePort(host)));
+  return listen(server, host, opts.port ?? 0);
 }
 
 function listen(server: net.Server, host: string, port: number): Promise<Upstream> {
@@ -70,7 +70,7 @@ function listen(server: net.Server, host: string, port: number): Promise<Upstrea
     server.listen(port, host, () => {
       server.off('error', reject);
       resolve({
-        port,
+        port: (server.address() as net.AddressInfo).port,
         accepted: () => accepted,
         closedByPeer: () => closedByPeer,
         // Open (keep-alive) connections would hold close() forever; end them.
