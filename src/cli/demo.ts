@@ -2,6 +2,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { httpRequest, tcpProbe } from '../lab/client';
+import { envoyExecutable } from '../lab/envoy';
+import { etcdExecutable } from '../lab/etcd';
 import { SidecarLab } from '../lab/sidecar';
 import { waitFor } from '../lab/ports';
 import { startHttpUpstream, type Upstream } from '../lab/upstream';
@@ -36,10 +38,14 @@ export const demoCommand: Command = {
       if (logDir.trim() === '') throw new UsageError('--logs must name a directory, got ""');
       if (fs.existsSync(logDir) && !fs.statSync(logDir).isDirectory()) throw new UsageError(`--logs ${logDir}: exists and is not a directory`);
     }
+    // Both binaries before anything starts: a missing one is one line, not a half-started lab.
+    etcdExecutable();
+    envoyExecutable();
     out('Starting etcd, 2 middlebox replicas, an app and Envoy on 127.0.0.1 ...');
     const lab = await SidecarLab.start({ replicas: 2, tcp: true, outbound: true, logDir: logDir ? path.resolve(logDir) : undefined });
-    const backends = [await startHttpUpstream({ name: 'orders-a' }), await startHttpUpstream({ name: 'orders-b' })];
+    const backends: Upstream[] = [];
     try {
+      backends.push(await startHttpUpstream({ name: 'orders-a' }), await startHttpUpstream({ name: 'orders-b' }));
       out(`  etcd ${lab.etcd.endpoint}; replicas ${lab.replicas.map((r) => r.address).join(', ')}`);
       out(`  Envoy: HTTP :${lab.httpPort}, TCP :${lab.tcpPort}; both replicas healthy in Envoy's middlebox cluster`);
       out();
@@ -63,10 +69,11 @@ export const demoCommand: Command = {
       for (let i = 1; i <= 7; i++) {
         const r = await httpRequest({ port: lab.httpPort, path: '/search' });
         const left = r.headers['ratelimit-remaining'];
-        const why =
-          r.status === 200
-            ? `allowed, ratelimit-remaining ${left}`
-            : `denied by ${JSON.parse(r.body).policy}/${JSON.parse(r.body).rule}, retry-after ${r.headers['retry-after']} s`;
+        let why = `allowed, ratelimit-remaining ${left}`;
+        if (r.status !== 200) {
+          const body = jsonBody<{ policy?: string; rule?: string }>(r, 'GET /search');
+          why = `denied by ${body.policy}/${body.rule}, retry-after ${r.headers['retry-after']} s`;
+        }
         out(`  search #${i} → ${r.status} ${why}`);
       }
       out();
@@ -117,7 +124,7 @@ spec:
     const landed: string[] = [];
     for (let i = 0; i < 3; i++) {
       const r = await httpRequest({ port: lab.outboundPort!, path: '/orders', headers: { host: 'orders.internal' }, localAddress: from });
-      landed.push((JSON.parse(r.body) as { upstream: string }).upstream);
+      landed.push(jsonBody<{ upstream: string }>(r, `GET http://orders.internal/orders from ${from}`).upstream);
     }
     out(`  GET http://orders.internal/orders from ${from} ×3 → ${landed.join(', ')}   (sticky: the flow is in the NAT table in etcd)`);
   }
@@ -156,13 +163,24 @@ async function describe(lab: SidecarLab, p: Probe): Promise<string> {
   const request = `${(p.method ?? 'GET').padEnd(6)} ${p.path.padEnd(14)} from ${(p.from ?? '127.0.0.1').padEnd(11)}`;
   let why: string;
   if (r.status === 200) {
-    const echo = JSON.parse(r.body) as { headers: Record<string, string> };
+    const echo = jsonBody<{ headers: Record<string, string> }>(r, `${p.method ?? 'GET'} ${p.path}`);
     const shadow = echo.headers['x-middlebox-shadow-deny'];
     why = shadow ? `allowed; shadow rule ${shadow} would have denied it` : 'allowed';
   } else {
-    const body = JSON.parse(r.body) as { policy?: string; rule?: string; reason?: string };
+    const body = jsonBody<{ policy?: string; rule?: string; reason?: string }>(r, `${p.method ?? 'GET'} ${p.path}`);
     why = `denied by ${body.policy}/${body.rule} (${body.reason})`;
   }
   return `  ${request} → ${r.status} ${why}   (${p.what})`;
 }
 
+/**
+ * The JSON body of an answer from the app or a middlebox denial; anything else (Envoy's own 503, an
+ * empty 403 when a replica did not answer in time) is said as it came.
+ */
+function jsonBody<T>(r: { status: number; body: string }, request: string): T {
+  try {
+    return JSON.parse(r.body) as T;
+  } catch {
+    throw new Error(`${request}: Envoy answered ${r.status} with ${r.body ? `a body that is not the app's or the middlebox's JSON: ${JSON.stringify(r.body.slice(0, 200))}` : 'no body'}`);
+  }
+}

@@ -131,6 +131,7 @@ export async function validateConfig(yamlText: string): Promise<{ ok: boolean; o
   }
 }
 
-function envoyExecutable(): string {
+/** The envoy binary on PATH, or an error that says to run `make deps`. */
+export function envoyExecutable(): string {
   return findExecutable('envoy');
 }

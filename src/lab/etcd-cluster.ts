@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { etcdEnv, isHealthy } from './etcd';
 import { freePort, waitFor } from './ports';
-import { findExecutable, LabChild, makeTempDir, removeTempDir } from './processes';
+import { etcdExecutable } from './etcd';
+import { LabChild, makeTempDir, removeTempDir } from './processes';
 
 export interface EtcdClusterOptions {
   /** Number of members; default 3. */
@@ -80,7 +81,7 @@ export class EtcdMember {
     this.frozen = false;
     this.child = LabChild.spawn({
       name: `etcd ${this.name}`,
-      command: findExecutable('etcd', ['/usr/bin/etcd']),
+      command: etcdExecutable(),
       args: [
         '--name', this.name,
         '--data-dir', this.dataDir,

@@ -159,7 +159,7 @@ export class EtcdProcess {
       : [];
     return LabChild.spawn({
       name: 'etcd',
-      command: findExecutable('etcd', ['/usr/bin/etcd']),
+      command: etcdExecutable(),
       args: [
         '--name', this.name,
         '--data-dir', this.dataDir,
@@ -237,4 +237,9 @@ function tlsRequest(url: string, tls: EtcdTlsOptions, body?: string): Promise<{ 
     req.on('error', reject);
     req.end(body);
   });
+}
+
+/** The etcd binary (PATH, then Debian's place), or an error that says to run `make deps`. */
+export function etcdExecutable(): string {
+  return findExecutable('etcd', ['/usr/bin/etcd']);
 }

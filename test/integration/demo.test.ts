@@ -24,6 +24,14 @@ describe('middlebox demo', function () {
     assert.match(r.stdout, /Stopping everything/);
   });
 
+  it('says which binary is missing before starting anything', async () => {
+    // etcd is still found in Debian's place; envoy only on PATH.
+    const r = await middlebox(['demo'], { env: { PATH: '/nonexistent' }, timeoutMs: 10_000 });
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr, 'middlebox demo: envoy not found on PATH (run `make deps`)\n');
+    assert.equal(r.stdout, '', 'nothing started');
+  });
+
   it('refuses --logs that is a file, or empty, before starting anything', async () => {
     for (const [logs, message] of [[__filename, /exists and is not a directory/], ['', /--logs must name a directory/]] as const) {
       const r = await middlebox(['demo', '--logs', logs], { timeoutMs: 10_000 });
