@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { EtcdProcess } from '../../src/lab/etcd';
+import { alive } from '../harness/process';
 
 const b64 = (text: string) => Buffer.from(text).toString('base64');
 
@@ -30,15 +31,6 @@ async function get(etcd: EtcdProcess, key: string): Promise<string | undefined> 
 async function health(etcd: EtcdProcess, timeoutMs = 2000): Promise<unknown> {
   const res = await fetch(`${etcd.endpoint}/health`, { signal: AbortSignal.timeout(timeoutMs) });
   return res.json();
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe('EtcdProcess', function () {

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { waitFor } from '../../src/lab/ports';
+import { alive } from '../harness/process';
 
 const PROCESSES = path.join(__dirname, '..', '..', 'src', 'lab', 'processes.js');
 
@@ -27,15 +28,6 @@ function startOwner(): Promise<{ owner: ReturnType<typeof spawn>; dir: string; p
     });
     owner.once('exit', (code) => reject(new Error(`the owner process exited (${code}) before reporting`)));
   });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe('lab cleanup on signals', function () {
