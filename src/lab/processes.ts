@@ -72,6 +72,27 @@ export function findExecutable(name: string, fallbacks: string[] = []): string {
   throw new Error(fallbacks.length ? `${name} not found on PATH or in ${fallbacks.join(', ')} (run \`make deps\`)` : `${name} not found on PATH (run \`make deps\`)`);
 }
 
+let setpriv: string | null | undefined;
+
+/**
+ * The command run so that the kernel kills it if this process dies without cleaning up (SIGKILL,
+ * the OOM killer, a CI job's time limit), which no exit hook can: util-linux's setpriv sets the
+ * parent-death signal and execs the command, which keeps the pid. As given where there is no
+ * setpriv (or no Linux), or for a command that is not an absolute path (a failed exec would then be
+ * setpriv's exit code rather than a spawn error).
+ */
+function diesWithParent(command: string, args: string[]): [string, string[]] {
+  if (process.platform !== 'linux' || !path.isAbsolute(command)) return [command, args];
+  if (setpriv === undefined) {
+    try {
+      setpriv = findExecutable('setpriv', ['/usr/bin/setpriv', '/bin/setpriv']);
+    } catch {
+      setpriv = null;
+    }
+  }
+  return setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', command, ...args]] : [command, args];
+}
+
 /** The last lines of a process's output, kept for error messages. */
 class OutputTail {
   private readonly lines: string[] = [];
@@ -135,7 +156,8 @@ export class LabChild {
   static spawn(opts: LabChildOptions): LabChild {
     installCleanup();
     const log = opts.logFile ? fs.openSync(opts.logFile, 'a') : undefined;
-    const child = spawn(opts.command, opts.args, {
+    const [command, args] = diesWithParent(opts.command, opts.args);
+    const child = spawn(command, args, {
       env: opts.env ?? process.env,
       stdio: ['ignore', log ?? 'pipe', log ?? 'pipe'],
     });

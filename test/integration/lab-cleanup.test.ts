@@ -1,6 +1,7 @@
 // The lab's children (etcd, Envoy, replicas) and temp dirs do not outlive the Node process that
 // started them when it is stopped by a signal: `kill -INT` or `kill -TERM` of the demo or a bench
-// alone, which does not reach the children as Ctrl-C in a terminal would.
+// alone, which does not reach the children as Ctrl-C in a terminal would; and the children not even
+// when it is killed outright (SIGKILL, the OOM killer, a CI time limit), where no exit hook runs.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -13,9 +14,9 @@ const PROCESSES = path.join(__dirname, '..', '..', 'src', 'lab', 'processes.js')
 /** A Node process that made a lab temp dir and started a child, as the demo does; what it made. */
 function startOwner(): Promise<{ owner: ReturnType<typeof spawn>; dir: string; pid: number }> {
   const script = `
-    const { makeTempDir, LabChild } = require(${JSON.stringify(PROCESSES)});
+    const { makeTempDir, LabChild, findExecutable } = require(${JSON.stringify(PROCESSES)});
     const dir = makeTempDir('middlebox-cleanup-test-');
-    const child = LabChild.spawn({ name: 'sleep', command: 'sleep', args: ['60'] });
+    const child = LabChild.spawn({ name: 'sleep', command: findExecutable('sleep'), args: ['60'] });
     process.stdout.write(JSON.stringify({ dir, pid: child.pid }) + '\\n');
     setInterval(() => {}, 1000);`;
   const owner = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -38,6 +39,19 @@ describe('lab cleanup on signals', function () {
   after(() => {
     for (const o of owners) o.kill('SIGKILL');
     for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  });
+
+  it('SIGKILL of the owner: the kernel kills its children (parent-death signal)', async function () {
+    if (process.platform !== 'linux') this.skip();
+    const { owner, dir, pid } = await startOwner();
+    owners.push(owner);
+    pids.push(pid);
+    try {
+      owner.kill('SIGKILL');
+      await waitFor(async () => !alive(pid), { timeoutMs: 5000, what: `the owner's child (pid ${pid}) to be gone` });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
