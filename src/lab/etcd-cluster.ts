@@ -4,9 +4,8 @@
 // away and bring them back. The single-member EtcdProcess stays the default lab etcd.
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { etcdEnv, isHealthy } from './etcd';
+import { etcdEnv, etcdExecutable, isHealthy } from './etcd';
 import { freePort, waitFor } from './ports';
-import { etcdExecutable } from './etcd';
 import { LabChild, makeTempDir, removeTempDir } from './processes';
 
 export interface EtcdClusterOptions {

@@ -1,6 +1,6 @@
 // Child processes that tests and the demo start (etcd, Envoy): their output, readiness, shutdown,
 // and a registry so that none outlives the Node process that started it.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -75,22 +75,39 @@ export function findExecutable(name: string, fallbacks: string[] = []): string {
 let setpriv: string | null | undefined;
 
 /**
+ * util-linux's setpriv where it can set a parent-death signal (2.33 and later), else null; looked
+ * for once.
+ */
+function pdeathsigTool(): string | null {
+  if (setpriv !== undefined) return setpriv;
+  setpriv = null;
+  if (process.platform !== 'linux') return setpriv;
+  try {
+    const tool = findExecutable('setpriv', ['/usr/bin/setpriv', '/bin/setpriv']);
+    const probe = spawnSync(tool, ['--pdeathsig', 'KILL', '--', process.execPath, '-e', ''], { stdio: 'ignore', timeout: 10_000 });
+    if (probe.status === 0) setpriv = tool;
+  } catch {
+    // none here
+  }
+  return setpriv;
+}
+
+/** Whether the lab's children die with this process even when it is killed outright (see diesWithParent). */
+export function childrenDieWithParent(): boolean {
+  return pdeathsigTool() !== null;
+}
+
+/**
  * The command run so that the kernel kills it if this process dies without cleaning up (SIGKILL,
- * the OOM killer, a CI job's time limit), which no exit hook can: util-linux's setpriv sets the
- * parent-death signal and execs the command, which keeps the pid. As given where there is no
- * setpriv (or no Linux), or for a command that is not an absolute path (a failed exec would then be
- * setpriv's exit code rather than a spawn error).
+ * the OOM killer, a CI job's time limit), which no exit hook can: setpriv sets the parent-death
+ * signal and execs the command, which keeps the pid. As given where there is no such setpriv, or
+ * for a command that is not an absolute path (a failed exec would then be setpriv's exit code
+ * rather than a spawn error). A child that changes user itself (the capture test's setpriv
+ * --reuid) loses the signal: the kernel clears it then.
  */
 function diesWithParent(command: string, args: string[]): [string, string[]] {
-  if (process.platform !== 'linux' || !path.isAbsolute(command)) return [command, args];
-  if (setpriv === undefined) {
-    try {
-      setpriv = findExecutable('setpriv', ['/usr/bin/setpriv', '/bin/setpriv']);
-    } catch {
-      setpriv = null;
-    }
-  }
-  return setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', command, ...args]] : [command, args];
+  const tool = path.isAbsolute(command) ? pdeathsigTool() : null;
+  return tool ? [tool, ['--pdeathsig', 'KILL', '--', command, ...args]] : [command, args];
 }
 
 /** The last lines of a process's output, kept for error messages. */

@@ -17,21 +17,26 @@ function params(numRuns: number): fc.Parameters<unknown> {
   return { numRuns: RUNS || numRuns, interruptAfterTimeLimit: FUZZ_TIME_LIMIT_MS, seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined };
 }
 
-/** Throws what fc.assert would for a failure, and for a run the time limit cut short (see MIN_FUZZ_RUNS). */
-export function judgeRun(details: fc.RunDetails<unknown>, numRuns: number): void {
+/**
+ * Throws what fc.assert would for a failure, and for a run the time limit cut short (see
+ * MIN_FUZZ_RUNS); `wanted` is the runs the property was given.
+ */
+export function judgeRun(details: fc.RunDetails<unknown>, wanted: number): void {
   if (details.failed) throw new Error(fc.defaultReportMessage(details) ?? `property failed after ${details.numRuns} runs (seed ${details.seed})`);
-  const floor = Math.min(RUNS || numRuns, MIN_FUZZ_RUNS);
+  const floor = Math.min(wanted, MIN_FUZZ_RUNS);
   if (details.interrupted && details.numRuns < floor) {
-    throw new Error(`only ${details.numRuns} runs of ${RUNS || numRuns} before the ${FUZZ_TIME_LIMIT_MS} ms limit (at least ${floor} wanted; seed ${details.seed})`);
+    throw new Error(`only ${details.numRuns} runs of ${wanted} before the ${FUZZ_TIME_LIMIT_MS} ms limit (at least ${floor} wanted; seed ${details.seed})`);
   }
 }
 
 /** Runs a property `numRuns` times (FUZZ_RUNS overrides), bounded by the time limit. */
 export function fuzz<Ts>(property: fc.IProperty<Ts>, numRuns: number): void {
-  judgeRun(fc.check(property, params(numRuns)) as fc.RunDetails<unknown>, numRuns);
+  const p = params(numRuns);
+  judgeRun(fc.check(property, p) as fc.RunDetails<unknown>, p.numRuns!);
 }
 
 /** The same for an asynchronous property. */
 export async function fuzzAsync<Ts>(property: fc.IAsyncProperty<Ts>, numRuns: number): Promise<void> {
-  judgeRun((await fc.check(property, params(numRuns))) as fc.RunDetails<unknown>, numRuns);
+  const p = params(numRuns);
+  judgeRun((await fc.check(property, p)) as fc.RunDetails<unknown>, p.numRuns!);
 }

@@ -1,5 +1,9 @@
 // `middlebox demo` is one of the two commands the README promises: it must keep working.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { etcdExecutable } from '../../src/lab/etcd';
 import { middlebox } from '../harness/cli';
 
 describe('middlebox demo', function () {
@@ -25,11 +29,17 @@ describe('middlebox demo', function () {
   });
 
   it('says which binary is missing before starting anything', async () => {
-    // etcd is still found in Debian's place; envoy only on PATH.
-    const r = await middlebox(['demo'], { env: { PATH: '/nonexistent' }, timeoutMs: 10_000 });
-    assert.equal(r.code, 1, r.stderr);
-    assert.equal(r.stderr, 'middlebox demo: envoy not found on PATH (run `make deps`)\n');
-    assert.equal(r.stdout, '', 'nothing started');
+    // A PATH with etcd on it and no envoy.
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'middlebox-demo-path-'));
+    try {
+      fs.symlinkSync(etcdExecutable(), path.join(bin, 'etcd'));
+      const r = await middlebox(['demo'], { env: { PATH: bin }, timeoutMs: 10_000 });
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stderr, 'middlebox demo: envoy not found on PATH (run `make deps`)\n');
+      assert.equal(r.stdout, '', 'nothing started');
+    } finally {
+      fs.rmSync(bin, { recursive: true, force: true });
+    }
   });
 
   it('refuses --logs that is a file, or empty, before starting anything', async () => {

@@ -13,7 +13,7 @@ import { MemoryNatTable } from '../../src/state/nat/memory';
 import { LocalRateLimitStore } from '../../src/state/ratelimit/local';
 import { snapshot } from '../harness/policy';
 import { request, type RequestShape } from '../harness/request';
-import { fuzzAsync } from '../harness/fuzz';
+import { FUZZ_TIME_LIMIT_MS, fuzzAsync } from '../harness/fuzz';
 
 const NOW = Date.UTC(2025, 0, 1, 12, 0, 30);
 
@@ -304,7 +304,8 @@ describe('explain', () => {
     assert.deepEqual([x.firewall.policies, x.rateLimits.limits, x.nat.rules], [[], [], []]);
   });
 
-  it('agrees with the live verdict for random requests', async () => {
+  it('agrees with the live verdict for random requests', async function () {
+    this.timeout(FUZZ_TIME_LIMIT_MS * 2 + 20_000);
     const octet = fc.integer({ min: 0, max: 255 });
     const v4 = fc.oneof(
       fc.tuple(octet, octet, octet, octet).map((o) => o.join('.')),
