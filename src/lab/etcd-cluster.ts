@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { etcdEnv, etcdExecutable, isHealthy } from './etcd';
 import { freePort, waitFor } from './ports';
-import { LabChild, makeTempDir, removeTempDir } from './processes';
+import { LabChild, makeTempDir, removeTempDir, retryWhileAddressInUse } from './processes';
 
 export interface EtcdClusterOptions {
   /** Number of members; default 3. */
@@ -144,8 +144,14 @@ export class EtcdMember {
    */
   async restart(opts: { wait?: boolean } = {}): Promise<void> {
     await this.stop();
-    this.launch();
-    if (opts.wait !== false) await this.waitHealthy(READY_TIMEOUT_MS);
+    if (opts.wait === false) {
+      this.launch();
+      return;
+    }
+    await retryWhileAddressInUse(async () => {
+      this.launch();
+      await this.waitHealthy(READY_TIMEOUT_MS);
+    });
   }
 
   /** Waits until /health is true; on timeout or exit kills the member and fails with its output. */

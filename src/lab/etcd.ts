@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import { freePort } from './ports';
-import { findExecutable, LabChild, makeTempDir, removeTempDir } from './processes';
+import { findExecutable, LabChild, makeTempDir, removeTempDir, retryWhileAddressInUse } from './processes';
 
 export interface EtcdStartOptions {
   /** Use (and keep) this data dir; otherwise a fresh temp dir is made and removed by stop(). */
@@ -142,8 +142,10 @@ export class EtcdProcess {
   /** Starts etcd again on the same ports and data dir (stopping it first if it still runs). */
   async restart(): Promise<void> {
     await this.child.stop(3000);
-    this.child = this.launch();
-    await this.waitHealthy();
+    await retryWhileAddressInUse(async () => {
+      this.child = this.launch();
+      await this.waitHealthy();
+    });
   }
 
   private launch(): LabChild {

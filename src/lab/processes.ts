@@ -4,7 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { waitFor } from './ports';
+import { sleep, waitFor } from './ports';
 
 const running = new Set<ChildProcess>();
 const tempDirs = new Set<string>();
@@ -55,6 +55,26 @@ export function makeTempDir(prefix: string): string {
 export function removeTempDir(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
   tempDirs.delete(dir);
+}
+
+/** Attempts at a restart on the ports a process had, while they are taken. */
+const SAME_PORT_ATTEMPTS = 5;
+
+/**
+ * Runs `start`, a restart on the ports a process had before, again after a pause while it fails
+ * because an address is in use: while the process was down the kernel may have given its port to
+ * an outgoing connection as its source port (clients redialling the process take theirs from the
+ * same range), and the port is free again once that connection ends.
+ */
+export async function retryWhileAddressInUse<T>(start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (e) {
+      if (attempt >= SAME_PORT_ATTEMPTS || !/address already in use/i.test((e as Error).message)) throw e;
+      await sleep(200 * attempt);
+    }
+  }
 }
 
 /** Finds an executable by name on PATH, then in the given fallback locations. */

@@ -11,7 +11,7 @@ import { putPolicies } from '../state/etcd/policies';
 import { EnvoyProcess } from './envoy';
 import { EtcdProcess } from './etcd';
 import { MiddleboxProcess, type MiddleboxStartOptions } from './middlebox';
-import { makeTempDir, removeTempDir } from './processes';
+import { makeTempDir, removeTempDir, retryWhileAddressInUse } from './processes';
 import { freePort, waitFor } from './ports';
 import { startHttpUpstream, startTcpEcho, type Upstream } from './upstream';
 
@@ -166,8 +166,10 @@ export class SidecarLab {
   async restartReplica(i: number): Promise<MiddleboxProcess> {
     const old = this.replicas[i]!;
     await old.stop();
-    const mb = await MiddleboxProcess.start(
-      replicaStartOptions(this.opts, this.etcd.endpoint, this.prefix, this.logDir, i, { listen: old.address, httpAuthzListen: old.httpAuthzAddress }),
+    const mb = await retryWhileAddressInUse(() =>
+      MiddleboxProcess.start(
+        replicaStartOptions(this.opts, this.etcd.endpoint, this.prefix, this.logDir, i, { listen: old.address, httpAuthzListen: old.httpAuthzAddress }),
+      ),
     );
     this.replicas[i] = mb;
     return mb;

@@ -2,6 +2,7 @@
 // and leaves nothing behind.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import { EtcdProcess } from '../../src/lab/etcd';
 import { alive } from '../harness/process';
 
@@ -68,6 +69,24 @@ describe('EtcdProcess', function () {
     await assert.rejects(health(etcd));
     await etcd.restart();
     assert.equal(await get(etcd, '/middlebox/test/kill'), 'survives');
+  });
+
+  it('restarts on its own port once another socket that held it meanwhile lets go', async () => {
+    // While etcd is down its port may become some connection's source port; here a listener holds it.
+    await put(etcd, '/middlebox/test/port', 'held');
+    await etcd.kill();
+    const holder = net.createServer((socket) => socket.destroy()); // the lab's health checks meanwhile
+    await new Promise<void>((resolve, reject) => {
+      holder.once('error', reject);
+      holder.listen(Number(new URL(etcd.endpoint).port), '127.0.0.1', resolve);
+    });
+    const released = new Promise<void>((resolve) => setTimeout(() => holder.close(() => resolve()), 500));
+    try {
+      await etcd.restart();
+    } finally {
+      await released;
+    }
+    assert.equal(await get(etcd, '/middlebox/test/port'), 'held');
   });
 
   it('answers nothing while frozen and recovers when thawed', async () => {
