@@ -80,7 +80,9 @@ export const demoCommand: Command = {
       out('TCP through Envoy (network ext_authz → middlebox → echo server):');
       for (const from of ['127.0.0.1', '127.0.0.66']) {
         const r = await tcpProbe({ port: lab.tcpPort!, localAddress: from });
-        out(`  connection from ${from.padEnd(11)} → ${r.echoed ? 'echoed: let through' : `refused (${r.detail}) by shop/blocked-client`}`);
+        // Only a close by Envoy is a refusal (by the one rule that denies TCP here); a timeout or an error is said as it is.
+        const refused = r.detail === 'closed by the proxy' ? `refused (${r.detail}) by shop/blocked-client` : `not let through: ${r.detail}`;
+        out(`  connection from ${from.padEnd(11)} → ${r.echoed ? 'echoed: let through' : refused}`);
       }
       out();
       await showNat(lab, backends, out);
