@@ -564,8 +564,8 @@ interface SaturationRun extends LatencyStats {
   h2loadRps: number | null;
   /**
    * CPU time per 200 response during the measured seconds, by process (µs): Envoy, the ext_authz
-   * server (replica or floor), and the bench itself with the app inside it. From /proc; ticks of
-   * 10 ms, so about ±1 µs here.
+   * server (replica or floor), etcd (middlebox rows) and the bench itself with the app inside it.
+   * From /proc; ticks of 10 ms, so about ±1 µs here.
    */
   cpuUsPerRequest: Record<string, number>;
   /**
@@ -889,6 +889,8 @@ async function measure(s: Setup, ctx: Context): Promise<ConfigResult> {
     const pids: Record<string, number> = { bench: process.pid };
     if (target.envoy) pids.envoy = target.envoy.pid;
     if (target.authzPid !== undefined) pids.authz = target.authzPid;
+    // etcd counts where a replica uses it: strict rows write to it for most requests.
+    if (target.replica) pids.etcd = etcd.pid;
     const sat = await saturate(ctx, urls, pids, target.replica, s.consistency === 'leased');
     result.saturation = sat;
     log(
@@ -1085,7 +1087,7 @@ function markdown(
   lines.push(`- chart: [${svgName}](${svgName}); every number: the JSON beside this file`);
   lines.push('');
   const rateCols = p.rates.map((r) => `${r} req/s: p50 / p90 / p99 ms`);
-  lines.push(`| configuration | ${rateCols.join(' | ')} | added p99 at ${p.targetRate} req/s (ms) | saturation req/s | ÷ Envoy, no filter | saturation p50 / p99 ms | CPU µs per request at saturation: Envoy / ext_authz server |`);
+  lines.push(`| configuration | ${rateCols.join(' | ')} | added p99 at ${p.targetRate} req/s (ms) | saturation req/s | ÷ Envoy, no filter | saturation p50 / p99 ms | CPU µs per request at saturation: Envoy / ext_authz server / etcd |`);
   lines.push(`|---|${rateCols.map(() => '---').join('|')}|---|---|---|---|---|`);
   for (const r of results) {
     if (r.error && r.fixed.length === 0) {
@@ -1101,7 +1103,7 @@ function markdown(
     const ratio = r.id === BASELINE_ID ? '1 (baseline)' : fmt(c.saturationRatio);
     const sat = r.saturation;
     const cpu = sat?.cpuUsPerRequest;
-    const cpuCell = cpu?.envoy === undefined ? '–' : `${cpu.envoy} / ${cpu.authz ?? '–'}`;
+    const cpuCell = cpu?.envoy === undefined ? '–' : `${cpu.envoy} / ${cpu.authz ?? '–'} / ${cpu.etcd ?? '–'}`;
     lines.push(`| ${r.label} | ${cells.join(' | ')} | ${added} | ${sat ? sat.rps : '–'} | ${ratio} | ${sat ? `${ms(sat.p50Ms)} / ${ms(sat.p99Ms)}` : '–'} | ${cpuCell} |`);
   }
   lines.push('');
