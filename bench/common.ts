@@ -5,6 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { findExecutable, LabChild } from '../src/lab/processes';
+import { envoyExecutable } from '../src/lab/envoy';
+import { etcdExecutable } from '../src/lab/etcd';
 
 export const startedAt = Date.now();
 
@@ -43,6 +45,15 @@ export function versionOf(cmd: string, args: string[]): Promise<string> {
   });
 }
 
+/** The binary the lab runs, or the bare name (whose version then reads '?') where there is none. */
+function executableOr(find: () => string, name: string): string {
+  try {
+    return find();
+  } catch {
+    return name;
+  }
+}
+
 /** The run's header lines for a results markdown file: command, date, machine, versions. */
 export function metadataLines(meta: Record<string, string>): string[] {
   return [`- command: \`${meta.command}\``, `- date: ${meta.date}`, `- machine: ${meta.machine}`, `- versions: ${meta.versions}`];
@@ -50,7 +61,7 @@ export function metadataLines(meta: Record<string, string>): string[] {
 
 /** Command, date, machine and versions: the header of every result file. */
 export async function runMetadata(command: string): Promise<Record<string, string>> {
-  const [envoy, etcd] = await Promise.all([versionOf('envoy', ['--version']), versionOf('etcd', ['--version'])]);
+  const [envoy, etcd] = await Promise.all([versionOf(executableOr(envoyExecutable, 'envoy'), ['--version']), versionOf(executableOr(etcdExecutable, 'etcd'), ['--version'])]);
   return {
     command,
     date: new Date().toISOString(),

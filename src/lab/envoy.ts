@@ -131,7 +131,29 @@ export async function validateConfig(yamlText: string): Promise<{ ok: boolean; o
   }
 }
 
-/** The envoy binary on PATH, or an error that says to run `make deps`. */
+/**
+ * Where `make deps` puts Envoy when the system Python refuses to install it (PEP 668): the
+ * project's own virtualenv.
+ */
+export const TOOLS_VENV = path.join(__dirname, '..', '..', '..', '.tools', 'venv');
+
+/** Names the envoy binary the lab runs (the demo, the tests, the benchmarks), e.g. another release's. */
+export const ENVOY_BIN_ENV = 'MIDDLEBOX_ENVOY_BIN';
+
+/**
+ * The envoy binary: $MIDDLEBOX_ENVOY_BIN when set; else the project virtualenv's when there is one
+ * (make deps checked its release), else the first on PATH; else an error that says what to do.
+ */
 export function envoyExecutable(): string {
-  return findExecutable('envoy');
+  const given = process.env[ENVOY_BIN_ENV];
+  if (given) {
+    try {
+      fs.accessSync(given, fs.constants.X_OK);
+      if (fs.statSync(given).isFile()) return given;
+    } catch {
+      // said below
+    }
+    throw new Error(`${ENVOY_BIN_ENV}=${given}: not an executable file`);
+  }
+  return findExecutable('envoy', [], [path.join(TOOLS_VENV, 'bin', 'envoy')]);
 }

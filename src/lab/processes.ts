@@ -77,10 +77,13 @@ export async function retryWhileAddressInUse<T>(start: () => Promise<T>): Promis
   }
 }
 
-/** Finds an executable by name on PATH, then in the given fallback locations. */
-export function findExecutable(name: string, fallbacks: string[] = []): string {
+/**
+ * Finds an executable: in the `preferred` locations, then by name on PATH, then in the fallback
+ * locations. (A missing preferred one is not worth a word in the error: make deps puts it there.)
+ */
+export function findExecutable(name: string, fallbacks: string[] = [], preferred: string[] = []): string {
   const dirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
-  const candidates = [...dirs.map((d) => path.join(d, name)), ...fallbacks];
+  const candidates = [...preferred, ...dirs.map((d) => path.join(d, name)), ...fallbacks];
   for (const candidate of candidates) {
     try {
       fs.accessSync(candidate, fs.constants.X_OK);

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ENVOY_BIN_ENV } from '../../src/lab/envoy';
 import { etcdExecutable } from '../../src/lab/etcd';
 import { middlebox } from '../harness/cli';
 
@@ -29,13 +30,14 @@ describe('middlebox demo', function () {
   });
 
   it('says which binary is missing before starting anything', async () => {
-    // A PATH with etcd on it and no envoy.
+    // A PATH with etcd on it and no envoy; the Envoy named instead is not there.
     const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'middlebox-demo-path-'));
     try {
       fs.symlinkSync(etcdExecutable(), path.join(bin, 'etcd'));
-      const r = await middlebox(['demo'], { env: { PATH: bin }, timeoutMs: 10_000 });
+      const missing = path.join(bin, 'envoy');
+      const r = await middlebox(['demo'], { env: { PATH: bin, [ENVOY_BIN_ENV]: missing }, timeoutMs: 10_000 });
       assert.equal(r.code, 1, r.stderr);
-      assert.equal(r.stderr, 'middlebox demo: envoy not found on PATH (run `make deps`)\n');
+      assert.equal(r.stderr, `middlebox demo: ${ENVOY_BIN_ENV}=${missing}: not an executable file\n`);
       assert.equal(r.stdout, '', 'nothing started');
     } finally {
       fs.rmSync(bin, { recursive: true, force: true });

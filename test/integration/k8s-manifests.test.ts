@@ -22,6 +22,7 @@ import { ANNOTATIONS, NAMES, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, STATUS_IN
 import { admit, DEFAULT_WEBHOOK_DRAIN_MS, DEFAULT_WEBHOOK_SHUTDOWN_DELAY_MS, INJECT_PATH } from '../../src/inject/webhook';
 import { injectObject } from '../../src/inject/workloads';
 import { EtcdProcess } from '../../src/lab/etcd';
+import { TOOLS_VENV } from '../../src/lab/envoy';
 import { makeTestPki } from '../../src/lab/certs';
 import { adminGet, HealthClient } from '../../src/lab/middlebox';
 import { freePort, waitFor } from '../../src/lab/ports';
@@ -91,6 +92,20 @@ interface Validation {
   output: string;
 }
 
+let python: string | undefined;
+
+/**
+ * The Python that has kubernetes-validate: the project virtualenv's, where make deps put it
+ * because the system Python refuses installs (PEP 668), else python3.
+ */
+function validatorPython(): string {
+  if (python !== undefined) return python;
+  const venv = path.join(TOOLS_VENV, 'bin', 'python');
+  python = 'python3';
+  if (fs.existsSync(venv) && spawnSync(venv, ['-c', 'import kubernetes_validate'], { stdio: 'ignore', timeout: TOOL_TIMEOUT_MS }).status === 0) python = venv;
+  return python;
+}
+
 /** kubernetes-validate --strict on YAML text, against every pinned Kubernetes version. */
 function validate(yamlText: string, opts: { strict?: boolean } = {}): Promise<Validation> {
   const dir = makeTempDir('middlebox-k8s-validate-');
@@ -100,7 +115,7 @@ function validate(yamlText: string, opts: { strict?: boolean } = {}): Promise<Va
   for (const v of KUBERNETES_VERSIONS) args.push('-k', v);
   args.push(file);
   return new Promise((resolve, reject) => {
-    execFile('python3', args, { timeout: TOOL_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(validatorPython(), args, { timeout: TOOL_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       removeTempDir(dir);
       if (err && typeof err.code !== 'number') return reject(new Error(`kubernetes-validate did not run (run \`make deps-k8s\`): ${err.message}\n${stderr}`));
       const output = `${stdout}${stderr}`;
