@@ -4,7 +4,7 @@
 // `netnsUnavailable()` says why it cannot be used on this machine, for tests to skip.
 import { execFile, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
-import { findExecutable, LabChild } from './processes';
+import { findExecutable, LabChild, setprivExecutable } from './processes';
 
 export interface RunResult {
   code: number | null;
@@ -85,7 +85,7 @@ export class NetworkNamespace {
 
   /** The argv that runs `command` inside this namespace, as `as` when given. */
   argv(command: string, args: string[], as?: RunAs): string[] {
-    const user = as ? [setprivPath(), `--reuid=${as.uid}`, `--regid=${as.gid}`, '--clear-groups'] : [];
+    const user = as ? [setprivExecutable(), `--reuid=${as.uid}`, `--regid=${as.gid}`, '--clear-groups'] : [];
     return ['netns', 'exec', this.name, ...user, command, ...args];
   }
 
@@ -142,8 +142,4 @@ export async function connectVeth(
 
 function ipPath(): string {
   return findExecutable('ip', ['/usr/sbin/ip', '/sbin/ip', '/usr/bin/ip']);
-}
-
-function setprivPath(): string {
-  return findExecutable('setpriv', ['/usr/bin/setpriv', '/bin/setpriv']);
 }

@@ -95,6 +95,11 @@ export function findExecutable(name: string, fallbacks: string[] = [], preferred
   throw new Error(fallbacks.length ? `${name} not found on PATH or in ${fallbacks.join(', ')} (run \`make deps\`)` : `${name} not found on PATH (run \`make deps\`)`);
 }
 
+/** util-linux's setpriv (the parent-death signal below; the capture test's change of user). */
+export function setprivExecutable(): string {
+  return findExecutable('setpriv', ['/usr/bin/setpriv', '/bin/setpriv']);
+}
+
 let setpriv: string | null | undefined;
 
 /**
@@ -106,7 +111,7 @@ function pdeathsigTool(): string | null {
   setpriv = null;
   if (process.platform !== 'linux') return setpriv;
   try {
-    const tool = findExecutable('setpriv', ['/usr/bin/setpriv', '/bin/setpriv']);
+    const tool = setprivExecutable();
     const probe = spawnSync(tool, ['--pdeathsig', 'KILL', '--', process.execPath, '-e', ''], { stdio: 'ignore', timeout: 10_000 });
     if (probe.status === 0) setpriv = tool;
   } catch {

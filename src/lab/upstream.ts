@@ -2,6 +2,7 @@
 // (so a test sees the headers Envoy and the middlebox added) and a TCP echo server.
 import http from 'node:http';
 import net from 'node:net';
+import { trackSockets } from '../http-drain';
 
 export interface Upstream {
   port: number;
@@ -56,14 +57,12 @@ export async function startTcpEcho(opts: { host?: string; port?: number } = {}):
 }
 
 function listen(server: net.Server, host: string, port: number): Promise<Upstream> {
-  const sockets = new Set<net.Socket>();
+  const sockets = trackSockets(server);
   let accepted = 0;
   let closedByPeer = 0;
   server.on('connection', (socket) => {
     accepted += 1;
     socket.once('end', () => (closedByPeer += 1));
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);

@@ -204,4 +204,3 @@ describe('firewall through a real Envoy with two replicas and etcd', function ()
     });
   });
 });
-
